@@ -1,0 +1,285 @@
+"""`nodetap` command line: ingest, backfill, status, simulate, config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import duckdb
+import orjson
+
+from etl.config import ConfigError, Settings, load_settings, settings_doc
+
+log = logging.getLogger("nodetap")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {}
+    for name in ("node_dir", "db", "start_from", "backlog", "max_backlog_bytes",
+                 "batch_max_bytes", "max_line_bytes", "debounce_ms", "log_level"):
+        if getattr(args, name, None) is not None:
+            flags[name] = getattr(args, name)
+    if getattr(args, "poll", False):
+        flags["poll"] = True
+    if getattr(args, "streams", None):
+        flags["streams"] = args.streams
+    config = args.config or os.environ.get("NODETAP_CONFIG")
+    return load_settings(Path(config) if config else None, flags=flags)
+
+
+def install_signals(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: finish the batch, commit, exit 0. Second: exit at once."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("event=forced_exit signal=%d", signum)
+            os._exit(130)
+        log.info("event=shutdown signal=%d (again to force)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from etl.pipeline import Pipeline
+    from etl.store import Store
+
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    if not s.node_dir.is_dir():
+        print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
+        return 2
+    store = Store(s.db)
+    pipe = Pipeline(s, store)
+    install_signals(pipe.stop_event)
+    try:
+        if args.once:
+            pipe.run_once()
+        else:
+            pipe.run()
+    finally:
+        pipe._last_status_write = float("-inf")
+        pipe._write_status_file()
+        store.close()
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from etl.backfill import BackfillError, backfill
+    from etl.store import Store
+
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    stop = threading.Event()
+    install_signals(stop)
+    store = Store(s.db)
+    try:
+        totals = backfill([Path(p) for p in args.paths], store, batch_max_bytes=s.batch_max_bytes,
+                          max_line_bytes=s.max_line_bytes, stream=args.stream, stop=stop,
+                          progress=not args.quiet)
+    except BackfillError as err:
+        print(f"nodetap backfill: {err}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(" ".join(f"{k}={v}" for k, v in totals.items()))
+    return 0
+
+
+def _fmt_status(rows: list[dict[str, Any]]) -> str:
+    cols = ["stream", "file", "offset", "lag_bytes", "lag_seconds", "lines", "rows", "rejects",
+            "gaps", "skipped_bytes", "last_time"]
+    table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from etl.pipeline import status_file
+
+    s = _settings(args)
+    rows: list[dict[str, Any]]
+    try:
+        con = duckdb.connect(str(s.db), read_only=True)
+    except duckdb.IOException as err:
+        # another process (ingest/serve) holds the lock: use the status file it writes
+        sf = status_file(s.db)
+        if not sf.exists():
+            print(f"nodetap status: cannot open {s.db}: {err}", file=sys.stderr)
+            return 2
+        rows = orjson.loads(sf.read_bytes())
+    else:
+        try:
+            rows = _status_from_db(con, s)
+        except duckdb.CatalogException:
+            print(f"nodetap status: {s.db} is not a nodetap database", file=sys.stderr)
+            return 2
+        finally:
+            con.close()
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(_fmt_status(rows))
+    return 0
+
+
+def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+    from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
+
+    cur = con.execute("SELECT * FROM cursors ORDER BY stream")
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    streams = {
+        name: Stream(name, kind, variant, s.node_dir / name / "hourly")
+        for name, (kind, variant) in STREAM_DIRS.items()
+    }
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for r in rows:
+        st = streams.get(r["stream"])
+        r["lag_bytes"] = None
+        if st is not None:
+            batch = Tailer(st, batch_max_bytes=1, max_backlog_bytes=None).unread_after(
+                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0)))
+            r["lag_bytes"] = batch
+        r["lag_seconds"] = (now - r["last_time"]).total_seconds() if r["last_time"] else None
+        for k, v in list(r.items()):
+            if isinstance(v, datetime):
+                r[k] = v.isoformat()
+    return rows
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from etl.simulate import generate, run_live
+
+    _setup_logging("INFO")
+    out = Path(args.out)
+    kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
+    if args.lines:
+        n = generate(out, lines=args.lines, variant=args.variant, kinds=kinds,
+                     seed=args.seed, malformed_share=args.malformed)
+        print(f"wrote {n} lines under {out}")
+        return 0
+    stop = threading.Event()
+    install_signals(stop)
+    n = run_live(out, rate=args.rate, variant=args.variant, kinds=kinds,
+                 seed=args.seed, malformed_share=args.malformed, stop=stop,
+                 duration_s=args.duration)
+    print(f"wrote {n} lines under {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    try:
+        s = _settings(args)
+    except ConfigError as err:
+        print(f"nodetap: {err}", file=sys.stderr)
+        return 2
+    if args.doc:
+        for name, default, doc in settings_doc():
+            print(f"{name} = {default}\n    {doc}")
+        return 0
+    for name, _, _ in settings_doc():
+        print(f"{name} = {getattr(s, name)}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, node: bool = True) -> None:
+    p.add_argument("--config", help="TOML settings file (also NODETAP_CONFIG)")
+    p.add_argument("--db", type=Path, help="DuckDB file (setting db)")
+    if node:
+        p.add_argument("--node-dir", dest="node_dir", type=Path, help="node data dir (node_dir)")
+    p.add_argument("--log-level", dest="log_level")
+
+
+def _tuning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-max-bytes", dest="batch_max_bytes", type=int)
+    p.add_argument("--max-line-bytes", dest="max_line_bytes", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodetap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="tail a node dir into DuckDB until SIGINT/SIGTERM")
+    _common(p)
+    _tuning(p)
+    p.add_argument("--from", dest="start_from", help="first run: end | start | YYYYMMDD[/H]")
+    p.add_argument("--backlog", choices=["drop", "keep"])
+    p.add_argument("--max-backlog-bytes", dest="max_backlog_bytes", type=int)
+    p.add_argument("--debounce-ms", dest="debounce_ms", type=int)
+    p.add_argument("--poll", action="store_true", help="poll instead of inotify")
+    p.add_argument("--stream", dest="streams", action="append", help="only this stream dir")
+    p.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("backfill", help="ingest existing hour files (plain or .lz4), then exit")
+    p.add_argument("paths", nargs="+", help="hour files or directories holding them")
+    _common(p, node=False)
+    _tuning(p)
+    p.add_argument("--stream", help="stream dir name, when the path does not say it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("status", help="per stream: file, offset, lag, lines, drops, rejects")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("simulate", help="write realistic node output (the project's test data)")
+    p.add_argument("--out", required=True, help="node data dir to write into")
+    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
+    p.add_argument("--lines", type=int, help="write this many order-status lines at once, "
+                   "on a simulated clock, then exit")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--variant", choices=["plain", "by_block", "streaming"], default="plain")
+    p.add_argument("--streams", default="orders,fills",
+                   help="kinds to write: orders, fills, trades (node_trades, as nodes without "
+                   "fills output write)")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("config", help="print the effective settings")
+    _common(p)
+    p.add_argument("--doc", action="store_true", help="every setting with its description")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"nodetap: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""One typed settings object: defaults < TOML file < `NODETAP_*` environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value of the wrong kind."""
+
+
+def _s(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_dir: Path = _s(Path("data/demo-node"), "The node's data dir (holds node_order_statuses*, node_fills*, node_trades).")
+    db: Path = _s(Path("data/nodetap.duckdb"), "The DuckDB file: rows, cursors, gaps and rejects.")
+    start_from: str = _s("end", "First-run start per stream: `end` (new data only), `start` (oldest file) or `YYYYMMDD[/H]`. Later runs resume from stored cursors.")
+    backlog: str = _s("drop", "`drop`: skip the oldest unread data past `max_backlog_bytes` (recorded in `gaps`); `keep`: process everything.")
+    max_backlog_bytes: int = _s(2 << 30, "Unread bytes per stream above which the oldest are skipped (with `backlog = \"drop\"`).")
+    batch_max_bytes: int = _s(32 << 20, "Most bytes read and parsed in one micro-batch; bounds memory.")
+    max_line_bytes: int = _s(1 << 20, "A line longer than this is rejected (recorded in `rejects`).")
+    debounce_ms: int = _s(20, "watchfiles debounce: how long to gather file events before a batch.")
+    poll: bool = _s(False, "Poll the files instead of using inotify (network filesystems, some containers).")
+    poll_interval_ms: int = _s(200, "Polling period with `poll`, and the idle tick otherwise.")
+    rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected.")
+    streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`); empty means all found.")
+    log_level: str = _s("INFO", "Logging level.")
+
+    def __post_init__(self) -> None:
+        if self.backlog not in ("drop", "keep"):
+            raise ConfigError(f"backlog must be 'drop' or 'keep', not {self.backlog!r}")
+        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.max_line_bytes > self.batch_max_bytes:
+            raise ConfigError("max_line_bytes must not exceed batch_max_bytes")
+
+
+def settings_doc() -> list[tuple[str, str, str]]:
+    """(name, default, description) of every setting, for docs and `nodetap config`."""
+    out = []
+    for f in fields(Settings):
+        default = f.default if f.default is not MISSING else ""
+        out.append((f.name, str(default), f.metadata["doc"]))
+    return out
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if "Path" in kind:
+            return Path(value)
+        if kind.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}") from err
+
+
+def _apply(base: Settings, values: Mapping[str, Any], source: str) -> Settings:
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in {source}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    typed = {k: _coerce(k, v, known[k].type) for k, v in values.items()}
+    return replace(base, **typed)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from every source, later sources winning."""
+    settings = Settings()
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read config file {config_file}: {err}") from err
+        settings = _apply(settings, data.get("nodetap", data), str(config_file))
+    env = os.environ if env is None else env
+    from_env = {
+        k[len("NODETAP_") :].lower(): v
+        for k, v in env.items()
+        if k.startswith("NODETAP_") and k != "NODETAP_CONFIG"
+    }
+    settings = _apply(settings, from_env, "environment (NODETAP_*)")
+    return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")

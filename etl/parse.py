@@ -1,0 +1,467 @@
+"""Parse byte ranges of node files into typed, flat Polars frames.
+
+Every parser takes whole lines (`buf` ends with a newline) and returns
+`Parsed(frame, rejects)`: the good lines as one frame, the bad ones as rejects
+with their offset in `buf`. A bad line never costs the good lines around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import polars as pl
+
+# ---------------------------------------------------------------- raw schemas
+ORDER = pl.Struct(
+    {
+        "coin": pl.String,
+        "side": pl.String,
+        "limitPx": pl.String,
+        "sz": pl.String,
+        "oid": pl.Int64,
+        "timestamp": pl.Int64,
+        "triggerCondition": pl.String,
+        "isTrigger": pl.Boolean,
+        "triggerPx": pl.String,
+        # `children` is [] in almost every row; typing it as nested structs costs 6x (design §4)
+        "children": pl.String,
+        "isPositionTpsl": pl.Boolean,
+        "reduceOnly": pl.Boolean,
+        "orderType": pl.String,
+        "origSz": pl.String,
+        "tif": pl.String,
+        "cloid": pl.String,
+    }
+)
+ORDER_EVENT = {
+    "time": pl.String,
+    "user": pl.String,
+    "hash": pl.String,
+    "builder": pl.String,
+    "status": pl.String,
+    "order": ORDER,
+}
+FILL = {
+    "coin": pl.String,
+    "px": pl.String,
+    "sz": pl.String,
+    "side": pl.String,
+    "time": pl.Int64,
+    "startPosition": pl.String,
+    "dir": pl.String,
+    "closedPnl": pl.String,
+    "hash": pl.String,
+    "oid": pl.Int64,
+    "crossed": pl.Boolean,
+    "fee": pl.String,
+    "tid": pl.Int64,
+    "feeToken": pl.String,
+    "twapId": pl.Int64,
+    "cloid": pl.String,
+    "liquidation": pl.Struct(
+        {"liquidatedUser": pl.String, "markPx": pl.String, "method": pl.String}
+    ),
+    "builder": pl.String,
+    "builderFee": pl.String,
+    "deployerFee": pl.String,
+}
+NODE_TRADE = {
+    "coin": pl.String,
+    "side": pl.String,
+    "time": pl.String,
+    "px": pl.String,
+    "sz": pl.String,
+    "hash": pl.String,
+    "trade_dir_override": pl.String,
+    "side_info": pl.List(pl.Struct({"user": pl.String, "oid": pl.Int64})),
+}
+ENVELOPE = {"block_time": pl.String, "block_number": pl.Int64}
+
+# ------------------------------------------------------------- output schemas
+TS = pl.Datetime("us")  # naive, always UTC
+ORDERS_SCHEMA: dict[str, pl.DataType] = {
+    "time": TS,
+    "block_number": pl.Int64(),
+    "block_time": TS,
+    "user": pl.String(),
+    "status": pl.String(),
+    "coin": pl.String(),
+    "side": pl.String(),
+    "limit_px": pl.Float64(),
+    "sz": pl.Float64(),
+    "orig_sz": pl.Float64(),
+    "oid": pl.Int64(),
+    "order_time": TS,
+    "order_type": pl.String(),
+    "tif": pl.String(),
+    "reduce_only": pl.Boolean(),
+    "is_trigger": pl.Boolean(),
+    "trigger_condition": pl.String(),
+    "trigger_px": pl.Float64(),
+    "is_position_tpsl": pl.Boolean(),
+    "children": pl.String(),
+    "cloid": pl.String(),
+    "hash": pl.String(),
+    "builder": pl.String(),
+}
+FILLS_SCHEMA: dict[str, pl.DataType] = {
+    "time": TS,
+    "block_number": pl.Int64(),
+    "block_time": TS,
+    "user": pl.String(),
+    "coin": pl.String(),
+    "side": pl.String(),
+    "px": pl.Float64(),
+    "sz": pl.Float64(),
+    "dir": pl.String(),
+    "start_position": pl.Float64(),
+    "closed_pnl": pl.Float64(),
+    "crossed": pl.Boolean(),
+    "fee": pl.Float64(),
+    "fee_token": pl.String(),
+    "builder_fee": pl.Float64(),
+    "deployer_fee": pl.Float64(),
+    "oid": pl.Int64(),
+    "tid": pl.Int64(),
+    "hash": pl.String(),
+    "cloid": pl.String(),
+    "twap_id": pl.Int64(),
+    "liquidated_user": pl.String(),
+    "liquidation_mark_px": pl.Float64(),
+    "liquidation_method": pl.String(),
+    "builder": pl.String(),
+}
+TRADES_SCHEMA: dict[str, pl.DataType] = {
+    "time": TS,
+    "coin": pl.String(),
+    "side": pl.String(),
+    "px": pl.Float64(),
+    "sz": pl.Float64(),
+    "hash": pl.String(),
+    "tid": pl.Int64(),
+    "buyer": pl.String(),
+    "seller": pl.String(),
+    "block_number": pl.Int64(),
+}
+REJECTS_SCHEMA: dict[str, pl.DataType] = {
+    "offset": pl.Int64(),
+    "reason": pl.String(),
+    "line": pl.String(),
+}
+REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
+
+
+@dataclass
+class Parsed:
+    frame: pl.DataFrame
+    rejects: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, reason, head)
+    lines: int = 0  # lines seen, good and bad
+
+
+def _iso(col: pl.Expr) -> pl.Expr:
+    # node times have no zone and 0-9 fractional digits; they are UTC
+    return col.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
+
+
+def _ms(col: pl.Expr) -> pl.Expr:
+    return pl.from_epoch(col, time_unit="ms").cast(TS)
+
+
+def _num(col: pl.Expr) -> pl.Expr:
+    return col.cast(pl.Float64, strict=False)
+
+
+# ----------------------------------------------------- per-stream flatteners
+def _orders_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
+    o = pl.col("order").struct
+    env = (
+        [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
+        if block
+        else [pl.lit(None, pl.Int64).alias("block_number"), pl.lit(None, TS).alias("block_time")]
+    )
+    return events.select(
+        _iso(pl.col("time")).alias("time"),
+        *env,
+        pl.col("user"),
+        pl.col("status"),
+        o.field("coin"),
+        o.field("side"),
+        _num(o.field("limitPx")).alias("limit_px"),
+        _num(o.field("sz")).alias("sz"),
+        _num(o.field("origSz")).alias("orig_sz"),
+        o.field("oid"),
+        _ms(o.field("timestamp")).alias("order_time"),
+        o.field("orderType").alias("order_type"),
+        o.field("tif"),
+        o.field("reduceOnly").alias("reduce_only"),
+        o.field("isTrigger").alias("is_trigger"),
+        o.field("triggerCondition").alias("trigger_condition"),
+        _num(o.field("triggerPx")).alias("trigger_px"),
+        o.field("isPositionTpsl").alias("is_position_tpsl"),
+        o.field("children"),
+        o.field("cloid"),
+        pl.col("hash"),
+        pl.col("builder"),
+    )
+
+
+ORDERS_REQUIRED = ["time", "user", "status", "coin", "side", "limit_px", "oid"]
+FILLS_REQUIRED = ["time", "user", "coin", "side", "px", "sz", "tid"]
+TRADES_REQUIRED = ["time", "coin", "side", "px", "sz"]
+
+
+def _fills_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
+    # events: one row per fill with `ev` = [user, "{...fill json...}"]
+    f = pl.col("ev").list.get(1, null_on_oob=True).str.json_decode(pl.Struct(FILL)).struct
+    env = (
+        [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
+        if block
+        else [pl.lit(None, pl.Int64).alias("block_number"), pl.lit(None, TS).alias("block_time")]
+    )
+    liq = f.field("liquidation").struct
+    return events.select(
+        _ms(f.field("time")).alias("time"),
+        *env,
+        pl.col("ev").list.get(0, null_on_oob=True).alias("user"),
+        f.field("coin"),
+        f.field("side"),
+        _num(f.field("px")).alias("px"),
+        _num(f.field("sz")).alias("sz"),
+        f.field("dir"),
+        _num(f.field("startPosition")).alias("start_position"),
+        _num(f.field("closedPnl")).alias("closed_pnl"),
+        f.field("crossed"),
+        _num(f.field("fee")).alias("fee"),
+        f.field("feeToken").alias("fee_token"),
+        _num(f.field("builderFee")).alias("builder_fee"),
+        _num(f.field("deployerFee")).alias("deployer_fee"),
+        f.field("oid"),
+        f.field("tid"),
+        f.field("hash"),
+        f.field("cloid"),
+        f.field("twapId").alias("twap_id"),
+        liq.field("liquidatedUser").alias("liquidated_user"),
+        _num(liq.field("markPx")).alias("liquidation_mark_px"),
+        liq.field("method").alias("liquidation_method"),
+        f.field("builder"),
+    )
+
+
+def _node_trades_flat(lines: pl.DataFrame) -> pl.DataFrame:
+    info = pl.col("side_info")
+    return lines.select(
+        _iso(pl.col("time")).alias("time"),
+        pl.col("coin"),
+        pl.col("side"),
+        _num(pl.col("px")).alias("px"),
+        _num(pl.col("sz")).alias("sz"),
+        pl.col("hash"),
+        pl.lit(None, pl.Int64).alias("tid"),
+        info.list.get(0, null_on_oob=True).struct.field("user").alias("buyer"),
+        info.list.get(1, null_on_oob=True).struct.field("user").alias("seller"),
+        pl.lit(None, pl.Int64).alias("block_number"),
+    )
+
+
+# ------------------------------------------------------------ line handling
+def line_bounds(buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, without the newline) of every line in `buf`."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    starts = np.empty_like(ends)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    return starts, ends
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one stream variant's lines are decoded and flattened."""
+
+    raw: dict[str, pl.DataType]
+    explode: str | None  # list column holding the events (block envelopes)
+    flatten: Callable[[pl.DataFrame], pl.DataFrame]
+    required: list[str]
+    top: type  # JSON type of a line's top level, for the slow-path check
+    schema: dict[str, pl.DataType]
+
+
+def _envelope(event: pl.DataType) -> dict[str, pl.DataType]:
+    return {**ENVELOPE, "events": pl.List(event)}
+
+
+FORMATS: dict[tuple[str, str], Format] = {
+    ("orders", "plain"): Format(
+        ORDER_EVENT, None, lambda d: _orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA
+    ),
+    ("orders", "block"): Format(
+        _envelope(pl.Struct(ORDER_EVENT)),
+        "events",
+        lambda d: _orders_flat(d.unnest("events"), True),
+        ORDERS_REQUIRED,
+        dict,
+        ORDERS_SCHEMA,
+    ),
+    ("fills", "plain"): Format(
+        {"ev": pl.List(pl.String)}, None, lambda d: _fills_flat(d, False), FILLS_REQUIRED, list,
+        FILLS_SCHEMA,
+    ),
+    ("fills", "block"): Format(
+        _envelope(pl.List(pl.String)),
+        "events",
+        lambda d: _fills_flat(d.rename({"events": "ev"}), True),
+        FILLS_REQUIRED,
+        dict,
+        FILLS_SCHEMA,
+    ),
+    ("trades", "plain"): Format(
+        NODE_TRADE, None, _node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA
+    ),
+}
+
+
+def _decode(fmt: Format, buf: bytes, plain_fills: bool) -> pl.DataFrame:
+    if plain_fills:
+        # a plain fill line is a top-level array `[user, {...}]`: give it a key
+        buf = b'{"ev":' + buf[:-1].replace(b"\n", b'}\n{"ev":') + b"}\n"
+    return pl.read_ndjson(buf, schema=fmt.raw)
+
+
+def _flatten(fmt: Format, raw: pl.DataFrame) -> pl.DataFrame:
+    if fmt.explode:
+        raw = raw.with_row_index("_line").explode(fmt.explode).drop_nulls(fmt.explode)
+        flat = fmt.flatten(raw)
+        return flat.with_columns(raw["_line"])
+    return fmt.flatten(raw).with_row_index("_line")
+
+
+def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) -> Parsed:
+    """Parse whole lines of one stream into its flat frame (plus `_line`, the line index
+    within `buf` of each row), quarantining bad lines."""
+    fmt = FORMATS[(kind, "plain" if variant == "plain" else "block")]
+    plain_fills = kind == "fills" and variant == "plain"
+    starts, ends = line_bounds(buf)
+    n = len(ends)
+    if n == 0:
+        return Parsed(pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32}), [], 0)
+    long = (ends - starts) > max_line_bytes
+    blank = (ends - starts) == 0
+    if not long.any() and not blank.any():
+        try:
+            flat = _flatten(fmt, _decode(fmt, buf, plain_fills))
+            bad = _missing(flat, fmt.required)
+            if bad is None:
+                return Parsed(flat, [], n)
+        except Exception:  # noqa: BLE001 - any decode error sends the batch to the slow path
+            pass
+    return _slow_parse(fmt, buf, starts, ends, long, blank, plain_fills)
+
+
+def _missing(flat: pl.DataFrame, required: list[str]) -> pl.Series | None:
+    """Line indexes of rows missing a required field, or None if every row is whole."""
+    mask = pl.any_horizontal(pl.col(c).is_null() for c in required)
+    bad = flat.filter(mask)["_line"]
+    return bad if len(bad) else None
+
+
+def _slow_parse(
+    fmt: Format,
+    buf: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    long: np.ndarray,
+    blank: np.ndarray,
+    plain_fills: bool,
+) -> Parsed:
+    """Find the bad lines one by one, then decode the good ones together."""
+    rejects: list[tuple[int, str, bytes]] = []
+    good: list[int] = []
+    for i in range(len(ends)):
+        s, e = int(starts[i]), int(ends[i])
+        if blank[i]:
+            continue
+        if long[i]:
+            rejects.append((s, f"line of {e - s} bytes over max_line_bytes", buf[s : s + REJECT_LINE_BYTES]))
+            continue
+        line = buf[s:e]
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            rejects.append((s, f"invalid JSON: {err}", line[:REJECT_LINE_BYTES]))
+            continue
+        if not isinstance(value, fmt.top):
+            rejects.append((s, f"expected a JSON {fmt.top.__name__}", line[:REJECT_LINE_BYTES]))
+            continue
+        good.append(i)
+    frames = _decode_isolating(fmt, buf, starts, ends, good, plain_fills, rejects)
+    if frames:
+        flat = pl.concat(frames)
+    else:
+        flat = pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32})
+    bad = _missing(flat, fmt.required)
+    if bad is not None:
+        for i in sorted(set(bad.to_list())):
+            s, e = int(starts[i]), int(ends[i])
+            rejects.append((s, "missing required field", buf[s:e][:REJECT_LINE_BYTES]))
+        flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
+    rejects.sort()
+    return Parsed(flat, rejects, len(ends))
+
+
+def _decode_isolating(
+    fmt: Format,
+    buf: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    idx: list[int],
+    plain_fills: bool,
+    rejects: list[tuple[int, str, bytes]],
+) -> list[pl.DataFrame]:
+    """Decode lines `idx` together; when the decoder refuses, bisect to find the line."""
+    if not idx:
+        return []
+    chunk = b"".join(buf[int(starts[i]) : int(ends[i]) + 1] for i in idx)
+    try:
+        flat = _flatten(fmt, _decode(fmt, chunk, plain_fills))
+    except Exception as err:  # noqa: BLE001
+        if len(idx) == 1:
+            s, e = int(starts[idx[0]]), int(ends[idx[0]])
+            reason = f"wrong shape: {str(err).splitlines()[0][:200]}"
+            rejects.append((s, reason, buf[s:e][:REJECT_LINE_BYTES]))
+            return []
+        mid = len(idx) // 2
+        return _decode_isolating(
+            fmt, buf, starts, ends, idx[:mid], plain_fills, rejects
+        ) + _decode_isolating(fmt, buf, starts, ends, idx[mid:], plain_fills, rejects)
+    # map chunk line numbers back to line numbers in `buf`
+    lines = np.asarray(idx, dtype=np.uint32)[flat["_line"].to_numpy()]
+    return [flat.with_columns(pl.Series("_line", lines, dtype=pl.UInt32))]
+
+
+# ---------------------------------------------------------- derived frames
+def trades_from_fills(fills: pl.DataFrame) -> pl.DataFrame:
+    """One trade per `tid`: the taker's fill gives the side; both fills give the users.
+
+    A maker fill whose taker is not in this frame yields nothing here: the store
+    completes the trade's users when the other fill arrives (see store.complete_trades)."""
+    taker = fills.filter(pl.col("crossed"))
+    maker = fills.filter(~pl.col("crossed")).select("tid", pl.col("user").alias("maker"))
+    maker = maker.unique("tid", keep="first")
+    t = taker.join(maker, on="tid", how="left")
+    buyer_is_taker = pl.col("side") == "B"
+    return t.select(
+        "time",
+        "coin",
+        "side",
+        "px",
+        "sz",
+        "hash",
+        "tid",
+        pl.when(buyer_is_taker).then(pl.col("user")).otherwise(pl.col("maker")).alias("buyer"),
+        pl.when(buyer_is_taker).then(pl.col("maker")).otherwise(pl.col("user")).alias("seller"),
+        "block_number",
+    ).unique("tid", keep="first", maintain_order=True)

@@ -1,0 +1,192 @@
+"""The DuckDB live store: rows, cursors, gaps and rejects, one transaction per batch."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from etl.parse import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
+from etl.tail import Cursor, Gap
+
+log = logging.getLogger("nodetap.store")
+
+ROW_TABLES: dict[str, dict[str, pl.DataType]] = {
+    "orders": ORDERS_SCHEMA,
+    "fills": FILLS_SCHEMA,
+    "trades": TRADES_SCHEMA,
+}
+_DUCK = {
+    pl.Datetime: "TIMESTAMP",
+    pl.Int64: "BIGINT",
+    pl.Float64: "DOUBLE",
+    pl.String: "VARCHAR",
+    pl.Boolean: "BOOLEAN",
+}
+META_DDL = [
+    """CREATE TABLE IF NOT EXISTS cursors (
+        stream VARCHAR PRIMARY KEY, file VARCHAR, inode UBIGINT, "offset" BIGINT,
+        lines BIGINT, bytes BIGINT, rows BIGINT, rejects BIGINT, gaps BIGINT,
+        skipped_bytes BIGINT, last_time TIMESTAMP, updated_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS gaps (
+        stream VARCHAR, file VARCHAR, from_offset BIGINT, to_offset BIGINT, bytes BIGINT,
+        est_lines BIGINT, reason VARCHAR, time_from TIMESTAMP, time_to TIMESTAMP,
+        detected_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        stream VARCHAR, file VARCHAR, "offset" BIGINT, reason VARCHAR, line VARCHAR,
+        detected_at TIMESTAMP)""",
+]
+
+
+def _ddl(table: str, schema: dict[str, pl.DataType]) -> str:
+    cols = ", ".join(f'"{name}" {_DUCK[type(dt)]}' for name, dt in schema.items())
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+@dataclass
+class BatchResult:
+    """What one batch contributes to the store, beside its rows."""
+
+    stream: str
+    cursor: Cursor
+    file: str
+    lines: int
+    bytes: int
+    rejects: list[tuple[str, int, str, bytes]]  # (file, offset, reason, head of line)
+    gaps: list[Gap]
+    est_line_bytes: float
+    last_time: datetime | None
+    first_time: datetime | None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Store:
+    """Owns the writer connection; readers take `reader()` cursors."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.con = duckdb.connect(str(path))
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        for table, schema in ROW_TABLES.items():
+            self.con.execute(_ddl(table, schema))
+        for ddl in META_DDL:
+            self.con.execute(ddl)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def cursors(self) -> dict[str, Cursor]:
+        rows = self.con.execute('SELECT stream, file, inode, "offset" FROM cursors').fetchall()
+        return {s: Cursor(f or "", int(i or 0), int(o or 0)) for s, f, i, o in rows}
+
+    def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame]) -> None:
+        """Rows, rejects, gaps and the cursor that produced them, in one transaction."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table, frame in rows.items():
+                if frame.height:
+                    con.register("_batch", frame.select(list(ROW_TABLES[table])))
+                    con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+                    con.unregister("_batch")
+            if "fills" in rows and rows["fills"].height:
+                self._complete_trades(rows["fills"], rows.get("trades"))
+            now = utcnow()
+            if batch.rejects:
+                con.executemany(
+                    "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (batch.stream, f, off, reason, head.decode("utf-8", "replace"), now)
+                        for f, off, reason, head in batch.rejects
+                    ],
+                )
+            if batch.gaps:
+                con.executemany(
+                    "INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                    [
+                        (batch.stream, g.file, g.start, g.end, g.end - g.start,
+                         round((g.end - g.start) / max(batch.est_line_bytes, 1.0)), g.reason,
+                         self._last_time(batch.stream), now)
+                        for g in batch.gaps
+                    ],
+                )
+            if batch.first_time is not None:
+                # the first event after a gap closes the gap's time range
+                con.execute(
+                    "UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
+                    [batch.first_time, batch.stream],
+                )
+            skipped = sum(g.end - g.start for g in batch.gaps)
+            c = batch.cursor
+            con.execute(
+                """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
+                    inode = excluded.inode, "offset" = excluded."offset",
+                    lines = cursors.lines + excluded.lines, bytes = cursors.bytes + excluded.bytes,
+                    rows = cursors.rows + excluded.rows,
+                    rejects = cursors.rejects + excluded.rejects,
+                    gaps = cursors.gaps + excluded.gaps,
+                    skipped_bytes = cursors.skipped_bytes + excluded.skipped_bytes,
+                    last_time = greatest(cursors.last_time, excluded.last_time),
+                    updated_at = excluded.updated_at""",
+                [
+                    batch.stream, c.file, c.inode, c.offset, batch.lines, batch.bytes,
+                    sum(f.height for f in rows.values()), len(batch.rejects), len(batch.gaps),
+                    skipped, batch.last_time, now,
+                ],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _last_time(self, stream: str) -> datetime | None:
+        row = self.con.execute("SELECT last_time FROM cursors WHERE stream = ?", [stream]).fetchone()
+        return row[0] if row else None
+
+    def _complete_trades(self, fills: pl.DataFrame, trades: pl.DataFrame | None) -> None:
+        """Fill in the users of trades whose two fills came in different batches."""
+        pending = fills.filter(~pl.col("crossed")).select("tid")
+        if trades is not None and trades.height:
+            done = trades.filter(pl.col("buyer").is_not_null() & pl.col("seller").is_not_null())
+            pending = pl.concat(
+                [pending, trades.select("tid")]).unique().join(done.select("tid"), on="tid",
+                                                                 how="anti")
+        if not pending.height:
+            return
+        self.con.register("_pending", pending)
+        self.con.execute(
+            """UPDATE trades SET
+                buyer = CASE WHEN trades.side = 'B' THEN trades.buyer ELSE m.user END,
+                seller = CASE WHEN trades.side = 'A' THEN trades.seller ELSE m.user END
+            FROM (SELECT tid, any_value("user") AS user FROM fills
+                  WHERE NOT crossed AND tid IN (SELECT tid FROM _pending) GROUP BY tid) m
+            WHERE trades.tid = m.tid AND (trades.buyer IS NULL OR trades.seller IS NULL)"""
+        )
+        self.con.unregister("_pending")
+
+    def status(self) -> list[dict[str, object]]:
+        cur = self.con.execute('SELECT * FROM cursors ORDER BY stream')
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def read_status(path: Path) -> list[dict[str, object]]:
+    """Per-stream cursors and counters, from a store that may be open elsewhere."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM cursors ORDER BY stream")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
