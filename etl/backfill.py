@@ -85,9 +85,16 @@ def _chunks(path: Path, start: int, size: int) -> Iterator[tuple[int, bytes]]:
             rest = buf[cut:]
 
 
-def backfill(paths: list[Path], store: Store, *, batch_max_bytes: int, max_line_bytes: int,
-             stream: str | None = None, stop: threading.Event | None = None,
-             progress: bool = True) -> dict[str, int]:
+def backfill(
+    paths: list[Path],
+    store: Store,
+    *,
+    batch_max_bytes: int,
+    max_line_bytes: int,
+    stream: str | None = None,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
     """Ingest `paths`; returns counts of files, lines, rows and rejects."""
     from tqdm import tqdm
 
@@ -95,8 +102,13 @@ def backfill(paths: list[Path], store: Store, *, batch_max_bytes: int, max_line_
     streams = {f: stream_of(f, stream) for f in files}
     done = store.cursors()
     totals = {"files": 0, "lines": 0, "rows": 0, "rejects": 0, "skipped_files": 0}
-    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
-               disable=not progress, desc="backfill")
+    bar = tqdm(
+        total=sum(f.stat().st_size for f in files),
+        unit="B",
+        unit_scale=True,
+        disable=not progress,
+        desc="backfill",
+    )
     for f in files:
         key = f"backfill:{f.resolve()}"
         cur = done.get(key)

@@ -32,8 +32,17 @@ def _setup_logging(level: str) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {}
-    for name in ("node_dir", "db", "start_from", "backlog", "max_backlog_bytes",
-                 "batch_max_bytes", "max_line_bytes", "debounce_ms", "log_level"):
+    for name in (
+        "node_dir",
+        "db",
+        "start_from",
+        "backlog",
+        "max_backlog_bytes",
+        "batch_max_bytes",
+        "max_line_bytes",
+        "debounce_ms",
+        "log_level",
+    ):
         if getattr(args, name, None) is not None:
             flags[name] = getattr(args, name)
     if getattr(args, "poll", False):
@@ -67,7 +76,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not s.node_dir.is_dir():
         print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
         return 2
-    store = Store(s.db)
+    store = Store(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold)
     pipe = Pipeline(s, store)
     install_signals(pipe.stop_event)
     try:
@@ -76,8 +85,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         else:
             pipe.run()
     finally:
-        pipe._last_status_write = float("-inf")
-        pipe._write_status_file()
+        pipe.close()
+        pipe.write_status_file(force=True)
         store.close()
     return 0
 
@@ -90,11 +99,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _setup_logging(s.log_level)
     stop = threading.Event()
     install_signals(stop)
-    store = Store(s.db)
+    store = Store(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold)
     try:
-        totals = backfill([Path(p) for p in args.paths], store, batch_max_bytes=s.batch_max_bytes,
-                          max_line_bytes=s.max_line_bytes, stream=args.stream, stop=stop,
-                          progress=not args.quiet)
+        totals = backfill(
+            [Path(p) for p in args.paths],
+            store,
+            batch_max_bytes=s.batch_max_bytes,
+            max_line_bytes=s.max_line_bytes,
+            stream=args.stream,
+            stop=stop,
+            progress=not args.quiet,
+        )
     except BackfillError as err:
         print(f"nodetap backfill: {err}", file=sys.stderr)
         return 2
@@ -105,8 +120,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _fmt_status(rows: list[dict[str, Any]]) -> str:
-    cols = ["stream", "file", "offset", "lag_bytes", "lag_seconds", "lines", "rows", "rejects",
-            "gaps", "skipped_bytes", "last_time"]
+    cols = [
+        "stream",
+        "file",
+        "offset",
+        "lag_bytes",
+        "lag_seconds",
+        "lines",
+        "rows",
+        "rejects",
+        "gaps",
+        "skipped_bytes",
+        "last_time",
+    ]
     table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in table)
@@ -165,7 +191,8 @@ def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[st
         r["lag_bytes"] = None
         if st is not None:
             batch = Tailer(st, batch_max_bytes=1, max_backlog_bytes=None).unread_after(
-                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0)))
+                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0))
+            )
             r["lag_bytes"] = batch
         r["lag_seconds"] = (now - r["last_time"]).total_seconds() if r["last_time"] else None
         for k, v in list(r.items()):
@@ -181,15 +208,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
     if args.lines:
-        n = generate(out, lines=args.lines, variant=args.variant, kinds=kinds,
-                     seed=args.seed, malformed_share=args.malformed)
+        n = generate(
+            out,
+            lines=args.lines,
+            variant=args.variant,
+            kinds=kinds,
+            seed=args.seed,
+            malformed_share=args.malformed,
+        )
         print(f"wrote {n} lines under {out}")
         return 0
     stop = threading.Event()
     install_signals(stop)
-    n = run_live(out, rate=args.rate, variant=args.variant, kinds=kinds,
-                 seed=args.seed, malformed_share=args.malformed, stop=stop,
-                 duration_s=args.duration)
+    n = run_live(
+        out,
+        rate=args.rate,
+        variant=args.variant,
+        kinds=kinds,
+        seed=args.seed,
+        malformed_share=args.malformed,
+        stop=stop,
+        duration_s=args.duration,
+    )
     print(f"wrote {n} lines under {out}")
     return 0
 
@@ -254,13 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write realistic node output (the project's test data)")
     p.add_argument("--out", required=True, help="node data dir to write into")
     p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
-    p.add_argument("--lines", type=int, help="write this many order-status lines at once, "
-                   "on a simulated clock, then exit")
+    p.add_argument(
+        "--lines",
+        type=int,
+        help="write this many order-status lines at once, on a simulated clock, then exit",
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--variant", choices=["plain", "by_block", "streaming"], default="plain")
-    p.add_argument("--streams", default="orders,fills",
-                   help="kinds to write: orders, fills, trades (node_trades, as nodes without "
-                   "fills output write)")
+    p.add_argument(
+        "--streams",
+        default="orders,fills",
+        help="kinds to write: orders, fills, trades (node_trades, as nodes without fills output write)",
+    )
     p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_simulate)

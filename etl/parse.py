@@ -61,9 +61,7 @@ FILL = {
     "feeToken": pl.String,
     "twapId": pl.Int64,
     "cloid": pl.String,
-    "liquidation": pl.Struct(
-        {"liquidatedUser": pl.String, "markPx": pl.String, "method": pl.String}
-    ),
+    "liquidation": pl.Struct({"liquidatedUser": pl.String, "markPx": pl.String, "method": pl.String}),
     "builder": pl.String,
     "builderFee": pl.String,
     "deployerFee": pl.String,
@@ -307,7 +305,11 @@ FORMATS: dict[tuple[str, str], Format] = {
         ORDERS_SCHEMA,
     ),
     ("fills", "plain"): Format(
-        {"ev": pl.List(pl.String)}, None, lambda d: _fills_flat(d, False), FILLS_REQUIRED, list,
+        {"ev": pl.List(pl.String)},
+        None,
+        lambda d: _fills_flat(d, False),
+        FILLS_REQUIRED,
+        list,
         FILLS_SCHEMA,
     ),
     ("fills", "block"): Format(
@@ -318,9 +320,7 @@ FORMATS: dict[tuple[str, str], Format] = {
         dict,
         FILLS_SCHEMA,
     ),
-    ("trades", "plain"): Format(
-        NODE_TRADE, None, _node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA
-    ),
+    ("trades", "plain"): Format(NODE_TRADE, None, _node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA),
 }
 
 
@@ -398,10 +398,7 @@ def _slow_parse(
             continue
         good.append(i)
     frames = _decode_isolating(fmt, buf, starts, ends, good, plain_fills, rejects)
-    if frames:
-        flat = pl.concat(frames)
-    else:
-        flat = pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32})
+    flat = pl.concat(frames) if frames else pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32})
     bad = _missing(flat, fmt.required)
     if bad is not None:
         for i in sorted(set(bad.to_list())):
@@ -434,9 +431,9 @@ def _decode_isolating(
             rejects.append((s, reason, buf[s:e][:REJECT_LINE_BYTES]))
             return []
         mid = len(idx) // 2
-        return _decode_isolating(
-            fmt, buf, starts, ends, idx[:mid], plain_fills, rejects
-        ) + _decode_isolating(fmt, buf, starts, ends, idx[mid:], plain_fills, rejects)
+        return _decode_isolating(fmt, buf, starts, ends, idx[:mid], plain_fills, rejects) + _decode_isolating(
+            fmt, buf, starts, ends, idx[mid:], plain_fills, rejects
+        )
     # map chunk line numbers back to line numbers in `buf`
     lines = np.asarray(idx, dtype=np.uint32)[flat["_line"].to_numpy()]
     return [flat.with_columns(pl.Series("_line", lines, dtype=pl.UInt32))]

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,17 @@ class StreamState:
     unread: int = 0
     last_batch_at: float = 0.0
     rate: float = 0.0  # lines/s over recent batches
+    pending: Future[Prepared | None] | None = None  # the next batch, being prepared
+
+
+@dataclass
+class Prepared:
+    """A batch read and parsed, not yet committed."""
+
+    batch: Batch
+    result: BatchResult
+    frames: dict[str, pl.DataFrame]
+    seconds: float
 
 
 @dataclass
@@ -67,6 +79,8 @@ class Pipeline:
         self.states: dict[str, StreamState] = {}
         self.stop_event = threading.Event()
         self._last_status_write = 0.0
+        # one worker: at most one batch parsing while one commits, so memory stays bounded
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="nodetap-parse")
         self.refresh_streams()
 
     # ------------------------------------------------------------ startup
@@ -86,8 +100,13 @@ class Pipeline:
                 clock=self.clock,
             )
             self.states[stream.name] = StreamState(stream, tailer, cur)
-            log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s",
-                     stream.name, cur.file, cur.offset, stream.name in stored)
+            log.info(
+                "event=stream_start stream=%s file=%s offset=%d resumed=%s",
+                stream.name,
+                cur.file,
+                cur.offset,
+                stream.name in stored,
+            )
 
     # --------------------------------------------------------------- tick
     def run_once(self, max_batches: int = 1_000_000) -> int:
@@ -97,23 +116,44 @@ class Pipeline:
         while active and done < max_batches and not self.stop_event.is_set():
             still = []
             for st in active:
-                if self.step(st):
+                # a few batches per stream per turn: fair, and the prefetch stays useful
+                for _ in range(8):
+                    if self.stop_event.is_set() or not self.step(st):
+                        break
                     done += 1
+                else:
                     still.append(st)
             active = still
-        self._write_status_file()
+        self.write_status_file()
         return done
 
-    def step(self, st: StreamState) -> bool:
-        """Read, parse and commit one batch of one stream; False when it had nothing."""
-        batch = st.tailer.next_batch(st.cursor)
+    def _prepare(self, st: StreamState, cur: Cursor) -> Prepared | None:
+        t0 = time.perf_counter()
+        batch = st.tailer.next_batch(cur)
         if batch is None:
+            return None
+        result, frames = process_batch(batch, st.line_bytes, self.settings.max_line_bytes)
+        return Prepared(batch, result, frames, time.perf_counter() - t0)
+
+    def step(self, st: StreamState) -> bool:
+        """Commit one batch of one stream; False when it had nothing.
+
+        The next batch is read and parsed on the worker thread while this one commits
+        (DuckDB and Polars both release the GIL), so the two stages overlap on two cores.
+        Batches still commit one at a time, in order, each with its own cursor."""
+        prepared = st.pending.result() if st.pending is not None else None
+        st.pending = None
+        if prepared is None:  # nothing prefetched, or the prefetch found nothing then: look now
+            prepared = self._prepare(st, st.cursor)
+        if prepared is None:
             st.unread = 0
             return False
+        batch, result, frames = prepared.batch, prepared.result, prepared.frames
+        if not self.stop_event.is_set():
+            st.pending = self._worker.submit(self._prepare, st, batch.cursor)
         t0 = time.perf_counter()
-        result, frames = process_batch(batch, st.line_bytes, self.settings.max_line_bytes)
         self.store.commit(result, frames)
-        seconds = time.perf_counter() - t0
+        seconds = prepared.seconds + time.perf_counter() - t0
         st.cursor = batch.cursor
         st.lines += result.lines
         st.bytes += result.bytes
@@ -127,11 +167,22 @@ class Pipeline:
             st.line_bytes = 0.9 * st.line_bytes + 0.1 * (result.bytes / result.lines)
         st.last_batch_at = now
         if result.rejects:
-            log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
-                        st.stream.name, batch.file, len(result.rejects), result.rejects[0][2])
+            log.warning(
+                "event=rejects stream=%s file=%s count=%d first_reason=%r",
+                st.stream.name,
+                batch.file,
+                len(result.rejects),
+                result.rejects[0][2],
+            )
         for g in result.gaps:
-            log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
-                        st.stream.name, g.file, g.start, g.end, g.reason)
+            log.warning(
+                "event=gap stream=%s file=%s from=%d to=%d reason=%s",
+                st.stream.name,
+                g.file,
+                g.start,
+                g.end,
+                g.reason,
+            )
         processed = Processed(st.stream, frames, result, seconds)
         for listener in self.listeners:
             try:
@@ -160,8 +211,7 @@ class Pipeline:
 
     def run(self) -> None:
         """Run until `stop_event` is set; the batch in flight is finished and committed."""
-        log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir,
-                 self.settings.db)
+        log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
         self.run_once()
         for _ in self._wakeups():
             if self.stop_event.is_set():
@@ -173,6 +223,13 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def close(self) -> None:
+        """Wait for the worker; a prefetched batch is not committed and is read again later."""
+        self.stop_event.set()
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        for st in self.states.values():
+            st.pending = None
+
     # ------------------------------------------------------------- status
     def status(self) -> list[dict[str, object]]:
         """Per-stream position and counters, as served by `status` and the API."""
@@ -182,29 +239,31 @@ class Pipeline:
         for name, st in sorted(self.states.items()):
             row = stored.get(name, {})
             last_time = row.get("last_time")
-            out.append({
-                "stream": name,
-                "kind": st.stream.kind,
-                "variant": st.stream.variant,
-                "file": st.cursor.file,
-                "offset": st.cursor.offset,
-                "lag_bytes": st.unread,
-                "lag_seconds": (now_wall - last_time).total_seconds() if last_time else None,
-                "lines_per_s": round(st.rate, 1),
-                "lines": row.get("lines", 0),
-                "rows": row.get("rows", 0),
-                "rejects": row.get("rejects", 0),
-                "gaps": row.get("gaps", 0),
-                "skipped_bytes": row.get("skipped_bytes", 0),
-                "last_time": last_time.isoformat() if last_time else None,
-                "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
-            })
+            out.append(
+                {
+                    "stream": name,
+                    "kind": st.stream.kind,
+                    "variant": st.stream.variant,
+                    "file": st.cursor.file,
+                    "offset": st.cursor.offset,
+                    "lag_bytes": st.unread,
+                    "lag_seconds": (now_wall - last_time).total_seconds() if last_time else None,
+                    "lines_per_s": round(st.rate, 1),
+                    "lines": row.get("lines", 0),
+                    "rows": row.get("rows", 0),
+                    "rejects": row.get("rejects", 0),
+                    "gaps": row.get("gaps", 0),
+                    "skipped_bytes": row.get("skipped_bytes", 0),
+                    "last_time": last_time.isoformat() if last_time else None,
+                    "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
+                }
+            )
         return out
 
-    def _write_status_file(self) -> None:
+    def write_status_file(self, force: bool = False) -> None:
         """A JSON copy of `status()` beside the DB, for `nodetap status` while we hold the lock."""
         now = self.clock()
-        if now - self._last_status_write < 1.0:
+        if not force and now - self._last_status_write < 1.0:
             return
         self._last_status_write = now
         path = status_file(self.settings.db)
@@ -217,8 +276,9 @@ def status_file(db: Path) -> Path:
     return db.with_name(db.name + ".status.json")
 
 
-def process_batch(batch: Batch, line_bytes: float,
-                  max_line_bytes: int) -> tuple[BatchResult, dict[str, pl.DataFrame]]:
+def process_batch(
+    batch: Batch, line_bytes: float, max_line_bytes: int
+) -> tuple[BatchResult, dict[str, pl.DataFrame]]:
     """Parse one batch into its frames (orders | fills + trades | trades) and its record."""
     stream = batch.stream
     frames: dict[str, pl.DataFrame] = {}
@@ -228,8 +288,7 @@ def process_batch(batch: Batch, line_bytes: float,
     if batch.data:
         parsed: Parsed = parse(stream.kind, stream.variant, batch.data, max_line_bytes)
         lines = parsed.lines
-        rejects = [(batch.file, batch.start + off, reason, head)
-                   for off, reason, head in parsed.rejects]
+        rejects = [(batch.file, batch.start + off, reason, head) for off, reason, head in parsed.rejects]
         frame = parsed.frame.drop("_line")
         frames[stream.kind] = frame
         if stream.kind == "fills":

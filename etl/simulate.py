@@ -142,20 +142,40 @@ class Simulator:
             return [
                 user,
                 {
-                    "coin": coin, "px": px_s, "sz": sz_s, "side": side, "time": ms,
-                    "startPosition": "0.0", "dir": "Open Long" if side == "B" else "Open Short",
-                    "closedPnl": "0.0", "hash": h, "oid": self.oid, "crossed": crossed,
-                    "fee": "0.01" if crossed else "-0.001", "tid": self.tid,
-                    "feeToken": "USDC", "twapId": None,
+                    "coin": coin,
+                    "px": px_s,
+                    "sz": sz_s,
+                    "side": side,
+                    "time": ms,
+                    "startPosition": "0.0",
+                    "dir": "Open Long" if side == "B" else "Open Short",
+                    "closedPnl": "0.0",
+                    "hash": h,
+                    "oid": self.oid,
+                    "crossed": crossed,
+                    "fee": "0.01" if crossed else "-0.001",
+                    "tid": self.tid,
+                    "feeToken": "USDC",
+                    "twapId": None,
                 },
             ]
 
         maker_side = "B" if taker_side == "A" else "A"
         buyer, seller = (taker, maker) if taker_side == "B" else (maker, taker)
-        info = [{"user": u, "start_pos": "0.0", "oid": self.oid, "twap_id": None, "cloid": None}
-                for u in (buyer, seller)]
-        line = {"coin": coin, "side": taker_side, "time": iso(self.now), "px": px_s, "sz": sz_s,
-                "hash": h, "trade_dir_override": "Na", "side_info": info}
+        info = [
+            {"user": u, "start_pos": "0.0", "oid": self.oid, "twap_id": None, "cloid": None}
+            for u in (buyer, seller)
+        ]
+        line = {
+            "coin": coin,
+            "side": taker_side,
+            "time": iso(self.now),
+            "px": px_s,
+            "sz": sz_s,
+            "hash": h,
+            "trade_dir_override": "Na",
+            "side_info": info,
+        }
         return fill(taker, taker_side, True), fill(maker, maker_side, False), line
 
     def blocks(self, events_per_block: float) -> Iterator[tuple[dict[str, object], list, list, list]]:
@@ -166,8 +186,11 @@ class Simulator:
                 self.now = datetime.now(UTC)
             else:
                 self.now += timedelta(seconds=BLOCK_S)
-            env = {"local_time": iso(self.now + timedelta(milliseconds=300)),
-                   "block_time": iso(self.now), "block_number": self.block}
+            env = {
+                "local_time": iso(self.now + timedelta(milliseconds=300)),
+                "block_time": iso(self.now),
+                "block_number": self.block,
+            }
             n = max(0, int(self.rng.expovariate(1.0 / max(events_per_block, 1e-9)) + 0.5))
             orders = [self.order_event() for _ in range(n)]
             fills: list[list[object]] = []
@@ -247,8 +270,16 @@ class NodeWriter:
         self.files.clear()
 
 
-def _write_block(writer: NodeWriter, dirs: dict[str, str], variant: str, now: datetime,
-                 env: dict[str, object], orders: list, fills: list, trades: list) -> None:
+def _write_block(
+    writer: NodeWriter,
+    dirs: dict[str, str],
+    variant: str,
+    now: datetime,
+    env: dict[str, object],
+    orders: list,
+    fills: list,
+    trades: list,
+) -> None:
     events = {"orders": orders, "fills": fills}
     for kind, name in dirs.items():
         if kind == "trades":
@@ -257,9 +288,17 @@ def _write_block(writer: NodeWriter, dirs: dict[str, str], variant: str, now: da
             writer.write(name, now, render(name, variant, env, events[kind]))
 
 
-def generate(out: Path, *, lines: int, variant: str = "plain", kinds: tuple[str, ...] = ("orders", "fills"),
-             seed: int = 7, start: datetime | None = None, events_per_block: float = 20.0,
-             malformed_share: float = 0.0) -> int:
+def generate(
+    out: Path,
+    *,
+    lines: int,
+    variant: str = "plain",
+    kinds: tuple[str, ...] = ("orders", "fills"),
+    seed: int = 7,
+    start: datetime | None = None,
+    events_per_block: float = 20.0,
+    malformed_share: float = 0.0,
+) -> int:
     """Write about `lines` lines over all streams, on a simulated clock, as fast as
     possible; returns the number of lines written."""
     sim = Simulator(seed=seed, **({"start": start} if start else {}))
@@ -273,9 +312,17 @@ def generate(out: Path, *, lines: int, variant: str = "plain", kinds: tuple[str,
     return writer.lines
 
 
-def run_live(out: Path, *, rate: float, variant: str = "plain", kinds: tuple[str, ...] = ("orders", "fills"),
-             seed: int = 7, malformed_share: float = 0.0,
-             stop: threading.Event | None = None, duration_s: float | None = None) -> int:
+def run_live(
+    out: Path,
+    *,
+    rate: float,
+    variant: str = "plain",
+    kinds: tuple[str, ...] = ("orders", "fills"),
+    seed: int = 7,
+    malformed_share: float = 0.0,
+    stop: threading.Event | None = None,
+    duration_s: float | None = None,
+) -> int:
     """Write at about `rate` order-status lines per second on the wall clock until stopped."""
     stop = stop or threading.Event()
     sim = Simulator(seed=seed, start=datetime.now(UTC), wall_clock=True)

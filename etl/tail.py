@@ -94,8 +94,10 @@ def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
         chosen.pop("trades", None)
     ignored = [s.name for s in present if s not in chosen.values()]
     if ignored:
-        log.warning("event=streams_ignored streams=%s reason=one_variant_per_kind "
-                    "(set `streams` to choose)", ",".join(ignored))
+        log.warning(
+            "event=streams_ignored streams=%s reason=one_variant_per_kind (set `streams` to choose)",
+            ",".join(ignored),
+        )
     return [s for s in present if s in chosen.values()]
 
 
@@ -230,13 +232,19 @@ class Tailer:
                 continue
             if cur.inode and st.st_ino != cur.inode:
                 gaps.append(Gap(cur.file, cur.offset, cur.offset, "replaced"))
-                log.warning("event=file_replaced stream=%s file=%s offset=%d",
-                            self.stream.name, cur.file, cur.offset)
+                log.warning(
+                    "event=file_replaced stream=%s file=%s offset=%d", self.stream.name, cur.file, cur.offset
+                )
                 cur = Cursor(cur.file, st.st_ino, 0)
             elif st.st_size < cur.offset:
                 gaps.append(Gap(cur.file, st.st_size, cur.offset, "truncated"))
-                log.warning("event=file_truncated stream=%s file=%s offset=%d size=%d",
-                            self.stream.name, cur.file, cur.offset, st.st_size)
+                log.warning(
+                    "event=file_truncated stream=%s file=%s offset=%d size=%d",
+                    self.stream.name,
+                    cur.file,
+                    cur.offset,
+                    st.st_size,
+                )
                 cur = Cursor(cur.file, st.st_ino, 0)
             elif not cur.inode:
                 cur = Cursor(cur.file, st.st_ino, cur.offset)
@@ -265,8 +273,16 @@ class Tailer:
                     partial = f.read(min(512, st.st_size - cur.offset))
                 self._waiting_since = None
                 nxt = Cursor(later[0], os.stat(root / later[0]).st_ino, 0)
-                return Batch(self.stream, cur.file, cur.offset, b"", nxt, gaps, partial,
-                             "unterminated last line of a rotated file")
+                return Batch(
+                    self.stream,
+                    cur.file,
+                    cur.offset,
+                    b"",
+                    nxt,
+                    gaps,
+                    partial,
+                    "unterminated last line of a rotated file",
+                )
             cur = Cursor(later[0], os.stat(root / later[0]).st_ino, 0)
             return Batch(self.stream, cur.file, 0, b"", cur, gaps, unread=unread)
         if gaps:
@@ -289,9 +305,17 @@ class Tailer:
             if end >= size and not data.endswith(b"\n"):
                 return None
             nxt = Cursor(cur.file, cur.inode, end)
-            return Batch(self.stream, cur.file, cur.offset, b"", nxt, gaps, data[:512],
-                         f"line over batch_max_bytes ({self.batch_max_bytes})",
-                         unread=unread - (end - cur.offset))
+            return Batch(
+                self.stream,
+                cur.file,
+                cur.offset,
+                b"",
+                nxt,
+                gaps,
+                data[:512],
+                f"line over batch_max_bytes ({self.batch_max_bytes})",
+                unread=unread - (end - cur.offset),
+            )
         if cut < len(data):
             data = data[:cut]
         nxt = Cursor(cur.file, cur.inode, cur.offset + cut)
@@ -303,8 +327,7 @@ class Tailer:
         gaps = []
         last = later[-1] if later else cur.file
         last_size = _size(root / last)
-        target = _line_start_at_or_after(root / last, max(0, last_size - self.batch_max_bytes),
-                                         last_size)
+        target = _line_start_at_or_after(root / last, max(0, last_size - self.batch_max_bytes), last_size)
         if later:
             gaps.append(Gap(cur.file, cur.offset, size, "backlog"))
             for f in later[:-1]:
@@ -314,8 +337,15 @@ class Tailer:
         else:
             gaps.append(Gap(cur.file, cur.offset, target, "backlog"))
         skipped = sum(g.end - g.start for g in gaps)
-        log.warning("event=backlog_skip stream=%s bytes=%d from=%s:%d to=%s:%d",
-                    self.stream.name, skipped, cur.file, cur.offset, last, target)
+        log.warning(
+            "event=backlog_skip stream=%s bytes=%d from=%s:%d to=%s:%d",
+            self.stream.name,
+            skipped,
+            cur.file,
+            cur.offset,
+            last,
+            target,
+        )
         return Cursor(last, os.stat(root / last).st_ino, target), gaps
 
 
