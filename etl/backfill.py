@@ -13,9 +13,10 @@ from pathlib import Path
 
 import lz4.frame
 
-from etl.pipeline import DEFAULT_LINE_BYTES, process_batch
+from etl.pipeline import commit_unit
 from etl.store import Store
 from etl.tail import STREAM_DIRS, Batch, Cursor, Stream
+from etl.units import unit_of
 
 log = logging.getLogger("nodetap.backfill")
 
@@ -126,10 +127,9 @@ def backfill(
             if not data.endswith(b"\n"):
                 data += b"\n"
             nxt = Cursor(f.name, 0, off + len(data))
-            batch = Batch(st, f.name, off, data, nxt)
-            result, frames = process_batch(batch, DEFAULT_LINE_BYTES, max_line_bytes)
-            result.stream = key
-            store.commit(result, frames)
+            unit = unit_of(Batch(st, f.name, off, data, nxt), max_line_bytes)
+            unit.stream = Stream(key, st.kind, st.variant, st.root)  # a cursor per file
+            result, frames = commit_unit(store, unit)
             totals["lines"] += result.lines
             totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
             totals["rejects"] += len(result.rejects)

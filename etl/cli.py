@@ -82,6 +82,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         if args.once:
             pipe.run_once()
+            print(_fmt_status(pipe.status()))
         else:
             pipe.run()
     finally:
@@ -208,8 +209,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
     if args.lines:
+        start = datetime.fromisoformat(args.start).replace(tzinfo=UTC) if args.start else None
         n = generate(
             out,
+            start=start,
             lines=args.lines,
             variant=args.variant,
             kinds=kinds,
@@ -300,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write this many order-status lines at once, on a simulated clock, then exit",
     )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--start", help="with --lines: the simulated clock's start (ISO, UTC)")
     p.add_argument("--variant", choices=["plain", "by_block", "streaming"], default="plain")
     p.add_argument(
         "--streams",

@@ -65,8 +65,6 @@ class Settings:
         for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
-        if self.max_line_bytes > self.batch_max_bytes:
-            raise ConfigError("max_line_bytes must not exceed batch_max_bytes")
 
 
 def settings_doc() -> list[tuple[str, str, str]]:

@@ -154,9 +154,14 @@ REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
 @dataclass
 class Parsed:
-    frame: pl.DataFrame
+    frame: pl.DataFrame  # with `_line`: the index in `starts` of each row's line
     rejects: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, reason, head)
-    lines: int = 0  # lines seen, good and bad
+    starts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # every line's start
+
+    @property
+    def lines(self) -> int:
+        """Lines seen, good and bad."""
+        return len(self.starts)
 
 
 def _iso(col: pl.Expr) -> pl.Expr:
@@ -336,7 +341,7 @@ def _flatten(fmt: Format, raw: pl.DataFrame) -> pl.DataFrame:
         raw = raw.with_row_index("_line").explode(fmt.explode).drop_nulls(fmt.explode)
         flat = fmt.flatten(raw)
         return flat.with_columns(raw["_line"])
-    return fmt.flatten(raw).with_row_index("_line")
+    return fmt.flatten(raw).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_line"))
 
 
 def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) -> Parsed:
@@ -347,7 +352,7 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) ->
     starts, ends = line_bounds(buf)
     n = len(ends)
     if n == 0:
-        return Parsed(pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32}), [], 0)
+        return Parsed(pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32}), [], starts)
     long = (ends - starts) > max_line_bytes
     blank = (ends - starts) == 0
     if not long.any() and not blank.any():
@@ -355,7 +360,7 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) ->
             flat = _flatten(fmt, _decode(fmt, buf, plain_fills))
             bad = _missing(flat, fmt.required)
             if bad is None:
-                return Parsed(flat, [], n)
+                return Parsed(flat, [], starts)
         except Exception:  # noqa: BLE001 - any decode error sends the batch to the slow path
             pass
     return _slow_parse(fmt, buf, starts, ends, long, blank, plain_fills)
@@ -406,7 +411,7 @@ def _slow_parse(
             rejects.append((s, "missing required field", buf[s:e][:REJECT_LINE_BYTES]))
         flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
     rejects.sort()
-    return Parsed(flat, rejects, len(ends))
+    return Parsed(flat, rejects, starts)
 
 
 def _decode_isolating(

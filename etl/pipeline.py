@@ -20,9 +20,10 @@ import polars as pl
 from watchfiles import watch
 
 from etl.config import Settings
-from etl.parse import Parsed, parse, trades_from_fills
+from etl.parse import trades_from_fills
 from etl.store import BatchResult, Store, utcnow
-from etl.tail import Batch, Cursor, Stream, Tailer, discover, initial_cursor
+from etl.tail import Cursor, Stream, Tailer, discover, initial_cursor
+from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.pipeline")
 
@@ -33,31 +34,20 @@ DEFAULT_LINE_BYTES = 480.0
 class StreamState:
     stream: Stream
     tailer: Tailer
-    cursor: Cursor
+    cursor: Cursor  # committed: the first line not in the store
+    read_cursor: Cursor  # where the next read starts (ahead of `cursor` by `carry`)
     line_bytes: float = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
-    lines: int = 0
-    bytes: int = 0
-    rejects: int = 0
-    skipped_bytes: int = 0
+    lines: int = 0  # committed since start
     unread: int = 0
     last_batch_at: float = 0.0
     rate: float = 0.0  # lines/s over recent batches
-    pending: Future[Prepared | None] | None = None  # the next batch, being prepared
-
-
-@dataclass
-class Prepared:
-    """A batch read and parsed, not yet committed."""
-
-    batch: Batch
-    result: BatchResult
-    frames: dict[str, pl.DataFrame]
-    seconds: float
+    pending: Future[Unit | None] | None = None  # the next unit, being read and parsed
+    carry: Unit | None = None  # rows read but held back to fill a whole row group
 
 
 @dataclass
 class Processed:
-    """One committed batch, as handed to subscribers (the API's live feed)."""
+    """One committed unit, as handed to subscribers (the API's live feed)."""
 
     stream: Stream
     frames: dict[str, pl.DataFrame]
@@ -78,7 +68,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.states: dict[str, StreamState] = {}
         self.stop_event = threading.Event()
-        self._last_status_write = 0.0
+        self._last_status_write = float("-inf")
         # one worker: at most one batch parsing while one commits, so memory stays bounded
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="nodetap-parse")
         self.refresh_streams()
@@ -99,18 +89,13 @@ class Pipeline:
                 rotate_grace_s=s.rotate_grace_s,
                 clock=self.clock,
             )
-            self.states[stream.name] = StreamState(stream, tailer, cur)
-            log.info(
-                "event=stream_start stream=%s file=%s offset=%d resumed=%s",
-                stream.name,
-                cur.file,
-                cur.offset,
-                stream.name in stored,
-            )
+            self.states[stream.name] = StreamState(stream, tailer, cur, cur)
+            log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s",
+                     stream.name, cur.file, cur.offset, stream.name in stored)
 
     # --------------------------------------------------------------- tick
     def run_once(self, max_batches: int = 1_000_000) -> int:
-        """Drain every stream (round robin, one batch each per turn); returns batches done."""
+        """Drain every stream (round robin, a few batches each per turn); returns batches done."""
         done = 0
         active = list(self.states.values())
         while active and done < max_batches and not self.stop_event.is_set():
@@ -127,69 +112,72 @@ class Pipeline:
         self.write_status_file()
         return done
 
-    def _prepare(self, st: StreamState, cur: Cursor) -> Prepared | None:
-        t0 = time.perf_counter()
+    def _read(self, st: StreamState, cur: Cursor) -> Unit | None:
         batch = st.tailer.next_batch(cur)
-        if batch is None:
-            return None
-        result, frames = process_batch(batch, st.line_bytes, self.settings.max_line_bytes)
-        return Prepared(batch, result, frames, time.perf_counter() - t0)
+        return None if batch is None else unit_of(batch, self.settings.max_line_bytes)
 
     def step(self, st: StreamState) -> bool:
-        """Commit one batch of one stream; False when it had nothing.
+        """Commit the next unit of one stream; False when it had nothing.
 
         The next batch is read and parsed on the worker thread while this one commits
         (DuckDB and Polars both release the GIL), so the two stages overlap on two cores.
-        Batches still commit one at a time, in order, each with its own cursor."""
-        prepared = st.pending.result() if st.pending is not None else None
-        st.pending = None
-        if prepared is None:  # nothing prefetched, or the prefetch found nothing then: look now
-            prepared = self._prepare(st, st.cursor)
-        if prepared is None:
-            st.unread = 0
-            return False
-        batch, result, frames = prepared.batch, prepared.result, prepared.frames
-        if not self.stop_event.is_set():
-            st.pending = self._worker.submit(self._prepare, st, batch.cursor)
+        Units still commit one at a time, in order, each with its own cursor."""
         t0 = time.perf_counter()
-        self.store.commit(result, frames)
-        seconds = prepared.seconds + time.perf_counter() - t0
-        st.cursor = batch.cursor
+        unit = st.pending.result() if st.pending is not None else None
+        st.pending = None
+        if unit is None:  # nothing prefetched, or the prefetch found nothing then: look now
+            unit = self._read(st, st.read_cursor)
+        if unit is None:
+            st.unread = 0
+            if st.carry is not None:
+                self._commit(st, st.carry, t0)
+                st.carry = None
+                return True
+            return False
+        st.read_cursor = unit.cursor
+        if not self.stop_event.is_set():
+            st.pending = self._worker.submit(self._read, st, unit.cursor)
+        if st.carry is not None:
+            if can_merge(st.carry, unit):
+                unit = merge(st.carry, unit)
+            else:
+                self._commit(st, st.carry, t0)
+            st.carry = None
+        if unit.unread > 0 and not self.stop_event.is_set():
+            unit, st.carry = split_whole_row_groups(unit)
+        self._commit(st, unit, t0)
+        return True
+
+    def flush(self) -> None:
+        """Commit the rows held back for a whole row group (at shutdown)."""
+        for st in self.states.values():
+            if st.carry is not None:
+                self._commit(st, st.carry, time.perf_counter())
+                st.carry = None
+
+    def _commit(self, st: StreamState, unit: Unit, t0: float) -> None:
+        result, frames = commit_unit(self.store, unit, st.line_bytes)
+        seconds = time.perf_counter() - t0
+        st.cursor = unit.cursor
         st.lines += result.lines
-        st.bytes += result.bytes
-        st.rejects += len(result.rejects)
-        st.skipped_bytes += sum(g.end - g.start for g in result.gaps)
-        st.unread = batch.unread
-        now = self.clock()
+        st.unread = unit.unread
         if result.lines:
             inst = result.lines / max(seconds, 1e-6)
             st.rate = inst if not st.rate else 0.8 * st.rate + 0.2 * inst
             st.line_bytes = 0.9 * st.line_bytes + 0.1 * (result.bytes / result.lines)
-        st.last_batch_at = now
+        st.last_batch_at = self.clock()
         if result.rejects:
-            log.warning(
-                "event=rejects stream=%s file=%s count=%d first_reason=%r",
-                st.stream.name,
-                batch.file,
-                len(result.rejects),
-                result.rejects[0][2],
-            )
+            log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
+                        st.stream.name, unit.file, len(result.rejects), result.rejects[0][2])
         for g in result.gaps:
-            log.warning(
-                "event=gap stream=%s file=%s from=%d to=%d reason=%s",
-                st.stream.name,
-                g.file,
-                g.start,
-                g.end,
-                g.reason,
-            )
+            log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
+                        st.stream.name, g.file, g.start, g.end, g.reason)
         processed = Processed(st.stream, frames, result, seconds)
         for listener in self.listeners:
             try:
                 listener(processed)
             except Exception:  # a broken subscriber must not stop ingestion
                 log.exception("event=listener_error stream=%s", st.stream.name)
-        return True
 
     # --------------------------------------------------------------- loop
     def _wakeups(self) -> Iterator[object]:
@@ -224,8 +212,10 @@ class Pipeline:
         self.stop_event.set()
 
     def close(self) -> None:
-        """Wait for the worker; a prefetched batch is not committed and is read again later."""
+        """Commit what is held back, then stop the worker; a prefetched batch is not
+        committed and is read again on the next start."""
         self.stop_event.set()
+        self.flush()
         self._worker.shutdown(wait=True, cancel_futures=True)
         for st in self.states.values():
             st.pending = None
@@ -276,38 +266,29 @@ def status_file(db: Path) -> Path:
     return db.with_name(db.name + ".status.json")
 
 
-def process_batch(
-    batch: Batch, line_bytes: float, max_line_bytes: int
-) -> tuple[BatchResult, dict[str, pl.DataFrame]]:
-    """Parse one batch into its frames (orders | fills + trades | trades) and its record."""
-    stream = batch.stream
+def commit_unit(store: Store, unit: Unit,
+                line_bytes: float = DEFAULT_LINE_BYTES) -> tuple[BatchResult, dict[str, pl.DataFrame]]:
+    """Commit a unit's rows (plus trades derived from fills), rejects, gaps and cursor."""
     frames: dict[str, pl.DataFrame] = {}
-    rejects: list[tuple[str, int, str, bytes]] = []
-    lines = 0
     first = last = None
-    if batch.data:
-        parsed: Parsed = parse(stream.kind, stream.variant, batch.data, max_line_bytes)
-        lines = parsed.lines
-        rejects = [(batch.file, batch.start + off, reason, head) for off, reason, head in parsed.rejects]
-        frame = parsed.frame.drop("_line")
-        frames[stream.kind] = frame
-        if stream.kind == "fills":
+    if unit.frame is not None:
+        frame = unit.frame.drop("_offset")
+        frames[unit.stream.kind] = frame
+        if unit.stream.kind == "fills":
             frames["trades"] = trades_from_fills(frame)
         if frame.height:
             first, last = frame["time"].min(), frame["time"].max()
-    if batch.dropped:
-        rejects.append((batch.file, batch.start, batch.dropped_reason, batch.dropped))
-        lines += 1
     result = BatchResult(
-        stream=stream.name,
-        cursor=batch.cursor,
-        file=batch.file,
-        lines=lines,
-        bytes=len(batch.data),
-        rejects=rejects,
-        gaps=batch.gaps,
+        stream=unit.stream.name,
+        cursor=unit.cursor,
+        file=unit.file,
+        lines=unit.lines,
+        bytes=unit.bytes,
+        rejects=unit.rejects,
+        gaps=unit.gaps,
         est_line_bytes=line_bytes,
         last_time=last,  # type: ignore[arg-type]
         first_time=first,  # type: ignore[arg-type]
     )
+    store.commit(result, frames)
     return result, frames

@@ -1,0 +1,307 @@
+"""End to end: the real pipeline and the real `nodetap ingest` on node dirs that keep growing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lz4.frame
+import orjson
+import pytest
+
+from etl.config import Settings
+from etl.pipeline import Pipeline, status_file
+from etl.store import Store
+from tests.conftest import ROOT, query, run_cli
+
+ORDERS = "node_order_statuses"
+FILLS = "node_fills"
+
+
+def split_into_hours(src: Path, dst: Path, hours: int = 3) -> dict[str, list[bytes]]:
+    """Spread a generated node dir's lines over `hours` hour files per stream (content for
+    a writer to replay); returns stream -> [content of each hour]."""
+    out = {}
+    for stream_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        data = b"".join(p.read_bytes() for p in sorted((stream_dir / "hourly").rglob("*"),
+                                                        key=lambda p: (p.parent.name, int(p.name)))
+                        if p.is_file())
+        lines = data.splitlines(keepends=True)
+        per = -(-len(lines) // hours)
+        out[stream_dir.name] = [b"".join(lines[i * per:(i + 1) * per]) for i in range(hours)]
+        (dst / stream_dir.name / "hourly" / "20260105").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def replay(dst: Path, content: dict[str, list[bytes]], seed: int = 1, pause: float = 0.002,
+           chunk: tuple[int, int] = (500, 40_000)) -> threading.Thread:
+    """A thread that appends the content like a node: arbitrary chunk boundaries (mid-line
+    included), hour after hour, all streams interleaved."""
+    rng = random.Random(seed)
+
+    def run() -> None:
+        for hour in range(len(next(iter(content.values())))):
+            pos = dict.fromkeys(content, 0)
+            while any(pos[s] < len(content[s][hour]) for s in content):
+                for s, hours in content.items():
+                    data = hours[hour]
+                    if pos[s] >= len(data):
+                        continue
+                    n = rng.randint(*chunk)
+                    with open(dst / s / "hourly" / "20260105" / str(10 + hour), "ab") as f:
+                        f.write(data[pos[s]:pos[s] + n])
+                    pos[s] += n
+                time.sleep(pause)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def source_keys(content: dict[str, list[bytes]]) -> tuple[list[int], list[tuple[int, int]]]:
+    oids = [orjson.loads(x)["order"]["oid"] for x in b"".join(content[ORDERS]).splitlines()]
+    fills = [(f[1]["tid"], f[1]["oid"]) for f in map(orjson.loads,
+                                                      b"".join(content[FILLS]).splitlines())]
+    return oids, fills
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_pipeline_follows_a_growing_node_dir_with_rotation(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_node_dir(lines=6000, name="src")
+    node = tmp_path / "node"
+    content = split_into_hours(src, node)
+    oids, fills = source_keys(content)
+    s = Settings(node_dir=node, db=tmp_path / "live.duckdb", start_from="start",
+                 debounce_ms=5, poll_interval_ms=50, batch_max_bytes=1 << 16)
+    store = Store(s.db)
+    pipe = Pipeline(s, store)
+    runner = threading.Thread(target=pipe.run)
+    runner.start()
+    writer = replay(node, content)
+    writer.join()
+    counts = [0]
+
+    def caught_up() -> bool:
+        counts[0] = sum(st.lines for st in pipe.states.values())
+        return counts[0] >= len(oids) + len(fills)
+
+    wait_for(caught_up)
+    t = time.monotonic()
+    pipe.stop()
+    runner.join(5)
+    assert not runner.is_alive() and time.monotonic() - t < 2
+    pipe.close()
+    got = [r[0] for r in store.con.execute("SELECT oid FROM orders ORDER BY oid").fetchall()]
+    assert got == sorted(oids)
+    got_fills = store.con.execute("SELECT tid, oid FROM fills ORDER BY ALL").fetchall()
+    assert got_fills == sorted(fills)
+    trades = store.con.execute(
+        "SELECT count(*), count(DISTINCT tid), count(buyer), count(seller) FROM trades").fetchone()
+    assert trades == (len(fills) // 2,) * 4  # every trade once, both users known
+    assert store.con.execute("SELECT count(*) FROM rejects").fetchone() == (0,)
+    assert store.con.execute("SELECT file FROM cursors WHERE stream = ?", [ORDERS]).fetchone() == (
+        "20260105/12",)
+    store.close()
+
+
+def _ingest_proc(node: Path, db: Path, *extra: str, stderr: int = subprocess.PIPE
+                 ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
+         "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "65536", *extra],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_node_dir(lines=30_000, name="src")
+    node = tmp_path / "node"
+    content = split_into_hours(src, node)
+    oids, fills = source_keys(content)
+    db = tmp_path / "k.duckdb"
+    writer = replay(node, content, pause=0.01, chunk=(2000, 60_000))
+    rng = random.Random(42)
+    kills = 0
+    while writer.is_alive() or kills < 5:
+        proc = _ingest_proc(node, db, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if kills > 30:
+            break
+    writer.join()
+    assert kills >= 5
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--once")
+    got = [r[0] for r in query(db, "SELECT oid FROM orders ORDER BY oid")]
+    assert len(got) == len(oids)
+    assert got == sorted(oids)
+    assert query(db, "SELECT tid, oid FROM fills ORDER BY ALL") == sorted(fills)
+    assert query(db, "SELECT count(*) - count(DISTINCT tid) FROM trades") == [(0,)]
+    assert query(db, "SELECT count(*) FROM trades") == [(len(fills) // 2,)]
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_0(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=3000)
+    db = tmp_path / "s.duckdb"
+    proc = _ingest_proc(node, db)
+    wait_for(lambda: status_file(db).exists(), timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert b"event=shutdown" in err
+    total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
+    assert query(db, "SELECT sum(lines) FROM cursors") == [(total,)]
+
+
+def test_malformed_lines_go_to_rejects_with_file_and_offset(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    hour = node / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    from tests.test_parse import good
+    lines = [good(1), b'{"broken', good(2), b"\xff\xfe", good(3)]
+    hour.write_bytes(b"\n".join(lines) + b"\n")
+    db = tmp_path / "r.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    assert query(db, "SELECT oid FROM orders ORDER BY oid") == [(1,), (2,), (3,)]
+    rejects = query(db, 'SELECT stream, file, "offset", reason, line FROM rejects ORDER BY 3')
+    off1 = len(good(1)) + 1
+    off2 = off1 + len(b'{"broken') + 1 + len(good(2)) + 1
+    assert [(r[0], r[1], r[2]) for r in rejects] == [
+        (ORDERS, "20260105/11", off1), (ORDERS, "20260105/11", off2)]
+    assert rejects[0][3].startswith("invalid JSON") and rejects[0][4] == '{"broken'
+    assert query(db, "SELECT rejects, lines, rows FROM cursors") == [(2, 5, 3)]
+
+
+def test_backlog_drop_is_recorded_in_gaps(make_node_dir: Callable[..., Path],
+                                          tmp_path: Path) -> None:
+    node = make_node_dir(lines=20_000, kinds=("orders",))
+    size = sum(p.stat().st_size for p in node.rglob("*") if p.is_file())
+    db = tmp_path / "g.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once",
+            "--max-backlog-bytes", str(size // 20), "--batch-max-bytes", str(1 << 16))
+    gaps = query(db, "SELECT sum(bytes), sum(est_lines), min(reason), max(reason) FROM gaps")
+    (skipped, est, r1, r2), = gaps
+    rows, lines = query(db, "SELECT rows, lines FROM cursors")[0]
+    assert (r1, r2) == ("backlog", "backlog")
+    assert skipped + query(db, "SELECT bytes FROM cursors")[0][0] == size
+    assert 0.8 < (est + lines) / 20_000 < 1.2  # the estimate of skipped lines is close
+    assert rows < 20_000 // 10
+    assert query(db, "SELECT count(*) FROM gaps WHERE time_to IS NULL") == [(0,)]
+
+
+def _peak_rss_mb(*args: str) -> float:
+    code = ("import resource, subprocess, sys; "
+            "r = subprocess.run(sys.argv[1:]); assert r.returncode == 0; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "etl.cli", *args],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def test_memory_does_not_depend_on_backlog(make_node_dir: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    limit = 4 << 20
+    small = make_node_dir(lines=8_000, kinds=("orders",), name="small")  # ~1x the limit
+    big = make_node_dir(lines=170_000, kinds=("orders",), name="big")  # ~20x the limit
+    big_size = sum(p.stat().st_size for p in big.rglob("*") if p.is_file())
+    assert big_size > 19 * limit
+    common = ["--from", "start", "--once", "--max-backlog-bytes", str(limit),
+              "--batch-max-bytes", str(1 << 20), "--log-level", "WARNING"]
+    rss_small = _peak_rss_mb("ingest", "--node-dir", str(small), "--db",
+                             str(tmp_path / "a.duckdb"), *common)
+    rss_big = _peak_rss_mb("ingest", "--node-dir", str(big), "--db",
+                           str(tmp_path / "b.duckdb"), *common)
+    print(f"peak RSS: backlog 1x {rss_small:.0f} MB, backlog 20x {rss_big:.0f} MB")
+    assert rss_big < rss_small * 1.15 + 15
+
+
+def test_backfill_plain_and_lz4_resumes_without_duplicates(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=5000, kinds=("orders",), start=datetime(2026, 1, 5, 10, 59, 55, tzinfo=UTC))
+    files = sorted((node / ORDERS / "hourly").rglob("*"))
+    files = [f for f in files if f.is_file()]
+    assert len(files) == 2
+    # the public archives hold .lz4 hour files
+    lz = files[1].with_name(files[1].name + ".lz4")
+    lz.write_bytes(lz4.frame.compress(files[1].read_bytes()))
+    total = sum(len(f.read_bytes().splitlines()) for f in files)
+    files[1].unlink()
+    db = tmp_path / "bf.duckdb"
+    out = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet")
+    assert f"lines={total}" in out.stdout and "rejects=0" in out.stdout
+    again = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet")
+    assert "skipped_files=2" in again.stdout
+    assert query(db, "SELECT count(*), count(DISTINCT oid) FROM orders") == [(total, total)]
+
+
+def test_backfill_refuses_a_path_with_no_stream(tmp_path: Path) -> None:
+    f = tmp_path / "9"
+    f.write_bytes(b"{}\n")
+    proc = run_cli("backfill", str(f), "--db", str(tmp_path / "x.duckdb"), check=False)
+    assert proc.returncode == 2
+    assert "cannot tell the stream" in proc.stderr
+
+
+def test_status_prints_per_stream_rows(make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=3000)
+    db = tmp_path / "st.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    with open(node / ORDERS / "hourly" / "20260105" / "11", "ab") as f:
+        f.write(b"x" * 100)  # unread bytes: lag
+    out = run_cli("status", "--node-dir", str(node), "--db", str(db), "--json")
+    rows = {r["stream"]: r for r in orjson.loads(out.stdout)}
+    assert set(rows) == {ORDERS, FILLS}
+    assert rows[ORDERS]["lag_bytes"] == 100 and rows[FILLS]["lag_bytes"] == 0
+    assert rows[ORDERS]["rejects"] == 0 and rows[ORDERS]["gaps"] == 0
+    table = run_cli("status", "--node-dir", str(node), "--db", str(db)).stdout
+    assert table.splitlines()[0].split()[:3] == ["stream", "file", "offset"]
+
+
+def test_status_while_ingest_holds_the_db(make_node_dir: Callable[..., Path],
+                                          tmp_path: Path) -> None:
+    node = make_node_dir(lines=2000)
+    db = tmp_path / "busy.duckdb"
+    proc = _ingest_proc(node, db)
+    try:
+        wait_for(lambda: status_file(db).exists(), timeout=30)
+        out = run_cli("status", "--node-dir", str(node), "--db", str(db), "--json")
+        assert {r["stream"] for r in orjson.loads(out.stdout)} == {ORDERS, FILLS}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("variant", ["by_block", "streaming"])
+def test_block_variants_end_to_end(make_node_dir: Callable[..., Path], tmp_path: Path,
+                                   variant: str) -> None:
+    node = make_node_dir(lines=3000, variant=variant)
+    db = tmp_path / "v.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    events = 0
+    for p in (node / f"{ORDERS}_{variant}").rglob("*"):
+        if p.is_file():
+            events += sum(len(orjson.loads(x)["events"]) for x in p.read_bytes().splitlines())
+    assert query(db, "SELECT count(*), count(block_number) FROM orders") == [(events, events)]
+    assert query(db, "SELECT count(*) - count(buyer) - count(seller) + count(*) FROM trades") == [
+        (0,)]
+    assert os.path.exists(db)

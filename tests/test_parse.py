@@ -1,0 +1,210 @@
+"""Parsing: every real sample line, exact values against an independent decoder, and bad lines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+
+from etl.parse import parse, trades_from_fills
+
+SAMPLE_STREAMS = {
+    "node_fills_by_block.jsonl": ("fills", "by_block"),
+    "node_fills_by_block__btc_filtered.jsonl": ("fills", "by_block"),
+    "node_fills_by_block__testnet_empty.jsonl": ("fills", "by_block"),
+    "node_fills_streaming.jsonl": ("fills", "streaming"),
+    "node_fills_streaming__liquidation.jsonl": ("fills", "streaming"),
+    "node_order_statuses_by_block__btc_filtered.jsonl": ("orders", "by_block"),
+    "node_order_statuses_by_block__testnet.jsonl": ("orders", "by_block"),
+    "node_order_statuses_streaming.jsonl": ("orders", "streaming"),
+    "node_trades.jsonl": ("trades", "plain"),
+    "node_trades_2024.jsonl": ("trades", "plain"),
+}
+
+
+def _read(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def _events(kind: str, variant: str, data: bytes) -> list:
+    """The events of a file, decoded line by line with orjson: the oracle."""
+    out = []
+    for line in data.splitlines():
+        v = orjson.loads(line)
+        out += v["events"] if variant != "plain" else [v]
+    return out
+
+
+def _ts(iso: str) -> datetime:
+    head, _, frac = iso.partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_STREAMS))
+def test_every_sample_line_parses_to_exact_values(samples: Path, name: str) -> None:
+    kind, variant = SAMPLE_STREAMS[name]
+    data = _read(samples / name)
+    parsed = parse(kind, variant, data)
+    events = _events(kind, variant, data)
+    assert parsed.rejects == []
+    assert parsed.lines == data.count(b"\n")
+    frame = parsed.frame
+    assert frame.height == len(events)
+    for row, ev in zip(frame.iter_rows(named=True), events, strict=True):
+        if kind == "orders":
+            o = ev["order"]
+            assert row["time"] == _ts(ev["time"])
+            assert (row["user"], row["status"], row["coin"], row["side"]) == (
+                ev["user"], ev["status"], o["coin"], o["side"])
+            assert (row["limit_px"], row["sz"], row["orig_sz"]) == (
+                float(o["limitPx"]), float(o["sz"]), float(o["origSz"]))
+            assert (row["oid"], row["tif"], row["cloid"], row["order_type"]) == (
+                o["oid"], o["tif"], o["cloid"], o["orderType"])
+            assert row["order_time"].timestamp() * 1000 == pytest.approx(o["timestamp"], abs=0.5)
+            assert orjson.loads(row["children"]) == o["children"]
+        elif kind == "fills":
+            user, f = ev
+            assert (row["user"], row["coin"], row["side"], row["tid"], row["oid"]) == (
+                user, f["coin"], f["side"], f["tid"], f["oid"])
+            assert (row["px"], row["sz"], row["fee"], row["crossed"]) == (
+                float(f["px"]), float(f["sz"]), float(f["fee"]), f["crossed"])
+            assert row["time"].timestamp() * 1000 == pytest.approx(f["time"], abs=0.5)
+            assert row["twap_id"] == f["twapId"]
+            liq = f.get("liquidation")
+            assert row["liquidated_user"] == (liq["liquidatedUser"] if liq else None)
+        else:
+            assert (row["coin"], row["side"], row["px"], row["sz"], row["hash"]) == (
+                ev["coin"], ev["side"], float(ev["px"]), float(ev["sz"]), ev["hash"])
+            assert row["time"] == _ts(ev["time"])
+            assert (row["buyer"], row["seller"]) == (
+                ev["side_info"][0]["user"], ev["side_info"][1]["user"])
+
+
+def test_block_rows_carry_block_number_and_time(samples: Path) -> None:
+    data = _read(samples / "node_order_statuses_by_block__testnet.jsonl")
+    row = parse("orders", "by_block", data).frame.row(0, named=True)
+    assert row["block_number"] == 463290001
+    assert row["block_time"] == datetime(2025, 11, 16, 8, 45, 47, 219983)
+    assert row["time"] == datetime(2025, 11, 16, 8, 45, 47, 219983)
+
+
+def test_liquidation_fill(samples: Path) -> None:
+    data = _read(samples / "node_fills_streaming__liquidation.jsonl")
+    row = parse("fills", "streaming", data).frame.row(0, named=True)
+    assert row["liquidated_user"] == "0x5ef843ccf26810073ee689a954f6d05f5b48fccb"
+    assert row["liquidation_mark_px"] == 72.149
+    assert row["liquidation_method"] == "market"
+    assert row["cloid"] == "0x00000000000000000000019f08a8bdd8"
+
+
+def test_trades_from_fills_one_per_tid_with_taker_side(samples: Path) -> None:
+    data = _read(samples / "node_fills_by_block.jsonl")
+    fills = parse("fills", "by_block", data).frame
+    trades = trades_from_fills(fills)
+    events = [e for line in data.splitlines() for e in orjson.loads(line)["events"]]
+    by_tid: dict[int, list] = {}
+    for user, f in events:
+        by_tid.setdefault(f["tid"], []).append((user, f))
+    expected = {}
+    for tid, pair in by_tid.items():
+        takers = [(u, f) for u, f in pair if f["crossed"]]
+        if not takers:
+            continue
+        user, f = takers[0]
+        makers = [u for u, g in pair if not g["crossed"]]
+        other = makers[0] if makers else None
+        buyer, seller = (user, other) if f["side"] == "B" else (other, user)
+        expected[tid] = (f["coin"], f["side"], float(f["px"]), float(f["sz"]), buyer, seller)
+    got = {r["tid"]: (r["coin"], r["side"], r["px"], r["sz"], r["buyer"], r["seller"])
+           for r in trades.iter_rows(named=True)}
+    assert trades["tid"].n_unique() == trades.height
+    assert got == expected
+
+
+def test_plain_fills_lines_are_top_level_arrays(samples: Path) -> None:
+    # the plain variant writes each event `[user, {...}]` as its own line
+    blocks = _read(samples / "node_fills_streaming.jsonl").splitlines()
+    plain = b"".join(orjson.dumps(orjson.loads(b)["events"][0]) + b"\n" for b in blocks)
+    a = parse("fills", "plain", plain).frame
+    b = parse("fills", "streaming", b"\n".join(blocks) + b"\n").frame
+    assert a.drop("block_number", "block_time").equals(b.drop("block_number", "block_time"))
+
+
+GOOD = (b'{"time":"2026-01-05T11:00:00.5","user":"0xu","hash":null,"builder":null,"status":"open",'
+        b'"order":{"coin":"BTC","side":"B","limitPx":"100.5","sz":"2","oid":OID,"timestamp":1,'
+        b'"triggerCondition":"N/A","isTrigger":false,"triggerPx":"0.0","children":[],'
+        b'"isPositionTpsl":false,"reduceOnly":false,"orderType":"Limit","origSz":"2",'
+        b'"tif":"Gtc","cloid":null}}')
+
+
+def good(oid: int) -> bytes:
+    return GOOD.replace(b"OID", str(oid).encode())
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b'{"time":"2026-01-05T11:00:00","user":', "invalid JSON"),
+        (b"\xff\xfe\x00garbage", "invalid JSON"),
+        (b"[1, 2, 3]", "expected a JSON dict"),
+        (b'{"time":"x"}', "missing required field"),
+        (good(9).replace(b'"oid":9', b'"oid":"nine"'), "wrong shape"),
+        (b'{"status":"open","order":5}', "wrong shape"),
+    ],
+)
+def test_bad_line_is_rejected_and_neighbours_kept(bad: bytes, reason: str) -> None:
+    lines = [good(1), good(2), bad, good(3)]
+    buf = b"\n".join(lines) + b"\n"
+    parsed = parse("orders", "plain", buf)
+    assert parsed.frame["oid"].to_list() == [1, 2, 3]
+    assert parsed.frame["_line"].to_list() == [0, 1, 3]
+    assert len(parsed.rejects) == 1
+    offset, why, head = parsed.rejects[0]
+    assert offset == len(good(1)) + len(good(2)) + 2
+    assert why.startswith(reason), why
+    assert head == bad[:512]
+    assert parsed.lines == 4
+
+
+def test_line_over_max_line_bytes_is_rejected() -> None:
+    long = good(5).replace(b'"cloid":null', b'"cloid":"' + b"a" * 3000 + b'"')
+    buf = good(1) + b"\n" + long + b"\n" + good(2) + b"\n"
+    parsed = parse("orders", "plain", buf, max_line_bytes=1000)
+    assert parsed.frame["oid"].to_list() == [1, 2]
+    assert [(o, r) for o, r, _ in parsed.rejects] == [
+        (len(good(1)) + 1, f"line of {len(long)} bytes over max_line_bytes")]
+
+
+def test_blank_lines_are_skipped_not_rejected() -> None:
+    buf = good(1) + b"\n\n" + good(2) + b"\n"
+    parsed = parse("orders", "plain", buf)
+    assert parsed.frame["oid"].to_list() == [1, 2]
+    assert parsed.rejects == []
+
+
+def test_many_bad_lines_in_one_batch() -> None:
+    lines = []
+    for i in range(3000):
+        lines.append(good(i) if i % 7 else good(i)[: 40 + i % 50])
+    parsed = parse("orders", "plain", b"\n".join(lines) + b"\n")
+    assert parsed.frame["oid"].to_list() == [i for i in range(3000) if i % 7]
+    assert len(parsed.rejects) == len([i for i in range(3000) if not i % 7])
+
+
+def test_block_line_with_one_bad_event_rejects_the_line(samples: Path) -> None:
+    lines = _read(samples / "node_fills_streaming.jsonl").splitlines()
+    broken = lines[3].replace(b'"tid":', b'"tid":"x",  "_":')
+    buf = b"\n".join(lines[:3] + [broken] + lines[4:]) + b"\n"
+    parsed = parse("fills", "streaming", buf)
+    assert parsed.frame.height == len(lines) - 1
+    assert [r[0] for r in parsed.rejects] == [sum(len(x) + 1 for x in lines[:3])]
+
+
+def test_empty_buffer() -> None:
+    parsed = parse("fills", "by_block", b"")
+    assert parsed.frame.height == 0 and parsed.lines == 0
+    assert isinstance(parsed.frame, pl.DataFrame)
