@@ -51,7 +51,7 @@ def main() -> None:
             backlog="keep",
             **({"batch_max_bytes": args.batch_max_bytes} if args.batch_max_bytes else {}),
         )
-        store = Store(db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold)
+        store = Store.from_settings(s)
         pipe = Pipeline(s, store)
         t = time.perf_counter()
         pipe.run_once()

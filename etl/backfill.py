@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lz4.frame
 
-from etl.pipeline import commit_unit
+from etl.pipeline import Shaping, commit_unit
 from etl.store import Store
 from etl.tail import STREAM_DIRS, Batch, Cursor, Stream
 from etl.units import unit_of
@@ -95,6 +95,7 @@ def backfill(
     stream: str | None = None,
     stop: threading.Event | None = None,
     progress: bool = True,
+    shaping: Shaping | None = None,
 ) -> dict[str, int]:
     """Ingest `paths`; returns counts of files, lines, rows and rejects."""
     from tqdm import tqdm
@@ -129,7 +130,7 @@ def backfill(
             nxt = Cursor(f.name, 0, off + len(data))
             unit = unit_of(Batch(st, f.name, off, data, nxt), max_line_bytes)
             unit.stream = Stream(key, st.kind, st.variant, st.root)  # a cursor per file
-            result, frames = commit_unit(store, unit)
+            result, frames, _ = commit_unit(store, unit, shaping)
             totals["lines"] += result.lines
             totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
             totals["rejects"] += len(result.rejects)

@@ -45,8 +45,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     ):
         if getattr(args, name, None) is not None:
             flags[name] = getattr(args, name)
-    if getattr(args, "poll", False):
-        flags["poll"] = True
+    for name in ("poll", "keep_all"):
+        if getattr(args, name, False):
+            flags[name] = True
+    for name in ("rules_file", "lake_dir"):
+        if getattr(args, name, None) is not None:
+            flags[name] = getattr(args, name)
     if getattr(args, "streams", None):
         flags["streams"] = args.streams
     config = args.config or os.environ.get("NODETAP_CONFIG")
@@ -76,12 +80,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not s.node_dir.is_dir():
         print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
         return 2
-    store = Store(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold)
+    store = Store.from_settings(s)
     pipe = Pipeline(s, store)
     install_signals(pipe.stop_event)
     try:
         if args.once:
             pipe.run_once()
+            pipe.flush()
+            pipe.lake().seal()
             print(_fmt_status(pipe.status()))
         else:
             pipe.run()
@@ -94,13 +100,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from etl.backfill import BackfillError, backfill
+    from etl.pipeline import Shaping, rules_file_for
     from etl.store import Store
 
     s = _settings(args)
     _setup_logging(s.log_level)
     stop = threading.Event()
     install_signals(stop)
-    store = Store(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold)
+    store = Store.from_settings(s)
     try:
         totals = backfill(
             [Path(p) for p in args.paths],
@@ -110,6 +117,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             stream=args.stream,
             stop=stop,
             progress=not args.quiet,
+            shaping=Shaping(rules_file_for(s), s.candle_intervals),
         )
     except BackfillError as err:
         print(f"nodetap backfill: {err}", file=sys.stderr)
@@ -278,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce-ms", dest="debounce_ms", type=int)
     p.add_argument("--poll", action="store_true", help="poll instead of inotify")
     p.add_argument("--stream", dest="streams", action="append", help="only this stream dir")
-    p.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    p.add_argument("--once", action="store_true",
+                   help="drain what is there, seal complete hours, print status, exit")
+    p.add_argument("--rules", dest="rules_file", type=Path, help="orders filter rules (rules_file)")
+    p.add_argument("--keep-all", dest="keep_all", action="store_true",
+                   help="keep every order-status row (keep_all)")
+    p.add_argument("--lake", dest="lake_dir", type=Path, help="Parquet lake root (lake_dir)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("backfill", help="ingest existing hour files (plain or .lz4), then exit")
@@ -286,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, node=False)
     _tuning(p)
     p.add_argument("--stream", help="stream dir name, when the path does not say it")
+    p.add_argument("--rules", dest="rules_file", type=Path, help="orders filter rules (rules_file)")
+    p.add_argument("--keep-all", dest="keep_all", action="store_true",
+                   help="keep every order-status row (keep_all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_backfill)
 

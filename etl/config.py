@@ -57,14 +57,33 @@ class Settings:
         1,
         "DuckDB threads of the writer. One leaves the other core to the parser: faster than two on a 2-core machine.",
     )
+    rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when it changes. Empty string: built-in defaults. A missing default file falls back to the defaults.")
+    keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say. Flag: `--keep-all`.")
+    candle_intervals: tuple[str, ...] = _s(("1m", "5m", "15m", "1h", "4h", "1d"), "Candle intervals computed and stored, from `1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M`.")
+    stall_after_s: float = _s(60.0, "A stream silent (in event time) for longer than this is recorded as a `stall` gap; candles are never forward-filled across it.")
+    lake_dir: Path = _s(Path(""), "Root of the Parquet lake: `<lake_dir>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet`. Empty: `lake/` beside `db`.")
+    seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once the stream's watermark is this far past its end.")
+    seal_interval_s: float = _s(30.0, "How often `ingest`/`serve` look for hours to seal.")
+    retain_hours: float = _s(48.0, "Rows of sealed hours older than this (behind the watermark) are removed from DuckDB; the lake keeps them. 0 keeps everything in DuckDB.")
     log_level: str = _s("INFO", "Logging level.")
 
     def __post_init__(self) -> None:
         if self.backlog not in ("drop", "keep"):
             raise ConfigError(f"backlog must be 'drop' or 'keep', not {self.backlog!r}")
+        from etl.candles import validate_intervals
+
+        try:
+            validate_intervals(self.candle_intervals)
+        except ValueError as err:
+            raise ConfigError(f"candle_intervals: {err}") from err
         for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+
+
+def lake_root(s: Settings) -> Path:
+    """Where the Parquet lake lives: `lake_dir`, or `lake/` beside the database."""
+    return s.lake_dir if str(s.lake_dir) not in ("", ".") else s.db.parent / "lake"
 
 
 def settings_doc() -> list[tuple[str, str, str]]:

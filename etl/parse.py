@@ -449,7 +449,10 @@ def trades_from_fills(fills: pl.DataFrame) -> pl.DataFrame:
     """One trade per `tid`: the taker's fill gives the side; both fills give the users.
 
     A maker fill whose taker is not in this frame yields nothing here: the store
-    completes the trade's users when the other fill arrives (see store.complete_trades)."""
+    completes the trade's users when the other fill arrives (Store._complete_trades).
+    Fills with `tid` 0 are not trades (e.g. "Spot Dust Conversion": one-sided, all
+    sharing tid 0) and are left out."""
+    fills = fills.filter(pl.col("tid") != 0)
     taker = fills.filter(pl.col("crossed"))
     maker = fills.filter(~pl.col("crossed")).select("tid", pl.col("user").alias("maker"))
     maker = maker.unique("tid", keep="first")

@@ -15,11 +15,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import orjson
 import polars as pl
 from watchfiles import watch
 
-from etl.config import Settings
+from etl.candles import candles_multi
+from etl.config import Settings, lake_root
+from etl.filters import RulesFile, apply_rules
+from etl.lake import Lake
 from etl.parse import trades_from_fills
 from etl.store import BatchResult, Store, utcnow
 from etl.tail import Cursor, Stream, Tailer, discover, initial_cursor
@@ -50,9 +54,18 @@ class Processed:
     """One committed unit, as handed to subscribers (the API's live feed)."""
 
     stream: Stream
-    frames: dict[str, pl.DataFrame]
+    frames: dict[str, pl.DataFrame]  # orders (kept by the rules) | fills + trades | trades
+    candles: pl.DataFrame | None  # the new state of every candle the unit touched
     result: BatchResult
     seconds: float
+
+
+@dataclass
+class Shaping:
+    """What happens to parsed rows before they are stored: the orders filter, the candles."""
+
+    rules: RulesFile | None = None
+    intervals: tuple[str, ...] = ()
 
 
 Listener = Callable[[Processed], None]
@@ -64,8 +77,12 @@ class Pipeline:
     store: Store
     listeners: list[Listener] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
+    rules: RulesFile | None = None
 
     def __post_init__(self) -> None:
+        if self.rules is None:
+            self.rules = rules_file_for(self.settings)
+        self.shaping = Shaping(self.rules, self.settings.candle_intervals)
         self.states: dict[str, StreamState] = {}
         self.stop_event = threading.Event()
         self._last_status_write = float("-inf")
@@ -156,7 +173,7 @@ class Pipeline:
                 st.carry = None
 
     def _commit(self, st: StreamState, unit: Unit, t0: float) -> None:
-        result, frames = commit_unit(self.store, unit, st.line_bytes)
+        result, frames, candles = commit_unit(self.store, unit, self.shaping, st.line_bytes)
         seconds = time.perf_counter() - t0
         st.cursor = unit.cursor
         st.lines += result.lines
@@ -172,7 +189,7 @@ class Pipeline:
         for g in result.gaps:
             log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
                         st.stream.name, g.file, g.start, g.end, g.reason)
-        processed = Processed(st.stream, frames, result, seconds)
+        processed = Processed(st.stream, frames, candles, result, seconds)
         for listener in self.listeners:
             try:
                 listener(processed)
@@ -200,13 +217,30 @@ class Pipeline:
     def run(self) -> None:
         """Run until `stop_event` is set; the batch in flight is finished and committed."""
         log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
+        sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
+        sealer.start()
         self.run_once()
         for _ in self._wakeups():
             if self.stop_event.is_set():
                 break
             self.refresh_streams()
             self.run_once()
+        sealer.join(timeout=30)
         log.info("event=pipeline_stop")
+
+    def lake(self) -> Lake:
+        """The Parquet lake, on its own DuckDB cursor (so it can work beside ingestion)."""
+        s = self.settings
+        return Lake(self.store.con.cursor(), lake_root(s), grace_s=s.seal_grace_s,
+                    retain_hours=s.retain_hours or None)
+
+    def _seal_loop(self) -> None:
+        lake = self.lake()
+        while not self.stop_event.wait(self.settings.seal_interval_s):
+            try:
+                lake.seal()
+            except duckdb.Error as err:  # e.g. a write conflict with ingestion: next round
+                log.warning("event=lake_seal_error error=%r", str(err))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -266,20 +300,44 @@ def status_file(db: Path) -> Path:
     return db.with_name(db.name + ".status.json")
 
 
-def commit_unit(store: Store, unit: Unit,
-                line_bytes: float = DEFAULT_LINE_BYTES) -> tuple[BatchResult, dict[str, pl.DataFrame]]:
-    """Commit a unit's rows (plus trades derived from fills), rejects, gaps and cursor."""
+def rules_file_for(s: Settings) -> RulesFile:
+    """The orders filter the settings ask for (a missing default rules file means defaults)."""
+    path: Path | None = s.rules_file if str(s.rules_file) not in ("", ".") else None
+    if path is not None and not path.exists():
+        if path == Settings().rules_file:
+            log.warning("event=rules_default reason=missing_file path=%s", path)
+            path = None
+        else:
+            raise FileNotFoundError(f"rules file {path} does not exist (setting rules_file)")
+    return RulesFile(path, keep_all=s.keep_all)
+
+
+def commit_unit(
+    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = DEFAULT_LINE_BYTES
+) -> tuple[BatchResult, dict[str, pl.DataFrame], pl.DataFrame | None]:
+    """Filter and shape a unit's rows (orders by the rules; trades from fills; candles from
+    trades), then commit them with the unit's rejects, gaps and cursor."""
+    shaping = shaping or Shaping()
     frames: dict[str, pl.DataFrame] = {}
     first = last = None
+    candle_rows = None
     if unit.frame is not None:
         frame = unit.frame.drop("_offset")
+        if frame.height:
+            # the watermark counts every event, kept or not
+            first, last = frame["time"].min(), frame["time"].max()
+        if unit.stream.kind == "orders" and shaping.rules is not None:
+            shaping.rules.check()
+            frame, counts = apply_rules(frame, shaping.rules.rules)
+            shaping.rules.record(counts)
         frames[unit.stream.kind] = frame
         if unit.stream.kind == "fills":
             frames["trades"] = trades_from_fills(frame)
-        if frame.height:
-            first, last = frame["time"].min(), frame["time"].max()
+        if "trades" in frames and shaping.intervals:
+            candle_rows = candles_multi(frames["trades"], shaping.intervals)
     result = BatchResult(
         stream=unit.stream.name,
+        kind=unit.stream.kind,
         cursor=unit.cursor,
         file=unit.file,
         lines=unit.lines,
@@ -290,5 +348,5 @@ def commit_unit(store: Store, unit: Unit,
         last_time=last,  # type: ignore[arg-type]
         first_time=first,  # type: ignore[arg-type]
     )
-    store.commit(result, frames)
-    return result, frames
+    merged = store.commit(result, frames, candle_rows)
+    return result, frames, merged

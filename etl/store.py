@@ -10,6 +10,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from etl.candles import CANDLE_SCHEMA
+from etl.config import Settings
 from etl.parse import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.tail import Cursor, Gap
 
@@ -29,7 +31,7 @@ _DUCK = {
 }
 META_DDL = [
     """CREATE TABLE IF NOT EXISTS cursors (
-        stream VARCHAR PRIMARY KEY, file VARCHAR, inode UBIGINT, "offset" BIGINT,
+        stream VARCHAR PRIMARY KEY, kind VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT,
         lines BIGINT, bytes BIGINT, rows BIGINT, rejects BIGINT, gaps BIGINT,
         skipped_bytes BIGINT, last_time TIMESTAMP, updated_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS gaps (
@@ -39,12 +41,23 @@ META_DDL = [
     """CREATE TABLE IF NOT EXISTS rejects (
         stream VARCHAR, file VARCHAR, "offset" BIGINT, reason VARCHAR, line VARCHAR,
         detected_at TIMESTAMP)""",
+    # the Parquet lake's sealed hours (see etl/lake.py)
+    """CREATE TABLE IF NOT EXISTS lake_hours (
+        tbl VARCHAR, hour TIMESTAMP, rows BIGINT, parts INTEGER, dirty BOOLEAN, pruned BOOLEAN,
+        sealed_at TIMESTAMP, PRIMARY KEY (tbl, hour))""",
 ]
 
 
-def _ddl(table: str, schema: dict[str, pl.DataType]) -> str:
+def _ddl(table: str, schema: dict[str, pl.DataType], extra: str = "") -> str:
     cols = ", ".join(f'"{name}" {_DUCK[type(dt)]}' for name, dt in schema.items())
-    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}{', ' + extra if extra else ''})"
+
+
+# DuckDB names are case-insensitive: the protocol's close time `T` is `t_close` in SQL
+CANDLE_DB_NAMES = {"T": "t_close"}
+CANDLE_DB_NAMES_BACK = {v: k for k, v in CANDLE_DB_NAMES.items()}
+CANDLE_DB_SCHEMA: dict[str, pl.DataType] = {
+    CANDLE_DB_NAMES.get(k, k): v for k, v in CANDLE_SCHEMA.items()}
 
 
 @dataclass
@@ -52,6 +65,7 @@ class BatchResult:
     """What one batch contributes to the store, beside its rows."""
 
     stream: str
+    kind: str
     cursor: Cursor
     file: str
     lines: int
@@ -70,7 +84,9 @@ def utcnow() -> datetime:
 class Store:
     """Owns the writer connection; readers take `reader()` cursors."""
 
-    def __init__(self, path: Path, threads: int | None = None, checkpoint_threshold: str = "128MB") -> None:
+    def __init__(self, path: Path, threads: int | None = None, checkpoint_threshold: str = "128MB",
+                 stall_after_s: float = 60.0) -> None:
+        self.stall_after_s = stall_after_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.con = duckdb.connect(str(path))
@@ -83,6 +99,13 @@ class Store:
             self.con.execute(_ddl(table, schema))
         for ddl in META_DDL:
             self.con.execute(ddl)
+        self.con.execute(_ddl("candles", CANDLE_DB_SCHEMA, "PRIMARY KEY (coin, interval, t)"))
+        self._sealed_any = bool(self.con.execute("SELECT count(*) FROM lake_hours").fetchone()[0])
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Store:
+        return cls(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold,
+                   stall_after_s=s.stall_after_s)
 
     def close(self) -> None:
         self.con.close()
@@ -91,9 +114,13 @@ class Store:
         rows = self.con.execute('SELECT stream, file, inode, "offset" FROM cursors').fetchall()
         return {s: Cursor(f or "", int(i or 0), int(o or 0)) for s, f, i, o in rows}
 
-    def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame]) -> None:
-        """Rows, rejects, gaps and the cursor that produced them, in one transaction."""
+    def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame],
+               candles: pl.DataFrame | None = None) -> pl.DataFrame | None:
+        """Rows, candles, rejects, gaps and the cursor that produced them, in one transaction.
+
+        Returns the new state of every candle the batch touched (for the live feed)."""
         con = self.con
+        merged = None
         con.execute("BEGIN TRANSACTION")
         try:
             for table, frame in rows.items():
@@ -101,9 +128,20 @@ class Store:
                     con.register("_batch", frame.select(list(ROW_TABLES[table])))
                     con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                     con.unregister("_batch")
+                    self._mark_late(table, frame["time"].dt.truncate("1h"))
             if "fills" in rows and rows["fills"].height:
                 self._complete_trades(rows["fills"], rows.get("trades"))
+            if candles is not None and candles.height:
+                merged = self._upsert_candles(candles)
             now = utcnow()
+            last = self._last_time(batch.stream)
+            if (batch.first_time is not None and last is not None
+                    and (batch.first_time - last).total_seconds() > self.stall_after_s):
+                # the stream said nothing for a while: candles must not be filled across it
+                con.execute(
+                    "INSERT INTO gaps VALUES (?, ?, ?, ?, 0, 0, 'stall', ?, ?, ?)",
+                    [batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, last,
+                     batch.first_time, now])
             if batch.rejects:
                 con.executemany(
                     "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
@@ -139,7 +177,7 @@ class Store:
             skipped = sum(g.end - g.start for g in batch.gaps)
             c = batch.cursor
             con.execute(
-                """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
                     inode = excluded.inode, "offset" = excluded."offset",
                     lines = cursors.lines + excluded.lines, bytes = cursors.bytes + excluded.bytes,
@@ -151,6 +189,7 @@ class Store:
                     updated_at = excluded.updated_at""",
                 [
                     batch.stream,
+                    batch.kind,
                     c.file,
                     c.inode,
                     c.offset,
@@ -168,6 +207,33 @@ class Store:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        return merged
+
+    def _mark_late(self, table: str, hours: pl.Series) -> None:
+        """Rows for an hour the lake has sealed already: have it sealed again."""
+        if not self._sealed_any:
+            return
+        con = self.con
+        con.register("_hours", hours.unique().to_frame("hour"))
+        con.execute("UPDATE lake_hours SET dirty = true FROM _hours WHERE tbl = ? "
+                    "AND lake_hours.hour = _hours.hour AND NOT dirty", [table])
+        con.unregister("_hours")
+
+    def _upsert_candles(self, new: pl.DataFrame) -> pl.DataFrame:
+        """Merge the batch's candles with the stored ones (open candle, or a closed one a
+        late trade corrects), by (coin, interval, t)."""
+        from etl.candles import merge
+
+        con = self.con
+        con.register("_keys", new.select("coin", "interval", "t"))
+        old = fetch_pl(con, "SELECT c.* FROM candles c SEMI JOIN _keys k USING (coin, interval, t)")
+        con.unregister("_keys")
+        merged = merge(old.rename(CANDLE_DB_NAMES_BACK), new)
+        con.register("_candles", merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA)))
+        con.execute("INSERT OR REPLACE INTO candles SELECT * FROM _candles")
+        con.unregister("_candles")
+        self._mark_late("candles", pl.from_epoch(merged["T"], time_unit="ms").dt.truncate("1h"))
+        return merged
 
     def _last_time(self, stream: str) -> datetime | None:
         row = self.con.execute("SELECT last_time FROM cursors WHERE stream = ?", [stream]).fetchone()
@@ -211,3 +277,10 @@ def read_status(path: Path) -> list[dict[str, object]]:
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     finally:
         con.close()
+
+
+def fetch_pl(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> pl.DataFrame:
+    """A query's result as a Polars frame (through Arrow, no copy of the columns)."""
+    frame = pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame

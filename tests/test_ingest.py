@@ -89,7 +89,7 @@ def test_pipeline_follows_a_growing_node_dir_with_rotation(
     content = split_into_hours(src, node)
     oids, fills = source_keys(content)
     s = Settings(node_dir=node, db=tmp_path / "live.duckdb", start_from="start",
-                 debounce_ms=5, poll_interval_ms=50, batch_max_bytes=1 << 16)
+                 debounce_ms=5, poll_interval_ms=50, batch_max_bytes=1 << 16, keep_all=True)
     store = Store(s.db)
     pipe = Pipeline(s, store)
     runner = threading.Thread(target=pipe.run)
@@ -125,7 +125,7 @@ def _ingest_proc(node: Path, db: Path, *extra: str, stderr: int = subprocess.PIP
                  ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
-         "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "65536", *extra],
+         "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "65536", "--keep-all", *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
@@ -149,7 +149,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
             break
     writer.join()
     assert kills >= 5
-    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--once")
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--once")
     got = [r[0] for r in query(db, "SELECT oid FROM orders ORDER BY oid")]
     assert len(got) == len(oids)
     assert got == sorted(oids)
@@ -180,7 +180,7 @@ def test_malformed_lines_go_to_rejects_with_file_and_offset(tmp_path: Path) -> N
     lines = [good(1), b'{"broken', good(2), b"\xff\xfe", good(3)]
     hour.write_bytes(b"\n".join(lines) + b"\n")
     db = tmp_path / "r.duckdb"
-    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
     assert query(db, "SELECT oid FROM orders ORDER BY oid") == [(1,), (2,), (3,)]
     rejects = query(db, 'SELECT stream, file, "offset", reason, line FROM rejects ORDER BY 3')
     off1 = len(good(1)) + 1
@@ -196,7 +196,7 @@ def test_backlog_drop_is_recorded_in_gaps(make_node_dir: Callable[..., Path],
     node = make_node_dir(lines=20_000, kinds=("orders",))
     size = sum(p.stat().st_size for p in node.rglob("*") if p.is_file())
     db = tmp_path / "g.duckdb"
-    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once",
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once",
             "--max-backlog-bytes", str(size // 20), "--batch-max-bytes", str(1 << 16))
     gaps = query(db, "SELECT sum(bytes), sum(est_lines), min(reason), max(reason) FROM gaps")
     (skipped, est, r1, r2), = gaps
@@ -224,7 +224,7 @@ def test_memory_does_not_depend_on_backlog(make_node_dir: Callable[..., Path],
     big = make_node_dir(lines=170_000, kinds=("orders",), name="big")  # ~20x the limit
     big_size = sum(p.stat().st_size for p in big.rglob("*") if p.is_file())
     assert big_size > 19 * limit
-    common = ["--from", "start", "--once", "--max-backlog-bytes", str(limit),
+    common = ["--from", "start", "--once", "--keep-all", "--max-backlog-bytes", str(limit),
               "--batch-max-bytes", str(1 << 20), "--log-level", "WARNING"]
     rss_small = _peak_rss_mb("ingest", "--node-dir", str(small), "--db",
                              str(tmp_path / "a.duckdb"), *common)
@@ -246,9 +246,9 @@ def test_backfill_plain_and_lz4_resumes_without_duplicates(
     total = sum(len(f.read_bytes().splitlines()) for f in files)
     files[1].unlink()
     db = tmp_path / "bf.duckdb"
-    out = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet")
+    out = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all")
     assert f"lines={total}" in out.stdout and "rejects=0" in out.stdout
-    again = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet")
+    again = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all")
     assert "skipped_files=2" in again.stdout
     assert query(db, "SELECT count(*), count(DISTINCT oid) FROM orders") == [(total, total)]
 
@@ -264,7 +264,7 @@ def test_backfill_refuses_a_path_with_no_stream(tmp_path: Path) -> None:
 def test_status_prints_per_stream_rows(make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
     node = make_node_dir(lines=3000)
     db = tmp_path / "st.duckdb"
-    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
     with open(node / ORDERS / "hourly" / "20260105" / "11", "ab") as f:
         f.write(b"x" * 100)  # unread bytes: lag
     out = run_cli("status", "--node-dir", str(node), "--db", str(db), "--json")
@@ -296,7 +296,7 @@ def test_block_variants_end_to_end(make_node_dir: Callable[..., Path], tmp_path:
                                    variant: str) -> None:
     node = make_node_dir(lines=3000, variant=variant)
     db = tmp_path / "v.duckdb"
-    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
     events = 0
     for p in (node / f"{ORDERS}_{variant}").rglob("*"):
         if p.is_file():

@@ -1,0 +1,185 @@
+"""The Parquet lake: sealed hours of each table, and `history.*` views over lake + DuckDB.
+
+Layout: `<lake>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet` (zstd). Rows belong to
+the hour of their `time`; candles to the hour of their close time (`t_close`, the
+protocol's `T`), so an hour's candles are final when the hour is. An hour is sealed once every stream feeding the
+table has passed its end by `seal_grace_s`. The `lake_hours` table records, per table and
+hour, whether it is sealed, whether rows arrived for it after sealing (`dirty`: it is
+sealed again) and whether its rows were pruned from DuckDB (`retain_hours`). The
+`history.<table>` views read each row from exactly one side, so there is no seam and
+no duplicate at any moment, including between writing a file and recording it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+log = logging.getLogger("nodetap.lake")
+
+TABLES = ("orders", "fills", "trades", "candles")
+
+
+def hour_of(table: str, alias: str = "") -> str:
+    """SQL for the hour a row of `table` belongs to (candles: the hour of their close)."""
+    p = f"{alias}." if alias else ""
+    if table == "candles":
+        return f"date_trunc('hour', make_timestamp({p}t_close * 1000))"
+    return f"date_trunc('hour', {p}time)"
+
+
+# table -> stream kinds whose watermark decides when its hours are complete
+SOURCES = {"orders": ("orders",), "fills": ("fills",), "trades": ("fills", "trades"),
+           "candles": ("fills", "trades")}
+
+
+def partition_dir(root: Path, table: str, hour: datetime) -> Path:
+    return root / table / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+
+
+@dataclass
+class SealReport:
+    sealed: int = 0
+    resealed: int = 0
+    pruned_hours: int = 0
+    rows_written: int = 0
+
+
+class Lake:
+    """Seals complete hours into Parquet and keeps the history views in step.
+
+    Works on its own DuckDB cursor, so it can run beside the ingest thread."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path, *, grace_s: float = 120.0,
+                 retain_hours: float | None = None) -> None:
+        self.con = con
+        self.root = root.resolve()
+        self.grace = timedelta(seconds=grace_s)
+        self.retain = timedelta(hours=retain_hours) if retain_hours else None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.con.execute("CREATE SCHEMA IF NOT EXISTS history")
+        self.refresh_views()
+
+    # ---------------------------------------------------------------- views
+    def refresh_views(self) -> None:
+        for table in TABLES:
+            files = list((self.root / table).glob("date=*/hour=*/part-*.parquet"))
+            duck = (
+                f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
+                f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'd')} AND NOT h.dirty)"
+            )
+            if files:
+                glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
+                lake = (
+                    f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false) l "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' "
+                    f"AND h.hour = {hour_of(table, 'l')} AND h.dirty AND NOT h.pruned)"
+                )
+                sql = f"{lake} UNION ALL BY NAME {duck}"
+            else:
+                sql = duck
+            self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {sql}")
+
+    # -------------------------------------------------------------- sealing
+    def watermark(self, table: str) -> datetime | None:
+        """The last event time of the streams feeding `table` (None: no data yet)."""
+        kinds = SOURCES[table]
+        row = self.con.execute(
+            f"SELECT max(last_time) FROM cursors WHERE kind IN ({', '.join('?' for _ in kinds)})",
+            list(kinds),
+        ).fetchone()
+        return row[0] if row else None
+
+    def seal(self, now_watermark: dict[str, datetime | None] | None = None) -> SealReport:
+        """Seal every complete hour not sealed yet, re-seal dirty ones, prune past retention."""
+        report = SealReport()
+        for table in TABLES:
+            wm = (now_watermark or {}).get(table) if now_watermark else self.watermark(table)
+            if wm is None:
+                continue
+            complete_before = wm - self.grace
+            todo = self.con.execute(
+                f"""SELECT h, coalesce(l.pruned, false), coalesce(l.parts, 0), l.hour IS NOT NULL
+                FROM (SELECT DISTINCT {hour_of(table)} AS h FROM main.{table}) d
+                LEFT JOIN lake_hours l ON l.tbl = ? AND l.hour = d.h
+                WHERE d.h + INTERVAL 1 HOUR <= ? AND (l.hour IS NULL OR l.dirty)
+                ORDER BY h""",
+                [table, complete_before],
+            ).fetchall()
+            for hour, pruned, parts, known in todo:
+                report.rows_written += self._seal_hour(table, hour, bool(pruned), int(parts))
+                if known:
+                    report.resealed += 1
+                else:
+                    report.sealed += 1
+            if self.retain is not None:
+                report.pruned_hours += self._prune(table, wm - self.retain)
+        if report.sealed or report.resealed:
+            self.refresh_views()
+            log.info("event=lake_seal sealed=%d resealed=%d rows=%d pruned_hours=%d",
+                     report.sealed, report.resealed, report.rows_written, report.pruned_hours)
+        return report
+
+    def _seal_hour(self, table: str, hour: datetime, pruned: bool, parts: int) -> int:
+        in_hour = f"{hour_of(table)} = $1"
+        out = partition_dir(self.root, table, hour)
+        out.mkdir(parents=True, exist_ok=True)
+        # unpruned: DuckDB holds every row of the hour, so part-0 is rewritten whole
+        # (idempotent); pruned: DuckDB holds only the late rows, written as a new part
+        n = parts if pruned else 0
+        final = out / f"part-{n}.parquet"
+        tmp = out / f".part-{n}.parquet.tmp"
+        order = "coin, interval, t" if table == "candles" else "time"
+        sql_path = str(tmp).replace("'", "''")
+        count = self.con.execute(
+            f"SELECT count(*) FROM main.{table} WHERE {in_hour}", [hour]).fetchone()[0]
+        self.con.execute(
+            f"COPY (SELECT * FROM main.{table} WHERE {in_hour} ORDER BY {order}) "
+            f"TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)",
+            [hour],
+        )
+        os.replace(tmp, final)
+        if not pruned:
+            for stale in out.glob("part-*.parquet"):
+                if stale != final:
+                    stale.unlink()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if pruned:
+                self.con.execute(f"DELETE FROM main.{table} WHERE {in_hour}", [hour])
+            self.con.execute(
+                """INSERT INTO lake_hours VALUES (?, ?, ?, ?, false, ?, now()::TIMESTAMP)
+                ON CONFLICT (tbl, hour) DO UPDATE SET rows = excluded.rows, parts = excluded.parts,
+                    dirty = false, sealed_at = excluded.sealed_at""",
+                [table, hour, count, n + 1, pruned],
+            )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return int(count)
+
+    def _prune(self, table: str, before: datetime) -> int:
+        """Delete from DuckDB the rows of clean sealed hours older than `before`."""
+        hours = [h for (h,) in self.con.execute(
+            "SELECT hour FROM lake_hours WHERE tbl = ? AND NOT dirty AND NOT pruned "
+            "AND hour + INTERVAL 1 HOUR <= ?", [table, before]).fetchall()]
+        if not hours:
+            return 0
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for h in hours:
+                self.con.execute(f"DELETE FROM main.{table} WHERE {hour_of(table)} = $1", [h])
+                self.con.execute(
+                    "UPDATE lake_hours SET pruned = true WHERE tbl = ? AND hour = ?", [table, h])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return len(hours)
+
