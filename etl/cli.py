@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     for name in ("poll", "keep_all"):
         if getattr(args, name, False):
             flags[name] = True
-    for name in ("rules_file", "lake_dir"):
+    for name in ("rules_file", "lake_dir", "host", "port"):
         if getattr(args, name, None) is not None:
             flags[name] = getattr(args, name)
     if getattr(args, "streams", None):
@@ -95,6 +95,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         pipe.close()
         pipe.write_status_file(force=True)
         store.close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    if not s.node_dir.is_dir():
+        print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
+        return 2
+    print(f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
+          file=sys.stderr)
+    # uvicorn handles SIGINT/SIGTERM: the lifespan stops the pipeline after its batch
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level.lower(),
+                ws_max_size=1 << 20, timeout_graceful_shutdown=10)
     return 0
 
 
@@ -293,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep every order-status row (keep_all)")
     p.add_argument("--lake", dest="lake_dir", type=Path, help="Parquet lake root (lake_dir)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", help="run the pipeline and the HTTP/WebSocket API in one process")
+    _common(p)
+    _tuning(p)
+    p.add_argument("--from", dest="start_from", help="first run: end | start | YYYYMMDD[/H]")
+    p.add_argument("--backlog", choices=["drop", "keep"])
+    p.add_argument("--poll", action="store_true", help="poll instead of inotify")
+    p.add_argument("--rules", dest="rules_file", type=Path, help="orders filter rules (rules_file)")
+    p.add_argument("--keep-all", dest="keep_all", action="store_true")
+    p.add_argument("--lake", dest="lake_dir", type=Path, help="Parquet lake root (lake_dir)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("backfill", help="ingest existing hour files (plain or .lz4), then exit")
     p.add_argument("paths", nargs="+", help="hour files or directories holding them")

@@ -65,6 +65,13 @@ class Settings:
     seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once the stream's watermark is this far past its end.")
     seal_interval_s: float = _s(30.0, "How often `ingest`/`serve` look for hours to seal.")
     retain_hours: float = _s(48.0, "Rows of sealed hours older than this (behind the watermark) are removed from DuckDB; the lake keeps them. 0 keeps everything in DuckDB.")
+    host: str = _s("127.0.0.1", "`serve`: address to listen on (0.0.0.0 in the container).")
+    port: int = _s(8000, "`serve`: HTTP and WebSocket port.")
+    ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.")
+    ws_max_lag_s: float = _s(10.0, "A client whose queue stays full this long is disconnected.")
+    sql_timeout_s: float = _s(5.0, "`POST /v1/sql`: a query running longer is interrupted.")
+    sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
+    ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
     log_level: str = _s("INFO", "Logging level.")
 
     def __post_init__(self) -> None:

@@ -262,10 +262,19 @@ class Store:
         )
         self.con.unregister("_pending")
 
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the same database, for another thread."""
+        con = self.con.cursor()
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
     def status(self) -> list[dict[str, object]]:
-        cur = self.con.execute("SELECT * FROM cursors ORDER BY stream")
+        con = self.reader()
+        cur = con.execute("SELECT * FROM cursors ORDER BY stream")
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        con.close()
+        return rows
 
 
 def read_status(path: Path) -> list[dict[str, object]]:

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,3 +86,60 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server on a free port, in a thread (uvicorn's tests/utils.py::run_server)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from api.app import create_app
+
+        self.port = settings.port
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                ws_max_size=1 << 20, timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        """The app's AppState (pipeline, store, hub), for assertions."""
+        return self.app.state.nodetap
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Callable[..., ServerThread]:
+    """serve(node_dir, **settings) -> a ServerThread context manager (not yet started)."""
+
+    def make(node_dir: Path, **kw: object) -> ServerThread:
+        base: dict[str, object] = {"node_dir": node_dir, "db": tmp_path / "api.duckdb",
+                                   "start_from": "start", "debounce_ms": 5,
+                                   "poll_interval_ms": 50, "port": free_port(),
+                                   "seal_interval_s": 3600.0}
+        base.update(kw)
+        return ServerThread(Settings(**base))  # type: ignore[arg-type]
+
+    return make

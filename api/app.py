@@ -1,0 +1,56 @@
+"""The FastAPI app: the pipeline runs in a thread started and stopped by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.hub import Hub
+from api.routes import exports, info, live, ops, snapshots, sql
+from api.state import AppState
+from etl.config import Settings
+from etl.pipeline import Pipeline, rules_file_for
+from etl.store import Store
+
+log = logging.getLogger("nodetap.api")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app serving `settings.node_dir` through `settings.db`; nothing opens before startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.node_dir.is_dir():
+            raise FileNotFoundError(f"node dir {settings.node_dir} does not exist (setting node_dir)")
+        store = Store.from_settings(settings)
+        rules = rules_file_for(settings)
+        hub = Hub(asyncio.get_running_loop(), settings)
+        pipeline = Pipeline(settings, store, rules=rules, listeners=[hub.publish])
+        state = AppState(settings, store, pipeline, rules, hub, started_at=time.time())
+        app.state.nodetap = state
+        state.thread = threading.Thread(target=pipeline.run, name="nodetap-pipeline", daemon=True)
+        state.thread.start()
+        log.info("event=serve_start node_dir=%s db=%s", settings.node_dir, settings.db)
+        try:
+            yield
+        finally:
+            pipeline.stop()
+            await hub.close()
+            await asyncio.to_thread(state.thread.join, 30)
+            pipeline.close()
+            pipeline.write_status_file(force=True)
+            store.close()
+            log.info("event=serve_stop")
+
+    app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    for module in (live, info, snapshots, sql, exports, ops):
+        app.include_router(module.router)
+    return app

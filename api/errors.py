@@ -1,0 +1,40 @@
+"""Small named errors, turned into HTTP errors in one place (`install`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+class ApiError(Exception):
+    """Base: `status` is the HTTP status, the message says what was wrong and what to change."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class SqlRefused(ApiError):
+    """The statement is not a read-only query, or touches files, extensions or settings."""
+
+    status = 400
+
+
+class SqlTimeout(ApiError):
+    status = 408
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
