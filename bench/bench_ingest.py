@@ -48,7 +48,7 @@ def main() -> None:
             node_dir=node,
             db=db,
             start_from="start",
-            backlog="keep",
+            backlog="keep", keep_all=True,
             **({"batch_max_bytes": args.batch_max_bytes} if args.batch_max_bytes else {}),
         )
         store = Store.from_settings(s)

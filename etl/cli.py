@@ -263,6 +263,90 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_only(s: Settings) -> duckdb.DuckDBPyConnection:
+    try:
+        con = duckdb.connect(str(s.db), read_only=True)
+    except duckdb.IOException as err:
+        raise CliError(
+            f"cannot open {s.db} read-only: {err}. While `nodetap ingest`/`serve` runs, query "
+            "through the server (POST /v1/sql, GET /v1/export/...)"
+        ) from err
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _write_frame(frame: Any, fmt: str, out: str | None) -> None:
+    import polars as pl
+
+    assert isinstance(frame, pl.DataFrame)
+    if fmt == "parquet":
+        if not out:
+            raise CliError("--format parquet needs -o FILE")
+        frame.write_parquet(out, compression="zstd")
+    elif fmt == "csv":
+        text = frame.write_csv()
+        Path(out).write_text(text) if out else sys.stdout.write(text)
+    elif fmt == "json":
+        text = orjson.dumps(frame.to_dicts(), default=str, option=orjson.OPT_INDENT_2).decode()
+        Path(out).write_text(text) if out else print(text)
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=66):
+            print(frame)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    s = _settings(args)
+    con = _read_only(s)
+    try:
+        frame = pl.from_arrow(con.sql(args.query).to_arrow_table())
+    except duckdb.Error as err:
+        raise CliError(f"SQL error: {err}") from err
+    finally:
+        con.close()
+    _write_frame(frame, args.format, args.output)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from etl.history import parse_time_ms, slice_sql
+
+    s = _settings(args)
+    sql, params = slice_sql(args.table, args.coin, parse_time_ms(args.start, "--start"),
+                            parse_time_ms(args.end, "--end"), args.interval)
+    con = _read_only(s)
+    try:
+        out = args.output.replace("'", "''")
+        con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)", params)
+        n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    finally:
+        con.close()
+    print(f"wrote {n} rows to {args.output}")
+    return 0
+
+
+def cmd_candles(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from etl.history import parse_time_ms, read_candles
+
+    s = _settings(args)
+    end = parse_time_ms(args.end, "--end") or int(_time.time() * 1000)
+    start = parse_time_ms(args.start, "--start") or end - 3_600_000
+    con = _read_only(s)
+    try:
+        frame = read_candles(con, args.coin, args.interval, start, end, fill=not args.no_fill)
+    finally:
+        con.close()
+    _write_frame(frame.drop("t_first", "t_last"), args.format, args.output)
+    return 0
+
+
+class CliError(Exception):
+    """A command cannot run as asked; the message says why and what to do."""
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     try:
         s = _settings(args)
@@ -361,6 +445,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("sql", help="run a read-only SQL query on the database (and the lake)")
+    p.add_argument("query")
+    _common(p, node=False)
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("export", help="write rows of a table (DuckDB + lake) to a Parquet file")
+    p.add_argument("table", choices=["orders", "fills", "trades", "candles"])
+    _common(p, node=False)
+    p.add_argument("--coin")
+    p.add_argument("--interval", help="candles only")
+    p.add_argument("--start", help="ISO time (UTC) or epoch ms, included")
+    p.add_argument("--end", help="ISO time (UTC) or epoch ms, excluded")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("candles", help="print OHLCV candles of a coin (gaps never forward-filled)")
+    _common(p, node=False)
+    p.add_argument("--coin", required=True)
+    p.add_argument("--interval", default="1m")
+    p.add_argument("--start", help="ISO time (UTC) or epoch ms (default: an hour before --end)")
+    p.add_argument("--end", help="ISO time (UTC) or epoch ms (default: now)")
+    p.add_argument("--no-fill", action="store_true", help="only candles with trades")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_candles)
+
     p = sub.add_parser("config", help="print the effective settings")
     _common(p)
     p.add_argument("--doc", action="store_true", help="every setting with its description")
@@ -374,6 +486,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as err:
         print(f"nodetap: {err}", file=sys.stderr)
+        return 2
+    except CliError as err:
+        print(f"nodetap {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # HistoryError, RulesError: precise messages of bad input
+        print(f"nodetap {args.command}: {err}", file=sys.stderr)
         return 2
 
 

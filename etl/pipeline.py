@@ -83,6 +83,7 @@ class Pipeline:
         if self.rules is None:
             self.rules = rules_file_for(self.settings)
         self.shaping = Shaping(self.rules, self.settings.candle_intervals)
+        self.lake().refresh_views()  # history.* views exist from the first start
         self.states: dict[str, StreamState] = {}
         self.stop_event = threading.Event()
         self._last_status_write = float("-inf")
@@ -114,6 +115,7 @@ class Pipeline:
     def run_once(self, max_batches: int = 1_000_000) -> int:
         """Drain every stream (round robin, a few batches each per turn); returns batches done."""
         done = 0
+        self.refresh_streams()
         active = list(self.states.values())
         while active and done < max_batches and not self.stop_event.is_set():
             still = []
@@ -223,7 +225,6 @@ class Pipeline:
         for _ in self._wakeups():
             if self.stop_event.is_set():
                 break
-            self.refresh_streams()
             self.run_once()
         sealer.join(timeout=30)
         log.info("event=pipeline_stop")

@@ -100,7 +100,6 @@ class Store:
         for ddl in META_DDL:
             self.con.execute(ddl)
         self.con.execute(_ddl("candles", CANDLE_DB_SCHEMA, "PRIMARY KEY (coin, interval, t)"))
-        self._sealed_any = bool(self.con.execute("SELECT count(*) FROM lake_hours").fetchone()[0])
 
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
@@ -211,8 +210,6 @@ class Store:
 
     def _mark_late(self, table: str, hours: pl.Series) -> None:
         """Rows for an hour the lake has sealed already: have it sealed again."""
-        if not self._sealed_any:
-            return
         con = self.con
         con.register("_hours", hours.unique().to_frame("hour"))
         con.execute("UPDATE lake_hours SET dirty = true FROM _hours WHERE tbl = ? "

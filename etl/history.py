@@ -1,0 +1,108 @@
+"""Reading history back: candles with the fill rules, and table slices for exports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import duckdb
+import polars as pl
+
+from etl.candles import INTERVALS, fill_forward
+from etl.store import fetch_pl
+
+TABLES = ("orders", "fills", "trades", "candles")
+TRADE_SOURCES = ("fills", "trades")  # stream kinds whose watermark and gaps bound candles
+
+
+class HistoryError(ValueError):
+    """A bad table, interval, coin or time in a history request."""
+
+
+def parse_time_ms(value: str | int | None, name: str) -> int | None:
+    """Milliseconds since the epoch from an int (ms) or an ISO time (UTC when no zone)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise HistoryError(f"{name}: {value!r} is neither epoch milliseconds nor an ISO time") from err
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return int(ts.timestamp() * 1000)
+
+
+def watermark_and_holes(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple[int, int]]]:
+    """The trades sources' watermark (ms) and the time ranges they are missing (gaps, stalls)."""
+    kinds = list(TRADE_SOURCES)
+    row = con.execute("SELECT max(last_time) FROM cursors WHERE kind IN (?, ?)", kinds).fetchone()
+    wm = row[0] if row else None
+    wm_ms = int(wm.replace(tzinfo=UTC).timestamp() * 1000) if wm is not None else None
+    holes = []
+    for t_from, t_to in con.execute(
+        "SELECT g.time_from, g.time_to FROM gaps g JOIN cursors c USING (stream) "
+        "WHERE c.kind IN (?, ?)", kinds
+    ).fetchall():
+        lo = int(t_from.replace(tzinfo=UTC).timestamp() * 1000) if t_from else 0
+        hi = int(t_to.replace(tzinfo=UTC).timestamp() * 1000) if t_to else (wm_ms or lo)
+        holes.append((lo, hi))
+    return wm_ms, holes
+
+
+def read_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms: int,
+                 end_ms: int, fill: bool = True) -> pl.DataFrame:
+    """Candles of one coin and interval with `start_ms <= t <= end_ms`, sorted by `t`, with
+    empty intervals forward-filled up to the watermark and never across a gap or stall."""
+    if interval not in INTERVALS:
+        raise HistoryError(f"unknown interval {interval!r}; valid: {' '.join(INTERVALS)}")
+    if end_ms < start_ms:
+        raise HistoryError("endTime is before startTime")
+    # the last real candle before the range seeds the previous close of a fill
+    real = fetch_pl(
+        con,
+        """SELECT * FROM history.candles WHERE coin = $1 AND interval = $2 AND t <= $4
+           AND t >= coalesce((SELECT max(t) FROM history.candles
+                              WHERE coin = $1 AND interval = $2 AND t < $3), $3)
+           ORDER BY t""",
+        [coin, interval, start_ms, end_ms],
+    ).rename({"t_close": "T"})
+    if not fill:
+        return real.filter(pl.col("t") >= start_ms)
+    wm, holes = watermark_and_holes(con)
+    return fill_forward(real, interval, start_ms, end_ms, wm, holes)
+
+
+def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | None,
+              interval: str | None = None) -> tuple[str, list[object]]:
+    """SQL (and parameters) for rows of `history.<table>`, filtered, in time order."""
+    if table not in TABLES:
+        raise HistoryError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
+    where, params = [], []  # type: ignore[var-annotated]
+    if coin:
+        params.append(coin)
+        where.append(f"coin = ${len(params)}")
+    if table == "candles":
+        time_col, order = "t", "coin, interval, t"
+        if interval:
+            if interval not in INTERVALS:
+                raise HistoryError(f"unknown interval {interval!r}; valid: {' '.join(INTERVALS)}")
+            params.append(interval)
+            where.append(f"interval = ${len(params)}")
+        bound = lambda ms: ms  # noqa: E731
+    else:
+        time_col, order = "time", "time"
+        bound = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)  # noqa: E731
+    if start_ms is not None:
+        params.append(bound(start_ms))
+        where.append(f"{time_col} >= ${len(params)}")
+    if end_ms is not None:
+        params.append(bound(end_ms))
+        where.append(f"{time_col} < ${len(params)}")
+    sql = f"SELECT * FROM history.{table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + f" ORDER BY {order}", params

@@ -1,0 +1,127 @@
+"""Candles and filters through the real pipeline and store; the history CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from etl.config import Settings
+from etl.history import read_candles
+from etl.pipeline import Pipeline
+from etl.store import Store
+from tests.conftest import run_cli
+from tests.test_lake import Node, order_line
+
+MIN = 60_000
+T0 = 1767607200000  # 2026-01-05T10:00:00Z
+
+
+def pipeline(tmp_path: Path, node: Node, **kw: object) -> tuple[Store, Pipeline]:
+    base: dict[str, object] = {"node_dir": node.root, "db": tmp_path / "h.duckdb",
+                               "start_from": "start", "keep_all": True, "candle_intervals": ("1m",),
+                               "stall_after_s": 120.0}
+    base.update(kw)
+    s = Settings(**base)  # type: ignore[arg-type]
+    store = Store.from_settings(s)
+    return store, Pipeline(s, store)
+
+
+def test_candles_merge_across_batches_and_late_trades_correct_them(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    store, pipe = pipeline(tmp_path, node)
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
+    node.add_trade("2026-01-05T10:00:20", 2, px="105.0", sz="1.0")
+    pipe.run_once()
+    node.add_trade("2026-01-05T10:00:50", 3, px="95.0", sz="2.0")
+    node.add_trade("2026-01-05T10:01:30", 4, px="101.0", sz="1.0")
+    pipe.run_once()
+    # a late trade for the closed 10:00 candle, earlier than its first trade
+    node.add_trade("2026-01-05T10:00:05", 5, px="110.0", sz="1.0")
+    pipe.run_once()
+    got = read_candles(store.con, "BTC", "1m", T0, T0 + MIN, fill=False)
+    assert got.select("t", "o", "h", "l", "c", "v", "n").rows() == [
+        (T0, 110.0, 110.0, 95.0, 95.0, 5.0, 4),
+        (T0 + MIN, 101.0, 101.0, 101.0, 101.0, 1.0, 1),
+    ]
+    assert got["vq"].to_list() == [100.0 + 105.0 + 190.0 + 110.0, 101.0]
+    pipe.close()
+    store.close()
+
+
+def test_forward_fill_stops_at_the_watermark_and_never_crosses_a_stall(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    store, pipe = pipeline(tmp_path, node)
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0")
+    node.add_trade("2026-01-05T10:03:10", 2, px="103.0")  # 10:01 and 10:02 are empty
+    pipe.run_once()
+    got = read_candles(store.con, "BTC", "1m", T0, T0 + 10 * MIN)
+    assert got.select("t", "c", "v", "filled").rows() == [
+        (T0, 100.0, 2.0, False),
+        (T0 + MIN, 100.0, 0.0, True),
+        (T0 + 2 * MIN, 100.0, 0.0, True),
+        (T0 + 3 * MIN, 103.0, 2.0, False),  # nothing after: the watermark is 10:03:10
+    ]
+    # the feed dies for 10 minutes (over stall_after_s), then comes back
+    node.add_trade("2026-01-05T10:14:00", 3, px="114.0")
+    pipe.run_once()
+    assert store.con.execute("SELECT reason, time_from, time_to FROM gaps").fetchall()[0][0] == "stall"
+    got = read_candles(store.con, "BTC", "1m", T0, T0 + 20 * MIN)
+    assert got.filter(pl.col("t") > T0 + 3 * MIN).select("t", "filled").rows() == [
+        (T0 + 14 * MIN, False)]  # no flat candles across the stall
+    pipe.close()
+    store.close()
+
+
+def test_rules_filter_before_storing_and_reload_without_restart(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[orders]\nstatuses = []\nmin_notional = 150\n[orders.min_notional_by_coin]\n"@107" = 50\n')
+    store, pipe = pipeline(tmp_path, node, keep_all=False, rules_file=rules)
+    node.add_order("2026-01-05T10:00:01", 1, px="100.0")  # notional 100: dropped
+    node.add_order("2026-01-05T10:00:02", 2, px="200.0")  # kept
+    node.add_order("2026-01-05T10:00:03", 3, px="60.0", coin="@107")  # per-coin minimum 50: kept
+    pipe.run_once()
+    assert store.con.execute("SELECT oid FROM orders ORDER BY oid").fetchall() == [(2,), (3,)]
+    rules.write_text('[orders]\nstatuses = []\nmin_notional = 50\n')
+    node.add_order("2026-01-05T10:00:04", 4, px="100.0")
+    pipe.run_once()
+    assert store.con.execute("SELECT oid FROM orders ORDER BY oid").fetchall() == [(2,), (3,), (4,)]
+    stats = pipe.rules.stats()  # type: ignore[union-attr]
+    assert stats["total"] == {"seen": 4, "kept": 3}
+    # every line counts, kept or not; `rows` counts what was stored
+    assert store.con.execute("SELECT lines, rows FROM cursors").fetchone() == (4, 3)
+    pipe.close()
+    store.close()
+
+
+def test_history_commands(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0")
+    node.add_trade("2026-01-05T10:00:20", 2, coin="PURR/USDC", px="0.2", sz="10.0")
+    node.add_trade("2026-01-05T10:02:10", 3, px="102.0")
+    db = str(tmp_path / "c.duckdb")
+    run_cli("ingest", "--node-dir", str(node.root), "--db", db, "--from", "start", "--once")
+    out = run_cli("sql", "SELECT tid, coin, px FROM history.trades ORDER BY tid", "--db", db,
+                  "--format", "json").stdout
+    assert orjson.loads(out) == [{"tid": 1, "coin": "BTC", "px": 100.0},
+                                 {"tid": 2, "coin": "PURR/USDC", "px": 0.2},
+                                 {"tid": 3, "coin": "BTC", "px": 102.0}]
+    csv = run_cli("sql", "SELECT tid FROM trades ORDER BY tid", "--db", db, "--format", "csv").stdout
+    assert csv.splitlines() == ["tid", "1", "2", "3"]
+    target = tmp_path / "purr.parquet"
+    run_cli("export", "trades", "--coin", "PURR/USDC", "-o", str(target), "--db", db)
+    assert pl.read_parquet(target).select("tid", "coin", "sz").rows() == [(2, "PURR/USDC", 10.0)]
+    out = run_cli("candles", "--coin", "BTC", "--interval", "1m", "--start", "2026-01-05T10:00",
+                  "--end", "2026-01-05T10:03", "--db", db, "--format", "json").stdout
+    assert [(c["t"], c["c"], c["filled"]) for c in orjson.loads(out)] == [
+        (T0, 100.0, False), (T0 + MIN, 100.0, True), (T0 + 2 * MIN, 102.0, False)]
+    bad = run_cli("sql", "SELEC 1", "--db", db, check=False)
+    assert bad.returncode == 2 and "syntax error" in bad.stderr
+    bad = run_cli("candles", "--coin", "BTC", "--interval", "2m", "--db", db, check=False)
+    assert bad.returncode == 2 and "unknown interval '2m'" in bad.stderr
+
+
+def test_orders_line_helper_is_valid() -> None:
+    assert orjson.loads(order_line("2026-01-05T10:00:00", 1))["order"]["oid"] == 1
