@@ -116,6 +116,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The simulator writing a node dir, and `serve` on it, until Ctrl-C."""
+    import uvicorn
+
+    from api.app import create_app
+    from etl.simulate import run_live
+
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    s.node_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    sim = threading.Thread(
+        target=run_live, name="nodetap-simulate", daemon=True,
+        kwargs={"out": s.node_dir, "rate": args.rate, "variant": args.variant, "stop": stop,
+                "malformed_share": args.malformed},
+    )
+    sim.start()
+    print(f"\nnodetap demo: simulating a node at {args.rate:.0f} lines/s into {s.node_dir}\n"
+          f"  dashboard  http://{s.host}:{s.port}/\n"
+          f"  websocket  ws://{s.host}:{s.port}/ws\n"
+          f"  API docs   http://{s.host}:{s.port}/docs\n"
+          "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning",
+                    ws_max_size=1 << 20, timeout_graceful_shutdown=10)
+    finally:
+        stop.set()
+        sim.join(10)
+    return 0
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from etl.backfill import BackfillError, backfill
     from etl.pipeline import Shaping, rules_file_for
@@ -408,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="simulate a node into data/demo-node and serve it (dashboard)")
+    _common(p)
+    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
+    p.add_argument("--variant", choices=["plain", "by_block", "streaming"], default="plain")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_demo, start_from="start")
 
     p = sub.add_parser("backfill", help="ingest existing hour files (plain or .lz4), then exit")
     p.add_argument("paths", nargs="+", help="hour files or directories holding them")
