@@ -350,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         out = args.output.replace("'", "''")
         con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)", params)
-        n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+        (n,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone() or (0,)
     finally:
         con.close()
     print(f"wrote {n} rows to {args.output}")

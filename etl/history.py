@@ -81,7 +81,8 @@ def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | 
     """SQL (and parameters) for rows of `history.<table>`, filtered, in time order."""
     if table not in TABLES:
         raise HistoryError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
-    where, params = [], []  # type: ignore[var-annotated]
+    where: list[str] = []
+    params: list[object] = []
     if coin:
         params.append(coin)
         where.append(f"coin = ${len(params)}")

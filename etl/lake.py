@@ -136,8 +136,8 @@ class Lake:
         tmp = out / f".part-{n}.parquet.tmp"
         order = "coin, interval, t" if table == "candles" else "time"
         sql_path = str(tmp).replace("'", "''")
-        count = self.con.execute(
-            f"SELECT count(*) FROM main.{table} WHERE {in_hour}", [hour]).fetchone()[0]
+        (count,) = self.con.execute(
+            f"SELECT count(*) FROM main.{table} WHERE {in_hour}", [hour]).fetchone() or (0,)
         self.con.execute(
             f"COPY (SELECT * FROM main.{table} WHERE {in_hour} ORDER BY {order}) "
             f"TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -36,7 +37,7 @@ ORDER = pl.Struct(
         "cloid": pl.String,
     }
 )
-ORDER_EVENT = {
+ORDER_EVENT: dict[str, Any] = {
     "time": pl.String,
     "user": pl.String,
     "hash": pl.String,
@@ -44,7 +45,7 @@ ORDER_EVENT = {
     "status": pl.String,
     "order": ORDER,
 }
-FILL = {
+FILL: dict[str, Any] = {
     "coin": pl.String,
     "px": pl.String,
     "sz": pl.String,
@@ -66,7 +67,7 @@ FILL = {
     "builderFee": pl.String,
     "deployerFee": pl.String,
 }
-NODE_TRADE = {
+NODE_TRADE: dict[str, Any] = {
     "coin": pl.String,
     "side": pl.String,
     "time": pl.String,
@@ -76,7 +77,7 @@ NODE_TRADE = {
     "trade_dir_override": pl.String,
     "side_info": pl.List(pl.Struct({"user": pl.String, "oid": pl.Int64})),
 }
-ENVELOPE = {"block_time": pl.String, "block_number": pl.Int64}
+ENVELOPE: dict[str, Any] = {"block_time": pl.String, "block_number": pl.Int64}
 
 # ------------------------------------------------------------- output schemas
 TS = pl.Datetime("us")  # naive, always UTC
@@ -285,7 +286,7 @@ def line_bounds(buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
 class Format:
     """How one stream variant's lines are decoded and flattened."""
 
-    raw: dict[str, pl.DataType]
+    raw: dict[str, Any]
     explode: str | None  # list column holding the events (block envelopes)
     flatten: Callable[[pl.DataFrame], pl.DataFrame]
     required: list[str]
@@ -293,7 +294,7 @@ class Format:
     schema: dict[str, pl.DataType]
 
 
-def _envelope(event: pl.DataType) -> dict[str, pl.DataType]:
+def _envelope(event: pl.DataType) -> dict[str, Any]:
     return {**ENVELOPE, "events": pl.List(event)}
 
 

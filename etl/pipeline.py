@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -183,7 +184,7 @@ class Pipeline:
         if result.lines:
             inst = result.lines / max(seconds, 1e-6)
             st.rate = inst if not st.rate else 0.8 * st.rate + 0.2 * inst
-            st.line_bytes = 0.9 * st.line_bytes + 0.1 * (result.bytes / result.lines)
+            st.line_bytes = 0.9 * st.line_bytes + 0.1 * (result.nbytes / result.lines)
         st.last_batch_at = self.clock()
         if result.rejects:
             log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
@@ -258,7 +259,7 @@ class Pipeline:
     # ------------------------------------------------------------- status
     def status(self) -> list[dict[str, object]]:
         """Per-stream position and counters, as served by `status` and the API."""
-        stored = {r["stream"]: r for r in self.store.status()}
+        stored: dict[str, dict[str, Any]] = {str(r["stream"]): r for r in self.store.status()}
         out = []
         now_wall = utcnow()
         for name, st in sorted(self.states.items()):
@@ -342,7 +343,7 @@ def commit_unit(
         cursor=unit.cursor,
         file=unit.file,
         lines=unit.lines,
-        bytes=unit.bytes,
+        nbytes=unit.bytes,
         rejects=unit.rejects,
         gaps=unit.gaps,
         est_line_bytes=line_bytes,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -126,7 +127,7 @@ class Simulator:
             },
         }
 
-    def trade(self) -> tuple[list[object], list[object], dict[str, object]]:
+    def trade(self) -> tuple[list[object], list[object], dict[str, Any]]:
         """One trade as (taker fill, maker fill, node_trades line)."""
         coin = self._coin()
         px = self._step_price(coin)
@@ -301,7 +302,7 @@ def generate(
 ) -> int:
     """Write about `lines` lines over all streams, on a simulated clock, as fast as
     possible; returns the number of lines written."""
-    sim = Simulator(seed=seed, **({"start": start} if start else {}))
+    sim = Simulator(seed=seed, start=start) if start else Simulator(seed=seed)
     writer = NodeWriter(out, malformed_share, seed)
     dirs = stream_dirs(variant, kinds)
     for block in sim.blocks(events_per_block):

@@ -69,8 +69,8 @@ class BatchResult:
     cursor: Cursor
     file: str
     lines: int
-    bytes: int
-    rejects: list[tuple[str, int, str, bytes]]  # (file, offset, reason, head of line)
+    nbytes: int
+    rejects: list[tuple[str, int, str, "bytes"]]  # (file, offset, reason, head of line)
     gaps: list[Gap]
     est_line_bytes: float
     last_time: datetime | None
@@ -193,7 +193,7 @@ class Store:
                     c.inode,
                     c.offset,
                     batch.lines,
-                    batch.bytes,
+                    batch.nbytes,
                     sum(f.height for f in rows.values()),
                     len(batch.rejects),
                     len(batch.gaps),

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,7 +195,7 @@ class Tailer:
         batch_max_bytes: int,
         max_backlog_bytes: int | None,
         rotate_grace_s: float = 5.0,
-        clock: callable = time.monotonic,  # type: ignore[valid-type]
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
         self.batch_max_bytes = batch_max_bytes
