@@ -303,6 +303,7 @@ def _read_only(s: Settings) -> duckdb.DuckDBPyConnection:
             "through the server (POST /v1/sql, GET /v1/export/...)"
         ) from err
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

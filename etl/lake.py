@@ -134,12 +134,12 @@ class Lake:
         n = parts if pruned else 0
         final = out / f"part-{n}.parquet"
         tmp = out / f".part-{n}.parquet.tmp"
-        order = "coin, interval, t" if table == "candles" else "time"
         sql_path = str(tmp).replace("'", "''")
         (count,) = self.con.execute(
             f"SELECT count(*) FROM main.{table} WHERE {in_hour}", [hour]).fetchone() or (0,)
         self.con.execute(
-            f"COPY (SELECT * FROM main.{table} WHERE {in_hour} ORDER BY {order}) "
+            # insertion order is arrival order, close to time order; sorting costs 5x
+            f"COPY (SELECT * FROM main.{table} WHERE {in_hour}) "
             f"TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)",
             [hour],
         )

@@ -91,6 +91,7 @@ class Store:
         self.path = path
         self.con = duckdb.connect(str(path))
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
         # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
         if threads:

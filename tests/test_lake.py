@@ -154,7 +154,7 @@ def test_late_rows_reseal_their_hour(tmp_path: Path, node: Node) -> None:
     report = lake.seal()
     assert report.resealed == 1
     hour10 = pl.read_parquet(tmp_path / "lake/orders/date=2026-01-05/hour=10/part-0.parquet")
-    assert hour10["oid"].to_list() == [1, 5, 2]  # ordered by time
+    assert hour10["oid"].to_list() == [1, 2, 5]  # in arrival order
     assert store.con.execute("SELECT count(*) FROM history.orders").fetchone() == (5,)
     pipe.close()
     store.close()
