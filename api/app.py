@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.hub import Hub
-from api.routes import exports, info, live, ops, snapshots, sql
+from api.routes import dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
 from etl.config import Settings
 from etl.pipeline import Pipeline, rules_file_for
@@ -51,6 +51,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (live, info, snapshots, sql, exports, ops):
+    for module in (live, info, snapshots, sql, exports, ops, dashboard):
         app.include_router(module.router)
     return app

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -323,11 +324,13 @@ def commit_unit(
     frames: dict[str, pl.DataFrame] = {}
     first = last = None
     candle_rows = None
+    silences: list[tuple[datetime, datetime]] = []
     if unit.frame is not None:
         frame = unit.frame.drop("_offset")
         if frame.height:
             # the watermark counts every event, kept or not
             first, last = frame["time"].min(), frame["time"].max()
+            silences = find_silences(frame["time"], store.stall_after_s)
         if unit.stream.kind == "orders" and shaping.rules is not None:
             shaping.rules.check()
             frame, counts = apply_rules(frame, shaping.rules.rules)
@@ -349,6 +352,17 @@ def commit_unit(
         est_line_bytes=line_bytes,
         last_time=last,  # type: ignore[arg-type]
         first_time=first,  # type: ignore[arg-type]
+        silences=silences,
     )
     merged = store.commit(result, frames, candle_rows)
     return result, frames, merged
+
+
+def find_silences(times: pl.Series, stall_after_s: float) -> list[tuple[datetime, datetime]]:
+    """(before, after) pairs of consecutive event times further apart than `stall_after_s`."""
+    t = times.drop_nulls().sort()
+    if t.len() < 2:
+        return []
+    frame = pl.DataFrame({"to": t}).with_columns(pl.col("to").shift(1).alias("from"))
+    far = frame.filter((pl.col("to") - pl.col("from")) > timedelta(seconds=stall_after_s))
+    return list(zip(far["from"].to_list(), far["to"].to_list(), strict=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,6 +75,8 @@ class BatchResult:
     est_line_bytes: float
     last_time: datetime | None
     first_time: datetime | None
+    # silences longer than stall_after_s between events of this batch (event time)
+    silences: list[tuple[datetime, datetime]] = field(default_factory=list)
 
 
 def utcnow() -> datetime:
@@ -135,13 +137,16 @@ class Store:
                 merged = self._upsert_candles(candles)
             now = utcnow()
             last = self._last_time(batch.stream)
+            stalls = list(batch.silences)
             if (batch.first_time is not None and last is not None
                     and (batch.first_time - last).total_seconds() > self.stall_after_s):
+                stalls.append((last, batch.first_time))
+            if stalls:
                 # the stream said nothing for a while: candles must not be filled across it
-                con.execute(
+                con.executemany(
                     "INSERT INTO gaps VALUES (?, ?, ?, ?, 0, 0, 'stall', ?, ?, ?)",
-                    [batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, last,
-                     batch.first_time, now])
+                    [[batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, t0, t1, now]
+                     for t0, t1 in stalls])
             if batch.rejects:
                 con.executemany(
                     "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",

@@ -21,7 +21,7 @@ T0 = 1767607200000  # 2026-01-05T10:00:00Z
 def pipeline(tmp_path: Path, node: Node, **kw: object) -> tuple[Store, Pipeline]:
     base: dict[str, object] = {"node_dir": node.root, "db": tmp_path / "h.duckdb",
                                "start_from": "start", "keep_all": True, "candle_intervals": ("1m",),
-                               "stall_after_s": 120.0}
+                               "stall_after_s": 300.0}
     base.update(kw)
     s = Settings(**base)  # type: ignore[arg-type]
     store = Store.from_settings(s)
@@ -74,6 +74,19 @@ def test_forward_fill_stops_at_the_watermark_and_never_crosses_a_stall(tmp_path:
     store.close()
 
 
+def test_a_silence_inside_one_batch_is_a_stall_too(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0")
+    node.add_trade("2026-01-05T10:09:10", 2, px="109.0")  # 9 minutes of silence, same batch
+    store, pipe = pipeline(tmp_path, node)
+    pipe.run_once()
+    got = read_candles(store.con, "BTC", "1m", T0, T0 + 10 * MIN)
+    assert got.select("t", "filled").rows() == [(T0, False), (T0 + 9 * MIN, False)]
+    assert store.con.execute("SELECT reason FROM gaps").fetchall() == [("stall",)]
+    pipe.close()
+    store.close()
+
+
 def test_rules_filter_before_storing_and_reload_without_restart(tmp_path: Path) -> None:
     node = Node(tmp_path / "node")
     rules = tmp_path / "rules.toml"
@@ -102,7 +115,8 @@ def test_history_commands(tmp_path: Path) -> None:
     node.add_trade("2026-01-05T10:00:20", 2, coin="PURR/USDC", px="0.2", sz="10.0")
     node.add_trade("2026-01-05T10:02:10", 3, px="102.0")
     db = str(tmp_path / "c.duckdb")
-    run_cli("ingest", "--node-dir", str(node.root), "--db", db, "--from", "start", "--once")
+    run_cli("ingest", "--node-dir", str(node.root), "--db", db, "--from", "start", "--once",
+            env={"NODETAP_STALL_AFTER_S": "600"})
     out = run_cli("sql", "SELECT tid, coin, px FROM history.trades ORDER BY tid", "--db", db,
                   "--format", "json").stdout
     assert orjson.loads(out) == [{"tid": 1, "coin": "BTC", "px": 100.0},
