@@ -34,6 +34,12 @@ class SqlTimeout(ApiError):
     status = 408
 
 
+class SqlError(ApiError):
+    """DuckDB could not run the query (syntax, unknown column, type error): its message is passed on."""
+
+    status = 400
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -94,6 +94,9 @@ class Store:
         self.con = duckdb.connect(str(path))
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
+        # parquet, json and icu are built in; never fetch or load an extension at run time
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET autoload_known_extensions = false")
         # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
         if threads:
@@ -269,6 +272,8 @@ class Store:
         """A connection of its own to the same database, for another thread."""
         con = self.con.cursor()
         con.execute("SET TimeZone = 'UTC'")
+        # nothing here scans Python variables (all goes through `register`): close that door
+        con.execute("SET python_enable_replacements = false")
         return con
 
     def status(self) -> list[dict[str, object]]:

@@ -1,5 +1,180 @@
-"""(being written)"""
+"""Operations: `/metrics` (Prometheus text format), `/healthz` (alive) and `/readyz` (caught up).
 
-from fastapi import APIRouter
+Metrics live in a registry of the app's own (never the process-global one): a collector
+reads the pipeline, the rules and the live hub at scrape time, and a histogram of batch
+durations is fed by a pipeline listener added while the app starts.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from api.deps import State
+from api.routes.snapshots import json_response
+from api.state import AppState
+from etl.pipeline import Processed
+
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# hub.stats() keys that are running totals (counters); other numbers are gauges
+_HUB_COUNTERS = ("sent", "dropped", "disconnect", "lagged", "published", "connections", "total")
+
+
+class Metrics:
+    """The app's registry: the batch-duration histogram and the state collector."""
+
+    def __init__(self, state: AppState) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_seconds = Histogram(
+            "nodetap_batch_duration_seconds", "Time to read, parse and commit one batch, per stream.",
+            ["stream"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.registry.register(StateCollector(state))
+
+    def observe(self, processed: Processed) -> None:
+        """A pipeline listener (runs on the pipeline thread after each commit)."""
+        self.batch_seconds.labels(processed.stream.name).observe(processed.seconds)
+
+
+class StateCollector:
+    """Reads pipeline, rules and hub counters when Prometheus scrapes."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Metric]:
+        return []  # names are known only at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        stored = {str(r["stream"]): r for r in state.store.status()}
+        rows = state.pipeline.status()
+        labels = ["stream", "kind"]
+
+        def family(kind: type, name: str, doc: str) -> Any:
+            return kind(name, doc, labels=labels)
+
+        lines = family(CounterMetricFamily, "nodetap_lines_read", "Lines read from the node's files.")
+        nbytes = family(CounterMetricFamily, "nodetap_bytes_read", "Bytes read from the node's files.")
+        stored_rows = family(CounterMetricFamily, "nodetap_rows", "Rows committed to DuckDB.")
+        rejects = family(CounterMetricFamily, "nodetap_rejects", "Malformed lines quarantined in `rejects`.")
+        gaps = family(CounterMetricFamily, "nodetap_gaps", "Ranges skipped or lost, recorded in `gaps`.")
+        skipped = family(CounterMetricFamily, "nodetap_skipped_bytes", "Bytes skipped by the backlog limit.")
+        lag_bytes = family(GaugeMetricFamily, "nodetap_lag_bytes", "Bytes the node wrote, not yet committed.")
+        lag_seconds = family(GaugeMetricFamily, "nodetap_lag_seconds",
+                             "Wall clock minus the stream's last event time.")
+        rate = family(GaugeMetricFamily, "nodetap_lines_per_second", "Recent ingest rate.")
+        for row in rows:
+            values = [str(row["stream"]), str(row["kind"])]
+            db = stored.get(str(row["stream"]), {})
+            lines.add_metric(values, _num(row.get("lines")))
+            nbytes.add_metric(values, _num(db.get("bytes")))
+            stored_rows.add_metric(values, _num(row.get("rows")))
+            rejects.add_metric(values, _num(row.get("rejects")))
+            gaps.add_metric(values, _num(row.get("gaps")))
+            skipped.add_metric(values, _num(row.get("skipped_bytes")))
+            lag_bytes.add_metric(values, _num(row.get("lag_bytes")))
+            if row.get("lag_seconds") is not None:
+                lag_seconds.add_metric(values, _num(row["lag_seconds"]))
+            rate.add_metric(values, _num(row.get("lines_per_s")))
+        yield from (lines, nbytes, stored_rows, rejects, gaps, skipped, lag_bytes, lag_seconds, rate)
+
+        seen = CounterMetricFamily("nodetap_rules_rows_seen", "Order rows each filter rule examined.",
+                                   labels=["rule"])
+        kept = CounterMetricFamily("nodetap_rules_rows_kept", "Order rows that passed each filter rule.",
+                                   labels=["rule"])
+        for rule, counts in sorted(state.rules.stats().items()):
+            seen.add_metric([rule], counts.get("seen", 0))
+            kept.add_metric([rule], counts.get("kept", 0))
+        yield from (seen, kept)
+
+        alive = state.thread is None or state.thread.is_alive()
+        yield GaugeMetricFamily("nodetap_pipeline_up", "1 while the ingest thread runs.", value=int(alive))
+        yield from _hub_metrics(state)
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _hub_metrics(state: AppState) -> Iterator[Metric]:
+    """The live hub's numbers (`hub.stats()`): WebSocket clients, messages sent and dropped."""
+    stats_fn = getattr(state.hub, "stats", None)
+    if not callable(stats_fn):
+        return
+    for key, value in sorted(stats_fn().items()):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = "nodetap_ws_" + "".join(ch if ch.isalnum() else "_" for ch in str(key)).lower()
+        doc = f"WebSocket hub: {key}."
+        if any(word in str(key) for word in _HUB_COUNTERS):
+            yield CounterMetricFamily(name.removesuffix("_total"), doc, value=float(value))
+        else:
+            yield GaugeMetricFamily(name, doc, value=float(value))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Runs inside the app's lifespan, once the pipeline exists: set up the metrics."""
+    state: AppState = app.state.nodetap
+    metrics = Metrics(state)
+    app.state.nodetap_metrics = metrics
+    state.pipeline.listeners.append(metrics.observe)
+    try:
+        yield
+    finally:
+        if metrics.observe in state.pipeline.listeners:
+            state.pipeline.listeners.remove(metrics.observe)
+
+
+router = APIRouter(lifespan=lifespan)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    registry: CollectorRegistry = request.app.state.nodetap_metrics.registry
+    body = await asyncio.to_thread(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+async def healthz(state: State) -> Response:
+    """200 while the process serves and its ingest thread runs."""
+    if state.thread is not None and not state.thread.is_alive():
+        return json_response({"status": "down", "reason": "the pipeline thread has stopped"}, 503)
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(state: State) -> Response:
+    """200 when every stream is caught up: a stream with unread bytes whose last commit is older
+    than `ready_max_lag_s` makes it 503, with the reason."""
+    reasons, streams = await asyncio.to_thread(_readiness, state)
+    if reasons:
+        return json_response({"status": "not ready", "reasons": reasons, "streams": streams}, 503)
+    return json_response({"status": "ready", "streams": streams})
+
+
+def _readiness(state: AppState) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    bound = state.settings.ready_max_lag_s
+    pipeline = state.pipeline
+    reasons: list[str] = []
+    if state.thread is not None and not state.thread.is_alive():
+        reasons.append("the pipeline thread has stopped")
+    now = pipeline.clock()
+    streams: dict[str, dict[str, Any]] = {}
+    for name, st in sorted(pipeline.states.items()):
+        unread = st.tailer.unread_after(st.cursor)  # fresh from the files, not the last batch's view
+        age = now - st.last_batch_at if st.last_batch_at else None
+        streams[name] = {"unread_bytes": unread, "last_commit_age_s": None if age is None else round(age, 3)}
+        if unread > 0 and (age is None or age > bound):
+            since = "no commit yet" if age is None else f"last commit {age:.1f} s ago"
+            reasons.append(f"{name}: {unread} unread bytes and {since} "
+                           f"(over ready_max_lag_s = {bound:g} s)")
+    return reasons, streams

@@ -1,5 +1,221 @@
-"""(being written)"""
+"""REST snapshots: candles, recent trades and orders, coins, pipeline status, the orders rules.
 
-from fastapi import APIRouter
+Coins travel as query parameters (`?coin=PURR/USDC`, `?coin=@107`). Times in responses are
+epoch milliseconds, as in the public Hyperliquid API; times in requests are epoch ms or ISO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from api.deps import State
+from api.errors import BadRequest
+from api.state import AppState
+from etl.candles import INTERVALS
+from etl.config import Settings
+from etl.filters import RulesError, rules_to_dict
+from etl.history import HistoryError, parse_time_ms, read_candles, watermark_and_holes
 
 router = APIRouter()
+
+MAX_LIMIT = 5000
+CANDLE_FIELDS = ("t", "T", "o", "h", "l", "c", "v", "vq", "n", "vwap", "filled")
+DEFAULT_CANDLES = 500  # without `start`, this many intervals before `end`
+_WIDTH_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000,
+             "M": 31 * 86_400_000}
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content, default=str), status_code=status_code,
+                    media_type="application/json")
+
+
+# ------------------------------------------------------------------ params
+def parse_time(raw: str | None, name: str) -> int | None:
+    """Epoch milliseconds from `raw` (epoch ms or ISO 8601, UTC without a zone); None if absent."""
+    try:
+        return parse_time_ms(raw, name)
+    except HistoryError as err:
+        raise BadRequest(f"{err} (e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z)") from None
+
+
+def parse_limit(raw: str | None, default: int = 100, most: int = MAX_LIMIT) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be an integer from 1 to {most}, not {raw!r}") from None
+    if not 1 <= value <= most:
+        raise BadRequest(f"limit must be from 1 to {most}, not {value}")
+    return value
+
+
+def parse_bool(raw: str | None, name: str, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"{name} must be true or false, not {raw!r}")
+
+
+def check_interval(interval: str, settings: Settings) -> str:
+    if interval not in INTERVALS:
+        raise BadRequest(f"unknown interval {interval!r}; valid intervals: {' '.join(INTERVALS)}")
+    if interval not in settings.candle_intervals:
+        raise BadRequest(f"interval {interval!r} is not computed here (setting candle_intervals: "
+                         f"{' '.join(settings.candle_intervals)})")
+    return interval
+
+
+def require_coin(coin: str | None) -> str:
+    if not coin:
+        raise BadRequest("coin is required, as a query parameter (e.g. ?coin=BTC, ?coin=PURR%2FUSDC)")
+    return coin
+
+
+# ------------------------------------------------------------------ candles
+@router.get("/v1/candles")
+async def candles(state: State, coin: str | None = None, interval: str | None = None,
+                  start: str | None = None, end: str | None = None, fill: str | None = None) -> Response:
+    """Candles of one coin and interval with `start <= t <= end`, oldest first. Without `end`:
+    up to the trades' watermark; without `start`: the 500 intervals before `end`. With `fill`
+    (default true) empty intervals are forward-filled up to the watermark, never across a gap."""
+    coin = require_coin(coin)
+    interval = check_interval(interval or next(iter(state.settings.candle_intervals), "1m"), state.settings)
+    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
+    do_fill = parse_bool(fill, "fill", True)
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
+        raise BadRequest(f"end ({end}) is before start ({start})")
+    rows = await asyncio.to_thread(_candles, state, coin, interval, start_ms, end_ms, do_fill)
+    return json_response(rows)
+
+
+def _candles(state: AppState, coin: str, interval: str, start_ms: int | None, end_ms: int | None,
+             fill: bool) -> list[dict[str, Any]]:
+    con = state.reader()
+    try:
+        if end_ms is None:
+            wm, _ = watermark_and_holes(con)
+            end_ms = wm if wm is not None else int(time.time() * 1000)
+        if start_ms is None:
+            start_ms = end_ms - DEFAULT_CANDLES * int(interval[:-1]) * _WIDTH_MS[interval[-1]]
+        frame = read_candles(con, coin, interval, start_ms, end_ms, fill)
+    except HistoryError as err:
+        raise BadRequest(str(err)) from None
+    finally:
+        con.close()
+    return frame.select(CANDLE_FIELDS).to_dicts()
+
+
+# ------------------------------------------------------------------ trades, orders
+@router.get("/v1/trades")
+async def trades(state: State, coin: str | None = None, limit: str | None = None) -> Response:
+    """The most recent trades (of `coin`, or of every coin), newest first; `time` in epoch ms."""
+    n = parse_limit(limit)
+    params: list[object] = [coin] if coin else []
+    where = "WHERE coin = $1" if coin else ""
+    sql = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM main.trades {where} "
+           f"ORDER BY time DESC, tid DESC LIMIT {n}")
+    return json_response(await asyncio.to_thread(_rows, state, sql, params))
+
+
+@router.get("/v1/orders")
+async def orders(state: State, coin: str | None = None, status: str | None = None,
+                 user: str | None = None, limit: str | None = None) -> Response:
+    """The most recent order statuses the rules kept, newest first, filtered by `coin`,
+    `status` and `user`; times in epoch ms."""
+    n = parse_limit(limit)
+    where: list[str] = []
+    params: list[object] = []
+    for column, value in (("coin", coin), ("status", status), ("user", user.lower() if user else None)):
+        if value:
+            params.append(value)
+            where.append(f'"{column}" = ${len(params)}')
+    clause = "WHERE " + " AND ".join(where) if where else ""
+    sql = ("SELECT * REPLACE (epoch_ms(time) AS time, epoch_ms(block_time) AS block_time, "
+           f"epoch_ms(order_time) AS order_time) FROM main.orders {clause} "
+           f"ORDER BY orders.time DESC, rowid DESC LIMIT {n}")
+    return json_response(await asyncio.to_thread(_rows, state, sql, params))
+
+
+def _rows(state: AppState, sql: str, params: list[object]) -> list[dict[str, Any]]:
+    con = state.reader()
+    try:
+        cur = con.execute(sql, params)
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
+@router.get("/v1/coins")
+async def coins(state: State) -> Response:
+    """Every coin seen in trades or kept orders, with its last trade (px, time in ms) and trade count."""
+    sql = """
+        WITH t AS (
+            SELECT coin, first(px ORDER BY time DESC, tid DESC) AS last_px,
+                   epoch_ms(max(time)) AS last_time, count(*) AS trades
+            FROM main.trades GROUP BY coin)
+        SELECT coin, t.last_px, t.last_time, coalesce(t.trades, 0) AS trades
+        FROM (SELECT coin FROM t UNION SELECT DISTINCT coin FROM main.orders WHERE coin IS NOT NULL) c
+        LEFT JOIN t USING (coin) ORDER BY coin"""
+    return json_response(await asyncio.to_thread(_rows, state, sql, []))
+
+
+# ------------------------------------------------------------------ status
+@router.get("/v1/status")
+async def status(state: State) -> Response:
+    """Per stream: file, offset, lag (bytes, seconds), lines/s, rows, rejects, gaps, skipped bytes,
+    time of the last commit; the orders rules' counts; the live hub's counters."""
+    return json_response(await asyncio.to_thread(_status, state))
+
+
+def _status(state: AppState) -> dict[str, Any]:
+    pipeline = state.pipeline
+    now = pipeline.clock()
+    streams = pipeline.status()
+    for row in streams:
+        st = pipeline.states.get(str(row["stream"]))
+        last = st.last_batch_at if st is not None else 0.0
+        row["last_batch_age_s"] = round(now - last, 3) if last else None
+    out: dict[str, Any] = {
+        "uptime_s": round(time.time() - state.started_at, 3) if state.started_at else None,
+        "pipeline_alive": state.thread.is_alive() if state.thread is not None else None,
+        "streams": streams,
+        "rules": {"file": str(state.rules.path) if state.rules.path else None,
+                  "stats": state.rules.stats()},
+    }
+    stats = getattr(state.hub, "stats", None)
+    if callable(stats):
+        out["hub"] = stats()
+    return out
+
+
+# ------------------------------------------------------------------ rules
+@router.get("/v1/rules")
+async def get_rules(state: State) -> Response:
+    """The orders filter rules in effect (`{"orders": {...}}`, the shape PUT takes)."""
+    return json_response(rules_to_dict(state.rules.rules))
+
+
+@router.put("/v1/rules")
+async def put_rules(state: State, request: Request) -> Response:
+    """Replace the orders filter rules (written to the rules file if there is one); the next
+    batch uses them. Invalid rules change nothing and answer 400 with what is wrong."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(f"the body must be a JSON rules document ({{\"orders\": {{...}}}}): {err}") from None
+    try:
+        rules = await asyncio.to_thread(state.rules.replace, body)
+    except RulesError as err:
+        raise BadRequest(str(err)) from None
+    return json_response(rules_to_dict(rules))

@@ -1,0 +1,387 @@
+"""The REST API on a real server: snapshots, rules, exports, metrics, health and readiness,
+checked against the node's source lines and the server's DuckDB database."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.routes import exports
+from etl.filters import Rules, load_rules, rules_to_dict
+from etl.store import fetch_pl
+from tests.conftest import ServerThread
+from tests.test_lake import Node, order_line
+
+MIN = 60_000
+T0 = 1767607200000  # 2026-01-05T10:00:00Z
+EPOCH = datetime(1970, 1, 1)
+
+
+# ------------------------------------------------------------------ helpers
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def lines_in(node: Path) -> int:
+    return sum(f.read_bytes().count(b"\n") for f in node.glob("*/hourly/*/*"))
+
+
+def caught_up(client: httpx.Client, node: Path) -> None:
+    """Wait until the server has committed every line of the node dir."""
+    total = lines_in(node)
+    wait_for(lambda: sum(s["lines"] for s in client.get("/v1/status").json()["streams"]) == total)
+
+
+def ms_of_iso(text: str) -> int:
+    return (datetime.fromisoformat(text[:26]) - EPOCH) // timedelta(milliseconds=1)
+
+
+def source_orders(node: Path) -> list[dict[str, Any]]:
+    """Order-status events in file order (one plain stream, one file per hour)."""
+    out = []
+    for f in sorted((node / "node_order_statuses" / "hourly").glob("*/*")):
+        out += [orjson.loads(line) for line in f.read_bytes().splitlines() if line]
+    return out
+
+
+def source_trades(node: Path) -> list[dict[str, Any]]:
+    """One trade per tid from the fill pairs: the taker's side, buyer and seller."""
+    by_tid: dict[int, dict[str, Any]] = {}
+    for f in sorted((node / "node_fills" / "hourly").glob("*/*")):
+        for line in f.read_bytes().splitlines():
+            user, fill = orjson.loads(line)
+            t = by_tid.setdefault(fill["tid"], {})
+            t["buyer" if fill["side"] == "B" else "seller"] = user
+            if fill["crossed"]:
+                t.update(time=fill["time"], coin=fill["coin"], side=fill["side"], px=float(fill["px"]),
+                         sz=float(fill["sz"]), tid=fill["tid"], hash=fill["hash"])
+    return list(by_tid.values())
+
+
+def reader_frame(srv: ServerThread, sql: str, params: list[object] | None = None) -> pl.DataFrame:
+    con = srv.state.reader()
+    try:
+        return fetch_pl(con, sql, params)
+    finally:
+        con.close()
+
+
+def error(r: httpx.Response, status: int = 400) -> str:
+    assert r.status_code == status, r.text
+    return str(r.json()["error"])
+
+
+# ------------------------------------------------------------------ snapshots
+def test_trades_orders_coins_and_status_match_the_source(
+        make_node_dir: Callable[..., Path], serve: Callable[..., ServerThread]) -> None:
+    node = make_node_dir(lines=3000)
+    orders, trades = source_orders(node), source_trades(node)
+    with serve(node, keep_all=True) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node)
+
+        got = client.get("/v1/trades", params={"coin": "PURR/USDC", "limit": 5}).json()
+        want = sorted((t for t in trades if t["coin"] == "PURR/USDC"), key=lambda t: (t["time"], t["tid"]),
+                      reverse=True)[:5]
+        assert len(want) == 5
+        fields = ("time", "coin", "side", "px", "sz", "tid", "buyer", "seller", "hash")
+        assert [{k: g[k] for k in fields} for g in got] == [{k: w[k] for k in fields} for w in want]
+        newest = max(trades, key=lambda t: (t["time"], t["tid"]))
+        assert [t["tid"] for t in client.get("/v1/trades", params={"limit": 1}).json()] == [newest["tid"]]
+
+        got = client.get("/v1/orders", params={"coin": "@107", "status": "open", "limit": 7}).json()
+        indexed = [(ms_of_iso(o["time"]), i, o) for i, o in enumerate(orders)
+                   if o["order"]["coin"] == "@107" and o["status"] == "open"]
+        want_orders = [o for _, _, o in sorted(indexed, key=lambda x: (x[0], x[1]), reverse=True)[:7]]
+        assert [(g["oid"], g["time"], g["user"], g["status"], g["side"], g["limit_px"], g["orig_sz"])
+                for g in got] == [
+            (o["order"]["oid"], ms_of_iso(o["time"]), o["user"], o["status"], o["order"]["side"],
+             float(o["order"]["limitPx"]), float(o["order"]["origSz"])) for o in want_orders]
+        user = max({o["user"] for o in orders}, key=lambda u: sum(o["user"] == u for o in orders))
+        got = client.get("/v1/orders", params={"user": user, "limit": 5000}).json()
+        assert sorted(g["oid"] for g in got) == sorted(o["order"]["oid"] for o in orders if o["user"] == user)
+
+        coins = {c["coin"]: c for c in client.get("/v1/coins").json()}
+        assert set(coins) == {o["order"]["coin"] for o in orders}
+        for coin, c in coins.items():
+            mine = [t for t in trades if t["coin"] == coin]
+            last = max(mine, key=lambda t: (t["time"], t["tid"]))
+            assert (c["last_px"], c["last_time"], c["trades"]) == (last["px"], last["time"], len(mine))
+
+        status = client.get("/v1/status").json()
+        streams = {s["stream"]: s for s in status["streams"]}
+        for name, st in streams.items():
+            f = node / name / "hourly" / "20260105" / "10"
+            assert (st["file"], st["offset"], st["lag_bytes"]) == ("20260105/10", f.stat().st_size, 0)
+            assert st["lines"] == f.read_bytes().count(b"\n")
+            assert (st["rejects"], st["gaps"], st["skipped_bytes"]) == (0, 0, 0)
+            assert st["last_batch_age_s"] >= 0 and st["lines_per_s"] > 0
+        assert streams["node_order_statuses"]["rows"] == len(orders)
+        assert streams["node_fills"]["rows"] == streams["node_fills"]["lines"] + len(trades)
+        assert status["rules"]["stats"]["total"] == {"seen": len(orders), "kept": len(orders)}
+        assert status["pipeline_alive"] is True
+
+        assert "limit must be from 1 to 5000, not 0" in error(client.get("/v1/trades?limit=0"))
+        assert "not 'x'" in error(client.get("/v1/orders?limit=x"))
+        assert "not 6000" in error(client.get("/v1/orders?limit=6000"))
+
+
+def test_candles_equal_sql_over_trades(make_node_dir: Callable[..., Path],
+                                       serve: Callable[..., ServerThread]) -> None:
+    node = make_node_dir(lines=4000, events_per_block=1.0)  # about 4 minutes of trades
+    with serve(node, keep_all=True) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node)
+        for coin, interval, width in (("BTC", "1m", MIN), ("PURR/USDC", "1m", MIN), ("@107", "5m", 5 * MIN)):
+            want = reader_frame(srv, f"""
+                SELECT t, t + {width - 1} AS "T", o, h, l, c, v, vq, n, vq / v AS vwap, false AS filled
+                FROM (SELECT (epoch_ms(time) // {width}) * {width} AS t,
+                             first(px ORDER BY time, rowid) AS o, max(px) AS h, min(px) AS l,
+                             last(px ORDER BY time, rowid) AS c, sum(sz) AS v, sum(px * sz) AS vq,
+                             count(*) AS n
+                      FROM main.trades WHERE coin = $1 GROUP BY 1) ORDER BY t""", [coin]).to_dicts()
+            assert len(want) >= 2
+            got = client.get("/v1/candles", params={"coin": coin, "interval": interval, "fill": "false",
+                                                    "start": 0, "end": want[-1]["t"]}).json()
+            assert got == [pytest.approx(w) for w in want]
+            # every interval between the first and last trade has a trade: filling adds nothing
+            assert client.get("/v1/candles", params={"coin": coin, "interval": interval, "start": 0,
+                                                     "end": want[-1]["t"]}).json() == got
+            # without start and end: up to the trades' watermark, which holds the last candle
+            assert client.get("/v1/candles", params={"coin": coin, "interval": interval}).json() == got
+            # ISO times; `start <= t <= end`
+            iso = datetime.fromtimestamp(want[1]["t"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            sliced = client.get("/v1/candles", params={"coin": coin, "interval": interval, "start": iso,
+                                                       "end": want[1]["t"], "fill": "false"}).json()
+            assert sliced == [got[1]]
+
+
+def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1, coin="PURR/USDC", px="0.2", sz="10")
+    node.add_trade("2026-01-05T10:00:40", 2, coin="PURR/USDC", px="0.22", sz="5")
+    node.add_trade("2026-01-05T10:02:20", 3, coin="PURR/USDC", px="0.21", sz="10")
+    with serve(node.root, keep_all=True, candle_intervals=("1m", "5m"), stall_after_s=100.0) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        # 220 s of silence: a stall from 10:02:20 to 10:06:00, recorded by the next batch
+        node.add_trade("2026-01-05T10:06:00", 4, coin="PURR/USDC", px="0.25", sz="4")
+        node.add_trade("2026-01-05T10:06:30", 5, coin="BTC", px="100", sz="1")  # watermark 10:06:30
+        caught_up(client, node.root)
+
+        def candle(minute: int, o: float, h: float, lo: float, c: float, v: float, vq: float, n: int,
+                   filled: bool = False) -> dict[str, Any]:
+            t = T0 + minute * MIN
+            return {"t": t, "T": t + MIN - 1, "o": o, "h": h, "l": lo, "c": c, "v": v, "vq": vq, "n": n,
+                    "vwap": vq / v if v else None, "filled": filled}
+
+        real = [
+            candle(0, 0.2, 0.22, 0.2, 0.22, 15.0, 0.2 * 10 + 0.22 * 5, 2),
+            candle(2, 0.21, 0.21, 0.21, 0.21, 10.0, 0.21 * 10, 1),
+            candle(6, 0.25, 0.25, 0.25, 0.25, 4.0, 0.25 * 4, 1),
+        ]
+        flat = candle(1, 0.22, 0.22, 0.22, 0.22, 0.0, 0.0, 0, filled=True)
+        params: dict[str, Any] = {"coin": "PURR/USDC", "interval": "1m", "start": T0, "end": T0 + 9 * MIN}
+        got = client.get("/v1/candles", params=params).json()
+        # 10:01 filled; 10:03-10:05 lie in the stall; 10:07 onwards is past the watermark
+        assert got == [pytest.approx(c) for c in (real[0], flat, real[1], real[2])]
+        assert client.get("/v1/candles", params={**params, "fill": "false"}).json() == [
+            pytest.approx(c) for c in real]
+        # a range starting on an empty interval takes the previous close from before it
+        got = client.get("/v1/candles", params={**params, "start": "2026-01-05T10:01:00",
+                                                "end": T0 + 2 * MIN}).json()
+        assert got == [pytest.approx(flat), pytest.approx(real[1])]
+
+        for bad, message in [
+            ({"coin": None}, "coin is required"),
+            ({"interval": "7m"}, "unknown interval '7m'; valid intervals: 1s 5s 10s 1m 3m 5m 15m 30m 1h"),
+            ({"interval": "3m"}, "interval '3m' is not computed here (setting candle_intervals: 1m 5m)"),
+            ({"start": "yesterday"}, "start: 'yesterday' is neither epoch milliseconds nor an ISO time"),
+            ({"end": "2026-01-05T09:00:00"}, "end (2026-01-05T09:00:00) is before start"),
+            ({"fill": "maybe"}, "fill must be true or false, not 'maybe'"),
+        ]:
+            query = {k: v for k, v in {**params, **bad}.items() if v is not None}
+            assert message in error(client.get("/v1/candles", params=query))
+
+
+# ------------------------------------------------------------------ rules
+def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text("[orders]\n")
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    with serve(node.root, rules_file=rules_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules())
+
+        new = {"orders": {"coins": ["ETH", "PURR/USDC"], "min_notional": 50}}
+        r = client.put("/v1/rules", json=new)
+        assert r.status_code == 200, r.text
+        assert r.json() == rules_to_dict(Rules(coins=("ETH", "PURR/USDC"), min_notional=50.0))
+        assert client.get("/v1/rules").json() == r.json()
+        assert rules_to_dict(load_rules(rules_path)) == r.json()  # written to the rules file
+
+        node.add_order("2026-01-05T10:00:02", 2, coin="BTC")  # coin not allowed
+        node.add_order("2026-01-05T10:00:03", 3, coin="ETH")  # kept: notional 100
+        node.add_order("2026-01-05T10:00:04", 4, coin="ETH", px="10.0")  # notional 10 < 50
+        node.add_order("2026-01-05T10:00:05", 5, coin="PURR/USDC")
+        caught_up(client, node.root)
+        assert [o["oid"] for o in client.get("/v1/orders").json()] == [5, 3, 1]
+        assert client.get("/v1/status").json()["rules"]["stats"]["coins"] == {"seen": 4, "kept": 3}
+
+        before = client.get("/v1/rules").json()
+        for body, message in [
+            ({"orders": {"sides": ["X"]}}, "<request>: orders.sides[0]: must be 'A' (ask/sell) or 'B'"),
+            ({"orders": {"colour": "red"}}, "<request>: orders.colour: unknown key (valid keys: "),
+            ({"orders": {"min_notional": -1}}, "minimum notional must not be negative"),
+            ([1, 2], "expected a table with an [orders] table"),
+        ]:
+            assert message in error(client.put("/v1/rules", json=body))
+        assert "must be a JSON rules document" in error(client.put("/v1/rules", content=b"{oops"))
+        assert client.get("/v1/rules").json() == before
+        assert rules_to_dict(load_rules(rules_path)) == before
+
+
+# ------------------------------------------------------------------ exports
+def test_exports_stream_history_rows_in_every_format(
+        make_node_dir: Callable[..., Path], serve: Callable[..., ServerThread], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # data across 11:00, with the complete 10:00 hour sealed: exports read the lake and DuckDB
+    node = make_node_dir(lines=3000, start=datetime(2026, 1, 5, 10, 59, tzinfo=UTC), events_per_block=2.0)
+    monkeypatch.setattr(exports, "EXPORT_BATCH_ROWS", 100)  # several batches, so several row groups
+    with serve(node, keep_all=True, seal_grace_s=0.0, lake_dir=tmp_path / "lake") as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node)
+        lake = srv.state.pipeline.lake()
+        assert lake.seal().sealed >= 3
+        lake.con.close()
+
+        for coin, fmt, filename in [("PURR/USDC", "parquet", "orders-PURR_USDC.parquet"),
+                                    ("@107", "csv", "orders-107.csv"),
+                                    ("km:USTECH", "ndjson", "orders-km_USTECH.ndjson")]:
+            r = client.get(f"/v1/export/orders.{fmt}", params={"coin": coin})
+            assert r.status_code == 200, r.text
+            assert r.headers["content-disposition"] == f'attachment; filename="{filename}"'
+            want = reader_frame(srv, "SELECT * FROM history.orders WHERE coin = $1", [coin])
+            want = want.sort("time", "oid")
+            assert want.height == sum(o["order"]["coin"] == coin for o in source_orders(node))
+            if fmt == "parquet":
+                got = pl.read_parquet(io.BytesIO(r.content))
+                meta = pq.ParquetFile(io.BytesIO(r.content)).metadata
+                assert meta.num_row_groups == -(-want.height // 100)
+                assert meta.row_group(0).column(0).compression == "ZSTD"
+                assert got.sort("time", "oid").equals(want)
+            elif fmt == "csv":
+                got = pl.read_csv(io.BytesIO(r.content), schema=want.schema)
+                assert got.sort("time", "oid").equals(want)
+            else:
+                got = pl.read_ndjson(io.BytesIO(r.content)).with_columns(
+                    pl.col("time", "order_time").str.to_datetime(time_unit="us"))
+                cols = ["time", "oid", "user", "status", "limit_px", "orig_sz", "order_time", "children"]
+                assert got.select(cols).sort("time", "oid").equals(want.select(cols))
+
+        # a time range: start inclusive, end exclusive, epoch ms or ISO
+        start, end = "2026-01-05T10:59:30", T0 + 60 * MIN + 10_000
+        r = client.get("/v1/export/trades.parquet", params={"coin": "BTC", "start": start, "end": end})
+        got = pl.read_parquet(io.BytesIO(r.content)).sort("tid")
+        bounds: list[object] = [datetime(2026, 1, 5, 10, 59, 30), datetime(2026, 1, 5, 11, 0, 10)]
+        want = reader_frame(srv, "SELECT * FROM history.trades WHERE coin = 'BTC' AND time >= $1 AND "
+                                 "time < $2", bounds).sort("tid")
+        assert want.height > 0 and got.equals(want)
+
+        r = client.get("/v1/export/candles.parquet", params={"coin": "BTC", "interval": "1m"})
+        assert r.headers["content-disposition"] == 'attachment; filename="candles-BTC-1m.parquet"'
+        got = pl.read_parquet(io.BytesIO(r.content)).sort("t")
+        want = reader_frame(srv, "SELECT * FROM history.candles WHERE coin = 'BTC' AND interval = '1m'")
+        assert got.columns[:4] == ["coin", "interval", "t", "T"]
+        assert got.equals(want.rename({"t_close": "T"}).sort("t")) and got.height >= 2
+
+        assert "unknown export table 'nope'" in error(client.get("/v1/export/nope.parquet"), 404)
+        assert "unknown export format 'xlsx'" in error(client.get("/v1/export/orders.xlsx"), 404)
+        assert "interval applies to candles only" in error(client.get("/v1/export/orders.csv?interval=1m"))
+        assert "unknown interval '2m'" in error(client.get("/v1/export/candles.csv?interval=2m"))
+        assert "start: 'noon'" in error(client.get("/v1/export/fills.csv?start=noon"))
+
+
+# ------------------------------------------------------------------ operations
+def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
+                                      serve: Callable[..., ServerThread]) -> None:
+    node = make_node_dir(lines=2000)
+    orders_file = node / "node_order_statuses" / "hourly" / "20260105" / "10"
+    with serve(node, keep_all=True, ready_max_lag_s=0.5) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node)
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        expected = {"nodetap_lines_read", "nodetap_bytes_read", "nodetap_rows", "nodetap_rejects",
+                    "nodetap_gaps", "nodetap_skipped_bytes", "nodetap_lag_bytes", "nodetap_lag_seconds",
+                    "nodetap_lines_per_second", "nodetap_batch_duration_seconds", "nodetap_pipeline_up",
+                    "nodetap_rules_rows_seen", "nodetap_rules_rows_kept"}
+        assert expected <= set(families)
+        hub_stats = getattr(srv.state.hub, "stats", None)
+        if callable(hub_stats):  # WebSocket clients, messages sent and dropped, ...
+            for key, number in hub_stats().items():
+                family = families[f"nodetap_ws_{key}".removesuffix("_total")]
+                assert family.samples[0].value == number
+            if "messages_sent" in hub_stats():
+                assert families["nodetap_ws_messages_sent"].type == "counter"
+
+        def value(family: str, sample: str, stream: str) -> float:
+            return next(s.value for s in families[family].samples
+                        if s.name == sample and s.labels.get("stream") == stream)
+
+        for stream in ("node_order_statuses", "node_fills"):
+            f = node / stream / "hourly" / "20260105" / "10"
+            lines = f.read_bytes().count(b"\n")
+            assert value("nodetap_lines_read", "nodetap_lines_read_total", stream) == lines
+            assert value("nodetap_bytes_read", "nodetap_bytes_read_total", stream) == f.stat().st_size
+            assert value("nodetap_rejects", "nodetap_rejects_total", stream) == 0
+            assert value("nodetap_lag_bytes", "nodetap_lag_bytes", stream) == 0
+        assert families["nodetap_pipeline_up"].samples[0].value == 1
+
+        # the node writes half a line and stops: unread bytes, no commit for longer than the bound
+        line = order_line("2026-01-05T11:00:00", 42)
+        with open(orders_file, "ab") as f:
+            f.write(line[:50])
+        time.sleep(0.6)
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        (reason,) = r.json()["reasons"]
+        assert reason.startswith("node_order_statuses: 50 unread bytes and last commit")
+        assert reason.endswith("(over ready_max_lag_s = 0.5 s)")
+        with open(orders_file, "ab") as f:
+            f.write(line[50:] + b"\n")
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert value("nodetap_batch_duration_seconds", "nodetap_batch_duration_seconds_count",
+                     "node_order_statuses") >= 1
+
+        # the ingest thread stops: not alive, not ready
+        srv.state.pipeline.stop()
+        srv.state.thread.join(30)
+        r = client.get("/healthz")
+        assert r.status_code == 503
+        assert r.json() == {"status": "down", "reason": "the pipeline thread has stopped"}
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "the pipeline thread has stopped" in r.json()["reasons"]
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert families["nodetap_pipeline_up"].samples[0].value == 0

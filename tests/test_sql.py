@@ -1,0 +1,289 @@
+"""POST /v1/sql on a real server: read-only, no file/extension/network access, a time limit
+that interrupts, a row cap with `truncated`, and JSON / CSV / NDJSON / Parquet results."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from etl.simulate import generate
+from tests.conftest import ServerThread, free_port
+
+CAP = 50
+TIMEOUT_S = 1.0
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """One server for the module: generated node data across 11:00 UTC, every row kept, and the
+    complete 10:00 hour sealed into the lake, so `history.*` reads Parquet files too."""
+    from etl.config import Settings
+
+    tmp = tmp_path_factory.mktemp("sql")
+    written = generate(tmp / "node", lines=3000, start=datetime(2026, 1, 5, 10, 59, tzinfo=UTC),
+                       events_per_block=2.0)
+    settings = Settings(node_dir=tmp / "node", db=tmp / "api.duckdb", start_from="start", debounce_ms=5,
+                        poll_interval_ms=50, port=free_port(), seal_interval_s=3600.0, keep_all=True,
+                        seal_grace_s=0.0, lake_dir=tmp / "lake", sql_timeout_s=TIMEOUT_S, sql_max_rows=CAP)
+    with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        wait_for(lambda: sum(s["lines"] for s in client.get("/v1/status").json()["streams"]) == written)
+        lake = srv.state.pipeline.lake()
+        assert lake.seal().sealed >= 3  # orders, fills, trades (and candles) of 10:00
+        lake.con.close()
+        yield srv
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def sql(client: httpx.Client, query: str, **kw: object) -> httpx.Response:
+    return client.post("/v1/sql", json={"sql": query, **kw})
+
+
+def direct(server: ServerThread, query: str) -> list[tuple]:
+    """The same query straight on DuckDB (a reader of the server's own database)."""
+    con = server.state.reader()
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+# ------------------------------------------------------------------ results
+def test_select_over_history_reads_duckdb_and_the_lake(server: ServerThread, client: httpx.Client) -> None:
+    assert list((Path(server.state.settings.lake_dir) / "orders").glob("date=*/hour=*/part-*.parquet"))
+    r = sql(client, "SELECT coin, count(*) AS n FROM history.orders GROUP BY coin ORDER BY coin")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["columns"] == ["coin", "n"]
+    assert body["types"] == ["VARCHAR", "BIGINT"]
+    expected = direct(server, "SELECT coin, count(*) FROM main.orders GROUP BY coin ORDER BY coin")
+    assert [tuple(row) for row in body["rows"]] == expected
+    assert body["row_count"] == len(expected) and body["truncated"] is False
+    assert body["elapsed_ms"] >= 0
+    # the sealed 10:00 hour is read from its Parquet file (the view skips its DuckDB rows)
+    (sealed,) = direct(server, "SELECT rows FROM lake_hours WHERE tbl = 'orders' AND NOT dirty")
+    r = sql(client, "SELECT count(*) FROM history.orders WHERE time < '2026-01-05 11:00'")
+    assert r.json()["rows"] == [[sealed[0]]] and sealed[0] > 0
+
+
+@pytest.mark.parametrize("query", [
+    "WITH c AS (SELECT coin FROM trades) SELECT count(*) FROM c",
+    "FROM history.trades SELECT count(*)",
+    "EXPLAIN SELECT * FROM history.orders",
+    "EXPLAIN ANALYZE SELECT count(*) FROM trades",
+    "EXPLAIN (FORMAT json) SELECT 1",
+    "DESCRIBE history.candles",
+    "SHOW TABLES",
+    "SUMMARIZE trades",
+    "VALUES (1, 'a')",
+    "SELECT list_transform([1, 2], lambda x: x + 1) AS l, current_setting('TimeZone') AS tz",
+    "SELECT 1::DECIMAL(10, 2), NULL::STRUCT(a INT, b VARCHAR[]), NULL::MAP(VARCHAR, INT), '[1]'::JSON",
+    "SELECT * FROM range(3) r, unnest([1, 2]) u",
+    "SELECT table_name FROM duckdb_tables() ORDER BY 1",
+    "SELECT name FROM pragma_table_info('orders')",
+    "/* a comment */ SELECT 1;",
+])
+def test_read_only_queries_are_accepted(client: httpx.Client, query: str) -> None:
+    r = sql(client, query)
+    assert r.status_code == 200, r.text
+    assert r.json()["row_count"] >= 1
+
+
+FILE = "file access is not allowed from SQL"
+ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    # table functions that read files
+    ("SELECT * FROM read_csv('x.csv')", f"read_csv: {FILE}"),
+    ("SELECT * FROM read_csv_auto('x.csv')", f"read_csv_auto: {FILE}"),
+    ("SELECT * FROM read_parquet('lake/orders/*/*/*.parquet')", f"read_parquet: {FILE}"),
+    ("SELECT * FROM read_json('x.json')", f"read_json: {FILE}"),
+    ("SELECT * FROM read_json_auto('x.json')", f"read_json_auto: {FILE}"),
+    ("SELECT * FROM read_ndjson_objects('x.json')", f"read_ndjson_objects: {FILE}"),
+    ("SELECT * FROM parquet_scan('x.parquet')", f"parquet_scan: {FILE}"),
+    ("SELECT * FROM parquet_metadata('x.parquet')", f"parquet_metadata: {FILE}"),
+    ("SELECT * FROM glob('/etc/*')", f"glob: {FILE}"),
+    ("SELECT * FROM read_text('/etc/passwd')", f"read_text: {FILE}"),
+    ("SELECT content FROM read_blob('/etc/hostname')", f"read_blob: {FILE}"),
+    ("SELECT * FROM sniff_csv('x.csv')", f"sniff_csv: {FILE}"),
+    ("SELECT * FROM read_duckdb('other.duckdb')", f"read_duckdb: {FILE}"),
+    ("SELECT '/etc/passwd'.read_text()", f"read_text: {FILE}"),
+    # ... anywhere in the statement
+    ("WITH a AS (SELECT * FROM read_csv('x.csv')) SELECT * FROM a", f"read_csv: {FILE}"),
+    ("SELECT * FROM orders WHERE coin IN (SELECT a FROM read_csv('x.csv'))", f"read_csv: {FILE}"),
+    ("EXPLAIN SELECT * FROM read_csv('x.csv')", f"read_csv: {FILE}"),
+    ("DESCRIBE SELECT * FROM read_parquet('x.parquet')", f"read_parquet: {FILE}"),
+    # replacement scans: a file name or URL where a table goes
+    ("SELECT * FROM 'orders.csv'", f"'orders.csv': {FILE}"),
+    ('SELECT * FROM "data.parquet"', f"'data.parquet': {FILE}"),
+    ("FROM 'x.json'", f"'x.json': {FILE}"),
+    ("SELECT * FROM (SELECT * FROM '/tmp/*.csv') s", f"'/tmp/*.csv': {FILE}"),
+    ("EXPLAIN ANALYZE SELECT * FROM 'x.csv'", f"'x.csv': {FILE}"),
+    ("SUMMARIZE 'x.csv'", f"'x.csv': {FILE}"),
+    ("SELECT * FROM 'https://example.com/x.parquet'", "network access is not allowed from SQL"),
+    ("SELECT * FROM df", "'df': no such table or view"),  # a Python variable scan
+    # statements other than one query
+    ("ATTACH 'other.duckdb' AS o", f"ATTACH: {FILE}"),
+    ("DETACH o", f"DETACH: {FILE}"),
+    ("COPY orders TO 'out.csv'", f"COPY: {FILE}"),
+    ("COPY (SELECT 1) TO 'out.parquet' (FORMAT parquet)", f"COPY: {FILE}"),
+    ("EXPORT DATABASE 'dump'", f"EXPORT DATABASE: {FILE}"),
+    ("IMPORT DATABASE 'dump'", f"IMPORT DATABASE: {FILE}"),
+    ("EXPLAIN COPY orders TO 'x.csv'", f"EXPLAIN COPY: {FILE}"),
+    ("/* hi */ EXPLAIN ANALYZE INSERT INTO orders SELECT * FROM orders", "EXPLAIN INSERT: the SQL endpoint"),
+    ("INSTALL httpfs", "INSTALL: extensions cannot be installed or loaded from SQL"),
+    ("FORCE INSTALL httpfs", "FORCE INSTALL: extensions cannot be installed or loaded from SQL"),
+    ("LOAD httpfs", "LOAD: extensions cannot be installed or loaded from SQL"),
+    ("SELECT st_point(1, 2)", "st_point: no such function in this database"),
+    ("SELECT '127.0.0.1'::INET", "INET: no such type in this database"),
+    ("SELECT NULL::STRUCT(a INET)[]", "INET: no such type in this database"),
+    ("SET threads = 8", "SET: settings cannot be changed from SQL"),
+    ("SET GLOBAL enable_external_access = true", "SET: settings cannot be changed from SQL"),
+    ("RESET threads", "RESET: settings cannot be changed from SQL"),
+    ("PRAGMA threads = 4", "PRAGMA: settings cannot be changed from SQL"),
+    ("SET VARIABLE x = 1", "SET: settings cannot be changed from SQL"),
+    ("USE system", "USE: settings cannot be changed from SQL"),
+    ("CALL pragma_version()", "CALL: it changes the database's state"),
+    ("CHECKPOINT", "CHECKPOINT: it changes the database's state"),
+    ("FORCE CHECKPOINT", "FORCE CHECKPOINT: it changes the database's state"),
+    ("BEGIN TRANSACTION", "BEGIN: it changes the database's state"),
+    ("INSERT INTO orders SELECT * FROM orders", f"INSERT: the SQL endpoint is read-only ({ONLY})"),
+    ("DELETE FROM orders", "DELETE: the SQL endpoint is read-only"),
+    ("UPDATE orders SET coin = 'x'", "UPDATE: the SQL endpoint is read-only"),
+    ("CREATE TABLE x AS SELECT 1", "CREATE TABLE: the SQL endpoint is read-only"),
+    ("DROP TABLE orders", "DROP TABLE: the SQL endpoint is read-only"),
+    ("PIVOT orders ON coin USING count(*)", "PIVOT: it runs as several statements"),
+    ("SELECT 1; SELECT 2", f"2 statements given: {ONLY}"),
+    ("SELECT 1; DROP TABLE orders", f"2 statements given: {ONLY}"),
+    ("-- nothing but a comment", "no SQL statement given"),
+    # functions that change state, read secrets, or run SQL from a string
+    ("SELECT * FROM checkpoint()", "checkpoint: it changes the database's state"),
+    ("SELECT * FROM force_checkpoint()", "force_checkpoint: it changes the database's state"),
+    ("SELECT * FROM enable_logging()", "enable_logging: it changes the database's state"),
+    ("SELECT * FROM truncate_duckdb_logs()", "truncate_duckdb_logs: it changes the database's state"),
+    ("SELECT * FROM duckdb_secrets()", "duckdb_secrets: it reads secrets"),
+    ("SELECT * FROM query('SELECT * FROM read_csv(''x.csv'')')", "query: it runs SQL given as a string"),
+    ("SELECT * FROM query_table('x.csv')", "query_table: it runs SQL given as a string"),
+    ("SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+     "json_execute_serialized_sql: it runs SQL given as a string"),
+])
+def test_refusals_say_what_and_why(server: ServerThread, client: httpx.Client, query: str,
+                                   message: str) -> None:
+    r = sql(client, query)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_refused_statements_change_nothing(server: ServerThread, client: httpx.Client) -> None:
+    (before,) = direct(server, "SELECT count(*) FROM orders")
+    for query in ("DELETE FROM orders", "SELECT 1; DELETE FROM orders", "COPY orders TO 'out.csv'"):
+        assert sql(client, query).status_code == 400
+    assert direct(server, "SELECT count(*) FROM orders") == [before]
+    assert not (Path.cwd() / "out.csv").exists()
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("SELEC 1", "Parser Error"),
+    ("SELECT nope FROM orders", 'Referenced column "nope" not found'),
+    ("SELECT 'a'::INTEGER", "Conversion Error"),
+    ("SELECT * FROM nope", "'nope': no such table or view"),
+])
+def test_duckdb_errors_are_400_with_its_message(client: httpx.Client, query: str, message: str) -> None:
+    r = sql(client, query)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_bad_bodies_and_formats(client: httpx.Client) -> None:
+    assert "no SQL given" in client.post("/v1/sql", json={"sql": "  "}).json()["error"]
+    r = client.post("/v1/sql", json={"query": "SELECT 1"})
+    assert r.status_code == 400 and '"sql"' in r.json()["error"]
+    r = client.post("/v1/sql", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "must be JSON" in r.json()["error"]
+    r = sql(client, "SELECT 1", format="xlsx")
+    assert r.status_code == 400 and "json, parquet, csv, ndjson" in r.json()["error"]
+    # plain text bodies are the query itself
+    r = client.post("/v1/sql", content=b"SELECT 7 AS x", headers={"content-type": "text/plain"})
+    assert r.status_code == 200 and r.json()["rows"] == [[7]]
+
+
+# ------------------------------------------------------------------ limits
+def test_the_time_limit_interrupts_a_running_query(server: ServerThread, client: httpx.Client) -> None:
+    t0 = time.monotonic()
+    r = sql(client, "SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b")
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 408, r.text
+    assert r.json()["error"] == "query interrupted after 1 s (setting sql_timeout_s)"
+    assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + 3
+    # the server, its readers and the ingest thread are unharmed
+    assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
+    assert server.state.thread.is_alive()
+    assert client.get("/v1/status").status_code == 200
+
+
+@pytest.mark.parametrize(("n", "truncated"), [(CAP - 1, False), (CAP, False), (CAP + 1, True),
+                                              (100_000, True)])
+def test_row_cap_reports_truncated_at_the_boundary(client: httpx.Client, n: int, truncated: bool) -> None:
+    body = sql(client, f"SELECT range AS i FROM range({n})").json()
+    assert body["truncated"] is truncated
+    assert body["row_count"] == min(n, CAP)
+    assert body["rows"] == [[i] for i in range(min(n, CAP))]
+    r = sql(client, f"SELECT range AS i FROM range({n})", format="csv")
+    assert r.headers["x-truncated"] == ("true" if truncated else "false")
+    assert r.headers["x-row-count"] == str(min(n, CAP))
+    assert r.text.splitlines() == ['"i"', *(str(i) for i in range(min(n, CAP)))]
+
+
+# ------------------------------------------------------------------ formats
+QUERY = ("SELECT tid, coin, side, px, sz, time, buyer, [tid, 1] AS pair FROM history.trades "
+         f"ORDER BY tid LIMIT {CAP - 10}")
+
+
+def test_csv_ndjson_parquet_read_back_equal_the_json_rows(server: ServerThread, client: httpx.Client) -> None:
+    body = sql(client, QUERY).json()
+    assert body["columns"] == ["tid", "coin", "side", "px", "sz", "time", "buyer", "pair"]
+    assert body["types"][5] == "TIMESTAMP" and body["truncated"] is False
+    rows = [tuple(r[:5]) + (datetime.fromisoformat(r[5]), r[6], r[7]) for r in body["rows"]]
+    assert rows == [tuple(r) for r in direct(server, QUERY)]
+    from_json = pl.DataFrame(rows, schema=body["columns"], orient="row")
+    plain = ["tid", "coin", "side", "px", "sz", "time", "buyer"]
+
+    parquet = client.post("/v1/sql?format=parquet", json={"sql": QUERY})
+    assert parquet.headers["content-type"] == "application/vnd.apache.parquet"
+    got = pl.read_parquet(io.BytesIO(parquet.content))
+    assert got.equals(from_json.with_columns(pl.col("time").cast(got["time"].dtype)))
+
+    csv = sql(client, QUERY, format="csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    got = pl.read_csv(io.BytesIO(csv.content), try_parse_dates=True)
+    want = from_json.select(plain).with_columns(pl.col("time").cast(got["time"].dtype))
+    assert got.select(plain).equals(want)
+    assert got["pair"].to_list() == [f"[{r[0]},1]" for r in rows]  # nested values as JSON text
+
+    nd = sql(client, QUERY, format="ndjson")
+    assert nd.headers["content-type"] == "application/x-ndjson"
+    got = pl.read_ndjson(io.BytesIO(nd.content)).with_columns(pl.col("time").str.to_datetime())
+    assert got.equals(from_json.with_columns(pl.col("time").cast(got["time"].dtype)))
+    # ?format= wins over the body's format
+    r = client.post("/v1/sql?format=ndjson", json={"sql": "SELECT 1 AS a", "format": "csv"})
+    assert r.text == '{"a":1}\n'
