@@ -28,6 +28,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+    # watchfiles logs every wake-up at INFO: one line per batch is noise here
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -51,6 +51,7 @@ FILL_STREAM = "node_fills"
 TRADE_STREAM = "node_trades"
 VARIANT_SUFFIX = {"plain": "", "by_block": "_by_block", "streaming": "_streaming"}
 BLOCK_S = 0.07  # the chain makes a block every ~70 ms
+BLOCK_VOL = 0.001 / (60 / BLOCK_S) ** 0.5  # per-block volatility for ~0.1% per minute
 
 
 def iso(ts: datetime) -> str:
@@ -81,9 +82,13 @@ class Simulator:
         return self.rng.choices(list(COINS), weights=[30, 20, 12, 15, 5, 5, 3])[0]
 
     def _step_price(self, coin: str) -> float:
-        p = self.prices[coin] * (1.0 + self.rng.gauss(0.0, 0.0004))
-        self.prices[coin] = p
-        return p
+        # a tick of noise per event around the block's mid (see _move_prices)
+        return self.prices[coin] * (1.0 + self.rng.gauss(0.0, 0.00005))
+
+    def _move_prices(self) -> None:
+        """One block's random walk: ~0.1% a minute, whatever the event rate."""
+        for coin, p in self.prices.items():
+            self.prices[coin] = p * (1.0 + self.rng.gauss(0.0, BLOCK_VOL))
 
     def _fmt(self, coin: str, px: float, sz: float) -> tuple[str, str]:
         _, szd, pxd = COINS[coin]
@@ -183,6 +188,7 @@ class Simulator:
         """Yield (envelope, order events, fill events, trade lines) per block, forever."""
         while True:
             self.block += 1
+            self._move_prices()
             if self.wall_clock:
                 self.now = datetime.now(UTC)
             else:
