@@ -59,6 +59,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(config) if config else None, flags=flags)
 
 
+def _node_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that reads a node dir, with logging set up."""
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    if not s.node_dir.is_dir():
+        raise CliError(f"node dir {s.node_dir} does not exist (--node-dir, setting node_dir)")
+    return s
+
+
 def install_signals(stop: threading.Event) -> None:
     """First SIGINT/SIGTERM: finish the batch, commit, exit 0. Second: exit at once."""
 
@@ -77,11 +86,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from etl.pipeline import Pipeline
     from etl.store import Store
 
-    s = _settings(args)
-    _setup_logging(s.log_level)
-    if not s.node_dir.is_dir():
-        print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
-        return 2
+    s = _node_settings(args)
     store = Store.from_settings(s)
     pipe = Pipeline(s, store)
     install_signals(pipe.stop_event)
@@ -105,11 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
 
-    s = _settings(args)
-    _setup_logging(s.log_level)
-    if not s.node_dir.is_dir():
-        print(f"nodetap: node dir {s.node_dir} does not exist (--node-dir)", file=sys.stderr)
-        return 2
+    s = _node_settings(args)
     print(f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
           file=sys.stderr)
     # uvicorn handles SIGINT/SIGTERM: the lifespan stops the pipeline after its batch
