@@ -10,11 +10,11 @@ from api.state import AppState
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.nodetap  # type: ignore[no-any-return]
+    return request.app.state.nodetap
 
 
 def _ws_state(websocket: WebSocket) -> AppState:
-    return websocket.app.state.nodetap  # type: ignore[no-any-return]
+    return websocket.app.state.nodetap
 
 
 State = Annotated[AppState, Depends(_state)]

@@ -1,20 +1,473 @@
-"""(being written) The live hub: batches in, per-channel messages out to WebSocket clients."""
+"""The live hub: each committed batch becomes per-channel messages, fanned out to WebSocket clients.
+
+The pipeline thread builds and serialises every message once per batch (`publish`), only
+for the subscriptions that exist at that moment; the event loop then just moves references
+into per-client queues (`_deliver`). A client's data queue holds `ws_queue_messages`: when it
+is full the oldest message goes, the client is told how many it lost (`lagged`) before its
+next message, and a client whose queue stays full for `ws_max_lag_s` is disconnected.
+
+Every frame to a client is written by that client's writer task: replies (acks, pong,
+errors) first, then data, then the close frame. The route's task only reads.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import orjson
+import polars as pl
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from etl.config import Settings
 from etl.pipeline import Processed
 
+log = logging.getLogger("nodetap.hub")
+
+# Batches built but not yet fanned out (the loop is behind): past this many bytes the oldest
+# batch is dropped, and its subscribers are told through their `lagged` count.
+INBOX_MAX_BYTES = 64 << 20
+# Replies a client may have waiting before we stop reading its requests (TCP pushes back).
+CONTROL_MAX = 64
+CLOSE_TIMEOUT_S = 2.0
+
+
+# ------------------------------------------------------------------ subscriptions
+@dataclass(frozen=True)
+class TradesSub:
+    coin: str
+
+
+@dataclass(frozen=True)
+class CandleSub:
+    coin: str
+    interval: str
+
+
+@dataclass(frozen=True)
+class OrdersSub:
+    """nodetap's filtered order feed; each field narrows what the global rules kept."""
+
+    coin: str  # "*": every coin
+    min_notional: float = 0.0  # limit_px * orig_sz, as the rules measure it
+    statuses: tuple[str, ...] = ()  # empty: every status
+    users: tuple[str, ...] = ()  # lowercase addresses; empty: every user
+
+
+Sub = TradesSub | CandleSub | OrdersSub
+Message = tuple[Sub, str]
+
+
+# ------------------------------------------------------------------ wire formats
+def decimal_str(values: pl.Series) -> pl.Series:
+    """Floats as the API writes decimals: shortest round-trip digits, never an exponent
+    ("97000.0", "0.00001")."""
+    out = values.cast(pl.String)
+    sci = out.str.contains("e", literal=True).fill_null(False)
+    if sci.any():
+        idx = sci.arg_true()
+        out = out.scatter(idx, [_plain(v) for v in values.gather(idx).to_list()])
+    return out
+
+
+def _plain(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    text = format(Decimal(repr(x)), "f")  # the shortest round-trip digits, without an exponent
+    return text if "." in text else text + ".0"
+
+
+def candle_wire(candles: pl.DataFrame) -> pl.DataFrame:
+    """Candles (CANDLE_SCHEMA) as the API's candle objects: t, T, s, i, o, c, h, l, v, n,
+    prices and volume as strings. Volume is rounded to 8 decimals (float sums carry noise)."""
+    return pl.DataFrame(
+        {
+            "t": candles["t"],
+            "T": candles["T"],
+            "s": candles["coin"],
+            "i": candles["interval"],
+            "o": decimal_str(candles["o"]),
+            "c": decimal_str(candles["c"]),
+            "h": decimal_str(candles["h"]),
+            "l": decimal_str(candles["l"]),
+            "v": decimal_str(candles["v"].round(8)),
+            "n": candles["n"],
+        },
+        schema={"t": pl.Int64, "T": pl.Int64, "s": pl.String, "i": pl.String, "o": pl.String,
+                "c": pl.String, "h": pl.String, "l": pl.String, "v": pl.String, "n": pl.Int64},
+    )
+
+
+def _message(channel: str, data_json: str) -> str:
+    return f'{{"channel":"{channel}","data":{data_json}}}'
+
+
+def trade_messages(trades: pl.DataFrame, coins: Iterable[str]) -> list[Message]:
+    """One `trades` message per coin of `coins` present in `trades` (TRADES_SCHEMA), in row order."""
+    sel = trades.filter(pl.col("coin").is_in(list(coins)))
+    if sel.is_empty():
+        return []
+    wire = pl.DataFrame(
+        {
+            "coin": sel["coin"],
+            "side": sel["side"],
+            "px": decimal_str(sel["px"]),
+            "sz": decimal_str(sel["sz"]),
+            "hash": sel["hash"],
+            "time": sel["time"].dt.epoch("ms"),
+            "tid": sel["tid"],
+            "users": sel.select(pl.concat_list("buyer", "seller").alias("users"))["users"],
+        }
+    )
+    parts = wire.partition_by("coin", as_dict=True, maintain_order=True)
+    return [(TradesSub(str(coin)), _message("trades", part.write_json())) for (coin,), part in parts.items()]
+
+
+def candle_messages(candles: pl.DataFrame, subs: Iterable[CandleSub]) -> list[Message]:
+    """One `candle` message per changed candle of a subscribed (coin, interval)."""
+    keys = pl.DataFrame([(s.coin, s.interval) for s in subs], schema=["coin", "interval"], orient="row")
+    sel = candles.join(keys, on=["coin", "interval"], how="semi").sort("t")
+    out: list[Message] = []
+    for row in candle_wire(sel).iter_rows(named=True):
+        out.append((CandleSub(row["s"], row["i"]), _message("candle", orjson.dumps(row).decode())))
+    return out
+
+
+def _orders_filter(sub: OrdersSub) -> pl.Expr:
+    keep = pl.lit(True)
+    if sub.coin != "*":
+        keep &= pl.col("coin") == sub.coin
+    if sub.min_notional > 0:
+        keep &= (pl.col("limit_px") * pl.col("orig_sz")) >= sub.min_notional
+    if sub.statuses:
+        keep &= pl.col("status").is_in(list(sub.statuses))
+    if sub.users:
+        keep &= pl.col("user").str.to_lowercase().is_in(list(sub.users))
+    return keep.fill_null(False)
+
+
+def orders_wire(orders: pl.DataFrame) -> pl.DataFrame:
+    """Orders (ORDERS_SCHEMA) as Hyperliquid's orderUpdates items:
+    {order: {...}, status, statusTimestamp, user}; `children` still JSON text."""
+    cols = {
+        "coin": orders["coin"],
+        "side": orders["side"],
+        "limitPx": decimal_str(orders["limit_px"]),
+        "sz": decimal_str(orders["sz"]),
+        "oid": orders["oid"],
+        "timestamp": orders["order_time"].dt.epoch("ms"),
+        "triggerCondition": orders["trigger_condition"],
+        "isTrigger": orders["is_trigger"],
+        "triggerPx": decimal_str(orders["trigger_px"]),
+        "children": orders["children"].fill_null("[]"),
+        "isPositionTpsl": orders["is_position_tpsl"],
+        "reduceOnly": orders["reduce_only"],
+        "orderType": orders["order_type"],
+        "origSz": decimal_str(orders["orig_sz"]),
+        "tif": orders["tif"],
+        "cloid": orders["cloid"],
+    }
+    return pl.DataFrame(cols).select(
+        pl.struct(list(cols)).alias("order"),
+        status=orders["status"],
+        statusTimestamp=orders["time"].dt.epoch("ms"),
+        user=orders["user"],
+    )
+
+
+def _orders_json(wire: pl.DataFrame) -> str:
+    text = wire.write_json().replace('"children":"[]"', '"children":[]')
+    if '"children":"' not in text:
+        return text
+    # rare: an order with child orders; splice its stored JSON in as it is
+    rows = wire.to_dicts()
+    for row in rows:
+        row["order"]["children"] = orjson.Fragment(row["order"]["children"])
+    return orjson.dumps(rows).decode()
+
+
+def order_messages(orders: pl.DataFrame, subs: Iterable[OrdersSub]) -> list[Message]:
+    """One `orders` message per subscription with at least one matching order."""
+    out: list[Message] = []
+    for sub in subs:
+        sel = orders.filter(_orders_filter(sub))
+        if sel.height:
+            out.append((sub, _message("orders", _orders_json(orders_wire(sel)))))
+    return out
+
+
+def build_messages(processed: Processed, subs: Iterable[Sub]) -> list[Message]:
+    """Every message a committed batch yields for the given subscriptions, each serialised once."""
+    trades_coins = {s.coin for s in subs if isinstance(s, TradesSub)}
+    candle_subs = [s for s in subs if isinstance(s, CandleSub)]
+    orders_subs = [s for s in subs if isinstance(s, OrdersSub)]
+    frames = processed.frames
+    out: list[Message] = []
+    if trades_coins and "trades" in frames and frames["trades"].height:
+        out += trade_messages(frames["trades"], trades_coins)
+    if candle_subs and processed.candles is not None and processed.candles.height:
+        out += candle_messages(processed.candles, candle_subs)
+    if orders_subs and "orders" in frames and frames["orders"].height:
+        out += order_messages(frames["orders"], orders_subs)
+    return out
+
+
+def lagged_notice(dropped: int) -> str:
+    return _message("lagged", f'{{"dropped":{dropped}}}')
+
+
+# ------------------------------------------------------------------ clients
+class Client:
+    """One WebSocket connection: its subscriptions, bounded queues and writer task."""
+
+    def __init__(self, ws: WebSocket, max_queue: int) -> None:
+        self.ws = ws
+        self.max_queue = max(1, max_queue)
+        self.subs: set[Sub] = set()
+        self.data: deque[Message] = deque()
+        self.control: deque[str] = deque()
+        self.dropped = 0  # lost since the last `lagged` notice
+        self.full_since: float | None = None  # monotonic time the data queue was first found full
+        self.closing: tuple[int, str] | None = None
+        self.gone = False  # the writer has stopped: nothing more will be sent
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.writer: asyncio.Task[None] | None = None
+
 
 class Hub:
+    """Live messages from the pipeline thread to WebSocket clients on the event loop."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
         self.loop = loop
         self.settings = settings
+        self.clients: set[Client] = set()
+        self._index: dict[Sub, set[Client]] = {}
+        self._active: frozenset[Sub] = frozenset()  # read by the pipeline thread
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple[list[Message], int]] = deque()
+        self._inbox_bytes = 0
+        self._inbox_dropped: Counter[Sub] = Counter()
+        self._scheduled = False
+        self._closed = False
+        self._reaper: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()  # also those of clients being closed
+        self.messages_sent = 0
+        self.messages_dropped = 0
+        self.lagged_disconnects = 0
+        self.batches_published = 0
 
+    # -------------------------------------------------------- pipeline thread
     def publish(self, processed: Processed) -> None:
-        """Called on the pipeline thread after each commit."""
+        """Build this batch's messages for the current subscriptions and hand them to the loop.
+
+        Called on the pipeline thread after each commit; never blocks on clients."""
+        subs = self._active
+        if not subs or self._closed:
+            return
+        messages = build_messages(processed, subs)
+        if not messages:
+            return
+        size = sum(len(m) for _, m in messages)
+        with self._lock:
+            self._inbox.append((messages, size))
+            self._inbox_bytes += size
+            while self._inbox_bytes > INBOX_MAX_BYTES and len(self._inbox) > 1:
+                old, old_size = self._inbox.popleft()
+                self._inbox_bytes -= old_size
+                self._inbox_dropped.update(sub for sub, _ in old)
+            self.batches_published += 1
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            with contextlib.suppress(RuntimeError):  # RuntimeError: the loop has closed (shutdown)
+                self.loop.call_soon_threadsafe(self._deliver)
+
+    # ------------------------------------------------------------ event loop
+    def _deliver(self) -> None:
+        with self._lock:
+            batches, self._inbox = self._inbox, deque()
+            dropped, self._inbox_dropped = self._inbox_dropped, Counter()
+            self._inbox_bytes = 0
+            self._scheduled = False
+        if self._closed:
+            return
+        now = time.monotonic()
+        for sub, n in dropped.items():
+            for client in tuple(self._index.get(sub, ())):
+                client.dropped += n
+                self.messages_dropped += n
+        for messages, _ in batches:
+            for sub, text in messages:
+                for client in tuple(self._index.get(sub, ())):
+                    self._put(client, sub, text, now)
+
+    def _put(self, client: Client, sub: Sub, text: str, now: float) -> None:
+        q = client.data
+        if len(q) >= client.max_queue:
+            q.popleft()
+            client.dropped += 1
+            self.messages_dropped += 1
+            if client.full_since is None:
+                client.full_since = now
+            elif now - client.full_since >= self.settings.ws_max_lag_s:
+                self._kick_lagged(client)
+                return
+        q.append((sub, text))
+        if len(q) >= client.max_queue and client.full_since is None:
+            client.full_since = now
+        client.wake.set()
+
+    def _kick_lagged(self, client: Client) -> None:
+        self.lagged_disconnects += 1
+        lag = self.settings.ws_max_lag_s
+        log.warning("event=ws_lagged_disconnect dropped=%d max_lag_s=%s", client.dropped, lag)
+        self._kick(client, 1008, f"too slow: queue full for {lag:g} s (setting ws_max_lag_s)")
+
+    def _kick(self, client: Client, code: int, reason: str) -> None:
+        """Stop feeding a client and have its writer close the connection."""
+        if client.closing is not None:
+            return
+        client.closing = (code, reason)
+        for sub in list(client.subs):
+            self._drop_sub(client, sub)
+        client.data.clear()
+        client.dropped = 0
+        client.full_since = None
+        self.clients.discard(client)
+        client.wake.set()
+
+    async def _reap(self) -> None:
+        """Disconnect clients whose queue stayed full, also when no new message arrives."""
+        period = min(1.0, max(0.05, self.settings.ws_max_lag_s / 4))
+        while not self._closed:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for client in list(self.clients):
+                since = client.full_since
+                if since is not None and now - since >= self.settings.ws_max_lag_s:
+                    self._kick_lagged(client)
+
+    async def _write(self, client: Client) -> None:
+        ws = client.ws
+        try:
+            while True:
+                if client.control:
+                    text = client.control.popleft()
+                    client.room.set()
+                    await ws.send_text(text)
+                elif client.closing is not None:
+                    code, reason = client.closing
+                    await ws.close(code, reason)
+                    return
+                elif client.data:
+                    _, text = client.data.popleft()
+                    client.full_since = None
+                    if client.dropped:
+                        dropped, client.dropped = client.dropped, 0
+                        await ws.send_text(lagged_notice(dropped))
+                    await ws.send_text(text)
+                    self.messages_sent += 1
+                else:
+                    client.wake.clear()
+                    await client.wake.wait()
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError):
+            pass  # the peer went away, or the server closed the connection under us
+        except Exception:  # a writer must not die silently, nor take the hub with it
+            log.exception("event=ws_writer_error")
+        finally:
+            client.gone = True
+            client.room.set()
+            if client.closing is None:
+                self._kick(client, 1000, "")
+
+    # ------------------------------------------------------------ route API
+    def connect(self, ws: WebSocket) -> Client:
+        """Register an accepted WebSocket and start its writer."""
+        client = Client(ws, self.settings.ws_queue_messages)
+        self.clients.add(client)
+        client.writer = asyncio.create_task(self._write(client), name="nodetap-ws-writer")
+        self._writers.add(client.writer)
+        client.writer.add_done_callback(self._writers.discard)
+        if self._reaper is None and not self._closed:
+            self._reaper = asyncio.create_task(self._reap(), name="nodetap-ws-reaper")
+        return client
+
+    async def disconnect(self, client: Client) -> None:
+        """Forget a client whose connection has ended."""
+        if client.closing is None:
+            self._kick(client, 1000, "")
+        self.clients.discard(client)
+        if client.writer is not None and not client.writer.done():
+            client.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await client.writer
+
+    async def reply(self, client: Client, payload: object) -> None:
+        """Queue a reply ahead of data; waits (so stops reading requests) while too many are queued."""
+        if client.gone:
+            return
+        client.control.append(payload if isinstance(payload, str) else orjson.dumps(payload).decode())
+        client.wake.set()
+        while len(client.control) > CONTROL_MAX and not client.gone:
+            client.room.clear()
+            await client.room.wait()
+
+    def subscribe(self, client: Client, sub: Sub) -> bool:
+        """Add a subscription; False if the client has it already."""
+        if sub in client.subs or client.closing is not None:
+            return False
+        client.subs.add(sub)
+        self._index.setdefault(sub, set()).add(client)
+        self._active = frozenset(self._index)
+        return True
+
+    def unsubscribe(self, client: Client, sub: Sub) -> bool:
+        """Remove a subscription and its queued messages; False if the client did not have it."""
+        if sub not in client.subs:
+            return False
+        self._drop_sub(client, sub)
+        if any(s == sub for s, _ in client.data):
+            client.data = deque(m for m in client.data if m[0] != sub)
+        return True
+
+    def _drop_sub(self, client: Client, sub: Sub) -> None:
+        client.subs.discard(sub)
+        holders = self._index.get(sub)
+        if holders is not None:
+            holders.discard(client)
+            if not holders:
+                del self._index[sub]
+        self._active = frozenset(self._index)
 
     async def close(self) -> None:
-        """Disconnect every client."""
+        """Disconnect everyone (1001, going away); writers get CLOSE_TIMEOUT_S to finish."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for client in list(self.clients):
+            self._kick(client, 1001, "server shutting down")
+        if self._writers:
+            _, pending = await asyncio.wait(set(self._writers), timeout=CLOSE_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics."""
+        return {
+            "clients_connected": len(self.clients),
+            "subscriptions": sum(len(c.subs) for c in self.clients),
+            "messages_sent": self.messages_sent,
+            "messages_dropped": self.messages_dropped,
+            "lagged_disconnects": self.lagged_disconnects,
+            "batches_published": self.batches_published,
+        }
