@@ -164,7 +164,9 @@ class Pipeline:
             else:
                 self._commit(st, st.carry, t0)
             st.carry = None
-        if unit.unread > 0 and not self.stop_event.is_set():
+        if unit.unread > self.settings.batch_max_bytes // 4 and not self.stop_event.is_set():
+            # behind (over a quarter batch unread): throughput first, whole row groups;
+            # otherwise every row is committed and published at once, for latency
             unit, st.carry = split_whole_row_groups(unit)
         self._commit(st, unit, t0)
         return True

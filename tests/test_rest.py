@@ -160,8 +160,13 @@ def test_candles_equal_sql_over_trades(make_node_dir: Callable[..., Path],
             # every interval between the first and last trade has a trade: filling adds nothing
             assert client.get("/v1/candles", params={"coin": coin, "interval": interval, "start": 0,
                                                      "end": want[-1]["t"]}).json() == got
-            # without start and end: up to the trades' watermark, which holds the last candle
-            assert client.get("/v1/candles", params={"coin": coin, "interval": interval}).json() == got
+            # without start and end: up to the trades' watermark; past this coin's last trade
+            # that means filled candles at its last close (other coins traded later)
+            full = client.get("/v1/candles", params={"coin": coin, "interval": interval}).json()
+            assert full[: len(got)] == got
+            last_c = got[-1]["c"]
+            assert all(x["filled"] and x["o"] == x["h"] == x["l"] == x["c"] == last_c and x["n"] == 0
+                       for x in full[len(got):])
             # ISO times; `start <= t <= end`
             iso = datetime.fromtimestamp(want[1]["t"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             sliced = client.get("/v1/candles", params={"coin": coin, "interval": interval, "start": iso,
