@@ -97,9 +97,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(node: Path, db: Path, port: int, log: Path, debounce_ms: int | None
-                 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NODETAP_RULES_FILE": "", "NODETAP_SEAL_INTERVAL_S": "3600"}
+def start_server(node: Path, db: Path, port: int, log: Path, debounce_ms: int | None,
+                 rules: str = "") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NODETAP_RULES_FILE": rules, "NODETAP_SEAL_INTERVAL_S": "3600"}
     if debounce_ms is not None:
         env["NODETAP_DEBOUNCE_MS"] = str(debounce_ms)
     cmd = [sys.executable, "-m", "etl.cli", "serve", "--node-dir", str(node), "--db", str(db),
@@ -130,7 +130,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 def run(rate: float, args: argparse.Namespace, work: Path) -> None:
     node, db, port = work / "node", work / "bench.duckdb", free_port()
     node.mkdir(parents=True)
-    server = start_server(node, db, port, work / "serve.log", args.debounce_ms)
+    server = start_server(node, db, port, work / "serve.log", args.debounce_ms, args.rules)
     latencies: list[float] = []
     try:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None, max_queue=None) as ws:
@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--rates", default="20000,300000", help="lines/s, comma-separated")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per rate")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds written before measuring")
+    ap.add_argument("--rules", default="", help="rules file for serve (default: built-in rules, "
+                    "which keep ~80%% of order statuses; data/rules.toml keeps ~2%%)")
     ap.add_argument("--burst-ms", type=float, default=70.0, help="blocks written at once, in ms of blocks")
     ap.add_argument("--debounce-ms", type=int, help="setting debounce_ms (default: the setting's default)")
     ap.add_argument("--quiet", type=float, default=30.0,

@@ -292,6 +292,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         malformed_share=args.malformed,
         stop=stop,
         duration_s=args.duration,
+        partial_writes=args.partial_writes,
+        burst_every_s=args.burst_every,
+        burst_factor=args.burst_factor,
     )
     print(f"wrote {n} lines under {out}")
     return 0
@@ -485,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="orders,fills",
         help="kinds to write: orders, fills, trades (node_trades, as nodes without fills output write)",
     )
+    p.add_argument("--partial-writes", action="store_true",
+                   help="cut the last line of each write, as a buffered node does")
+    p.add_argument("--burst-every", type=float, help="every N seconds, a one-second burst")
+    p.add_argument("--burst-factor", type=float, default=5.0, help="rate multiplier in a burst")
     p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_simulate)

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -184,8 +184,12 @@ class Simulator:
         }
         return fill(taker, taker_side, True), fill(maker, maker_side, False), line
 
-    def blocks(self, events_per_block: float) -> Iterator[tuple[dict[str, object], list, list, list]]:
-        """Yield (envelope, order events, fill events, trade lines) per block, forever."""
+    def blocks(
+        self, events_per_block: float | Callable[[], float]
+    ) -> Iterator[tuple[dict[str, object], list, list, list]]:
+        """Yield (envelope, order events, fill events, trade lines) per block, forever.
+        `events_per_block` may be a function, asked once a block (bursts)."""
+        rate = events_per_block if callable(events_per_block) else (lambda: events_per_block)
         while True:
             self.block += 1
             self._move_prices()
@@ -198,7 +202,7 @@ class Simulator:
                 "block_time": iso(self.now),
                 "block_number": self.block,
             }
-            n = max(0, int(self.rng.expovariate(1.0 / max(events_per_block, 1e-9)) + 0.5))
+            n = max(0, int(self.rng.expovariate(1.0 / max(rate(), 1e-9)) + 0.5))
             orders = [self.order_event() for _ in range(n)]
             fills: list[list[object]] = []
             trades: list[dict[str, object]] = []
@@ -239,12 +243,17 @@ def hour_path(out: Path, stream: str, ts: datetime) -> Path:
 class NodeWriter:
     """Appends lines to the hourly files, rotating on the simulated clock."""
 
-    def __init__(self, out: Path, malformed_share: float = 0.0, seed: int = 7) -> None:
+    def __init__(self, out: Path, malformed_share: float = 0.0, seed: int = 7,
+                 partial_writes: bool = False) -> None:
         self.out = out
         self.files: dict[str, tuple[Path, object]] = {}
         self.malformed_share = malformed_share
         self.rng = random.Random(seed + 1)
         self.lines = 0
+        # like a node without --disable-output-file-buffering: the last line of a write
+        # is often cut, its rest arriving with the next write
+        self.partial_writes = partial_writes
+        self.held: dict[str, bytes] = {}
 
     def write(self, stream: str, ts: datetime, lines: list[bytes]) -> None:
         if not lines:
@@ -253,13 +262,18 @@ class NodeWriter:
         cur = self.files.get(stream)
         if cur is None or cur[0] != path:
             if cur is not None:
+                cur[1].write(self.held.pop(stream, b""))  # type: ignore[attr-defined]
                 cur[1].close()  # type: ignore[attr-defined]
             path.parent.mkdir(parents=True, exist_ok=True)
             cur = (path, open(path, "ab"))  # noqa: SIM115 - kept open across calls
             self.files[stream] = cur
         if self.malformed_share:
             lines = [self._maybe_break(x) for x in lines]
-        cur[1].write(b"\n".join(lines) + b"\n")  # type: ignore[attr-defined]
+        data = self.held.pop(stream, b"") + b"\n".join(lines) + b"\n"
+        if self.partial_writes:
+            cut = len(data) - self.rng.randint(1, min(len(lines[-1]), 200))
+            data, self.held[stream] = data[:cut], data[cut:]
+        cur[1].write(data)  # type: ignore[attr-defined]
         self.lines += len(lines)
 
     def _maybe_break(self, line: bytes) -> bytes:
@@ -272,7 +286,8 @@ class NodeWriter:
             f.flush()  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        for _, f in self.files.values():
+        for stream, (_, f) in self.files.items():
+            f.write(self.held.pop(stream, b""))  # type: ignore[attr-defined]
             f.close()  # type: ignore[attr-defined]
         self.files.clear()
 
@@ -329,16 +344,27 @@ def run_live(
     malformed_share: float = 0.0,
     stop: threading.Event | None = None,
     duration_s: float | None = None,
+    partial_writes: bool = False,
+    burst_every_s: float | None = None,
+    burst_factor: float = 5.0,
+    burst_s: float = 1.0,
 ) -> int:
-    """Write at about `rate` order-status lines per second on the wall clock until stopped."""
+    """Write at about `rate` order-status lines per second on the wall clock until stopped;
+    every `burst_every_s`, `burst_factor` times that for `burst_s`."""
     stop = stop or threading.Event()
     sim = Simulator(seed=seed, start=datetime.now(UTC), wall_clock=True)
-    writer = NodeWriter(out, malformed_share, seed)
+    writer = NodeWriter(out, malformed_share, seed, partial_writes)
     dirs = stream_dirs(variant, kinds)
     per_block = max(rate * BLOCK_S, 0.01)
     started = time.monotonic()
+
+    def block_rate() -> float:
+        if burst_every_s and (time.monotonic() - started) % burst_every_s < burst_s:
+            return per_block * burst_factor
+        return per_block
+
     log.info("event=simulate_start out=%s rate=%s variant=%s", out, rate, variant)
-    for env, orders, fills, trades in sim.blocks(per_block):
+    for env, orders, fills, trades in sim.blocks(block_rate):
         _write_block(writer, dirs, variant, sim.now, env, orders, fills, trades)
         writer.flush()
         elapsed = time.monotonic() - started
