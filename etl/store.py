@@ -70,7 +70,7 @@ class BatchResult:
     file: str
     lines: int
     nbytes: int
-    rejects: list[tuple[str, int, str, "bytes"]]  # (file, offset, reason, head of line)
+    rejects: list[tuple[str, int, str, bytes]]  # (file, offset, reason, head of line)
     gaps: list[Gap]
     est_line_bytes: float
     last_time: datetime | None

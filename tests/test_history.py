@@ -90,7 +90,8 @@ def test_a_silence_inside_one_batch_is_a_stall_too(tmp_path: Path) -> None:
 def test_rules_filter_before_storing_and_reload_without_restart(tmp_path: Path) -> None:
     node = Node(tmp_path / "node")
     rules = tmp_path / "rules.toml"
-    rules.write_text('[orders]\nstatuses = []\nmin_notional = 150\n[orders.min_notional_by_coin]\n"@107" = 50\n')
+    rules.write_text('[orders]\nstatuses = []\nmin_notional = 150\n'
+                     '[orders.min_notional_by_coin]\n"@107" = 50\n')
     store, pipe = pipeline(tmp_path, node, keep_all=False, rules_file=rules)
     node.add_order("2026-01-05T10:00:01", 1, px="100.0")  # notional 100: dropped
     node.add_order("2026-01-05T10:00:02", 2, px="200.0")  # kept

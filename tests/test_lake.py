@@ -147,7 +147,8 @@ def test_late_rows_reseal_their_hour(tmp_path: Path, node: Node) -> None:
     node.add_order("2026-01-05T10:30:00", 5)
     pipe.run_once()
     assert store.con.execute(
-        "SELECT dirty FROM lake_hours WHERE tbl = 'orders' AND hour = '2026-01-05 10:00'").fetchone() == (True,)
+        "SELECT dirty FROM lake_hours WHERE tbl = 'orders' AND hour = '2026-01-05 10:00'"
+    ).fetchone() == (True,)
     # before re-sealing, the view already shows the late row exactly once
     assert store.con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall() == [
         (1,), (2,), (3,), (4,), (5,)]
