@@ -5,9 +5,10 @@ the hour of their `time`; candles to the hour of their close time (`t_close`, th
 protocol's `T`), so an hour's candles are final when the hour is. An hour is sealed
 once every stream feeding the table has passed its end by `seal_grace_s`. The
 `lake_hours` table records, per table and hour, whether it is sealed, whether rows
-arrived for it after sealing (`dirty`: it is sealed again) and whether its rows were pruned from DuckDB (`retain_hours`). The
-`history.<table>` views read each row from exactly one side, so there is no seam and
-no duplicate at any moment, including between writing a file and recording it.
+arrived for it after sealing (`dirty`: it is sealed again) and whether its rows were
+pruned from DuckDB (`retain_hours`). The `history.<table>` views read each row from
+exactly one side, so there is no seam and no duplicate at any moment, including
+between writing a file and recording it.
 """
 
 from __future__ import annotations
