@@ -390,3 +390,29 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
         assert r.status_code == 503 and "the pipeline thread has stopped" in r.json()["reasons"]
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
         assert families["nodetap_pipeline_up"].samples[0].value == 0
+
+
+def test_candle_snapshot_equals_v1_candles_after_retention_prunes(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    node = Node(tmp_path / "node")
+    for i, (minute, px) in enumerate([(0, "100"), (1, "101"), (3, "99"), (65, "120"), (70, "121"),
+                                      (185, "130")]):
+        hh, mm = divmod(minute, 60)
+        node.add_trade(f"2026-01-05T{10 + hh:02d}:{mm:02d}:30", i + 1, px=px)
+    with serve(node.root, keep_all=True, candle_intervals=("1m", "1h"), stall_after_s=7200.0,
+               retain_hours=1.0, seal_grace_s=60.0) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        # seal and prune: hour 10's candles now live only in the lake
+        report = srv.state.pipeline.lake().seal()
+        assert report.pruned_hours > 0
+        for interval, end in (("1m", T0 + 190 * MIN), ("1h", T0 + 3 * 60 * MIN)):
+            snap = client.post("/info", json={"type": "candleSnapshot", "req": {
+                "coin": "BTC", "interval": interval, "startTime": T0, "endTime": end}}).json()
+            v1 = client.get("/v1/candles", params={"coin": "BTC", "interval": interval,
+                                                   "start": T0, "end": end}).json()
+            assert len(snap) == len(v1) > 3
+            assert [(s["t"], s["T"], float(s["o"]), float(s["h"]), float(s["l"]), float(s["c"]),
+                     float(s["v"]), s["n"]) for s in snap] == [
+                (c["t"], c["T"], c["o"], c["h"], c["l"], c["c"], c["v"], c["n"]) for c in v1]
+            assert snap[0]["t"] == T0 and float(snap[0]["o"]) == 100.0

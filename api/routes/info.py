@@ -1,6 +1,7 @@
 """`POST /info`: the public API's `candleSnapshot`, plus the `meta`/`spotMeta` the SDK's Info() reads.
 
-Candles come from the DuckDB `candles` table, with the empty intervals forward-filled up to
+Candles come from `history.candles` (DuckDB and the lake), with the empty intervals
+forward-filled up to
 the trades' watermark and never across a recorded gap or stall (etl.candles.fill_forward).
 """
 
@@ -14,15 +15,13 @@ from typing import Any, TypeVar
 
 import duckdb
 import orjson
-import polars as pl
 from fastapi import APIRouter, Request, Response
 
 from api.deps import State
 from api.errors import BadRequest
 from api.hub import candle_wire
 from api.state import AppState
-from etl.candles import CANDLE_SCHEMA, fill_forward
-from etl.store import CANDLE_DB_NAMES_BACK, fetch_pl
+from etl.history import read_candles
 
 router = APIRouter()
 T = TypeVar("T")
@@ -90,46 +89,11 @@ def _candle_request(req: object, intervals: tuple[str, ...]) -> tuple[str, str, 
     return coin, interval, start, end  # type: ignore[return-value]
 
 
-def trades_watermark(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple[int, int]]]:
-    """The trades' watermark (ms; the latest event time of their source streams) and the holes
-    (gaps and stalls of those streams) as [from_ms, to_ms]; an open hole ends at the watermark."""
-    row = con.execute(
-        "SELECT epoch_ms(max(last_time)) FROM cursors WHERE kind IN (?, ?)", list(TRADE_KINDS)
-    ).fetchone()
-    watermark = row[0] if row else None
-    rows = con.execute(
-        """SELECT epoch_ms(time_from), epoch_ms(time_to) FROM gaps
-           WHERE stream IN (SELECT stream FROM cursors WHERE kind IN (?, ?))""",
-        list(TRADE_KINDS),
-    ).fetchall()
-    holes = []
-    for t_from, t_to in rows:
-        end = t_to if t_to is not None else watermark
-        holes.append((t_from if t_from is not None else 0, end if end is not None else t_from or 0))
-    return watermark, holes
-
-
-def stored_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start: int, end: int
-                   ) -> pl.DataFrame:
-    """Stored candles with `start <= t <= end`, plus the last one before `start` (it seeds the fill)."""
-    frame = fetch_pl(
-        con,
-        """SELECT * FROM candles WHERE coin = $1 AND interval = $2 AND t <= $4
-           AND t >= coalesce((SELECT max(t) FROM candles WHERE coin = $1 AND interval = $2 AND t < $3), $3)
-           ORDER BY t""",
-        [coin, interval, start, end],
-    )
-    return frame.rename(CANDLE_DB_NAMES_BACK).cast(CANDLE_SCHEMA)  # type: ignore[arg-type]
-
-
 def candle_snapshot(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start: int, end: int
                     ) -> list[dict[str, Any]]:
     """The public API's candleSnapshot answer: candles with `start <= t <= end`, sorted by `t`,
-    empty intervals forward-filled."""
-    real = stored_candles(con, coin, interval, start, end)
-    watermark, holes = trades_watermark(con)
-    candles = fill_forward(real, interval, start, end, watermark, holes)
-    return candle_wire(candles).to_dicts()
+    empty intervals forward-filled (the same candles as `/v1/candles`: DuckDB and the lake)."""
+    return candle_wire(read_candles(con, coin, interval, start, end)).to_dicts()
 
 
 # ------------------------------------------------------------------ meta
