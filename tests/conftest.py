@@ -143,3 +143,12 @@ def serve(tmp_path: Path) -> Callable[..., ServerThread]:
         return ServerThread(Settings(**base))  # type: ignore[arg-type]
 
     return make
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05) -> None:
+    """Poll `cond` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(step)

@@ -20,7 +20,7 @@ import pytest
 from etl.config import Settings
 from etl.pipeline import Pipeline, status_file
 from etl.store import Store
-from tests.conftest import ROOT, query, run_cli
+from tests.conftest import ROOT, query, run_cli, wait_for
 
 ORDERS = "node_order_statuses"
 FILLS = "node_fills"
@@ -72,14 +72,6 @@ def source_keys(content: dict[str, list[bytes]]) -> tuple[list[int], list[tuple[
                                                       b"".join(content[FILLS]).splitlines())]
     return oids, fills
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def test_pipeline_follows_a_growing_node_dir_with_rotation(

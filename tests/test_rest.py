@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.routes import exports
 from etl.filters import Rules, load_rules, rules_to_dict
 from etl.store import fetch_pl
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, wait_for
 from tests.test_lake import Node, order_line
 
 MIN = 60_000
@@ -29,13 +29,6 @@ EPOCH = datetime(1970, 1, 1)
 
 
 # ------------------------------------------------------------------ helpers
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
 
 def lines_in(node: Path) -> int:
     return sum(f.read_bytes().count(b"\n") for f in node.glob("*/hourly/*/*"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,18 +14,11 @@ import polars as pl
 import pytest
 
 from etl.simulate import generate
-from tests.conftest import ServerThread, free_port
+from tests.conftest import ServerThread, free_port, wait_for
 
 CAP = 50
 TIMEOUT_S = 1.0
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
