@@ -43,4 +43,6 @@ class SqlError(ApiError):
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        # `code`/`msg`/`data` as well: the official SDK turns exactly those into its ClientError
+        body = {"error": exc.message, "code": type(exc).__name__, "msg": exc.message, "data": None}
+        return JSONResponse(body, status_code=exc.status)

@@ -254,6 +254,17 @@ def _fills_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
     )
 
 
+def _synthetic_tid() -> pl.Expr:
+    """`node_trades` lines carry no trade id; the feed's `tid` is an int: derive a stable one
+    from the transaction hash (48 bits) and the two orders' ids, which differ between the
+    trades of one transaction."""
+    info = pl.col("side_info")
+    h48 = pl.col("hash").str.slice(2, 12).str.to_integer(base=16, strict=False)
+    oid_b = info.list.get(0, null_on_oob=True).struct.field("oid")
+    oid_s = info.list.get(1, null_on_oob=True).struct.field("oid")
+    return (h48.cast(pl.Int64) ^ (oid_b * 2) ^ (oid_s * 4)).alias("tid")
+
+
 def _node_trades_flat(lines: pl.DataFrame) -> pl.DataFrame:
     info = pl.col("side_info")
     return lines.select(
@@ -263,7 +274,7 @@ def _node_trades_flat(lines: pl.DataFrame) -> pl.DataFrame:
         _num(pl.col("px")).alias("px"),
         _num(pl.col("sz")).alias("sz"),
         pl.col("hash"),
-        pl.lit(None, pl.Int64).alias("tid"),
+        _synthetic_tid(),
         info.list.get(0, null_on_oob=True).struct.field("user").alias("buyer"),
         info.list.get(1, null_on_oob=True).struct.field("user").alias("seller"),
         pl.lit(None, pl.Int64).alias("block_number"),

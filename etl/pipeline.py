@@ -340,6 +340,9 @@ def commit_unit(
         frames[unit.stream.kind] = frame
         if unit.stream.kind == "fills":
             frames["trades"] = trades_from_fills(frame)
+        elif unit.stream.kind == "trades":
+            # older nodes write a trade once per side (same hash, same orders): keep one
+            frames["trades"] = frame.unique("tid", keep="first", maintain_order=True)
         if "trades" in frames and shaping.intervals:
             candle_rows = candles_multi(frames["trades"], shaping.intervals)
     result = BatchResult(

@@ -140,3 +140,22 @@ def test_history_commands(tmp_path: Path) -> None:
 
 def test_orders_line_helper_is_valid() -> None:
     assert orjson.loads(order_line("2026-01-05T10:00:00", 1))["order"]["oid"] == 1
+
+
+def test_node_trades_get_a_stable_tid_and_a_trade_written_per_side_counts_once(
+        samples: Path, tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    hour = node / "node_trades" / "hourly" / "20240919" / "10"
+    hour.parent.mkdir(parents=True)
+    hour.write_bytes((samples / "node_trades_2024.jsonl").read_bytes())
+    store, pipe = pipeline(tmp_path, Node(node))
+    pipe.run_once()
+    rows = store.con.execute("SELECT coin, side, tid, buyer FROM trades ORDER BY coin").fetchall()
+    # 4 lines: 2 trades, each written once as "B" and once as "A"; the first line is kept
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("AXL", "B", "0x768484f7e2ebb675c57838366c02ae99ba2a9b08"),
+        ("ZK", "B", "0xc64cc00b46101bd40aa1c3121195e85c0b0918d8")]
+    assert all(r[2] is not None and r[2] > 0 for r in rows)
+    assert store.con.execute("SELECT sum(n) FROM candles WHERE interval = '1m'").fetchone() == (2,)
+    pipe.close()
+    store.close()

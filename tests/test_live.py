@@ -398,8 +398,9 @@ def test_candle_snapshot_is_the_table_plus_fill(serve: Serve, sparse_history: Pa
     assert sum(c["n"] == 0 for c in got) > 10  # the fill did happen
     assert len(second) > 5000  # no 5000-candle cap
     assert [c["t"] for c in second] == sorted({c["t"] for c in second})
+    message = 'unknown info type "userFills"; supported types: candleSnapshot, meta, spotMeta'
     assert bad.status_code == 400 and bad.json() == {
-        "error": 'unknown info type "userFills"; supported types: candleSnapshot, meta, spotMeta'}
+        "error": message, "code": "BadRequest", "msg": message, "data": None}
     assert bad_interval.status_code == 400
     assert bad_interval.json()["error"] == (
         'candleSnapshot: interval "2m" is not served; intervals: 1s 1m (setting candle_intervals)')
@@ -449,6 +450,12 @@ def test_official_sdk_works_unchanged(serve: Serve, tmp_path: Path) -> None:
                 "coin": "BTC", "interval": "1m", "startTime": start, "endTime": end}}).json()
             # the last candle pushed is the stored one
             wait_for(lambda: candles[-1]["data"] in snapshot, timeout=5, what="the last candle pushed")
+            # our 4xx answers are the SDK's own ClientError, with our message
+            from hyperliquid.utils.error import ClientError
+
+            with pytest.raises(ClientError) as caught:
+                info.candles_snapshot("BTC", "7m", start, end)
+            assert caught.value.status_code == 400 and "7m" in str(caught.value.error_message)
         finally:
             info.disconnect_websocket()
     assert trades[0]["channel"] == "trades" and list(trades[0]["data"][0]) == TRADE_KEYS
