@@ -285,17 +285,6 @@ class Store:
         return rows
 
 
-def read_status(path: Path) -> list[dict[str, object]]:
-    """Per-stream cursors and counters, from a store that may be open elsewhere."""
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        cur = con.execute("SELECT * FROM cursors ORDER BY stream")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    finally:
-        con.close()
-
-
 def fetch_pl(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> pl.DataFrame:
     """A query's result as a Polars frame (through Arrow, no copy of the columns)."""
     frame = pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
