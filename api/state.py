@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -26,7 +26,6 @@ class AppState:
     hub: Hub
     thread: threading.Thread | None = None
     started_at: float = 0.0
-    counters: dict[str, int] = field(default_factory=dict)
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection for one request (never the pipeline's writer)."""

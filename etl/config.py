@@ -9,6 +9,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from etl.candles import DEFAULT_INTERVALS, validate_intervals
+
 
 class ConfigError(ValueError):
     """A setting is unknown or has a value of the wrong kind."""
@@ -59,7 +61,7 @@ class Settings:
     )
     rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when it changes. Empty string: built-in defaults. A missing default file falls back to the defaults.")
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say. Flag: `--keep-all`.")
-    candle_intervals: tuple[str, ...] = _s(("1m", "5m", "15m", "1h", "4h", "1d"), "Candle intervals computed and stored, from `1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M`.")
+    candle_intervals: tuple[str, ...] = _s(DEFAULT_INTERVALS, "Candle intervals computed and stored, from `1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M`.")
     stall_after_s: float = _s(60.0, "A stream silent (in event time) for longer than this is recorded as a `stall` gap; candles are never forward-filled across it.")
     lake_dir: Path = _s(Path(""), "Root of the Parquet lake: `<lake_dir>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet`. Empty: `lake/` beside `db`.")
     seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once the stream's watermark is this far past its end.")
@@ -77,8 +79,6 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backlog not in ("drop", "keep"):
             raise ConfigError(f"backlog must be 'drop' or 'keep', not {self.backlog!r}")
-        from etl.candles import validate_intervals
-
         try:
             validate_intervals(self.candle_intervals)
         except ValueError as err:

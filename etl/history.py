@@ -8,7 +8,7 @@ import duckdb
 import polars as pl
 
 from etl.candles import INTERVALS, fill_forward
-from etl.store import fetch_pl
+from etl.store import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, fetch_pl
 
 TABLES = ("orders", "fills", "trades", "candles")
 TRADE_SOURCES = ("fills", "trades")  # stream kinds whose watermark and gaps bound candles
@@ -77,8 +77,12 @@ def read_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start
 
 
 def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | None,
-              interval: str | None = None) -> tuple[str, list[object]]:
-    """SQL (and parameters) for rows of `history.<table>`, filtered, in time order."""
+              interval: str | None = None, *, ordered: bool = True,
+              protocol_names: bool = False) -> tuple[str, list[object]]:
+    """SQL (and parameters) for rows of `history.<table>` with `coin`, `start_ms <= time <
+    end_ms` (candles: on the open time `t`) and, for candles, `interval`. `ordered=False`
+    streams in storage order (constant memory); `protocol_names` presents the candles' close
+    time as `T`, as the API does."""
     if table not in TABLES:
         raise HistoryError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
     where: list[str] = []
@@ -86,6 +90,7 @@ def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | 
     if coin:
         params.append(coin)
         where.append(f"coin = ${len(params)}")
+    cols = "*"
     if table == "candles":
         time_col, order = "t", "coin, interval, t"
         if interval:
@@ -93,17 +98,19 @@ def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | 
                 raise HistoryError(f"unknown interval {interval!r}; valid: {' '.join(INTERVALS)}")
             params.append(interval)
             where.append(f"interval = ${len(params)}")
-        bound = lambda ms: ms  # noqa: E731
+        if protocol_names:
+            cols = ", ".join(
+                f'"{c}" AS "{CANDLE_DB_NAMES_BACK[c]}"' if c in CANDLE_DB_NAMES_BACK else f'"{c}"'
+                for c in CANDLE_DB_SCHEMA
+            )
     else:
         time_col, order = "time", "time"
-        bound = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)  # noqa: E731
-    if start_ms is not None:
-        params.append(bound(start_ms))
-        where.append(f"{time_col} >= ${len(params)}")
-    if end_ms is not None:
-        params.append(bound(end_ms))
-        where.append(f"{time_col} < ${len(params)}")
-    sql = f"SELECT * FROM history.{table}"
+    for bound, op in ((start_ms, ">="), (end_ms, "<")):
+        if bound is not None:
+            params.append(bound if table == "candles"
+                          else datetime.fromtimestamp(bound / 1000, UTC).replace(tzinfo=None))
+            where.append(f"{time_col} {op} ${len(params)}")
+    sql = f"SELECT {cols} FROM history.{table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    return sql + f" ORDER BY {order}", params
+    return (sql + f" ORDER BY {order}" if ordered else sql), params

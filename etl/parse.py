@@ -145,11 +145,6 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
     "seller": pl.String(),
     "block_number": pl.Int64(),
 }
-REJECTS_SCHEMA: dict[str, pl.DataType] = {
-    "offset": pl.Int64(),
-    "reason": pl.String(),
-    "line": pl.String(),
-}
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
 

@@ -30,8 +30,8 @@ from api.deps import State
 from api.errors import BadRequest, NotFound
 from api.routes.snapshots import check_interval, parse_time
 from api.state import AppState
+from etl.history import slice_sql
 from etl.lake import TABLES
-from etl.store import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA
 
 router = APIRouter()
 
@@ -68,7 +68,8 @@ async def export(
     start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         raise BadRequest(f"end ({end}) is before start ({start})")
-    sql, params = export_sql(table, coin or None, start_ms, end_ms, interval or None)
+    sql, params = slice_sql(table, coin or None, start_ms, end_ms, interval or None,
+                            ordered=False, protocol_names=True)
     con, reader = await asyncio.to_thread(_open, state, sql, params)
     name = "-".join(p for p in (table, safe_name(coin) if coin else "", interval or "") if p)
     return StreamingResponse(
@@ -81,38 +82,6 @@ async def export(
 def safe_name(text: str) -> str:
     """A file-name-safe form of a coin (`PURR/USDC` -> `PURR_USDC`, `@107` -> `107`)."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "coin"
-
-
-def export_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | None,
-               interval: str | None) -> tuple[str, list[object]]:
-    """SQL and parameters for a filtered slice of `history.<table>`; candles present their
-    close time as `T`, as the API does everywhere."""
-    where: list[str] = []
-    params: list[object] = []
-    if coin is not None:
-        params.append(coin)
-        where.append(f"coin = ${len(params)}")
-    if table == "candles":
-        cols = ", ".join(
-            f'"{c}" AS "{CANDLE_DB_NAMES_BACK[c]}"' if c in CANDLE_DB_NAMES_BACK else f'"{c}"'
-            for c in CANDLE_DB_SCHEMA
-        )
-        time_col = "t"
-        if interval is not None:
-            params.append(interval)
-            where.append(f"interval = ${len(params)}")
-    else:
-        cols, time_col = "*", "time"
-    for bound, op in ((start_ms, ">="), (end_ms, "<")):
-        if bound is not None:
-            params.append(bound if table == "candles" else _timestamp(bound))
-            where.append(f"{time_col} {op} ${len(params)}")
-    sql = f"SELECT {cols} FROM history.{table}"
-    return (sql + " WHERE " + " AND ".join(where) if where else sql), params
-
-
-def _timestamp(ms: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)
 
 
 def _open(state: AppState, sql: str, params: list[object]) -> tuple[duckdb.DuckDBPyConnection,

@@ -19,15 +19,14 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import State
 from api.errors import BadRequest
-from api.hub import candle_wire
 from api.state import AppState
+from api.wire import candle_wire
 from etl.history import read_candles
 
 router = APIRouter()
 T = TypeVar("T")
 
 TYPES = ("candleSnapshot", "meta", "spotMeta")
-TRADE_KINDS = ("fills", "trades")
 _SPOT_INDEX = re.compile(r"@(\d+)")
 USDC = "USDC"
 

@@ -15,7 +15,8 @@ import orjson
 from fastapi import APIRouter, WebSocket
 
 from api.deps import WsState
-from api.hub import CandleSub, Client, Hub, OrdersSub, Sub, TradesSub
+from api.hub import Client, Hub
+from api.wire import CandleSub, OrdersSub, Sub, TradesSub
 
 router = APIRouter()
 
