@@ -253,6 +253,39 @@ def _rule_exprs(rules: Rules) -> dict[str, pl.Expr]:
     return exprs
 
 
+def rule_masks(orders: pl.DataFrame, rules: Rules) -> pl.DataFrame | None:
+    """One boolean column per active rule (and `watch_users`), plus `__keep`: whether each row
+    is kept. None when the rules keep every row (`keep_all`, or no active rule)."""
+    exprs = {} if rules.keep_all else _rule_exprs(rules)
+    if not exprs:
+        return None
+    cols = dict(exprs)
+    keep = pl.all_horizontal(list(exprs))
+    if rules.watch_users:
+        cols["watch_users"] = pl.col("user").is_in(rules.watch_users).fill_null(False)
+        keep = keep | pl.col("watch_users")
+    return orders.select(**cols).with_columns(__keep=keep)
+
+
+def mask_counts(masks: pl.DataFrame) -> dict[str, tuple[int, int]]:
+    """`{rule: (rows, rows passing it)}` and `total: (rows, rows kept)` of `rule_masks` output."""
+    n = masks.height
+    sums = masks.sum().row(0, named=True) if n else dict.fromkeys(masks.columns, 0)
+    counts = {name: (n, int(sums[name] or 0)) for name in masks.columns if name != "__keep"}
+    counts["total"] = (n, int(sums["__keep"] or 0))
+    return counts
+
+
+def add_counts(*parts: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """The sum of several `apply_rules` counts."""
+    out: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for name, (seen, kept) in part.items():
+            s0, k0 = out.get(name, (0, 0))
+            out[name] = (s0 + seen, k0 + kept)
+    return out
+
+
 def apply_rules(orders: pl.DataFrame, rules: Rules) -> tuple[pl.DataFrame, dict[str, tuple[int, int]]]:
     """Keep the orders the rules select; return them (same schema and order) and per-rule counts.
 
@@ -260,21 +293,10 @@ def apply_rules(orders: pl.DataFrame, rules: Rules) -> tuple[pl.DataFrame, dict[
     plus `watch_users: (seen, rows from watched users)` when that list is set and
     `total: (rows in, rows kept)`. With `keep_all` only `total` is reported.
     """
-    n = orders.height
-    exprs = {} if rules.keep_all else _rule_exprs(rules)
-    if not exprs:
-        return orders, {"total": (n, n)}
-    cols = dict(exprs)
-    keep = pl.all_horizontal(list(exprs))
-    if rules.watch_users:
-        cols["watch_users"] = pl.col("user").is_in(rules.watch_users).fill_null(False)
-        keep = keep | pl.col("watch_users")
-    masks = orders.select(**cols).with_columns(__keep=keep)
-    sums = masks.sum().row(0, named=True)
-    kept = orders.filter(masks.get_column("__keep"))
-    counts = {name: (n, int(sums[name])) for name in masks.columns if name != "__keep"}
-    counts["total"] = (n, kept.height)
-    return kept, counts
+    masks = rule_masks(orders, rules)
+    if masks is None:
+        return orders, {"total": (orders.height, orders.height)}
+    return orders.filter(masks.get_column("__keep")), mask_counts(masks)
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # ---------------------------------------------------------------- raw schemas
 ORDER = pl.Struct(
@@ -174,37 +176,39 @@ def _num(col: pl.Expr) -> pl.Expr:
 
 
 # ----------------------------------------------------- per-stream flatteners
-def _orders_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
+def _order_columns(block: bool) -> dict[str, pl.Expr]:
+    """Each output column of an order-status row, from a decoded event (`order` a struct)."""
     o = pl.col("order").struct
-    env = (
-        [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
-        if block
-        else [pl.lit(None, pl.Int64).alias("block_number"), pl.lit(None, TS).alias("block_time")]
-    )
-    return events.select(
-        _iso(pl.col("time")).alias("time"),
-        *env,
-        pl.col("user"),
-        pl.col("status"),
-        o.field("coin"),
-        o.field("side"),
-        _num(o.field("limitPx")).alias("limit_px"),
-        _num(o.field("sz")).alias("sz"),
-        _num(o.field("origSz")).alias("orig_sz"),
-        o.field("oid"),
-        _ms(o.field("timestamp")).alias("order_time"),
-        o.field("orderType").alias("order_type"),
-        o.field("tif"),
-        o.field("reduceOnly").alias("reduce_only"),
-        o.field("isTrigger").alias("is_trigger"),
-        o.field("triggerCondition").alias("trigger_condition"),
-        _num(o.field("triggerPx")).alias("trigger_px"),
-        o.field("isPositionTpsl").alias("is_position_tpsl"),
-        o.field("children"),
-        o.field("cloid"),
-        pl.col("hash"),
-        pl.col("builder"),
-    )
+    return {
+        "time": _iso(pl.col("time")),
+        "block_number": pl.col("block_number") if block else pl.lit(None, pl.Int64),
+        "block_time": _iso(pl.col("block_time")) if block else pl.lit(None, TS),
+        "user": pl.col("user"),
+        "status": pl.col("status"),
+        "coin": o.field("coin"),
+        "side": o.field("side"),
+        "limit_px": _num(o.field("limitPx")),
+        "sz": _num(o.field("sz")),
+        "orig_sz": _num(o.field("origSz")),
+        "oid": o.field("oid"),
+        "order_time": _ms(o.field("timestamp")),
+        "order_type": o.field("orderType"),
+        "tif": o.field("tif"),
+        "reduce_only": o.field("reduceOnly"),
+        "is_trigger": o.field("isTrigger"),
+        "trigger_condition": o.field("triggerCondition"),
+        "trigger_px": _num(o.field("triggerPx")),
+        "is_position_tpsl": o.field("isPositionTpsl"),
+        "children": o.field("children"),
+        "cloid": o.field("cloid"),
+        "hash": pl.col("hash"),
+        "builder": pl.col("builder"),
+    }
+
+
+def _orders_flat(events: pl.DataFrame, block: bool, columns: tuple[str, ...] = ()) -> pl.DataFrame:
+    exprs = _order_columns(block)
+    return events.select(exprs[c].alias(c) for c in (columns or exprs))
 
 
 ORDERS_REQUIRED = ["time", "user", "status", "coin", "side", "limit_px", "oid"]
@@ -212,9 +216,14 @@ FILLS_REQUIRED = ["time", "user", "coin", "side", "px", "sz", "tid"]
 TRADES_REQUIRED = ["time", "coin", "side", "px", "sz"]
 
 
-def _fills_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
-    # events: one row per fill with `ev` = [user, "{...fill json...}"]
-    f = pl.col("ev").list.get(1, null_on_oob=True).str.json_decode(pl.Struct(FILL)).struct
+def _fills_flat(events: pl.DataFrame, block: bool, paired: bool = False) -> pl.DataFrame:
+    # events: one row per fill, either `ev` = [user, "{...fill json...}"], or (paired, see
+    # `pairs_to_objects`) `user` and `f`, the fill already decoded
+    if paired:
+        f, user = pl.col("f").struct, pl.col("user")
+    else:
+        f = pl.col("ev").list.get(1, null_on_oob=True).str.json_decode(pl.Struct(FILL)).struct
+        user = pl.col("ev").list.get(0, null_on_oob=True)
     env = (
         [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
         if block
@@ -224,7 +233,7 @@ def _fills_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
     return events.select(
         _ms(f.field("time")).alias("time"),
         *env,
-        pl.col("ev").list.get(0, null_on_oob=True).alias("user"),
+        user.alias("user"),
         f.field("coin"),
         f.field("side"),
         _num(f.field("px")).alias("px"),
@@ -336,6 +345,60 @@ FORMATS: dict[tuple[str, str], Format] = {
 }
 
 
+# fills decoded as `user` and `f` (the fill object) in one pass, see _decode_plain_fills
+PAIRED: dict[str, Format] = {
+    "plain": Format({"user": pl.String, "f": pl.Struct(FILL)}, None,
+                    lambda d: _fills_flat(d, False, paired=True), FILLS_REQUIRED, dict, FILLS_SCHEMA),
+    "block": Format(_envelope(pl.Struct({"user": pl.String, "f": pl.Struct(FILL)})), "events",
+                    lambda d: _fills_flat(d.unnest("events"), True, paired=True), FILLS_REQUIRED, dict,
+                    FILLS_SCHEMA),
+}
+
+
+USER_CHARS = 42  # "0x" and 40 hex digits
+
+
+def _decode_plain_fills(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> pl.DataFrame | None:
+    """Plain fill lines `["0x<40 hex>",{fill}]` as `user` and `f` in one NDJSON pass, or None
+    when a line is laid out otherwise (the caller then decodes the batch the generic way).
+
+    Each line's user sits at a fixed offset: it is sliced out, and the fill object is handed to
+    the decoder as a line of its own (its `]` blanked out), with no second decode of the fill."""
+    n, u = len(starts), USER_CHARS
+    arr = np.frombuffer(buf, np.uint8)
+    if not n or ((ends - starts) < u + 6).any():
+        return None
+    laid_out = ((arr[starts] == ord("[")) & (arr[starts + 1] == ord('"')) & (arr[starts + u + 2] == ord('"'))
+                & (arr[starts + u + 3] == ord(",")) & (arr[starts + u + 4] == ord("{"))
+                & (arr[ends - 1] == ord("]")))
+    if not laid_out.all():
+        return None
+    out = bytearray(buf)
+    np.frombuffer(out, np.uint8)[ends - 1] = ord(" ")
+    offsets = np.empty(n + 1, np.int64)
+    offsets[:-1], offsets[-1] = starts, ends[-1] + 1
+    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
+    users = pc.binary_slice(lines, 2, u + 2).cast(pa.large_string())
+    if pc.any(pc.match_substring_regex(users, r'["\\]')).as_py():
+        return None  # a quote or an escape in a user: not the layout assumed
+    fills = pc.binary_slice(lines, u + 4)
+    pos = np.frombuffer(fills.buffers()[1], np.int64)[fills.offset: fills.offset + n + 1]
+    data = fills.buffers()[2]
+    raw = pl.read_ndjson(memoryview(data)[pos[0]: pos[-1]].tobytes(), schema=FILL)
+    if raw.height != n:
+        return None
+    return raw.select(pl.struct(pl.all()).alias("f")).with_columns(pl.Series("user", users))
+
+
+def _block_pairs_to_objects(buf: bytes) -> bytes:
+    """Block fill lines with each `[user, {fill}]` pair of `events` rewritten as
+    `{"user": user, "f": {fill}}`. A fill object holds no array, so `",{"`, `],["`, `[["` and
+    `}]]` occur only around the pairs; a line laid out otherwise comes out as invalid JSON or
+    missing fields, and the caller decodes the batch the generic way."""
+    out = buf.replace(b'",{"', b'","f":{"')
+    return out.replace(b'],["', b'},{"user":"').replace(b'[["', b'[{"user":"').replace(b'}]]', b'}}]')
+
+
 def _decode(fmt: Format, buf: bytes, plain_fills: bool) -> pl.DataFrame:
     if plain_fills:
         # a plain fill line is a top-level array `[user, {...}]`: give it a key
@@ -363,6 +426,16 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) ->
     long = (ends - starts) > max_line_bytes
     blank = (ends - starts) == 0
     if not long.any() and not blank.any():
+        if kind == "fills":
+            paired = PAIRED["plain" if plain_fills else "block"]
+            try:
+                raw = (_decode_plain_fills(buf, starts, ends) if plain_fills
+                       else pl.read_ndjson(_block_pairs_to_objects(buf), schema=paired.raw))
+                flat = None if raw is None else _flatten(paired, raw)
+                if flat is not None and len(flat) and _missing(flat, fmt.required) is None:
+                    return Parsed(flat, [], starts)
+            except Exception:  # noqa: BLE001 - laid out otherwise: the generic decode below
+                pass
         try:
             flat = _flatten(fmt, _decode(fmt, buf, plain_fills))
             bad = _missing(flat, fmt.required)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import polars as pl
 
+from etl.filters import Rules, add_counts
 from etl.parse import parse
+from etl.prefilter import OrdersFilter
 from etl.tail import Batch, Cursor, Gap, Stream
 
 ROW_GROUP = 122_880  # DuckDB's default row group size
@@ -32,6 +34,10 @@ class Unit:
     gaps: list[Gap] = field(default_factory=list)
     unread: int = 0  # bytes the node had written past this unit when it was read
     dropped_lines: int = 0  # lines given up on by the tailer (in rejects too)
+    # order statuses filtered while parsing: `frame` holds the kept rows only, `times` the
+    # `time` and `_offset` of every good row (the watermark), `counts` the rules' counts
+    times: pl.DataFrame | None = None
+    counts: dict[str, tuple[int, int]] | None = None
 
     @property
     def rows(self) -> int:
@@ -46,18 +52,24 @@ class Unit:
         return self.cursor.offset - self.start if self.cursor.file == self.file else 0
 
 
-def unit_of(batch: Batch, max_line_bytes: int) -> Unit:
-    """Parse a batch into a unit (on the worker thread)."""
+def unit_of(batch: Batch, max_line_bytes: int, rules: Rules | None = None,
+            orders_filter: OrdersFilter | None = None) -> Unit:
+    """Parse a batch into a unit (on a worker thread). With `rules`, order statuses are filtered
+    here, decoding whole only the lines that can pass (etl/prefilter.py)."""
     rejects: list[tuple[str, int, str, bytes]] = []
-    frame = None
+    frame = times = counts = None
     offsets = np.empty(0, np.int64)
     if batch.data:
-        parsed = parse(batch.stream.kind, batch.stream.variant, batch.data, max_line_bytes)
+        kind, variant = batch.stream.kind, batch.stream.variant
+        if kind == "orders" and rules is not None:
+            filtered = (orders_filter or OrdersFilter())(variant, batch.data, rules, max_line_bytes)
+            parsed, counts = filtered.parsed, filtered.counts
+        else:
+            parsed = parse(kind, variant, batch.data, max_line_bytes)
         offsets = parsed.starts.astype(np.int64) + batch.start
-        line = parsed.frame["_line"].to_numpy()
-        frame = parsed.frame.drop("_line").with_columns(
-            pl.Series("_offset", offsets[line], dtype=pl.Int64)
-        )
+        frame = _with_offsets(parsed.frame, offsets)
+        if counts is not None:
+            times = _with_offsets(filtered.times, offsets)
         rejects = [(batch.file, batch.start + o, why, head) for o, why, head in parsed.rejects]
     dropped = 0
     if batch.dropped:
@@ -66,7 +78,20 @@ def unit_of(batch: Batch, max_line_bytes: int) -> Unit:
     start = batch.start if batch.data or batch.dropped else batch.cursor.offset
     file = batch.file if batch.data or batch.dropped else batch.cursor.file
     return Unit(batch.stream, file, start, batch.cursor, frame, offsets, rejects, batch.gaps,
-                batch.unread, dropped)
+                batch.unread, dropped, times, counts)
+
+
+def _with_offsets(frame: pl.DataFrame, offsets: np.ndarray) -> pl.DataFrame:
+    """`_line` (a line's index in the batch) replaced by `_offset` (its start in the file)."""
+    line = frame["_line"].to_numpy()
+    return frame.drop("_line").with_columns(pl.Series("_offset", offsets[line], dtype=pl.Int64))
+
+
+def event_times(u: Unit) -> pl.Series | None:
+    """The event time of every good row of the unit, kept by the rules or not."""
+    if u.times is not None:
+        return u.times["time"]
+    return None if u.frame is None else u.frame["time"]
 
 
 def can_merge(a: Unit, b: Unit) -> bool:
@@ -90,6 +115,8 @@ def merge(a: Unit, b: Unit) -> Unit:
         rejects=a.rejects + b.rejects,
         unread=b.unread,
         dropped_lines=a.dropped_lines + b.dropped_lines,
+        times=None if a.times is None or b.times is None else pl.concat([a.times, b.times]),
+        counts=None if a.counts is None or b.counts is None else add_counts(a.counts, b.counts),
     )
 
 
@@ -112,6 +139,7 @@ def split_whole_row_groups(u: Unit) -> tuple[Unit, Unit | None]:
         line_offsets=u.line_offsets[:n_lines],
         rejects=[r for r in u.rejects if r[1] < cut],
         unread=u.unread + (u.cursor.offset - cut),
+        times=None if u.times is None else u.times.filter(pl.col("_offset") < cut),
     )
     tail = replace(
         u,
@@ -120,5 +148,8 @@ def split_whole_row_groups(u: Unit) -> tuple[Unit, Unit | None]:
         line_offsets=u.line_offsets[n_lines:],
         rejects=[r for r in u.rejects if r[1] >= cut],
         gaps=[],
+        times=None if u.times is None else u.times.filter(pl.col("_offset") >= cut),
+        # the rules' counts are running totals for /v1/status: the head carries them all
+        counts=None if u.counts is None else {},
     )
     return head, tail

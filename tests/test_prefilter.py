@@ -1,0 +1,192 @@
+"""The pre-filtered path keeps exactly what full decoding plus the rules keep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from etl.filters import Rules, load_rules
+from etl.parse import parse
+from etl.prefilter import OrdersFilter, filter_parsed, prefilter, take_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT.parent / "shared" / "samples"
+COINS = ["BTC", "ETH", "PURR/USDC", "@107", "km:USTECH", 'q"x', "é€"]
+STATUSES = ["open", "filled", "canceled", "triggered", "badAloPxRejected", "marginCanceled"]
+USERS = ["0xaa", "0xbb", "0xcc", 'we\\ird"user']
+
+
+def numbers() -> st.SearchStrategy[object]:
+    """Decimal strings as the node writes them, exponent forms, and bare JSON numbers."""
+    return st.one_of(
+        st.sampled_from(["0.0", "1", "97000.5", "0.00001", "1e5", "2.5E-3", "1e400", "-3", "abc", ""]),
+        st.floats(min_value=0, max_value=1e7, allow_nan=False).map(lambda x: f"{x:.6g}"),
+        st.sampled_from([12345, 1e5, 0.5]),
+    )
+
+
+@st.composite
+def order_event(draw: st.DrawFn) -> dict[str, object]:
+    order: dict[str, object] = {
+        "coin": draw(st.sampled_from(COINS)),
+        "side": draw(st.sampled_from(["A", "B", "X"])),
+        "limitPx": draw(numbers()),
+        "sz": "1.0",
+        "oid": draw(st.integers(0, 2**40)),
+        "timestamp": 1767610800000,
+        "triggerCondition": "N/A",
+        "isTrigger": draw(st.booleans()),
+        "triggerPx": "0.0",
+        "children": [],
+        "isPositionTpsl": False,
+        "reduceOnly": False,
+        "orderType": draw(st.sampled_from(["Limit", "Stop Market"])),
+        "origSz": draw(numbers()),
+        "tif": draw(st.sampled_from([None, "Gtc", "Alo"])),
+        "cloid": draw(st.sampled_from([None, "0x01", 'a"b\\c', "ünï"])),
+    }
+    event: dict[str, object] = {
+        "time": draw(st.sampled_from(["2026-01-05T11:00:00.05", "2026-01-05T11:02:30", "2026-01-05T12:00:00.123456789"])),
+        "user": draw(st.sampled_from(USERS)),
+        "hash": None,
+        "builder": None,
+        "status": draw(st.sampled_from(STATUSES)),
+        "order": order,
+    }
+    # a child order (same keys, nested) now and then
+    if draw(st.booleans()) and draw(st.booleans()):
+        order["children"] = [dict(order, coin=draw(st.sampled_from(COINS)), children=[])]
+    # keys missing, extra keys (some named like the ones the rules read, nested elsewhere)
+    for key in draw(st.lists(st.sampled_from(["time", "user", "status", "hash"]), max_size=1)):
+        event.pop(key, None)
+    for key in draw(st.lists(st.sampled_from(["coin", "origSz", "oid", "side"]), max_size=1)):
+        order.pop(key, None)
+    if draw(st.booleans()):
+        event["extra"] = {"status": "open", "coin": "BTC", "limitPx": "1e9"}
+    # keys in another order
+    items = list(event.items())
+    order_items = list(order.items())
+    if draw(st.booleans()):
+        items = draw(st.permutations(items))
+        order_items = draw(st.permutations(order_items))
+    event = dict(items)
+    if "order" in event:
+        event["order"] = dict(order_items)
+    return event
+
+
+@st.composite
+def line(draw: st.DrawFn, variant: str) -> bytes:
+    ev = draw(order_event())
+    if variant == "plain":
+        text = json.dumps(ev, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+    else:
+        env = {"local_time": "2026-01-05T11:00:00.1", "block_time": "2026-01-05T11:00:00.05",
+               "block_number": 7, "events": [ev] + ([draw(order_event())] if draw(st.booleans()) else [])}
+        text = json.dumps(env, ensure_ascii=draw(st.booleans()))
+    # now and then a broken line (a batch holding one is decoded whole)
+    broken = draw(st.sampled_from(["cut", "garbage", "array"])) if draw(st.integers(0, 60)) == 0 else ""
+    if broken == "cut":
+        text = text[: draw(st.integers(1, max(1, len(text) - 1)))]
+    elif broken == "garbage":
+        text = "not json {"
+    elif broken == "array":
+        text = "[1, 2]"
+    return text.encode()
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> Rules:
+    return Rules(
+        coins=tuple(draw(st.lists(st.sampled_from(COINS), max_size=3, unique=True))),
+        statuses=tuple(draw(st.lists(st.sampled_from(STATUSES), max_size=4, unique=True))),
+        sides=tuple(draw(st.lists(st.sampled_from(["A", "B"]), max_size=1))),
+        min_notional=draw(st.sampled_from([0.0, 10.0, 10_000.0])),
+        min_notional_by_coin=draw(st.dictionaries(st.sampled_from(COINS), st.sampled_from([0.0, 5.0, 1e6]), max_size=2)),
+        trigger=draw(st.sampled_from(["any", "only", "exclude"])),
+        order_types=tuple(draw(st.lists(st.sampled_from(["Limit", "Stop Market"]), max_size=1))),
+        watch_users=tuple(draw(st.lists(st.sampled_from(USERS), max_size=1))),
+    )
+
+
+def by_line(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort("_line", maintain_order=True)
+
+
+@pytest.mark.parametrize("variant", ["plain", "streaming"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_prefilter_keeps_exactly_what_full_decoding_keeps(variant: str, data: st.DataObject) -> None:
+    lines = data.draw(st.lists(line(variant), min_size=1, max_size=30))
+    r = data.draw(rules())
+    buf = b"\n".join(lines) + b"\n"
+    full = filter_parsed(parse("orders", variant, buf), r)
+    fast = prefilter(variant, buf, r)
+    event("prefiltered" if fast is not None else "decoded whole")
+    if fast is None:
+        return
+    assert by_line(fast.parsed.frame).equals(by_line(full.parsed.frame))
+    assert fast.counts == full.counts
+    assert fast.times.sort("_line", "time").equals(full.times.sort("_line", "time"))
+    assert len(fast.parsed.starts) == len(full.parsed.starts)
+    # every reject of the pre-filtered path is one of full decoding's, at the same offset
+    assert {o for o, _, _ in fast.parsed.rejects} <= {o for o, _, _ in full.parsed.rejects}
+
+
+def test_prefilter_decodes_only_candidates_and_maps_rejects_back() -> None:
+    good = b'{"time":"2026-01-05T11:00:00","user":"0xa","hash":null,"builder":null,"status":"open","order":{"coin":"BTC","side":"B","limitPx":"%s","sz":"1","oid":%d,"timestamp":1,"triggerCondition":"N/A","isTrigger":false,"triggerPx":"0","children":[],"isPositionTpsl":false,"reduceOnly":false,"orderType":"Limit","origSz":"1","tif":null,"cloid":null}}'
+    lines = [good % (b"100", 1), good % (b"90000", 2), good % (b"5", 3),
+             # kept by the rules, but its `tif` has the wrong type: a reject, at its own offset
+             (good % (b"95000", 4)).replace(b'"reduceOnly":false', b'"reduceOnly":"yes"'),
+             good % (b"99999", 5)]
+    buf = b"\n".join(lines) + b"\n"
+    out = prefilter("plain", buf, Rules(min_notional=50_000.0))
+    assert out is not None
+    assert out.decoded == 3
+    assert out.parsed.frame["oid"].to_list() == [2, 5]
+    assert out.parsed.frame["_line"].to_list() == [1, 4]
+    offset = buf.index(lines[3])
+    assert [(o, why.split(":")[0]) for o, why, _ in out.parsed.rejects] == [(offset, "wrong shape")]
+    assert out.counts == {"statuses": (4, 4), "min_notional": (4, 2), "total": (4, 2)}
+
+
+def test_take_lines() -> None:
+    buf = b"aa\nb\ncccc\n\ndd\n"
+    from etl.parse import line_bounds
+
+    starts, ends = line_bounds(buf)
+    import numpy as np
+
+    out, pos = take_lines(buf, starts, ends, np.array([0, 2, 4]))
+    assert out == b"aa\ncccc\ndd\n"
+    assert pos.tolist() == [0, 3, 8]
+
+
+def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
+    line = b'{"time":"2026-01-05T11:00:00","user":"0xa","hash":null,"builder":null,"status":"open","order":{"coin":"BTC","side":"B","limitPx":"1","sz":"1","oid":1,"timestamp":1,"triggerCondition":"N/A","isTrigger":false,"triggerPx":"0","children":[],"isPositionTpsl":false,"reduceOnly":false,"orderType":"Limit","origSz":"1","tif":null,"cloid":null}}\n'
+    f = OrdersFilter(threshold=0.35, probe_every=3)
+    keep_most = Rules()  # the built-in statuses: every line here passes
+    for _ in range(5):
+        out = f("plain", line * 10, keep_most, 1 << 20)
+        assert out.parsed.frame.height == 10
+    assert (f.prefiltered, f.whole) == (2, 3)  # tried, then decoded whole, then probed again
+    f.share = 0.0
+    out = f("plain", line * 10, Rules(min_notional=1e9), 1 << 20)
+    assert out.parsed.frame.height == 0 and out.decoded == 0
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
+def test_prefilter_on_real_node_lines() -> None:
+    buf = (SAMPLES / "node_order_statuses_streaming.jsonl").read_bytes()
+    r = load_rules(ROOT / "data" / "rules.toml")
+    for rule_set in (r, Rules(coins=("BTC",), min_notional=100.0), Rules(statuses=("badAloPxRejected",))):
+        fast = prefilter("streaming", buf, rule_set)
+        full = filter_parsed(parse("orders", "streaming", buf), rule_set)
+        assert fast is not None
+        assert fast.parsed.frame.equals(full.parsed.frame)
+        assert fast.counts == full.counts
