@@ -56,8 +56,16 @@ class Settings:
         "128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed."
     )
     db_threads: int = _s(
-        1,
-        "DuckDB threads of the writer. One leaves the other core to the parser: faster than two on a 2-core machine.",
+        0,
+        "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).",
+    )
+    parse_workers: int = _s(
+        0,
+        "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one. Memory per lane is about (parse_workers + 2) x batch_max_bytes x 10.",
+    )
+    live_batch_ms: int = _s(
+        50,
+        "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time.",
     )
     rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when it changes. Empty string: built-in defaults. A missing default file falls back to the defaults.")
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say. Flag: `--keep-all`.")
@@ -83,7 +91,7 @@ class Settings:
             validate_intervals(self.candle_intervals)
         except ValueError as err:
             raise ConfigError(f"candle_intervals: {err}") from err
-        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes"):
+        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes", "live_batch_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
 

@@ -1,7 +1,8 @@
-"""The ingest loop: startup -> tick (tail, parse, commit) -> shutdown.
+"""The ingest loop: startup -> (lanes run) -> shutdown.
 
-One thread owns the DuckDB writer. Each tick drains every stream in bounded
-batches; `watchfiles` (or polling) wakes the loop when the node writes.
+Each stream runs in its own lane (etl/lanes.py): tail, parse, shape, commit and publish on
+a thread of its own, concurrently with the other streams. `watchfiles` (or polling) wakes
+the lane whose files changed; the lake's sealer runs on a thread beside them.
 """
 
 from __future__ import annotations
@@ -11,55 +12,26 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
-import polars as pl
 from watchfiles import watch
 
-from etl.candles import candles_multi
 from etl.config import Settings, lake_root
-from etl.filters import RulesFile, apply_rules
+from etl.filters import RulesFile
 from etl.lake import Lake
-from etl.parse import trades_from_fills
+from etl.lanes import Lane, Listener, Processed
+from etl.shaping import find_silences, shape
 from etl.store import BatchResult, Store, utcnow
-from etl.tail import Cursor, Stream, Tailer, discover, initial_cursor
-from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
+from etl.tail import discover, initial_cursor
+from etl.units import Unit
 
 log = logging.getLogger("nodetap.pipeline")
 
-DEFAULT_LINE_BYTES = 480.0
-
-
-@dataclass
-class StreamState:
-    stream: Stream
-    tailer: Tailer
-    cursor: Cursor  # committed: the first line not in the store
-    read_cursor: Cursor  # where the next read starts (ahead of `cursor` by `carry`)
-    line_bytes: float = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
-    lines: int = 0  # committed since start
-    unread: int = 0
-    last_batch_at: float = 0.0
-    rate: float = 0.0  # lines/s over recent batches
-    pending: Future[Unit | None] | None = None  # the next unit, being read and parsed
-    carry: Unit | None = None  # rows read but held back to fill a whole row group
-
-
-@dataclass
-class Processed:
-    """One committed unit, as handed to subscribers (the API's live feed)."""
-
-    stream: Stream
-    frames: dict[str, pl.DataFrame]  # orders (kept by the rules) | fills + trades | trades
-    candles: pl.DataFrame | None  # the new state of every candle the unit touched
-    result: BatchResult
-    seconds: float
+__all__ = ["Pipeline", "Processed", "Shaping", "commit_unit", "find_silences", "rules_file_for"]
 
 
 @dataclass
@@ -68,9 +40,6 @@ class Shaping:
 
     rules: RulesFile | None = None
     intervals: tuple[str, ...] = ()
-
-
-Listener = Callable[[Processed], None]
 
 
 @dataclass
@@ -84,13 +53,11 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.rules is None:
             self.rules = rules_file_for(self.settings)
-        self.shaping = Shaping(self.rules, self.settings.candle_intervals)
         self.lake().refresh_views()  # history.* views exist from the first start
-        self.states: dict[str, StreamState] = {}
+        self.states: dict[str, Lane] = {}
         self.stop_event = threading.Event()
         self._last_status_write = float("-inf")
-        # one worker: at most one batch parsing while one commits, so memory stays bounded
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="nodetap-parse")
+        self._running = False
         self.refresh_streams()
 
     # ------------------------------------------------------------ startup
@@ -102,108 +69,46 @@ class Pipeline:
             if stream.name in self.states:
                 continue
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
-            tailer = Tailer(
-                stream,
-                batch_max_bytes=s.batch_max_bytes,
-                max_backlog_bytes=s.max_backlog_bytes if s.backlog == "drop" else None,
-                rotate_grace_s=s.rotate_grace_s,
-                clock=self.clock,
-            )
-            self.states[stream.name] = StreamState(stream, tailer, cur, cur)
-            log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s",
-                     stream.name, cur.file, cur.offset, stream.name in stored)
+            lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
+                        listeners=self.listeners, clock=self.clock)
+            self.states[stream.name] = lane
+            log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
+                     stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)
+            if self._running:
+                lane.start()
 
     # --------------------------------------------------------------- tick
     def run_once(self, max_batches: int = 1_000_000) -> int:
-        """Drain every stream (round robin, a few batches each per turn); returns batches done."""
-        done = 0
+        """Drain every stream, the lanes side by side; returns the units committed."""
         self.refresh_streams()
-        active = list(self.states.values())
-        while active and done < max_batches and not self.stop_event.is_set():
-            still = []
-            for st in active:
-                # a few batches per stream per turn: fair, and the prefetch stays useful
-                for _ in range(8):
-                    if self.stop_event.is_set() or not self.step(st):
-                        break
-                    done += 1
-                else:
-                    still.append(st)
-            active = still
+        lanes = list(self.states.values())
+        done = [0] * len(lanes)
+        errors: list[BaseException] = []
+
+        def drain(i: int, lane: Lane) -> None:
+            try:
+                done[i] = lane.drain(max_batches)
+            except BaseException as err:  # re-raised on the calling thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=drain, args=(i, lane), name=f"nodetap-drain-{lane.stream.name}")
+                   for i, lane in enumerate(lanes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
         self.write_status_file()
-        return done
-
-    def _read(self, st: StreamState, cur: Cursor) -> Unit | None:
-        batch = st.tailer.next_batch(cur)
-        return None if batch is None else unit_of(batch, self.settings.max_line_bytes)
-
-    def step(self, st: StreamState) -> bool:
-        """Commit the next unit of one stream; False when it had nothing.
-
-        The next batch is read and parsed on the worker thread while this one commits
-        (DuckDB and Polars both release the GIL), so the two stages overlap on two cores.
-        Units still commit one at a time, in order, each with its own cursor."""
-        t0 = time.perf_counter()
-        unit = st.pending.result() if st.pending is not None else None
-        st.pending = None
-        if unit is None:  # nothing prefetched, or the prefetch found nothing then: look now
-            unit = self._read(st, st.read_cursor)
-        if unit is None:
-            st.unread = 0
-            if st.carry is not None:
-                self._commit(st, st.carry, t0)
-                st.carry = None
-                return True
-            return False
-        st.read_cursor = unit.cursor
-        if not self.stop_event.is_set():
-            st.pending = self._worker.submit(self._read, st, unit.cursor)
-        if st.carry is not None:
-            if can_merge(st.carry, unit):
-                unit = merge(st.carry, unit)
-            else:
-                self._commit(st, st.carry, t0)
-            st.carry = None
-        if unit.unread > self.settings.batch_max_bytes // 4 and not self.stop_event.is_set():
-            # behind (over a quarter batch unread): throughput first, whole row groups;
-            # otherwise every row is committed and published at once, for latency
-            unit, st.carry = split_whole_row_groups(unit)
-        self._commit(st, unit, t0)
-        return True
+        return sum(done)
 
     def flush(self) -> None:
         """Commit the rows held back for a whole row group (at shutdown)."""
-        for st in self.states.values():
-            if st.carry is not None:
-                self._commit(st, st.carry, time.perf_counter())
-                st.carry = None
-
-    def _commit(self, st: StreamState, unit: Unit, t0: float) -> None:
-        result, frames, candles = commit_unit(self.store, unit, self.shaping, st.line_bytes)
-        seconds = time.perf_counter() - t0
-        st.cursor = unit.cursor
-        st.lines += result.lines
-        st.unread = unit.unread
-        if result.lines:
-            inst = result.lines / max(seconds, 1e-6)
-            st.rate = inst if not st.rate else 0.8 * st.rate + 0.2 * inst
-            st.line_bytes = 0.9 * st.line_bytes + 0.1 * (result.nbytes / result.lines)
-        st.last_batch_at = self.clock()
-        if result.rejects:
-            log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
-                        st.stream.name, unit.file, len(result.rejects), result.rejects[0][2])
-        for g in result.gaps:
-            log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
-                        st.stream.name, g.file, g.start, g.end, g.reason)
-        processed = Processed(st.stream, frames, candles, result, seconds)
-        for listener in self.listeners:
-            try:
-                listener(processed)
-            except Exception:  # a broken subscriber must not stop ingestion
-                log.exception("event=listener_error stream=%s", st.stream.name)
+        for lane in self.states.values():
+            lane.flush()
 
     # --------------------------------------------------------------- loop
-    def _wakeups(self) -> Iterator[object]:
+    def _wakeups(self) -> Iterator[set[tuple[Any, str]]]:
         s = self.settings
         if not s.node_dir.exists():
             raise FileNotFoundError(f"node dir {s.node_dir} does not exist (setting node_dir)")
@@ -221,17 +126,33 @@ class Pipeline:
         )
 
     def run(self) -> None:
-        """Run until `stop_event` is set; the batch in flight is finished and committed."""
+        """Run the lanes until `stop_event` is set; each finishes and commits its unit in flight."""
         log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
         sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
         sealer.start()
-        self.run_once()
-        for _ in self._wakeups():
-            if self.stop_event.is_set():
-                break
-            self.run_once()
-        sealer.join(timeout=30)
-        log.info("event=pipeline_stop")
+        self.run_once()  # catch up, the lanes side by side, before going live
+        self._running = True
+        for lane in self.states.values():
+            lane.start()
+        roots = {}
+        try:
+            for changes in self._wakeups():
+                if self.stop_event.is_set():
+                    break
+                self.refresh_streams()
+                roots = {str(lane.stream.root.parent): lane for lane in self.states.values()}
+                woken = {lane for _, path in changes for root, lane in roots.items()
+                         if path.startswith(root)} if changes else set(self.states.values())
+                for lane in woken:
+                    lane.wake.set()
+                self.write_status_file()
+        finally:
+            self.stop()
+            for lane in self.states.values():
+                if lane.thread is not None:
+                    lane.thread.join(timeout=30)
+            sealer.join(timeout=30)
+            log.info("event=pipeline_stop")
 
     def lake(self) -> Lake:
         """The Parquet lake, on its own DuckDB cursor (so it can work beside ingestion)."""
@@ -249,15 +170,19 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stop_event.set()
+        for lane in self.states.values():
+            lane.stop_event.set()
+            lane.wake.set()
 
     def close(self) -> None:
-        """Commit what is held back, then stop the worker; a prefetched batch is not
-        committed and is read again on the next start."""
-        self.stop_event.set()
-        self.flush()
-        self._worker.shutdown(wait=True, cancel_futures=True)
-        for st in self.states.values():
-            st.pending = None
+        """Commit what is held back, then stop the parse workers; a unit read but not
+        committed is read again on the next start."""
+        self.stop()
+        for lane in self.states.values():
+            if lane.thread is not None and lane.thread.is_alive():
+                lane.thread.join(timeout=30)
+            lane.flush()
+            lane.close()
 
     # ------------------------------------------------------------- status
     def status(self) -> list[dict[str, object]]:
@@ -318,56 +243,24 @@ def rules_file_for(s: Settings) -> RulesFile:
 
 
 def commit_unit(
-    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = DEFAULT_LINE_BYTES
-) -> tuple[BatchResult, dict[str, pl.DataFrame], pl.DataFrame | None]:
-    """Filter and shape a unit's rows (orders by the rules; trades from fills; candles from
-    trades), then commit them with the unit's rejects, gaps and cursor."""
+    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = 480.0
+) -> tuple[BatchResult, dict[str, Any], Any]:
+    """Shape a unit's rows (orders by the rules; trades from fills; candles from trades), then
+    commit them with the unit's rejects, gaps and cursor (one unit at a time, no lane)."""
+    from etl.candles import merge as merge_candles
+
     shaping = shaping or Shaping()
-    frames: dict[str, pl.DataFrame] = {}
-    first = last = None
-    candle_rows = None
-    silences: list[tuple[datetime, datetime]] = []
-    if unit.frame is not None:
-        frame = unit.frame.drop("_offset")
-        if frame.height:
-            # the watermark counts every event, kept or not
-            first, last = frame["time"].min(), frame["time"].max()
-            silences = find_silences(frame["time"], store.stall_after_s)
-        if unit.stream.kind == "orders" and shaping.rules is not None:
-            shaping.rules.check()
-            frame, counts = apply_rules(frame, shaping.rules.rules)
-            shaping.rules.record(counts)
-        frames[unit.stream.kind] = frame
-        if unit.stream.kind == "fills":
-            frames["trades"] = trades_from_fills(frame)
-        elif unit.stream.kind == "trades":
-            # older nodes write a trade once per side (same hash, same orders): keep one
-            frames["trades"] = frame.unique("tid", keep="first", maintain_order=True)
-        if "trades" in frames and shaping.intervals:
-            candle_rows = candles_multi(frames["trades"], shaping.intervals)
+    watermark = store.last_time(unit.stream.name)
+    shaped = shape(unit, rules=shaping.rules, intervals=shaping.intervals,
+                   stall_after_s=store.stall_after_s, watermark=watermark)
     result = BatchResult(
-        stream=unit.stream.name,
-        kind=unit.stream.kind,
-        cursor=unit.cursor,
-        file=unit.file,
-        lines=unit.lines,
-        nbytes=unit.bytes,
-        rejects=unit.rejects,
-        gaps=unit.gaps,
-        est_line_bytes=line_bytes,
-        last_time=last,  # type: ignore[arg-type]
-        first_time=first,  # type: ignore[arg-type]
-        silences=silences,
-    )
-    merged = store.commit(result, frames, candle_rows)
-    return result, frames, merged
-
-
-def find_silences(times: pl.Series, stall_after_s: float) -> list[tuple[datetime, datetime]]:
-    """(before, after) pairs of consecutive event times further apart than `stall_after_s`."""
-    t = times.drop_nulls().sort()
-    if t.len() < 2:
-        return []
-    frame = pl.DataFrame({"to": t}).with_columns(pl.col("to").shift(1).alias("from"))
-    far = frame.filter((pl.col("to") - pl.col("from")) > timedelta(seconds=stall_after_s))
-    return list(zip(far["from"].to_list(), far["to"].to_list(), strict=True))
+        stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
+        lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
+        est_line_bytes=line_bytes, last_time=shaped.last_time,
+        first_time=shaped.first_time,
+        stalls=shaped.stalls, watermark_before=watermark)
+    candles = None
+    if shaped.candles is not None and shaped.candles.height:
+        candles = merge_candles(store.stored_candles(shaped.candles), shaped.candles)
+    store.commit(result, shaped.rows, candles, shaped.trade_users)
+    return result, shaped.rows, candles

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +77,15 @@ class BatchResult:
     est_line_bytes: float
     last_time: datetime | None
     first_time: datetime | None
-    # silences longer than stall_after_s between events of this batch (event time)
-    silences: list[tuple[datetime, datetime]] = field(default_factory=list)
+    # silences longer than stall_after_s in event time, in this batch or since the last one
+    stalls: list[tuple[datetime, datetime]] = field(default_factory=list)
+    watermark_before: datetime | None = None  # the stream's last event time before this batch
+
+
+def default_db_threads() -> int:
+    """DuckDB writer threads for this machine: one per four cores, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // 4)
 
 
 def utcnow() -> datetime:
@@ -109,8 +118,8 @@ class Store:
 
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
-        return cls(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold,
-                   stall_after_s=s.stall_after_s)
+        return cls(s.db, threads=s.db_threads or default_db_threads(),
+                   checkpoint_threshold=s.checkpoint_threshold, stall_after_s=s.stall_after_s)
 
     def close(self) -> None:
         self.con.close()
@@ -120,12 +129,12 @@ class Store:
         return {s: Cursor(f or "", int(i or 0), int(o or 0)) for s, f, i, o in rows}
 
     def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame],
-               candles: pl.DataFrame | None = None) -> pl.DataFrame | None:
+               candles: pl.DataFrame | None = None, trade_users: pl.DataFrame | None = None) -> None:
         """Rows, candles, rejects, gaps and the cursor that produced them, in one transaction.
 
-        Returns the new state of every candle the batch touched (for the live feed)."""
+        `candles` are the new state of every candle the batch touched (merged with the stored
+        ones by the caller); `trade_users` (tid, maker) completes trades stored without a maker."""
         con = self.con
-        merged = None
         con.execute("BEGIN TRANSACTION")
         try:
             for table, frame in rows.items():
@@ -134,22 +143,17 @@ class Store:
                     con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                     con.unregister("_batch")
                     self._mark_late(table, frame["time"].dt.truncate("1h"))
-            if "fills" in rows and rows["fills"].height:
-                self._complete_trades(rows["fills"], rows.get("trades"))
+            if trade_users is not None and trade_users.height:
+                self._complete_trades(trade_users)
             if candles is not None and candles.height:
-                merged = self._upsert_candles(candles)
+                self._upsert_candles(candles)
             now = utcnow()
-            last = self._last_time(batch.stream)
-            stalls = list(batch.silences)
-            if (batch.first_time is not None and last is not None
-                    and (batch.first_time - last).total_seconds() > self.stall_after_s):
-                stalls.append((last, batch.first_time))
-            if stalls:
+            if batch.stalls:
                 # the stream said nothing for a while: candles must not be filled across it
                 con.executemany(
                     "INSERT INTO gaps VALUES (?, ?, ?, ?, 0, 0, 'stall', ?, ?, ?)",
                     [[batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, t0, t1, now]
-                     for t0, t1 in stalls])
+                     for t0, t1 in batch.stalls])
             if batch.rejects:
                 con.executemany(
                     "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
@@ -170,7 +174,7 @@ class Store:
                             g.end - g.start,
                             round((g.end - g.start) / max(batch.est_line_bytes, 1.0)),
                             g.reason,
-                            self._last_time(batch.stream),
+                            batch.watermark_before,
                             now,
                         )
                         for g in batch.gaps
@@ -215,7 +219,6 @@ class Store:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        return merged
 
     def _mark_late(self, table: str, hours: pl.Series) -> None:
         """Rows for an hour the lake has sealed already: have it sealed again."""
@@ -225,48 +228,52 @@ class Store:
                     "AND lake_hours.hour = _hours.hour AND NOT dirty", [table])
         con.unregister("_hours")
 
-    def _upsert_candles(self, new: pl.DataFrame) -> pl.DataFrame:
-        """Merge the batch's candles with the stored ones (open candle, or a closed one a
-        late trade corrects), by (coin, interval, t)."""
-        from etl.candles import merge
-
+    def stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """The stored candles with these (coin, interval, t), in the protocol's names."""
         con = self.con
-        con.register("_keys", new.select("coin", "interval", "t"))
-        old = fetch_pl(con, "SELECT c.* FROM candles c SEMI JOIN _keys k USING (coin, interval, t)")
-        con.unregister("_keys")
-        merged = merge(old.rename(CANDLE_DB_NAMES_BACK), new)
+        con.register("_keys", keys.select("coin", "interval", "t"))
+        try:
+            old = fetch_pl(con, "SELECT c.* FROM candles c SEMI JOIN _keys k USING (coin, interval, t)")
+        finally:
+            con.unregister("_keys")
+        return old.rename(CANDLE_DB_NAMES_BACK)
+
+    def _upsert_candles(self, merged: pl.DataFrame) -> None:
+        con = self.con
         con.register("_candles", merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA)))
         con.execute("INSERT OR REPLACE INTO candles SELECT * FROM _candles")
         con.unregister("_candles")
         self._mark_late("candles", pl.from_epoch(merged["T"], time_unit="ms").dt.truncate("1h"))
-        return merged
 
-    def _last_time(self, stream: str) -> datetime | None:
-        row = self.con.execute("SELECT last_time FROM cursors WHERE stream = ?", [stream]).fetchone()
-        return row[0] if row else None
+    def last_time(self, stream: str) -> datetime | None:
+        """The stream's watermark: its last event time committed."""
+        rows = self.con.execute("SELECT last_time FROM cursors WHERE stream = ?", [stream]).fetchall()
+        return rows[0][0] if rows else None
 
-    def _complete_trades(self, fills: pl.DataFrame, trades: pl.DataFrame | None) -> None:
-        """Fill in the users of trades whose two fills came in different batches."""
-        pending = fills.filter(~pl.col("crossed")).select("tid")
-        if trades is not None and trades.height:
-            done = trades.filter(pl.col("buyer").is_not_null() & pl.col("seller").is_not_null())
-            pending = (
-                pl.concat([pending, trades.select("tid")])
-                .unique()
-                .join(done.select("tid"), on="tid", how="anti")
-            )
-        if not pending.height:
-            return
-        self.con.register("_pending", pending)
+    def _complete_trades(self, makers: pl.DataFrame) -> None:
+        """Fill in the maker of trades stored before their maker's fill arrived."""
+        self.con.register("_makers", makers.select("tid", "maker"))
         self.con.execute(
             """UPDATE trades SET
-                buyer = CASE WHEN trades.side = 'B' THEN trades.buyer ELSE m.user END,
-                seller = CASE WHEN trades.side = 'A' THEN trades.seller ELSE m.user END
-            FROM (SELECT tid, any_value("user") AS user FROM fills
-                  WHERE NOT crossed AND tid IN (SELECT tid FROM _pending) GROUP BY tid) m
+                buyer = CASE WHEN trades.side = 'B' THEN trades.buyer ELSE m.maker END,
+                seller = CASE WHEN trades.side = 'A' THEN trades.seller ELSE m.maker END
+            FROM _makers m
             WHERE trades.tid = m.tid AND (trades.buyer IS NULL OR trades.seller IS NULL)"""
         )
-        self.con.unregister("_pending")
+        self.con.unregister("_makers")
+
+    def unmatched_makers(self, since: datetime) -> pl.DataFrame:
+        """Maker fills since `since` whose trade is not stored yet: (tid, maker, time)."""
+        return fetch_pl(self.con, """SELECT f.tid, f."user" AS maker, f.time FROM fills f
+            ANTI JOIN trades t USING (tid) WHERE NOT f.crossed AND f.tid <> 0 AND f.time >= ?""",
+                        [since])
+
+    def for_thread(self) -> Store:
+        """A view of this store on a connection of its own, for another thread's transactions."""
+        view = copy.copy(self)
+        view.con = self.con.cursor()
+        view.con.execute("SET TimeZone = 'UTC'")
+        return view
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the same database, for another thread."""

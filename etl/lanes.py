@@ -1,0 +1,276 @@
+"""One lane per stream: tail -> parse -> shape -> commit -> publish, on a thread of its own.
+
+Lanes run concurrently, each on its own DuckDB connection, so trades never wait behind order
+statuses and no stream starves another. Within a lane, units commit one at a time and in
+order, each with the cursor just after its last line: exactly-once holds per lane.
+
+Memory is bounded by construction: a lane holds at most `parse_workers` units being parsed,
+one being committed and one `carry` (rows held back to fill a whole row group), each from at
+most `batch_max_bytes` of the node's files.
+
+Batching is latency-first. A lane that is caught up reads what is new, capped at what it can
+process in `live_batch_ms`, and publishes each unit as soon as it has committed it. A lane
+that is behind reads `batch_max_bytes` at a time, parses several units in parallel where
+there are cores for it, and commits whole DuckDB row groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import polars as pl
+
+from etl.candles import merge as merge_candles
+from etl.config import Settings
+from etl.filters import RulesFile
+from etl.prefilter import OrdersFilter
+from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
+from etl.store import BatchResult, Store
+from etl.tail import Cursor, Stream, Tailer
+from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
+
+log = logging.getLogger("nodetap.lanes")
+
+DEFAULT_LINE_BYTES = 480.0
+MIN_LIVE_BATCH = 256 << 10
+COMMIT_RETRIES = 20  # a commit that conflicts with the lake's sealer is tried again
+
+
+@dataclass
+class Processed:
+    """One committed unit, as handed to subscribers (the API's live feed)."""
+
+    stream: Stream
+    frames: dict[str, pl.DataFrame]  # orders (kept by the rules) | fills + trades | trades
+    candles: pl.DataFrame | None  # the new state of every candle the unit touched
+    result: BatchResult | None  # None for trades released after waiting for their maker
+    seconds: float
+
+
+Listener = Callable[[Processed], None]
+
+
+def default_parse_workers() -> int:
+    """Units parsed at once by a lane that is behind: one per two cores, at least one."""
+    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 2) // 2))
+
+
+class Lane:
+    """A stream's lane. `drain` commits until the stream has nothing new; `run` drains on
+    every wake-up until `stop` is set."""
+
+    def __init__(self, stream: Stream, store: Store, settings: Settings, cursor: Cursor, *,
+                 rules: RulesFile | None, listeners: list[Listener],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        s = settings
+        self.stream = stream
+        self.store = store  # this lane's own connection
+        self.settings = settings
+        self.rules = rules if stream.kind == "orders" else None
+        self.listeners = listeners
+        self.clock = clock
+        self.tailer = Tailer(stream, batch_max_bytes=s.batch_max_bytes,
+                             max_backlog_bytes=s.max_backlog_bytes if s.backlog == "drop" else None,
+                             rotate_grace_s=s.rotate_grace_s, clock=clock)
+        self.cursor = cursor  # committed: the first line not in the store
+        self.read_cursor = cursor  # where the next read starts
+        self.workers = s.parse_workers or default_parse_workers()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
+        self._pending: deque[Future[Unit | None]] = deque()
+        self.carry: Unit | None = None  # rows read but held back to fill a whole row group
+        self.orders_filter = OrdersFilter()
+        self.watermark: datetime | None = store.last_time(stream.name)
+        self.matcher: TradeMatcher | None = None
+        if stream.kind == "fills":
+            self.matcher = TradeMatcher(clock=clock)
+            if self.watermark is not None:
+                self.matcher.seed(store.unmatched_makers(self.watermark - MAKER_MEMORY))
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        # counters, for status
+        self.line_bytes = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
+        self.lines = 0  # committed since start
+        self.unread = 0
+        self.last_batch_at = 0.0
+        self.rate = 0.0  # lines/s while processing (capacity)
+        self.bytes_per_s = 0.0  # bytes/s while processing
+        self.busy_s = 0.0
+        self.behind = False
+
+    # ------------------------------------------------------------ reading
+    def _live_batch_bytes(self) -> int:
+        """What this lane can parse and commit in about `live_batch_ms`."""
+        if not self.bytes_per_s:
+            return self.settings.batch_max_bytes
+        cap = int(self.bytes_per_s * self.settings.live_batch_ms / 1000)
+        return max(MIN_LIVE_BATCH, min(self.settings.batch_max_bytes, cap))
+
+    def _read_ahead(self) -> None:
+        """Read the next batches (byte ranges, cheap) and hand them to the parse workers."""
+        limit = self.workers if self.behind else 1
+        while len(self._pending) < limit and not self.stop_event.is_set():
+            self.tailer.batch_max_bytes = (self.settings.batch_max_bytes if self.behind
+                                           else self._live_batch_bytes())
+            batch = self.tailer.next_batch(self.read_cursor)
+            if batch is None:
+                return
+            self.read_cursor = batch.cursor
+            rules = self.rules.rules if self.rules is not None else None
+            self._pending.append(self._pool.submit(
+                unit_of, batch, self.settings.max_line_bytes, rules, self.orders_filter))
+
+    # --------------------------------------------------------------- tick
+    def step(self) -> bool:
+        """Commit the next unit; False when the stream had nothing new."""
+        t0 = time.perf_counter()
+        if self.rules is not None:
+            self.rules.check()
+        if not self._pending:
+            self._read_ahead()
+        if not self._pending:
+            self.unread = 0
+            self.behind = False
+            if self.carry is not None:
+                self._commit(self.carry, t0)
+                self.carry = None
+                return True
+            return False
+        future = self._pending.popleft()
+        self._read_ahead()  # the next units parse while this one commits
+        unit = future.result()
+        if unit is None:
+            return True
+        if self.carry is not None:
+            if can_merge(self.carry, unit):
+                unit = merge(self.carry, unit)
+            else:
+                self._commit(self.carry, t0)
+            self.carry = None
+        self.behind = unit.unread > 4 * self._live_batch_bytes()
+        if unit.unread > self.settings.batch_max_bytes // 4 and not self.stop_event.is_set():
+            # behind: throughput first, whole row groups; otherwise publish every row at once
+            unit, self.carry = split_whole_row_groups(unit)
+        self._commit(unit, t0)
+        return True
+
+    def drain(self, max_batches: int = 1_000_000) -> int:
+        """Commit until the stream has nothing new (or `stop`); returns the units committed."""
+        done = 0
+        while done < max_batches and not self.stop_event.is_set() and self.step():
+            done += 1
+        return done
+
+    def _commit(self, unit: Unit, t0: float) -> None:
+        shaped = shape(unit, rules=self.rules, intervals=self.settings.candle_intervals,
+                       stall_after_s=self.settings.stall_after_s, watermark=self.watermark,
+                       matcher=self.matcher)
+        result = BatchResult(
+            stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
+            lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
+            est_line_bytes=self.line_bytes, last_time=shaped.last_time,
+            first_time=shaped.first_time,
+            stalls=shaped.stalls, watermark_before=self.watermark)
+        candles = self._store(result, shaped)
+        seconds = time.perf_counter() - t0
+        self.cursor = unit.cursor
+        if shaped.last_time is not None and (self.watermark is None or shaped.last_time > self.watermark):
+            self.watermark = shaped.last_time
+        self._account(result, unit, seconds)
+        frames = dict(shaped.rows)
+        if shaped.live_trades is not None:
+            frames["trades"] = shaped.live_trades
+        self._publish(Processed(self.stream, frames, candles, result, seconds))
+
+    def _store(self, result: BatchResult, shaped: Shaped) -> pl.DataFrame | None:
+        """Merge the unit's candles with the stored ones and commit everything, retrying a
+        transaction that conflicts with the lake's sealer."""
+        for attempt in range(COMMIT_RETRIES):
+            candles = None
+            if shaped.candles is not None and shaped.candles.height:
+                # this lane is the only writer of candles: the stored ones cannot move under it
+                candles = merge_candles(self.store.stored_candles(shaped.candles), shaped.candles)
+            try:
+                self.store.commit(result, shaped.rows, candles, shaped.trade_users)
+                return candles
+            except duckdb.TransactionException as err:
+                if attempt == COMMIT_RETRIES - 1:
+                    raise
+                log.info("event=commit_conflict stream=%s attempt=%d error=%r",
+                         self.stream.name, attempt + 1, str(err))
+                self.stop_event.wait(0.01 * (attempt + 1))
+        return None  # unreachable
+
+    def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:
+        self.lines += result.lines
+        self.unread = unit.unread
+        self.busy_s += seconds
+        if result.lines and seconds > 0:
+            inst, inst_b = result.lines / seconds, result.nbytes / seconds
+            self.rate = inst if not self.rate else 0.8 * self.rate + 0.2 * inst
+            self.bytes_per_s = inst_b if not self.bytes_per_s else 0.8 * self.bytes_per_s + 0.2 * inst_b
+            self.line_bytes = 0.9 * self.line_bytes + 0.1 * (result.nbytes / result.lines)
+        self.last_batch_at = self.clock()
+        if result.rejects:
+            log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
+                        self.stream.name, unit.file, len(result.rejects), result.rejects[0][2])
+        for g in result.gaps:
+            log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
+                        self.stream.name, g.file, g.start, g.end, g.reason)
+
+    def _publish(self, processed: Processed) -> None:
+        for listener in self.listeners:
+            try:
+                listener(processed)
+            except Exception:  # a broken subscriber must not stop ingestion
+                log.exception("event=listener_error stream=%s", self.stream.name)
+
+    def release_held(self) -> None:
+        """Publish trades that waited long enough for their maker's fill (when idle)."""
+        if self.matcher is None:
+            return
+        ready = self.matcher.release()
+        if ready is not None:
+            self._publish(Processed(self.stream, {"trades": ready}, None, None, 0.0))
+
+    # --------------------------------------------------------------- loop
+    def run(self) -> None:
+        """Drain on every wake-up (and every `poll_interval_ms`) until `stop_event`."""
+        idle = self.settings.poll_interval_ms / 1000
+        try:
+            while not self.stop_event.is_set():
+                self.drain()
+                self.release_held()
+                if self.wake.wait(min(idle, self.matcher.hold_s if self.matcher else idle)):
+                    self.wake.clear()
+        except Exception:
+            log.exception("event=lane_error stream=%s", self.stream.name)
+            raise
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name=f"nodetap-lane-{self.stream.name}", daemon=True)
+        self.thread.start()
+
+    def flush(self) -> None:
+        """Commit the rows held back for a whole row group (at shutdown)."""
+        if self.carry is not None:
+            self._commit(self.carry, time.perf_counter())
+            self.carry = None
+
+    def close(self) -> None:
+        """Stop the parse workers; a unit read but not committed is read again on the next
+        start (its cursor was never committed)."""
+        self.stop_event.set()
+        self.wake.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
