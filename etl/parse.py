@@ -377,7 +377,8 @@ def _decode_plain_fills(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> pl.
     np.frombuffer(out, np.uint8)[ends - 1] = ord(" ")
     offsets = np.empty(n + 1, np.int64)
     offsets[:-1], offsets[-1] = starts, ends[-1] + 1
-    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
+    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n,
+                                             [None, pa.py_buffer(offsets), pa.py_buffer(out)])
     users = pc.binary_slice(lines, 2, u + 2).cast(pa.large_string())
     if pc.any(pc.match_substring_regex(users, r'["\\]')).as_py():
         return None  # a quote or an escape in a user: not the layout assumed

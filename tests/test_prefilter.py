@@ -19,6 +19,19 @@ SAMPLES = ROOT.parent / "shared" / "samples"
 COINS = ["BTC", "ETH", "PURR/USDC", "@107", "km:USTECH", 'q"x', "é€"]
 STATUSES = ["open", "filled", "canceled", "triggered", "badAloPxRejected", "marginCanceled"]
 USERS = ["0xaa", "0xbb", "0xcc", 'we\\ird"user']
+TIMES = ["2026-01-05T11:00:00.05", "2026-01-05T11:02:30", "2026-01-05T12:00:00.123456789"]
+SEPARATORS = [(",", ":"), (", ", ": ")]
+
+
+def node_line(limit_px: str = "1", oid: int = 1) -> bytes:
+    """An order-status line as the node writes it."""
+    order = {"coin": "BTC", "side": "B", "limitPx": limit_px, "sz": "1", "oid": oid, "timestamp": 1,
+             "triggerCondition": "N/A", "isTrigger": False, "triggerPx": "0", "children": [],
+             "isPositionTpsl": False, "reduceOnly": False, "orderType": "Limit", "origSz": "1",
+             "tif": None, "cloid": None}
+    event = {"time": "2026-01-05T11:00:00", "user": "0xa", "hash": None, "builder": None,
+             "status": "open", "order": order}
+    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def numbers() -> st.SearchStrategy[object]:
@@ -51,7 +64,7 @@ def order_event(draw: st.DrawFn) -> dict[str, object]:
         "cloid": draw(st.sampled_from([None, "0x01", 'a"b\\c', "ünï"])),
     }
     event: dict[str, object] = {
-        "time": draw(st.sampled_from(["2026-01-05T11:00:00.05", "2026-01-05T11:02:30", "2026-01-05T12:00:00.123456789"])),
+        "time": draw(st.sampled_from(TIMES)),
         "user": draw(st.sampled_from(USERS)),
         "hash": None,
         "builder": None,
@@ -84,7 +97,7 @@ def order_event(draw: st.DrawFn) -> dict[str, object]:
 def line(draw: st.DrawFn, variant: str) -> bytes:
     ev = draw(order_event())
     if variant == "plain":
-        text = json.dumps(ev, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+        text = json.dumps(ev, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from(SEPARATORS)))
     else:
         env = {"local_time": "2026-01-05T11:00:00.1", "block_time": "2026-01-05T11:00:00.05",
                "block_number": 7, "events": [ev] + ([draw(order_event())] if draw(st.booleans()) else [])}
@@ -107,7 +120,8 @@ def rules(draw: st.DrawFn) -> Rules:
         statuses=tuple(draw(st.lists(st.sampled_from(STATUSES), max_size=4, unique=True))),
         sides=tuple(draw(st.lists(st.sampled_from(["A", "B"]), max_size=1))),
         min_notional=draw(st.sampled_from([0.0, 10.0, 10_000.0])),
-        min_notional_by_coin=draw(st.dictionaries(st.sampled_from(COINS), st.sampled_from([0.0, 5.0, 1e6]), max_size=2)),
+        min_notional_by_coin=draw(
+            st.dictionaries(st.sampled_from(COINS), st.sampled_from([0.0, 5.0, 1e6]), max_size=2)),
         trigger=draw(st.sampled_from(["any", "only", "exclude"])),
         order_types=tuple(draw(st.lists(st.sampled_from(["Limit", "Stop Market"]), max_size=1))),
         watch_users=tuple(draw(st.lists(st.sampled_from(USERS), max_size=1))),
@@ -139,11 +153,10 @@ def test_prefilter_keeps_exactly_what_full_decoding_keeps(variant: str, data: st
 
 
 def test_prefilter_decodes_only_candidates_and_maps_rejects_back() -> None:
-    good = b'{"time":"2026-01-05T11:00:00","user":"0xa","hash":null,"builder":null,"status":"open","order":{"coin":"BTC","side":"B","limitPx":"%s","sz":"1","oid":%d,"timestamp":1,"triggerCondition":"N/A","isTrigger":false,"triggerPx":"0","children":[],"isPositionTpsl":false,"reduceOnly":false,"orderType":"Limit","origSz":"1","tif":null,"cloid":null}}'
-    lines = [good % (b"100", 1), good % (b"90000", 2), good % (b"5", 3),
-             # kept by the rules, but its `tif` has the wrong type: a reject, at its own offset
-             (good % (b"95000", 4)).replace(b'"reduceOnly":false', b'"reduceOnly":"yes"'),
-             good % (b"99999", 5)]
+    lines = [node_line("100", 1), node_line("90000", 2), node_line("5", 3),
+             # kept by the rules, but its `reduceOnly` has the wrong type: a reject, at its own offset
+             node_line("95000", 4).replace(b'"reduceOnly":false', b'"reduceOnly":"yes"'),
+             node_line("99999", 5)]
     buf = b"\n".join(lines) + b"\n"
     out = prefilter("plain", buf, Rules(min_notional=50_000.0))
     assert out is not None
@@ -168,7 +181,7 @@ def test_take_lines() -> None:
 
 
 def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
-    line = b'{"time":"2026-01-05T11:00:00","user":"0xa","hash":null,"builder":null,"status":"open","order":{"coin":"BTC","side":"B","limitPx":"1","sz":"1","oid":1,"timestamp":1,"triggerCondition":"N/A","isTrigger":false,"triggerPx":"0","children":[],"isPositionTpsl":false,"reduceOnly":false,"orderType":"Limit","origSz":"1","tif":null,"cloid":null}}\n'
+    line = node_line() + b"\n"
     f = OrdersFilter(threshold=0.35, probe_every=3)
     keep_most = Rules()  # the built-in statuses: every line here passes
     for _ in range(5):
