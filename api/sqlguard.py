@@ -83,9 +83,12 @@ _FUNCTIONS: dict[str, str] = {
     **dict.fromkeys(
         ("arrow_scan", "arrow_scan_dumb", "pandas_scan", "python_arrow_scan", "python_map_function"), PYTHON
     ),
+    "seq_scan": "it is DuckDB's internal table scan",
+}
+# names refused as table functions only (`histogram` is also a plain aggregate)
+_TABLE_REFUSALS = {
     # table macros that run a query on a table named by a string
     **dict.fromkeys(("histogram", "histogram_values"), EXEC),
-    "seq_scan": "it is DuckDB's internal table scan",
 }
 # The table functions (and table macros) a query may call: they read the catalog, generate
 # rows or unnest values. Any other is refused, so a DuckDB upgrade's new table function stays
@@ -294,8 +297,16 @@ def refusal(name: str) -> str | None:
     return reason
 
 
+def table_refusal(name: str) -> str | None:
+    """Why calling `name` as a table function (in FROM) is refused, or None."""
+    return refusal(name) or _TABLE_REFUSALS.get(name.lower())
+
+
 def _check_table_function(name: str) -> None:
-    if name not in TABLE_FUNCTIONS:  # refused ones were caught by _check_function
+    reason = _TABLE_REFUSALS.get(name)
+    if reason is not None:
+        raise SqlRefused(f"{name}: {reason}")
+    if name not in TABLE_FUNCTIONS:  # the other refused ones were caught by _check_function
         raise SqlRefused(f"{name}: not a table function this endpoint allows (it may read files or "
                          "change state); the catalog's duckdb_*() functions, range, generate_series, "
                          "unnest and json_each are")
