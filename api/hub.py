@@ -86,7 +86,7 @@ class Client:
     def unsent_bytes(self) -> int:
         """Bytes written for this client that it has not taken: transport buffer + kernel queue."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return 0
         return int(transport.get_write_buffer_size()) + _kernel_unsent(self.sock)
 
@@ -192,7 +192,8 @@ class Hub:
                 self._kick_lagged(client)
 
     def _lagging(self, client: Client) -> bool:
-        return (len(client.data) >= client.max_queue
+        # dropped messages are reported (and `dropped` reset) only once the client takes data again
+        return (client.dropped > 0 or len(client.data) >= client.max_queue
                 or client.unsent_bytes() + client.queued_bytes > self.settings.ws_max_lag_bytes)
 
     def _kick_lagged(self, client: Client) -> None:
@@ -205,12 +206,13 @@ class Hub:
         self.loop.call_later(CLOSE_TIMEOUT_S, self._abort, client)
 
     def _abort(self, client: Client) -> None:
-        transport = client.transport
-        if client.gone or transport is None or transport.is_closing():
+        # a graceful close (ours or the server's) waits for the buffers to drain: forever here
+        unsent = client.unsent_bytes()
+        if client.transport is None or unsent == 0:
             return
         self.aborted_disconnects += 1
-        log.info("event=ws_abort reason=close_frame_not_taken unsent_bytes=%d", client.unsent_bytes())
-        transport.abort()
+        log.info("event=ws_abort reason=close_frame_not_taken unsent_bytes=%d", unsent)
+        client.transport.abort()
 
     def _kick(self, client: Client, code: int, reason: str) -> None:
         """Stop feeding a client and have its writer close the connection."""

@@ -104,7 +104,8 @@ def test_every_table_function_is_classified() -> None:
         "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')"
     ).fetchall()})
     assert len(names) > 50
-    unclassified = [n for n in names if n not in sqlguard.TABLE_FUNCTIONS and sqlguard.table_refusal(n) is None]
+    unclassified = [n for n in names
+                    if n not in sqlguard.TABLE_FUNCTIONS and sqlguard.table_refusal(n) is None]
     both = [n for n in names if n in sqlguard.TABLE_FUNCTIONS and sqlguard.table_refusal(n) is not None]
     assert unclassified == []
     assert both == []
