@@ -97,8 +97,9 @@ def test_500_clients_while_ingesting_100k_lines_per_second(tmp_path: Path) -> No
     while not node.is_dir():
         time.sleep(0.1)
     server = subprocess.Popen([sys.executable, "-m", "etl.cli", "serve", "--node-dir", str(node),
-                               "--db", str(db), "--port", str(port), "--rules", str(ROOT / "data" / "rules.toml"),
-                               "--log-level", "WARNING"], cwd=ROOT, env=env)
+                               "--db", str(db), "--port", str(port),
+                               "--rules", str(ROOT / "data" / "rules.toml"), "--log-level", "WARNING"],
+                              cwd=ROOT, env=env)
     proc = psutil.Process(server.pid)
     url = f"http://127.0.0.1:{port}"
     try:
