@@ -140,3 +140,17 @@ def test_ordinary_disconnects_log_no_error(serve: Serve, tmp_path: Path,
         assert hub.stats()["messages_sent"] > 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+@pytest.mark.parametrize(("message", "closed"), [
+    # uvicorn's, when the server closed the connection (protocol error, ping timeout) under a send
+    ("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.", True),
+    # Starlette's, after a close message went out
+    ('Cannot call "send" once a close message has been sent.', True),
+    ('WebSocket is not connected. Need to call "accept" first.', True),
+    ("dictionary changed size during iteration", False),  # a bug: still logged with its traceback
+])
+def test_which_writer_errors_are_an_ordinary_disconnect(message: str, closed: bool) -> None:
+    from api.hub import _closed_error
+
+    assert _closed_error(RuntimeError(message)) is closed
