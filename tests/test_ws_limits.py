@@ -138,7 +138,9 @@ def test_ordinary_disconnects_log_no_error(serve: Serve, tmp_path: Path,
             sock.close()
         wait_for(lambda: hub.stats()["clients_connected"] == 0, what="every client gone")
         assert hub.stats()["messages_sent"] > 0
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # the server's loggers (the test's own client library may log its aborted connection)
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and r.name.startswith(("nodetap", "uvicorn"))]
     assert errors == []
 
 
