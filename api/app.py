@@ -13,9 +13,11 @@ from fastapi import FastAPI
 
 from api import errors
 from api.hub import Hub
+from api.limits import BodyLimit, TransportTap
+from api.readonly import lock_instance
 from api.routes import dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
-from etl.config import Settings
+from etl.config import Settings, lake_root
 from etl.pipeline import Pipeline, rules_file_for
 from etl.store import Store
 
@@ -33,6 +35,9 @@ def create_app(settings: Settings) -> FastAPI:
         rules = rules_file_for(settings)
         hub = Hub(asyncio.get_running_loop(), settings)
         pipeline = Pipeline(settings, store, rules=rules, listeners=[hub.publish])
+        # the history views exist now: from here on no SQL reaches files outside the lake,
+        # nor changes a setting (see api/readonly.py)
+        lock_instance(store.con, lake_root(settings), settings.db_memory_limit)
         state = AppState(settings, store, pipeline, rules, hub, started_at=time.time())
         app.state.nodetap = state
         state.thread = threading.Thread(target=pipeline.run, name="nodetap-pipeline", daemon=True)
@@ -51,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(TransportTap)  # added last: the outermost
     for module in (live, info, snapshots, sql, exports, ops, dashboard):
         app.include_router(module.router)
     return app

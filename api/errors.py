@@ -34,6 +34,18 @@ class SqlTimeout(ApiError):
     status = 408
 
 
+class SqlTooLarge(ApiError):
+    """The query needs more memory than `db_memory_limit`, or its result is over `sql_max_result_bytes`."""
+
+    status = 400
+
+
+class SqlBusy(ApiError):
+    """`sql_max_concurrent` queries are running already."""
+
+    status = 429
+
+
 class SqlError(ApiError):
     """DuckDB could not run the query (syntax, unknown column, type error): its message is passed on."""
 

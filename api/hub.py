@@ -2,9 +2,14 @@
 
 The pipeline thread builds and serialises every message once per batch (`publish`), only
 for the subscriptions that exist at that moment; the event loop then just moves references
-into per-client queues (`_deliver`). A client's data queue holds `ws_queue_messages`: when it
-is full the oldest message goes, the client is told how many it lost (`lagged`) before its
-next message, and a client whose queue stays full for `ws_max_lag_s` is disconnected.
+into per-client queues (`_deliver`).
+
+A client's lag is what it has not taken yet: its queue (at most `ws_queue_messages`) and the
+bytes below it, in the transport's write buffer and the kernel's send queue (which alone can
+absorb megabytes). While the queue is full or those bytes are over `ws_max_lag_bytes`, the
+oldest queued messages go (or the new one, if the queue is empty), and the client is told how
+many it lost (`lagged`) before its next message. A client lagging for `ws_max_lag_s` is
+disconnected: its close frame gets `CLOSE_TIMEOUT_S` to go out, then the connection is aborted.
 
 Every frame to a client is written by that client's writer task: replies (acks, pong,
 errors) first, then data, then the close frame. The route's task only reads.
@@ -14,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 import threading
 import time
 from collections import Counter, deque
+from typing import Any
 
 import orjson
 from fastapi import WebSocket
@@ -35,6 +44,22 @@ INBOX_MAX_BYTES = 64 << 20
 # Replies a client may have waiting before we stop reading its requests (TCP pushes back).
 CONTROL_MAX = 64
 CLOSE_TIMEOUT_S = 2.0
+TRANSPORT_KEY = "nodetap.transport"  # where api.limits.TransportTap puts the connection's transport
+
+
+def _kernel_unsent(sock: Any) -> int:
+    """Bytes in the socket's send queue not yet acknowledged by the peer (Linux SIOCOUTQ)."""
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(struct.unpack("i", buf)[0])
+
+
+def _closed_error(err: RuntimeError) -> bool:
+    """The ASGI server refusing a send because the connection closed under the writer."""
+    text = str(err)
+    return "websocket.close" in text or "close message has been sent" in text or "not connected" in text
 
 
 # ------------------------------------------------------------------ clients
@@ -46,14 +71,29 @@ class Client:
         self.max_queue = max(1, max_queue)
         self.subs: set[Sub] = set()
         self.data: deque[Message] = deque()
+        self.queued_bytes = 0  # of `data`
         self.control: deque[str] = deque()
         self.dropped = 0  # lost since the last `lagged` notice
-        self.full_since: float | None = None  # monotonic time the data queue was first found full
+        self.full_since: float | None = None  # monotonic time the client was first found lagging
+        self.transport: Any = ws.scope.get(TRANSPORT_KEY)
+        self.sock: Any = self.transport.get_extra_info("socket") if self.transport is not None else None
         self.closing: tuple[int, str] | None = None
         self.gone = False  # the writer has stopped: nothing more will be sent
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
+
+    def unsent_bytes(self) -> int:
+        """Bytes written for this client that it has not taken: transport buffer + kernel queue."""
+        transport = self.transport
+        if transport is None:
+            return 0
+        return int(transport.get_write_buffer_size()) + _kernel_unsent(self.sock)
+
+    def pop(self) -> Message:
+        message = self.data.popleft()
+        self.queued_bytes -= len(message[1])
+        return message
 
 
 class Hub:
@@ -76,6 +116,8 @@ class Hub:
         self.messages_sent = 0
         self.messages_dropped = 0
         self.lagged_disconnects = 0
+        self.aborted_disconnects = 0  # connections cut because the close frame could not go out
+        self.subscriptions_refused = 0
         self.batches_published = 0
 
     # -------------------------------------------------------- pipeline thread
@@ -118,32 +160,59 @@ class Hub:
             for client in tuple(self._index.get(sub, ())):
                 client.dropped += n
                 self.messages_dropped += n
+        unsent: dict[Client, int] = {}  # asked once per client per delivery (a system call)
         for messages, _ in batches:
             for sub, text in messages:
                 for client in tuple(self._index.get(sub, ())):
-                    self._put(client, sub, text, now)
+                    if client not in unsent:
+                        unsent[client] = client.unsent_bytes()
+                    self._put(client, sub, text, now, unsent[client])
 
-    def _put(self, client: Client, sub: Sub, text: str, now: float) -> None:
-        q = client.data
-        if len(q) >= client.max_queue:
-            q.popleft()
+    def _put(self, client: Client, sub: Sub, text: str, now: float, unsent: int) -> None:
+        limit = self.settings.ws_max_lag_bytes
+        lagging = False
+        while client.data and (len(client.data) >= client.max_queue
+                               or unsent + client.queued_bytes + len(text) > limit):
+            client.pop()  # the oldest goes first
             client.dropped += 1
             self.messages_dropped += 1
+            lagging = True
+        if unsent + len(text) > limit and unsent > 0:
+            client.dropped += 1  # what is below us already is over the limit: this one goes too
+            self.messages_dropped += 1
+            lagging = True
+        else:
+            client.data.append((sub, text))
+            client.queued_bytes += len(text)
+            client.wake.set()
+        if lagging or len(client.data) >= client.max_queue:
             if client.full_since is None:
                 client.full_since = now
             elif now - client.full_since >= self.settings.ws_max_lag_s:
                 self._kick_lagged(client)
-                return
-        q.append((sub, text))
-        if len(q) >= client.max_queue and client.full_since is None:
-            client.full_since = now
-        client.wake.set()
+
+    def _lagging(self, client: Client) -> bool:
+        # dropped messages are reported (and `dropped` reset) only once the client takes data again
+        return (client.dropped > 0 or len(client.data) >= client.max_queue
+                or client.unsent_bytes() + client.queued_bytes > self.settings.ws_max_lag_bytes)
 
     def _kick_lagged(self, client: Client) -> None:
         self.lagged_disconnects += 1
         lag = self.settings.ws_max_lag_s
-        log.warning("event=ws_lagged_disconnect dropped=%d max_lag_s=%s", client.dropped, lag)
+        log.warning("event=ws_lagged_disconnect dropped=%d unsent_bytes=%d queued=%d max_lag_s=%s",
+                    client.dropped, client.unsent_bytes(), len(client.data), lag)
         self._kick(client, 1008, f"too slow: queue full for {lag:g} s (setting ws_max_lag_s)")
+        # a client that takes nothing never lets the close frame out: cut it after a grace
+        self.loop.call_later(CLOSE_TIMEOUT_S, self._abort, client)
+
+    def _abort(self, client: Client) -> None:
+        # a graceful close (ours or the server's) waits for the buffers to drain: forever here
+        unsent = client.unsent_bytes()
+        if client.transport is None or unsent == 0:
+            return
+        self.aborted_disconnects += 1
+        log.info("event=ws_abort reason=close_frame_not_taken unsent_bytes=%d", unsent)
+        client.transport.abort()
 
     def _kick(self, client: Client, code: int, reason: str) -> None:
         """Stop feeding a client and have its writer close the connection."""
@@ -153,20 +222,25 @@ class Hub:
         for sub in list(client.subs):
             self._drop_sub(client, sub)
         client.data.clear()
+        client.queued_bytes = 0
         client.dropped = 0
         client.full_since = None
         self.clients.discard(client)
         client.wake.set()
 
     async def _reap(self) -> None:
-        """Disconnect clients whose queue stayed full, also when no new message arrives."""
+        """Follow every client's lag, also when no new message arrives: start or stop its lag
+        clock, and disconnect it once lagging for `ws_max_lag_s`."""
         period = min(1.0, max(0.05, self.settings.ws_max_lag_s / 4))
         while not self._closed:
             await asyncio.sleep(period)
             now = time.monotonic()
             for client in list(self.clients):
-                since = client.full_since
-                if since is not None and now - since >= self.settings.ws_max_lag_s:
+                if not self._lagging(client):
+                    client.full_since = None
+                elif client.full_since is None:
+                    client.full_since = now
+                elif now - client.full_since >= self.settings.ws_max_lag_s:
                     self._kick_lagged(client)
 
     async def _write(self, client: Client) -> None:
@@ -182,8 +256,7 @@ class Hub:
                     await ws.close(code, reason)
                     return
                 elif client.data:
-                    _, text = client.data.popleft()
-                    client.full_since = None
+                    _, text = client.pop()
                     if client.dropped:
                         dropped, client.dropped = client.dropped, 0
                         await ws.send_text(lagged_notice(dropped))
@@ -194,6 +267,10 @@ class Hub:
                     await client.wake.wait()
         except (WebSocketDisconnect, WebSocketDisconnected, OSError):
             pass  # the peer went away, or the server closed the connection under us
+        except RuntimeError as err:
+            if not _closed_error(err):
+                log.exception("event=ws_writer_error")
+            # else: an ordinary disconnect raced our send
         except Exception:  # a writer must not die silently, nor take the hub with it
             log.exception("event=ws_writer_error")
         finally:
@@ -234,9 +311,23 @@ class Hub:
             client.room.clear()
             await client.room.wait()
 
+    def refusal(self, client: Client, sub: Sub) -> str | None:
+        """Why `subscribe(client, sub)` would not add it (the error text for the client), or None."""
+        if sub in client.subs:
+            return None  # the route answers "Already subscribed"
+        limit = self.settings.ws_max_subscriptions
+        if len(client.subs) >= limit:
+            return (f"Too many subscriptions: at most {limit} per connection "
+                    "(setting ws_max_subscriptions)")
+        return None
+
     def subscribe(self, client: Client, sub: Sub) -> bool:
-        """Add a subscription; False if the client has it already."""
+        """Add a subscription; False if the client has it already, is closing, or holds
+        `ws_max_subscriptions` already (`refusal` says so in words)."""
         if sub in client.subs or client.closing is not None:
+            return False
+        if self.refusal(client, sub) is not None:
+            self.subscriptions_refused += 1
             return False
         client.subs.add(sub)
         self._index.setdefault(sub, set()).add(client)
@@ -250,6 +341,7 @@ class Hub:
         self._drop_sub(client, sub)
         if any(s == sub for s, _ in client.data):
             client.data = deque(m for m in client.data if m[0] != sub)
+            client.queued_bytes = sum(len(text) for _, text in client.data)
         return True
 
     def _drop_sub(self, client: Client, sub: Sub) -> None:
@@ -281,5 +373,8 @@ class Hub:
             "messages_sent": self.messages_sent,
             "messages_dropped": self.messages_dropped,
             "lagged_disconnects": self.lagged_disconnects,
+            "aborted_disconnects": self.aborted_disconnects,
+            "subscriptions_refused_total": self.subscriptions_refused,
+            "unsent_bytes": sum(c.unsent_bytes() + c.queued_bytes for c in self.clients),
             "batches_published": self.batches_published,
         }

@@ -1,6 +1,8 @@
 """The SQL endpoint's guard: one read-only query that touches nothing outside the database.
 
-It checks the statement as DuckDB parses it, never its text with patterns:
+It is the second layer: the query also runs in a read-only transaction on a DuckDB instance
+without external access (`api.readonly`). It checks the statement as DuckDB parses it,
+never its text with patterns:
 
 1. `duckdb.extract_statements`: exactly one statement, of type SELECT (which covers WITH,
    FROM-first, VALUES, DESCRIBE, SUMMARIZE, SHOW) or EXPLAIN of such a statement.
@@ -11,7 +13,10 @@ It checks the statement as DuckDB parses it, never its text with patterns:
    sequences), read secrets or scan Python objects; functions and types DuckDB does not know
    (using one would install and load an extension, over the network); table references that
    name a file or URL (`FROM 'x.csv'`: DuckDB's replacement scans) or anything that is
-   neither a table or view of the database nor a CTE (Python variables are scanned too).
+   neither a table or view of the database nor a CTE (Python variables are scanned too);
+   query nodes other than SELECT, set operations and CTEs anywhere in the tree (DuckDB 2.0
+   parses INSERT, UPDATE, DELETE and COPY as CTE bodies); table functions not listed in
+   `TABLE_FUNCTIONS`; scalar functions that multiply their input beyond `api.sqllimits`.
 
 Views are not expanded: `history.*` may read the lake's Parquet files, and that is the
 point of them. Each refusal raises `SqlRefused` saying what was refused and why.
@@ -25,6 +30,7 @@ from typing import Any
 
 import duckdb
 
+from api import sqllimits
 from api.errors import SqlError, SqlRefused
 
 ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
@@ -77,7 +83,36 @@ _FUNCTIONS: dict[str, str] = {
     **dict.fromkeys(
         ("arrow_scan", "arrow_scan_dumb", "pandas_scan", "python_arrow_scan", "python_map_function"), PYTHON
     ),
+    "seq_scan": "it is DuckDB's internal table scan",
 }
+# names refused as table functions only (`histogram` is also a plain aggregate)
+_TABLE_REFUSALS = {
+    # table macros that run a query on a table named by a string
+    **dict.fromkeys(("histogram", "histogram_values"), EXEC),
+}
+# The table functions (and table macros) a query may call: they read the catalog, generate
+# rows or unnest values. Any other is refused, so a DuckDB upgrade's new table function stays
+# refused until it is classified here or in _FUNCTIONS (tests/test_sqlguard.py checks both
+# lists cover every table function DuckDB has).
+TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "repeat", "repeat_row", "unnest", "json_each", "json_tree",
+    "summary", "test_all_types", "test_vector_types", "pg_timezone_names", "icu_calendar_names",
+    "pragma_collations", "pragma_database_size", "pragma_metadata_info", "pragma_platform",
+    "pragma_show", "pragma_storage_info", "pragma_table_info", "pragma_user_agent", "pragma_version",
+    "duckdb_approx_database_count", "duckdb_available_metrics", "duckdb_columns",
+    "duckdb_connection_count", "duckdb_constraints", "duckdb_coordinate_systems", "duckdb_databases",
+    "duckdb_dependencies", "duckdb_dialects", "duckdb_eviction_queues", "duckdb_extension_repositories",
+    "duckdb_extensions", "duckdb_external_file_cache", "duckdb_external_resource_types",
+    "duckdb_external_resources", "duckdb_functions", "duckdb_grammar_extensions", "duckdb_indexes",
+    "duckdb_keywords", "duckdb_log_contexts", "duckdb_logs", "duckdb_logs_parsed", "duckdb_memory",
+    "duckdb_optimizers", "duckdb_prepared_statements", "duckdb_profiling_settings", "duckdb_schemas",
+    "duckdb_secret_types", "duckdb_sequences", "duckdb_settings", "duckdb_table_sample",
+    "duckdb_tables", "duckdb_temporary_files", "duckdb_triggers", "duckdb_types", "duckdb_variables",
+    "duckdb_views",
+})
+# the query nodes a statement may contain; DuckDB 2.0 also parses INSERT, UPDATE, DELETE and
+# COPY as the body of a CTE (`WITH x AS (DELETE FROM t RETURNING *) SELECT ...`)
+QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 # families of functions that read files (the formats' readers and their metadata functions)
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("read_", FILE),
@@ -104,9 +139,20 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     types = _names(con, "SELECT DISTINCT type_name FROM duckdb_types()")
     relations = _relation_names(con)
     ctes = {name.lower() for name in _cte_names(tree)}
+    table_calls = {id(node["function"]) for node in _nodes(tree)
+                   if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict)}
     for node in _nodes(tree):
+        kind = node.get("type")
+        if isinstance(kind, str) and kind.endswith("_NODE") and kind not in QUERY_NODES:
+            _refuse_query_node(kind)
         if "function_name" in node:
             _check_function(node, functions)
+            if id(node) in table_calls:
+                _check_table_function(str(node["function_name"]).lower())
+            else:
+                sqllimits.check_call(node)
+        if node.get("class") == "LAMBDA":
+            sqllimits.check_lambda(_nodes(node.get("expr")))
         if node.get("class") == "TYPE" and node.get("type_name"):
             _check_type(str(node["type_name"]), types)
         # SHOW_SPECIAL: SHOW TABLES / SHOW DATABASES / DESCRIBE, which list the catalog
@@ -235,11 +281,40 @@ def _relation_names(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, str]]
     return {(d.lower(), s.lower(), n.lower()) for d, s, n in rows}
 
 
-def _check_function(node: dict[str, Any], known: set[str]) -> None:
-    name = str(node["function_name"]).lower()
+def _refuse_query_node(kind: str) -> None:
+    word = kind.removesuffix("_NODE").removesuffix("_QUERY")
+    why = FILE if word == "COPY" else READ_ONLY
+    raise SqlRefused(f"{word} inside the query: {why}; a WITH clause or subquery may hold only "
+                     f"queries ({ONLY})")
+
+
+def refusal(name: str) -> str | None:
+    """Why calling function `name` is refused, or None."""
+    name = name.lower()
     reason = _FUNCTIONS.get(name)
     if reason is None:
         reason = next((why for prefix, why in _PREFIXES if name.startswith(prefix)), None)
+    return reason
+
+
+def table_refusal(name: str) -> str | None:
+    """Why calling `name` as a table function (in FROM) is refused, or None."""
+    return refusal(name) or _TABLE_REFUSALS.get(name.lower())
+
+
+def _check_table_function(name: str) -> None:
+    reason = _TABLE_REFUSALS.get(name)
+    if reason is not None:
+        raise SqlRefused(f"{name}: {reason}")
+    if name not in TABLE_FUNCTIONS:  # the other refused ones were caught by _check_function
+        raise SqlRefused(f"{name}: not a table function this endpoint allows (it may read files or "
+                         "change state); the catalog's duckdb_*() functions, range, generate_series, "
+                         "unnest and json_each are")
+
+
+def _check_function(node: dict[str, Any], known: set[str]) -> None:
+    name = str(node["function_name"]).lower()
+    reason = refusal(name)
     if reason is not None:
         raise SqlRefused(f"{name}: {reason}")
     if name not in known:

@@ -78,9 +78,15 @@ class Settings:
     host: str = _s("127.0.0.1", "`serve`: address to listen on (0.0.0.0 in the container).")
     port: int = _s(8000, "`serve`: HTTP and WebSocket port.")
     ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.")
-    ws_max_lag_s: float = _s(10.0, "A client whose queue stays full this long is disconnected.")
+    ws_max_lag_s: float = _s(10.0, "A client whose queue stays full (or whose untaken bytes stay over `ws_max_lag_bytes`) this long is disconnected.")
     sql_timeout_s: float = _s(5.0, "`POST /v1/sql`: a query running longer is interrupted.")
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
+    sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.")
+    sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.")
+    db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (sorts, joins, aggregates, buffered blocks of SQL queries, exports and ingest). A SQL query that needs more fails with 400 naming this setting.")
+    http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.")
+    ws_max_subscriptions: int = _s(1000, "Subscriptions one WebSocket connection may hold; the next one is refused with an error message.")
+    ws_max_lag_bytes: int = _s(4 << 20, "Bytes a WebSocket client has not taken yet (kernel send queue + transport buffer + nodetap's queue) above which its new messages are dropped; a client above it for `ws_max_lag_s` is disconnected.")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
     log_level: str = _s("INFO", "Logging level.")
 
@@ -91,7 +97,9 @@ class Settings:
             validate_intervals(self.candle_intervals)
         except ValueError as err:
             raise ConfigError(f"candle_intervals: {err}") from err
-        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes", "live_batch_ms"):
+        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes", "live_batch_ms", "sql_max_rows",
+                     "sql_max_result_bytes", "sql_max_concurrent", "http_max_body_bytes",
+                     "ws_max_subscriptions", "ws_max_lag_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
 

@@ -32,7 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
                        events_per_block=2.0)
     settings = Settings(node_dir=tmp / "node", db=tmp / "api.duckdb", start_from="start", debounce_ms=5,
                         poll_interval_ms=50, port=free_port(), seal_interval_s=3600.0, keep_all=True,
-                        seal_grace_s=0.0, lake_dir=tmp / "lake", sql_timeout_s=TIMEOUT_S, sql_max_rows=CAP)
+                        seal_grace_s=0.0, lake_dir=tmp / "lake", sql_timeout_s=TIMEOUT_S, sql_max_rows=CAP,
+                        db_memory_limit="512MB", sql_max_result_bytes=1 << 20)
     with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         wait_for(lambda: sum(s["lines"] for s in client.get("/v1/status").json()["streams"]) == written)
         lake = srv.state.pipeline.lake()
@@ -220,7 +221,84 @@ def test_bad_bodies_and_formats(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["rows"] == [[7]]
 
 
+# data-modifying CTEs parse as SELECT in DuckDB 2.0: each was once answered 200
+MODIFYING = [
+    ("WITH x AS (UPDATE orders SET coin='PWNED' WHERE oid IN (SELECT oid FROM orders LIMIT 5) "
+     "RETURNING oid) SELECT count(*) FROM x", "UPDATE inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (DELETE FROM orders RETURNING oid) SELECT count(*) FROM x",
+     "DELETE inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (DELETE FROM cursors RETURNING stream) SELECT count(*) FROM x",
+     "DELETE inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (INSERT INTO orders SELECT * FROM orders LIMIT 5 RETURNING oid) SELECT count(*) FROM x",
+     "INSERT inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (INSERT INTO cursors (stream) VALUES ('evil') RETURNING stream) SELECT * FROM x",
+     "INSERT inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (COPY orders TO 'pwned.csv') SELECT 1", "COPY inside the query: file access is not allowed"),
+    ("WITH x AS (COPY orders TO '{lake}/pwned.csv') SELECT 1", "COPY inside the query: file access"),
+    ("EXPLAIN ANALYZE WITH x AS (DELETE FROM orders RETURNING oid) SELECT count(*) FROM x",
+     "DELETE inside the query: the SQL endpoint is read-only"),
+    ("SELECT (WITH x AS (UPDATE trades SET px = 0 RETURNING tid) SELECT count(*) FROM x)",
+     "UPDATE inside the query: the SQL endpoint is read-only"),
+]
+
+
+def test_data_modifying_ctes_are_refused_and_change_nothing(server: ServerThread, client: httpx.Client,
+                                                           tmp_path: Path) -> None:
+    lake = Path(server.state.settings.lake_dir)
+    tables = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM cursors), " \
+             "(SELECT count(*) FROM orders WHERE coin = 'PWNED'), (SELECT sum(px) FROM trades)"
+    before = direct(server, tables)
+    lake_files = sorted(lake.rglob("*"))
+    for query, message in MODIFYING:
+        r = sql(client, query.format(lake=lake))
+        assert r.status_code == 400, (query, r.text)
+        assert message in r.json()["error"], query
+    assert direct(server, tables) == before
+    assert sorted(lake.rglob("*")) == lake_files
+    assert not (Path.cwd() / "pwned.csv").exists() and not (tmp_path / "pwned.csv").exists()
+
+
 # ------------------------------------------------------------------ limits
+# each bomb answers within a second of the time limit, and the server is unharmed
+BOMBS = [
+    ("SELECT repeat('x', 2000000000)", 400, "repeat: would build 2000000000 bytes"),
+    ("SELECT range(50000000)", 400, "range: would build a list of 50000000 elements"),
+    ("SELECT unnest(range(1000000000))", 400, "range: would build a list of 1000000000 elements"),
+    ("SELECT repeat('x', 1000000) FROM range(10000)", 400, "repeat: would build 1000000 bytes"),
+    ("SELECT list(range) FROM range(1000000000)", 400,
+     "the query needs more memory than the server allows (512MB, setting db_memory_limit)"),
+    ("SELECT string_agg(repeat('x', 1000), ',') FROM range(10000000)", 400, "setting db_memory_limit"),
+    ("WITH RECURSIVE r(s, i) AS (SELECT 'x', 0 UNION ALL SELECT s || s, i + 1 FROM r WHERE i < 40) "
+     "SELECT max(length(s)) FROM r", 400, "setting db_memory_limit"),
+    ("SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b", 408,
+     "query interrupted after 1 s (setting sql_timeout_s)"),
+    ("SELECT count(DISTINCT range) FROM range(3000000000)", 408, "setting sql_timeout_s"),
+    ("SELECT histogram(range % 1000000) FROM range(1000000000)", 408, "setting sql_timeout_s"),
+]
+
+
+@pytest.mark.parametrize(("query", "status", "message"), BOMBS)
+def test_bombs_fail_within_a_second_of_the_limit(server: ServerThread, client: httpx.Client, query: str,
+                                                 status: int, message: str) -> None:
+    t0 = time.monotonic()
+    r = sql(client, query)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert elapsed < TIMEOUT_S + 1.0
+    assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
+    assert server.state.thread.is_alive()
+
+
+def test_result_size_cap(client: httpx.Client) -> None:
+    r = sql(client, "SELECT repeat('x', 10000) || repeat('y', 10000) || repeat('z', 10000) AS s "
+                    "FROM range(60)")  # 51 rows fetched (the cap + 1) of 30 KB
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"] == ("the result is over 1048576 bytes (setting sql_max_result_bytes); "
+                                 "select fewer or smaller columns, or fewer rows")
+    assert sql(client, "SELECT repeat('x', 10000) AS s FROM range(60)").json()["row_count"] == CAP
+
+
 def test_the_time_limit_interrupts_a_running_query(server: ServerThread, client: httpx.Client) -> None:
     t0 = time.monotonic()
     r = sql(client, "SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b")

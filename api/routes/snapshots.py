@@ -36,12 +36,24 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 
 # ------------------------------------------------------------------ params
+# the times Python's datetime can hold (years 1 to 9999), in epoch ms: anything beyond is a typo
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
+
+
 def parse_time(raw: str | None, name: str) -> int | None:
     """Epoch milliseconds from `raw` (epoch ms or ISO 8601, UTC without a zone); None if absent."""
+    example = f"e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z"
     try:
-        return parse_time_ms(raw, name)
+        value = parse_time_ms(raw, name)
     except HistoryError as err:
-        raise BadRequest(f"{err} (e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z)") from None
+        raise BadRequest(f"{err} ({example})") from None
+    except (OverflowError, ValueError):
+        raise BadRequest(f"{name}: {raw!r} is not a time between the years 1 and 9999 ({example})") from None
+    if value is not None and not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise BadRequest(f"{name}: {raw} is out of range: epoch milliseconds from {MIN_TIME_MS} to "
+                         f"{MAX_TIME_MS} (years 1 to 9999; {example})")
+    return value
 
 
 def parse_limit(raw: str | None, default: int = 100, most: int = MAX_LIMIT) -> int:

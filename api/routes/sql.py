@@ -1,9 +1,12 @@
 """`POST /v1/sql`: read-only SQL over DuckDB and the lake, locked four ways.
 
-1. read-only: one SELECT / WITH / EXPLAIN statement, as DuckDB's parser sees it;
-2. nothing outside the database: no file, URL, extension, setting or state change
-   (`api.sqlguard` walks the statement's syntax tree);
-3. a time limit that interrupts the running query (`sql_timeout_s`) -> 408;
+1. read-only: the query runs in a read-only transaction on a DuckDB instance without external
+   access or configuration changes (`api.readonly`), after `api.sqlguard` has accepted it as
+   one SELECT / WITH / EXPLAIN statement that touches no file, URL, extension or setting;
+2. bounded memory: DuckDB's `memory_limit` (`db_memory_limit`), literal-bounded amplifying
+   functions (`api.sqllimits`) and a result size cap (`sql_max_result_bytes`) -> 400;
+3. a time limit (`sql_timeout_s`) -> 408: DuckDB is interrupted at the limit, and the answer
+   goes out within a second of it even while DuckDB finishes the call it is in;
 4. a row cap (`sql_max_rows`): one extra row is fetched to report `truncated`.
 
 Results: JSON (`columns`, `types`, `rows`, `row_count`, `truncated`, `elapsed_ms`), or CSV,
@@ -13,6 +16,7 @@ NDJSON or Parquet with `X-Row-Count`, `X-Truncated` and `X-Elapsed-Ms` headers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -26,12 +30,16 @@ from fastapi.responses import StreamingResponse
 
 from api import sqlguard
 from api.deps import State
-from api.errors import BadRequest, SqlError, SqlTimeout
+from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
+from api.readonly import sql_cursor
 from api.routes.exports import MEDIA_TYPES, encode, json_bytes
 from api.state import AppState
 
 router = APIRouter()
+log = logging.getLogger("nodetap.sql")
 
+# how long past sql_timeout_s the answer may wait for DuckDB to return from an interrupt
+ANSWER_GRACE_S = 0.8
 SQL_FORMATS = ("json", *MEDIA_TYPES)
 
 
@@ -53,7 +61,7 @@ async def run_sql(state: State, request: Request, format: str | None = None) -> 
     fmt = format or body_format or "json"
     if fmt not in SQL_FORMATS:
         raise BadRequest(f"unknown format {fmt!r}; choose from {', '.join(SQL_FORMATS)}")
-    result = await asyncio.to_thread(execute, state, sql)
+    result = await _run(state, sql)
     if fmt == "json":
         return Response(await asyncio.to_thread(_json, result), media_type="application/json")
     headers = {
@@ -90,12 +98,47 @@ async def _read_body(request: Request) -> tuple[str, str | None]:
     return sql, fmt
 
 
+_running: dict[int, int] = {}  # queries in flight per app state (event loop only)
+
+
+def _timeout(limit_s: float) -> SqlTimeout:
+    return SqlTimeout(f"query interrupted after {limit_s:g} s (setting sql_timeout_s)")
+
+
+async def _run(state: AppState, sql: str) -> Result:
+    """`execute` in a worker thread; answers 408 by the deadline even if DuckDB is still inside
+    one call (its thread then finishes on its own and frees its slot)."""
+    s = state.settings
+    key = id(state)
+    if _running.get(key, 0) >= s.sql_max_concurrent:
+        raise SqlBusy(f"{s.sql_max_concurrent} SQL queries are running already; retry later "
+                      "(setting sql_max_concurrent)")
+    _running[key] = _running.get(key, 0) + 1
+    started = time.monotonic()
+
+    def release(done: asyncio.Future[Result]) -> None:
+        _running[key] -= 1
+        # read the outcome, so an abandoned query's error is not reported as never retrieved
+        error = None if done.cancelled() else done.exception()
+        elapsed = time.monotonic() - started
+        if elapsed > s.sql_timeout_s + ANSWER_GRACE_S:
+            log.warning("event=sql_overran_limit elapsed_s=%.1f timeout_s=%s error=%r",
+                        elapsed, s.sql_timeout_s, str(error) if error else None)
+
+    task = asyncio.ensure_future(asyncio.to_thread(execute, state, sql))
+    task.add_done_callback(release)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), s.sql_timeout_s + ANSWER_GRACE_S)
+    except TimeoutError:
+        raise _timeout(s.sql_timeout_s) from None
+
+
 def execute(state: AppState, sql: str) -> Result:
-    """Check and run `sql` on a fresh reader, interrupting it after `sql_timeout_s`; at most
-    `sql_max_rows` rows are kept (one more is fetched to tell whether there were more)."""
+    """Check and run `sql` in a read-only transaction, interrupting it after `sql_timeout_s`;
+    at most `sql_max_rows` rows are kept (one more is fetched to tell whether there were more)."""
     s = state.settings
     cap = s.sql_max_rows
-    con = state.reader()
+    con = sql_cursor(state.store)
     lock = threading.Lock()
     finished = False
     fired = False
@@ -120,18 +163,19 @@ def execute(state: AppState, sql: str) -> Result:
         reader = rel.to_arrow_reader(max(1, min(cap + 1, 65_536)))
         schema = reader.schema
         batches: list[pa.RecordBatch] = []
-        rows = 0
+        rows = nbytes = 0
         for batch in reader:
             batches.append(batch)
             rows += batch.num_rows
+            nbytes += batch.nbytes
+            if nbytes > s.sql_max_result_bytes:
+                raise SqlTooLarge(f"the result is over {s.sql_max_result_bytes} bytes (setting "
+                                  "sql_max_result_bytes); select fewer or smaller columns, or fewer rows")
             if rows > cap:
                 break
         reader.close()
-    except duckdb.Error as err:
-        if fired:
-            raise SqlTimeout(
-                f"query interrupted after {s.sql_timeout_s:g} s (setting sql_timeout_s)") from None
-        raise SqlError(str(err)) from None
+    except (duckdb.Error, pa.ArrowException, MemoryError) as err:
+        raise _error(err, fired, s.sql_timeout_s, s.db_memory_limit) from None
     finally:
         with lock:
             finished = True
@@ -142,6 +186,22 @@ def execute(state: AppState, sql: str) -> Result:
         batches = _head(batches, cap)
         rows = cap
     return Result(schema, types, batches, rows, truncated, round((time.perf_counter() - t0) * 1000, 1))
+
+
+def _error(err: Exception, fired: bool, timeout_s: float, memory: str) -> Exception:
+    """The API error for what DuckDB (or Arrow, converting its result) raised."""
+    if fired or isinstance(err, duckdb.InterruptException):
+        return _timeout(timeout_s)
+    if isinstance(err, duckdb.OutOfMemoryException | pa.ArrowCapacityError | MemoryError):
+        return SqlTooLarge(f"the query needs more memory than the server allows ({memory}, setting "
+                           f"db_memory_limit): {err}")
+    if isinstance(err, duckdb.TransactionException) and "read-only" in str(err):
+        return SqlRefused(f"the SQL endpoint is read-only: {err}")
+    if isinstance(err, duckdb.PermissionException):
+        return SqlRefused(f"file access is not allowed from SQL: {err}")
+    if isinstance(err, pa.ArrowException):
+        return SqlTooLarge(f"the result cannot be converted: {err}")
+    return SqlError(str(err))
 
 
 def _head(batches: list[pa.RecordBatch], n: int) -> list[pa.RecordBatch]:

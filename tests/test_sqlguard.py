@@ -1,0 +1,167 @@
+"""The SQL endpoint's layers one by one, on a real DuckDB file: the locked instance and its
+read-only transactions (without the guard), and the guard's classification of DuckDB's
+functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from api import sqlguard, sqllimits
+from api.errors import SqlRefused
+from api.readonly import lock_instance, sql_cursor
+from etl.store import Store
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[tuple[Store, Path]]:
+    """A store with two orders, a lake holding one Parquet file and a view over it, locked
+    as `serve` locks it."""
+    store = Store(tmp_path / "db" / "t.duckdb")
+    lake = tmp_path / "lake"
+    (lake / "orders").mkdir(parents=True)
+    store.con.execute("INSERT INTO orders (coin, oid) VALUES ('BTC', 1), ('ETH', 2)")
+    store.con.execute(f"COPY (SELECT * FROM orders) TO '{lake}/orders/part-0.parquet' (FORMAT parquet)")
+    store.con.execute("CREATE SCHEMA history")
+    store.con.execute(f"CREATE VIEW history.orders AS SELECT * FROM read_parquet('{lake}/orders/*.parquet')")
+    (tmp_path / "outside.csv").write_text("a\n1\n")
+    lock_instance(store.con, lake, "256MB")
+    try:
+        yield store, tmp_path
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------ the locked instance
+WRITES = [
+    "WITH x AS (UPDATE orders SET coin = 'PWNED' WHERE oid IN (SELECT oid FROM orders LIMIT 5) "
+    "RETURNING oid) SELECT count(*) FROM x",
+    "WITH x AS (DELETE FROM orders RETURNING oid) SELECT count(*) FROM x",
+    "WITH x AS (INSERT INTO cursors (stream) VALUES ('evil') RETURNING stream) SELECT * FROM x",
+    "EXPLAIN ANALYZE WITH x AS (DELETE FROM orders RETURNING oid) SELECT count(*) FROM x",
+    "WITH x AS (COPY orders TO '{tmp}/copied.csv') SELECT 1",
+    "COPY orders TO '{tmp}/copied.csv'",
+    "INSERT INTO orders (coin) VALUES ('X')",
+    "UPDATE orders SET coin = 'X'",
+    "DELETE FROM orders",
+    "DROP TABLE orders",
+    "CREATE TABLE evil AS SELECT 1",
+    "ATTACH '{tmp}/attached.duckdb' AS evil",
+    "SELECT * FROM read_csv('{tmp}/outside.csv')",
+    "SELECT * FROM '{tmp}/outside.csv'",
+    "SELECT * FROM glob('{tmp}/*')",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET memory_limit = '100GB'",
+    "SET enable_external_access = true",
+    "SET allowed_directories = ['/']",
+    "SET lock_configuration = false",
+]
+
+
+@pytest.mark.parametrize("statement", WRITES)
+def test_the_sql_cursor_cannot_write_even_without_the_guard(locked: tuple[Store, Path],
+                                                            statement: str) -> None:
+    store, tmp = locked
+    con = sql_cursor(store)
+    try:
+        with pytest.raises(duckdb.Error):
+            con.execute(statement.format(tmp=tmp)).fetchall()
+    finally:
+        con.close()
+    check = store.reader()
+    assert check.execute("SELECT coin, oid FROM orders ORDER BY oid").fetchall() == [("BTC", 1), ("ETH", 2)]
+    assert check.execute("SELECT count(*) FROM cursors").fetchall() == [(0,)]
+    assert check.execute("SELECT current_setting('memory_limit')").fetchall() == [("244.1 MiB",)]
+    check.close()
+    assert sorted(p.name for p in tmp.iterdir()) == ["db", "lake", "outside.csv"]
+
+
+def test_history_views_and_the_writer_keep_working_after_the_lock(locked: tuple[Store, Path]) -> None:
+    store, tmp = locked
+    con = sql_cursor(store)
+    try:
+        assert con.execute("SELECT coin FROM history.orders ORDER BY oid").fetchall() == [("BTC",), ("ETH",)]
+    finally:
+        con.close()
+    # the writer still inserts and seals into the lake (the one allowed directory)
+    store.con.execute("INSERT INTO orders (coin, oid) VALUES ('SOL', 3)")
+    store.con.execute(f"COPY (SELECT * FROM orders) TO '{tmp}/lake/orders/part-0.parquet' (FORMAT parquet)")
+    reader = store.reader()  # the store's readers still set their session settings
+    assert reader.execute("SELECT count(*) FROM history.orders").fetchall() == [(3,)]
+    reader.close()
+
+
+# ------------------------------------------------------------------ the guard
+def test_every_table_function_is_classified() -> None:
+    """A DuckDB upgrade that brings a table function fails here until someone classifies it
+    (allowed in sqlguard.TABLE_FUNCTIONS, or refused with a reason)."""
+    con = duckdb.connect()
+    names = sorted({name for (name,) in con.execute(
+        "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')"
+    ).fetchall()})
+    assert len(names) > 50
+    unclassified = [n for n in names
+                    if n not in sqlguard.TABLE_FUNCTIONS and sqlguard.table_refusal(n) is None]
+    both = [n for n in names if n in sqlguard.TABLE_FUNCTIONS and sqlguard.table_refusal(n) is not None]
+    assert unclassified == []
+    assert both == []
+    stale = sorted(sqlguard.TABLE_FUNCTIONS - set(names))
+    assert stale == []
+
+
+WHY = sqllimits.WHY
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("SELECT repeat('x', 2000000000)", f"repeat: would build 2000000000 bytes ({WHY})"),
+    ("SELECT repeat('ab', 5001)", "repeat: would build 10002 bytes"),
+    ("SELECT repeat(coin, 3) FROM orders", "repeat: takes a literal string and a literal count here"),
+    ("SELECT repeat('x', (SELECT 5))", "repeat: takes a literal string and a literal count here"),
+    ("SELECT repeat(repeat('x', 100), 100)", "repeat: takes a literal string and a literal count here"),
+    ("SELECT range(50000000)", "range: would build a list of 50000000 elements"),
+    ("SELECT unnest(range(1000000000))", "range: would build a list of 1000000000 elements"),
+    ("SELECT generate_series(0, 20000, 1)", "generate_series: would build a list of 20000 elements"),
+    ("SELECT range(oid) FROM orders", "range: as a list takes literal numbers here"),
+    ("SELECT lpad('a', 1000000, 'x')", "lpad: would build 1000000 characters or elements"),
+    ("SELECT rpad('a', oid::INT, 'x') FROM orders", "rpad: takes a literal number as argument 2 here"),
+    ("SELECT list_resize([1], 100000)", "list_resize: would build 100000 characters or elements"),
+    ("SELECT bar(1, 0, 2, 1e9)", "bar: would build 1000000000 characters or elements"),
+    ("SELECT printf('%2000000000d', 1)", "printf: a width or precision of 2000000000 in the format"),
+    ("SELECT format(coin, 1) FROM orders", "format: takes a literal format string here"),
+    ("SELECT list_transform([1, 2], x -> range(x))", "range: not allowed inside a lambda"),
+    ("SELECT [repeat('x', 10) for x in [1, 2]]", "repeat: not allowed inside a lambda"),
+    ("WITH x AS (UPDATE orders SET coin = 'P' RETURNING oid) SELECT * FROM x",
+     "UPDATE inside the query: the SQL endpoint is read-only"),
+    ("SELECT * FROM (WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x) s",
+     "DELETE inside the query: the SQL endpoint is read-only"),
+    ("SELECT 1 UNION ALL (WITH x AS (INSERT INTO orders (oid) VALUES (1) RETURNING oid) SELECT * FROM x)",
+     "INSERT inside the query: the SQL endpoint is read-only"),
+    ("WITH x AS (COPY orders TO 'x.csv') SELECT 1", "COPY inside the query: file access is not allowed"),
+    ("SELECT * FROM histogram(orders, oid)", "histogram: it runs SQL given as a string"),
+    ("SELECT * FROM seq_scan()", "seq_scan: it is DuckDB's internal table scan"),
+])
+def test_guard_refusals(query: str, message: str) -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE orders (oid BIGINT, coin VARCHAR)")
+    with pytest.raises(SqlRefused) as refused:
+        sqlguard.check(con, query)
+    assert message in refused.value.message
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT repeat('-', 40), repeat('ab', 5000)",
+    "SELECT range(10), range(1, 10001), generate_series(0, 100, 5), [x * 2 for x in range(5)]",
+    "SELECT lpad(coin, 10, ' '), rpad(coin, 10), bar(oid, 0, 10), bar(oid, 0, 10, 20) FROM orders",
+    "SELECT printf('%05d|%.3f', 1, 2.5), format('{:>10}', 'x'), to_base(255, 16, 8)",
+    "SELECT list_resize([1, 2], 10, 0), histogram(oid) FROM orders GROUP BY ALL",
+    "SELECT count(*) FROM range(1000000000), repeat(1, 3), generate_series(1, 5)",
+    "SELECT list_transform([1, 2], x -> x + 1)",
+])
+def test_guard_accepts_bounded_uses(query: str) -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE orders (oid BIGINT, coin VARCHAR)")
+    sqlguard.check(con, query)
