@@ -73,6 +73,7 @@ class Settings:
     ws_max_lag_s: float = _s(10.0, "A client whose queue stays full this long is disconnected.")
     sql_timeout_s: float = _s(5.0, "`POST /v1/sql`: a query running longer is interrupted.")
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
+    node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state are passed to it. Empty: never asked; nodetap then derives what the files allow (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
     log_level: str = _s("INFO", "Logging level.")
 
