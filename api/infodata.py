@@ -48,8 +48,8 @@ def user_fills(con: duckdb.DuckDBPyConnection, user: str, aggregate: bool = Fals
     rows = fetch_pl(con, f"""SELECT * FROM history.fills WHERE lower("user") = $1
                              ORDER BY time DESC, tid DESC LIMIT {window}""", [user.lower()])
     if start_ms is not None:
-        rows = rows.filter(pl.col("time").is_between(_naive(start_ms), _naive(end_ms if end_ms is not None
-                                                                                   else 2**53)))
+        rows = rows.filter(pl.col("time").dt.epoch("ms").is_between(start_ms, end_ms if end_ms is not None
+                                                                    else 2**63 - 1))
     rows = rows.sort("time", "tid")  # oldest first, as the node wrote them
     if aggregate:
         rows = aggregate_by_time(rows)
