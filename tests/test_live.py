@@ -168,8 +168,8 @@ def test_protocol_acks_pong_errors_and_unsubscribe(serve: Serve, tmp_path: Path)
                 parse + '{"method":"subscribe","subscription":{"type":"trades"}}',
             '{"method":"subscribe","subscription":{"type":"trades","coin":"BTC","depth":3}}':
                 parse + '{"method":"subscribe","subscription":{"type":"trades","coin":"BTC","depth":3}}',
-            '{"method":"subscribe","subscription":{"type":"orders","coin":"*","minNotional":"5"}}':
-                parse + '{"method":"subscribe","subscription":{"type":"orders","coin":"*","minNotional":"5"}}',
+            '{"method":"subscribe","subscription":{"type":"orders","coin":"*","minNotional":"5"}}': parse
+                + '{"method":"subscribe","subscription":{"type":"orders","coin":"*","minNotional":"5"}}',
             '{"method":"subscribe","subscription":{"type":"orders","coin":"*","users":["bob"]}}':
                 parse + '{"method":"subscribe","subscription":{"type":"orders","coin":"*","users":["bob"]}}',
             '{"method":"subscribe","subscription":{"type":"l2Book","coin":"BTC"}}':
@@ -409,9 +409,9 @@ def test_candle_snapshot_is_the_table_plus_fill(serve: Serve, sparse_history: Pa
     assert len(second) > 5000  # no 5000-candle cap
     assert [c["t"] for c in second] == sorted({c["t"] for c in second})
     assert bad.status_code == 400 and bad.json()["code"] == "Unavailable"
-    assert bad.json()["msg"].startswith('info type "l2Book" is not answered here: a node\'s files hold fills, '
-                                        "trades and order statuses, not l2Book, and the node's info server "
-                                        "could not answer it (no node info server is configured")
+    assert bad.json()["msg"].startswith(
+        'info type "l2Book" is not answered here: a node\'s files hold fills, trades and order statuses, '
+        "not l2Book, and the node's info server could not answer it (no node info server is configured")
     assert bad_interval.status_code == 400
     assert bad_interval.json()["error"] == (
         'candleSnapshot: interval "2m" is not one of 1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M')

@@ -142,7 +142,8 @@ def test_candle_snapshot_bounds(serve: Serve, months_of_trades: tuple[Path, list
     assert day == day_null and day[0]["t"] == t // 86_400_000 * 86_400_000
     assert day[-1]["t"] == trades[-1]["ms"] // 86_400_000 * 86_400_000
     assert backwards.value.status_code == 400
-    assert backwards.value.error_message == f"candleSnapshot: req.endTime ({t - 1}) is before req.startTime ({t})"
+    assert backwards.value.error_message == (
+        f"candleSnapshot: req.endTime ({t - 1}) is before req.startTime ({t})")
     for r, name, value in ((negative, "req.startTime", "-5"), (huge, "req.endTime", "1e+30")):
         assert r.status_code == 400
         assert r.json()["msg"] == (f'candleSnapshot: "{name}" must be epoch milliseconds (an integer from 0 '
@@ -169,8 +170,9 @@ def test_ws_post_error_texts_caps_and_cors(serve: Serve, months_of_trades: tuple
                 ws.send(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
                 return orjson.loads(ws.recv(timeout=10))  # type: ignore[no-any-return]
 
-            for i, (kind, payload) in enumerate((("candleSnapshot", {"type": "candleSnapshot", "req": req}),
-                                                 ("meta", {"type": "meta"}), ("allMids", {"type": "allMids"})), 1):
+            asks = (("candleSnapshot", {"type": "candleSnapshot", "req": req}), ("meta", {"type": "meta"}),
+                    ("allMids", {"type": "allMids"}))
+            for i, (kind, payload) in enumerate(asks, 1):
                 got = ask({"method": "post", "id": i, "request": {"type": "info", "payload": payload}})
                 assert got == post_frame(i, http[kind], kind)
             l2 = ask({"method": "post", "id": 7, "request": {"type": "info", "payload": {"type": "l2Book"}}})
@@ -198,7 +200,8 @@ def test_ws_post_error_texts_caps_and_cors(serve: Serve, months_of_trades: tuple
     parse = "Error parsing JSON into valid websocket request: "
     assert bad_post == {"channel": "error", "data": parse + no_id}
     assert too_long == {"channel": "error", "data": parse + orjson.dumps(long_coin).decode()}
-    assert huge == {"channel": "error", "data": parse + "request of 70065 characters is over the limit of 65536"}
+    assert huge == {"channel": "error",
+                    "data": parse + "request of 70065 characters is over the limit of 65536"}
     assert too_many == {"channel": "error", "data": parse + orjson.dumps(
         {"method": "subscribe", "subscription": many}).decode()}
     assert subscribed["channel"] == "subscriptionResponse"
