@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.hub import Hub
@@ -57,6 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    # as the public API: any origin may call it (browser apps on another origin, the TS SDK)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=["*"])
     app.add_middleware(TransportTap)  # added last: the outermost
     for module in (live, info, snapshots, sql, exports, ops, dashboard):
         app.include_router(module.router)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -15,6 +15,7 @@ from etl.store import Store
 
 if TYPE_CHECKING:
     from api.hub import Hub
+    from api.nodeinfo import NodeInfo
 
 
 @dataclass
@@ -26,6 +27,8 @@ class AppState:
     hub: Hub
     thread: threading.Thread | None = None
     started_at: float = 0.0
+    node_info: NodeInfo | None = None  # the node's info server; made on first use (api.infoapi)
+    coins_seen: set[str] = field(default_factory=set)  # coins known to exist (api.infoapi.known_coin)
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection for one request (never the pipeline's writer)."""

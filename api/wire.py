@@ -1,18 +1,26 @@
 """The wire formats of the live feed: subscriptions, and each batch's messages in the public
 Hyperliquid WebSocket protocol (plus nodetap's `orders` channel), serialised once per batch.
+
+A failure while building one subscription's messages costs that subscription its message
+for the batch and nothing else: it is counted (`FEED_ERRORS`), logged once per kind of
+failure, and every other message of the batch still goes out.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
 import polars as pl
 
 from etl.pipeline import Processed
+
+log = logging.getLogger("nodetap.wire")
 
 
 # ------------------------------------------------------------------ subscriptions
@@ -37,7 +45,33 @@ class OrdersSub:
     users: tuple[str, ...] = ()  # lowercase addresses; empty: every user
 
 
-Sub = TradesSub | CandleSub | OrdersSub
+@dataclass(frozen=True)
+class AllMidsSub:
+    """The public `allMids`: the last trade price of every coin (not the book's mid)."""
+
+    dex: str = ""  # "": the first perp dex and spot; "km": the coins `km:*`
+    # every coin's last price so far; carried by the subscription, seeded from the store when
+    # a client subscribes, and updated by each batch (not part of the subscription's identity)
+    mids: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class UserFillsSub:
+    user: str  # lowercase address
+    aggregate: bool = False  # aggregateByTime
+
+
+@dataclass(frozen=True)
+class OrderUpdatesSub:
+    user: str
+
+
+@dataclass(frozen=True)
+class UserEventsSub:
+    user: str
+
+
+Sub = TradesSub | CandleSub | OrdersSub | AllMidsSub | UserFillsSub | OrderUpdatesSub | UserEventsSub
 Message = tuple[Sub, str]
 
 
@@ -116,17 +150,18 @@ def candle_messages(candles: pl.DataFrame, subs: Iterable[CandleSub]) -> list[Me
     return out
 
 
-def _orders_filter(sub: OrdersSub) -> pl.Expr:
-    keep = pl.lit(True)
+def _orders_filter(sub: OrdersSub) -> pl.Expr | None:
+    """The rows an orders subscription takes; None: every row (no predicate to evaluate)."""
+    conds: list[pl.Expr] = []
     if sub.coin != "*":
-        keep &= pl.col("coin") == sub.coin
+        conds.append(pl.col("coin") == sub.coin)
     if sub.min_notional > 0:
-        keep &= (pl.col("limit_px") * pl.col("orig_sz")) >= sub.min_notional
+        conds.append((pl.col("limit_px") * pl.col("orig_sz")) >= sub.min_notional)
     if sub.statuses:
-        keep &= pl.col("status").is_in(list(sub.statuses))
+        conds.append(pl.col("status").is_in(list(sub.statuses)))
     if sub.users:
-        keep &= pl.col("user").str.to_lowercase().is_in(list(sub.users))
-    return keep.fill_null(False)
+        conds.append(pl.col("user").str.to_lowercase().is_in(list(sub.users)))
+    return pl.all_horizontal(conds).fill_null(False) if conds else None
 
 
 def orders_wire(orders: pl.DataFrame) -> pl.DataFrame:
@@ -169,29 +204,70 @@ def _orders_json(wire: pl.DataFrame) -> str:
     return orjson.dumps(rows).decode()
 
 
+def order_message(orders: pl.DataFrame, sub: OrdersSub) -> list[Message]:
+    """The `orders` message of one subscription, if any order matches."""
+    keep = _orders_filter(sub)
+    sel = orders if keep is None else orders.filter(keep)
+    return [(sub, _message("orders", _orders_json(orders_wire(sel))))] if sel.height else []
+
+
 def order_messages(orders: pl.DataFrame, subs: Iterable[OrdersSub]) -> list[Message]:
     """One `orders` message per subscription with at least one matching order."""
-    out: list[Message] = []
-    for sub in subs:
-        sel = orders.filter(_orders_filter(sub))
-        if sel.height:
-            out.append((sub, _message("orders", _orders_json(orders_wire(sel)))))
-    return out
+    return [m for sub in subs for m in order_message(orders, sub)]
+
+
+class FeedErrors:
+    """Failures while building messages: counted, each kind logged once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, what: str, err: Exception) -> None:
+        key = (what, type(err).__name__)
+        with self._lock:
+            self.count += 1
+            first = key not in self._logged
+            self._logged.add(key)
+        if first:
+            log.error("event=feed_build_error channel=%s error=%s detail=%s (logged once per kind; "
+                      "the batch's other messages were sent)", what, type(err).__name__, err, exc_info=err)
+
+
+FEED_ERRORS = FeedErrors()
+
+
+def _guarded(what: str, build: Callable[[], list[Message]]) -> list[Message]:
+    try:
+        return build()
+    except Exception as err:  # one subscription's failure must not cost anyone else a message
+        FEED_ERRORS.record(what, err)
+        return []
 
 
 def build_messages(processed: Processed, subs: Iterable[Sub]) -> list[Message]:
     """Every message a committed batch yields for the given subscriptions, each serialised once."""
+    from api.userwire import user_messages  # the user channels build on the formats above
+
+    subs = list(subs)
     trades_coins = {s.coin for s in subs if isinstance(s, TradesSub)}
     candle_subs = [s for s in subs if isinstance(s, CandleSub)]
-    orders_subs = [s for s in subs if isinstance(s, OrdersSub)]
     frames = processed.frames
+    trades, orders = frames.get("trades"), frames.get("orders")
     out: list[Message] = []
-    if trades_coins and "trades" in frames and frames["trades"].height:
-        out += trade_messages(frames["trades"], trades_coins)
+    if trades_coins and trades is not None and trades.height:
+        out += _guarded("trades", lambda: trade_messages(trades, trades_coins))
     if candle_subs and processed.candles is not None and processed.candles.height:
-        out += candle_messages(processed.candles, candle_subs)
-    if orders_subs and "orders" in frames and frames["orders"].height:
-        out += order_messages(frames["orders"], orders_subs)
+        candles = processed.candles
+        out += _guarded("candle", lambda: candle_messages(candles, candle_subs))
+    if orders is not None and orders.height:
+        for sub in subs:
+            if isinstance(sub, OrdersSub):
+                out += _guarded("orders", lambda s=sub: order_message(orders, s))  # type: ignore[misc]
+    for sub in subs:
+        if isinstance(sub, AllMidsSub | UserFillsSub | OrderUpdatesSub | UserEventsSub):
+            out += _guarded(type(sub).__name__, lambda s=sub: user_messages(processed, s))  # type: ignore[misc]
     return out
 
 

@@ -87,6 +87,7 @@ class Settings:
     http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.")
     ws_max_subscriptions: int = _s(1000, "Subscriptions one WebSocket connection may hold; the next one is refused with an error message.")
     ws_max_lag_bytes: int = _s(4 << 20, "Bytes a WebSocket client has not taken yet (kernel send queue + transport buffer + nodetap's queue) above which its new messages are dropped; a client above it for `ws_max_lag_s` is disconnected.")
+    node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state are passed to it. Empty: never asked; nodetap then derives what the files allow (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
     log_level: str = _s("INFO", "Logging level.")
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from etl.candles import INTERVALS, fill_forward
+from etl.candles import CANDLE_SCHEMA, INTERVALS, MONTH, candles, close_time_ms, fill_forward, open_time_ms
 from etl.store import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, fetch_pl
 
 TABLES = ("orders", "fills", "trades", "candles")
@@ -53,25 +53,109 @@ def watermark_and_holes(con: duckdb.DuckDBPyConnection) -> tuple[int | None, lis
     return wm_ms, holes
 
 
+def open_time_of(ms: int, interval: str) -> int:
+    """The open time `t` of the `interval` candle holding the instant `ms`."""
+    at = pl.from_epoch(pl.lit(ms, dtype=pl.Int64), time_unit="ms")
+    return int(pl.select(open_time_ms(at, interval)).item())
+
+
+def close_time_of(t_ms: int, interval: str) -> int:
+    """The close time `T` of the `interval` candle opening at `t_ms`."""
+    return int(pl.select(close_time_ms(pl.lit(t_ms, dtype=pl.Int64), interval)).item())
+
+
+def source_interval(target: str, stored: tuple[str, ...]) -> str | None:
+    """The coarsest stored interval whose candles tile `target`'s candles exactly (every
+    interval is aligned to the epoch, months to the calendar), or None."""
+    def width(label: str) -> int:  # of a fixed interval: its first candle's close + 1
+        return close_time_of(0, label) + 1
+
+    def tiles(src: str) -> bool:
+        if src == MONTH:
+            return target == MONTH
+        # a month is whole days
+        return (width(target) if target != MONTH else width("1d")) % width(src) == 0
+
+    fits = [s for s in stored if s != target and s in INTERVALS and tiles(s)]
+    return max(fits, key=lambda s: width(s) if s != MONTH else 0, default=None)
+
+
+def _roll_up(src: pl.DataFrame, interval: str) -> pl.DataFrame:
+    """Candles of a finer interval (CANDLE_SCHEMA, real ones) combined into `interval` candles:
+    o of the first, c of the last, h max, l min, v/vq/n summed."""
+    if src.is_empty():
+        return pl.DataFrame(schema=CANDLE_SCHEMA)
+    t = open_time_ms(pl.from_epoch(pl.col("t"), time_unit="ms"), interval)
+    out = src.sort("t").with_columns(t.alias("_slot")).group_by("coin", "_slot", maintain_order=True).agg(
+        pl.col("o").first(), pl.col("h").max(), pl.col("l").min(), pl.col("c").last(),
+        pl.col("v").sum(), pl.col("vq").sum(), pl.col("n").sum(),
+        pl.col("t_first").min(), pl.col("t_last").max(),
+    ).rename({"_slot": "t"})
+    return out.with_columns(
+        pl.lit(interval).alias("interval"),
+        close_time_ms(pl.col("t"), interval).alias("T"),
+        pl.when(pl.col("v") > 0).then(pl.col("vq") / pl.col("v")).alias("vwap"),
+        pl.lit(False).alias("filled"),
+    ).select(pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items())
+
+
+def _naive(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+def _derived(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms: int, end_ms: int,
+             stored: tuple[str, ...]) -> pl.DataFrame:
+    """Real `interval` candles from `start_ms`'s candle to `end_ms`'s, plus the last one before
+    them (it seeds the fill), computed on read: rolled up from the coarsest stored interval
+    that tiles them, else from the trades."""
+    first = open_time_of(start_ms, interval)
+    last_close = close_time_of(open_time_of(end_ms, interval), interval)
+    src = source_interval(interval, stored)
+    if src is not None:
+        rows = fetch_pl(
+            con,
+            """SELECT * FROM history.candles WHERE coin = $1 AND interval = $2 AND t <= $4
+               AND NOT coalesce(filled, false)
+               AND t >= coalesce((SELECT max(t) FROM history.candles WHERE coin = $1 AND interval = $2
+                                  AND t < $3 AND NOT coalesce(filled, false)), $3)""",
+            [coin, src, first, last_close],
+        ).rename({"t_close": "T"})
+        return _roll_up(rows, interval)
+    trades = fetch_pl(
+        con,
+        """SELECT time, coin, px, sz FROM history.trades WHERE coin = $1 AND time < $3
+           AND time >= coalesce((SELECT max(time) FROM history.trades WHERE coin = $1 AND time < $2), $2)
+           ORDER BY time, tid""",
+        [coin, _naive(first), _naive(last_close + 1)],
+    )
+    return candles(trades, interval)
+
+
 def read_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms: int,
-                 end_ms: int, fill: bool = True) -> pl.DataFrame:
+                 end_ms: int, fill: bool = True, stored: tuple[str, ...] | None = None) -> pl.DataFrame:
     """Candles of one coin and interval with `start_ms <= t <= end_ms`, sorted by `t`, with
-    empty intervals forward-filled up to the watermark and never across a gap or stall."""
+    empty intervals forward-filled up to the watermark and never across a gap or stall.
+
+    `stored`: the intervals the store computes (setting candle_intervals); any other interval
+    is derived on read, equal to candles computed from the trades. None: `interval` is stored."""
     if interval not in INTERVALS:
         raise HistoryError(f"unknown interval {interval!r}; valid: {' '.join(INTERVALS)}")
     if end_ms < start_ms:
         raise HistoryError("endTime is before startTime")
-    # the last real candle before the range seeds the previous close of a fill
-    real = fetch_pl(
-        con,
-        """SELECT * FROM history.candles WHERE coin = $1 AND interval = $2 AND t <= $4
-           AND t >= coalesce((SELECT max(t) FROM history.candles
-                              WHERE coin = $1 AND interval = $2 AND t < $3), $3)
-           ORDER BY t""",
-        [coin, interval, start_ms, end_ms],
-    ).rename({"t_close": "T"})
+    if stored is not None and interval not in stored:
+        real = _derived(con, coin, interval, start_ms, end_ms, stored)
+    else:
+        # the last real candle before the range seeds the previous close of a fill
+        real = fetch_pl(
+            con,
+            """SELECT * FROM history.candles WHERE coin = $1 AND interval = $2 AND t <= $4
+               AND t >= coalesce((SELECT max(t) FROM history.candles
+                                  WHERE coin = $1 AND interval = $2 AND t < $3), $3)
+               ORDER BY t""",
+            [coin, interval, start_ms, end_ms],
+        ).rename({"t_close": "T"})
     if not fill:
-        return real.filter(pl.col("t") >= start_ms)
+        return real.filter(pl.col("t").is_between(start_ms, end_ms)).sort("t")
     wm, holes = watermark_and_holes(con)
     return fill_forward(real, interval, start_ms, end_ms, wm, holes)
 

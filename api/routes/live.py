@@ -1,138 +1,146 @@
 """WebSocket `/ws`: the public Hyperliquid protocol, so the official SDKs work unchanged.
 
-Requests: `{"method":"subscribe"|"unsubscribe","subscription":{...}}` and `{"method":"ping"}`.
-Channels: `trades` {coin}, `candle` {coin, interval}, and nodetap's own `orders`
-{coin or "*", minNotional?, statuses?, users?}, which narrows the global orders rules.
+Requests: `{"method":"subscribe"|"unsubscribe","subscription":{...}}`, `{"method":"ping"}`
+and `{"method":"post","id":N,"request":{"type":"info","payload":{...}}}` (any info request
+`POST /info` answers). Channels: `trades`, `candle`, `allMids` (last trade prices),
+`userFills` (opening with an `isSnapshot` message), `orderUpdates`, `userEvents` (channel
+`user`), and nodetap's own `orders` {coin or "*", minNotional?, statuses?, users?}, which
+narrows the global orders rules. Error texts are the real server's (api.protocol).
 """
 
 from __future__ import annotations
 
-import math
-import re
+import logging
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket
 
+from api import infodata
 from api.deps import WsState
+from api.errors import ApiError
 from api.hub import Client, Hub
-from api.wire import CandleSub, OrdersSub, Sub, TradesSub
+from api.infoapi import answer, known_coin, read
+from api.protocol import (
+    Malformed,
+    Request,
+    Unservable,
+    coin_of,
+    dumps,
+    parse_error,
+    parse_request,
+    parse_subscription,
+)
+from api.state import AppState
+from api.userwire import all_mids_message
+from api.wire import AllMidsSub, CandleSub, Sub, UserFillsSub
 
 router = APIRouter()
-
-METHODS = ("subscribe", "unsubscribe", "ping")
-KEYS: dict[str, tuple[str, ...]] = {
-    "trades": ("type", "coin"),
-    "candle": ("type", "coin", "interval"),
-    "orders": ("type", "coin", "minNotional", "statuses", "users"),
-}
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+log = logging.getLogger("nodetap.live")
 PONG = '{"channel":"pong"}'
 
 
-class SubscriptionError(ValueError):
-    """A request the server cannot serve; the message goes back on the `error` channel."""
+def _error(text: str) -> dict[str, str]:
+    return {"channel": "error", "data": text}
 
 
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _coin(sub: dict[str, Any], kind: str, example: str) -> str:
-    coin = sub.get("coin")
-    if not isinstance(coin, str) or not coin:
-        got = "it is missing" if coin is None else f"got {_json(coin)}"
-        raise SubscriptionError(f'{kind} subscription needs "coin", a non-empty string such as {example}; '
-                                f"{got}")
-    return coin
-
-
-def _strings(sub: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = sub.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise SubscriptionError(f'orders subscription: "{key}" must be a list of non-empty strings, '
-                                f"got {_json(value)}")
-    return tuple(sorted(set(value)))
-
-
-def parse_subscription(sub: object, intervals: tuple[str, ...]) -> Sub:
-    """The subscription object of a request, validated; `intervals` are the candle intervals served."""
-    if not isinstance(sub, dict):
-        raise SubscriptionError('"subscription" must be an object such as {"type":"trades","coin":"BTC"}, '
-                                f"got {_json(sub)}")
-    kind = sub.get("type")
-    if kind not in KEYS:
-        raise SubscriptionError(f"unknown subscription type {_json(kind)}; this server serves: "
-                                f"{', '.join(KEYS)}")
-    unknown = sorted(set(sub) - set(KEYS[kind]))
-    if unknown:
-        raise SubscriptionError(f"unknown key(s) {', '.join(map(_json, unknown))} in a {kind} subscription; "
-                                f"keys: {', '.join(KEYS[kind])}")
-    if kind == "trades":
-        return TradesSub(_coin(sub, kind, '"BTC"'))
-    if kind == "candle":
-        coin = _coin(sub, kind, '"BTC"')
-        interval = sub.get("interval")
-        if interval not in intervals:
-            raise SubscriptionError(f"candle subscription: interval {_json(interval)} is not served; "
-                                    f"intervals: {' '.join(intervals)} (setting candle_intervals)")
-        return CandleSub(coin, interval)
-    coin = _coin(sub, kind, '"BTC" or "*" (every coin)')
-    notional = sub.get("minNotional", 0)
-    if isinstance(notional, bool) or not isinstance(notional, int | float) or not math.isfinite(notional) \
-            or notional < 0:
-        raise SubscriptionError(f'orders subscription: "minNotional" must be a number >= 0 (USD of '
-                                f"limitPx * origSz), got {_json(notional)}")
-    users = _strings(sub, "users")
-    bad = [u for u in users if not _ADDRESS.fullmatch(u)]
-    if bad:
-        raise SubscriptionError(f'orders subscription: "users" must be 0x-prefixed 40-hex-digit addresses, '
-                                f"got {_json(bad[0])}")
-    return OrdersSub(coin, float(notional), _strings(sub, "statuses"), tuple(u.lower() for u in users))
-
-
-async def handle(hub: Hub, client: Client, text: str, intervals: tuple[str, ...]) -> None:
-    """Answer one request from a client."""
-    try:
-        request = orjson.loads(text)
-    except orjson.JSONDecodeError as err:
-        await hub.reply(client, {"channel": "error", "data": f"invalid JSON: {err}"})
+async def _post(state: AppState, hub: Hub, client: Client, request: Request, text: str) -> None:
+    """A `post` request: an info request answered on the `post` channel with its id."""
+    req_id, inner = request.raw.get("id"), request.raw.get("request")
+    if isinstance(req_id, bool) or not isinstance(req_id, int) or not isinstance(inner, dict):
+        log.debug("event=ws_refused reason=%s", "post needs an integer id and a request object")
+        await hub.reply(client, _error(parse_error(text)))
         return
-    method = request.get("method") if isinstance(request, dict) else None
-    if method == "ping":
+    if inner.get("type") == "info":
+        try:
+            kind, data = await answer(state, inner.get("payload"))
+        except ApiError as err:
+            response: dict[str, Any] = {"type": "error", "payload": err.message}
+        else:
+            response = {"type": "info", "payload": {"type": kind, "data": orjson.Fragment(data)}}
+    elif inner.get("type") == "action":
+        response = {"type": "error", "payload": "nodetap serves a node's data and takes no actions: "
+                                                "send orders, cancels and transfers to the exchange API"}
+    else:
+        response = {"type": "error", "payload": 'a post request is {"type":"info","payload":{...}}'}
+    await hub.reply(client, orjson.dumps({"channel": "post", "data": {"id": req_id, "response": response}})
+                    .decode())
+
+
+async def _snapshot(state: AppState, sub: Sub) -> str | None:
+    """The message a subscription opens with, read from the store: userFills' `isSnapshot`
+    message, allMids' every last price (which also seeds the subscription's later messages)."""
+    if isinstance(sub, UserFillsSub):
+        fills = await read(state, lambda con: infodata.user_fills(con, sub.user, sub.aggregate))
+        data = {"isSnapshot": True, "user": sub.user, "fills": fills}
+        return orjson.dumps({"channel": "userFills", "data": data}).decode()
+    if isinstance(sub, AllMidsSub):
+        sub.mids.update(await read(state, infodata.all_mids))
+        return all_mids_message(sub)
+    return None
+
+
+async def _check(state: AppState, sub: Sub) -> None:
+    coin = coin_of(sub)
+    if coin is not None and not await known_coin(state, coin):
+        raise Unservable(f"unknown coin {coin!r}: no trade, candle or order status of it was seen")
+    if isinstance(sub, CandleSub) and sub.interval not in state.settings.candle_intervals:
+        stored = " ".join(state.settings.candle_intervals)
+        raise Unservable(f"live candles are pushed for the stored intervals only (setting candle_intervals: "
+                         f"{stored}); candleSnapshot serves every interval")
+
+
+async def handle(state: AppState, client: Client, text: str) -> None:
+    """Answer one request from a client."""
+    hub = state.hub
+    try:
+        request = parse_request(text)
+    except Malformed as err:
+        log.debug("event=ws_refused reason=%s", err)
+        await hub.reply(client, _error(parse_error(text)))
+        return
+    if request.method == "ping":
         await hub.reply(client, PONG)
         return
-    if method not in METHODS:
-        what = "a request must be an object" if not isinstance(request, dict) else \
-            f"unknown method {_json(method)}"
-        await hub.reply(client, {"channel": "error", "data": f'{what}; send {{"method": one of '
-                                 f"{', '.join(map(_json, METHODS))}, ...}}"})
+    if request.method == "post":
+        await _post(state, hub, client, request, text)
         return
-    raw = request.get("subscription")
+    raw = request.raw.get("subscription")
     try:
-        sub = parse_subscription(raw, intervals)
-    except SubscriptionError as err:
-        await hub.reply(client, {"channel": "error", "data": str(err)})
+        sub = parse_subscription(raw)
+        if request.method == "subscribe":
+            await _check(state, sub)
+    except Malformed as err:
+        log.debug("event=ws_refused reason=%s", err)
+        await hub.reply(client, _error(parse_error(text)))
         return
-    ack = {"channel": "subscriptionResponse", "data": {"method": method, "subscription": raw}}
-    if method == "subscribe":
-        if sub in client.subs:
-            await hub.reply(client, {"channel": "error", "data": f"Already subscribed: {_json(raw)}"})
-            return
-        await hub.reply(client, ack)  # replies go out before data: the ack precedes the first message
-        hub.subscribe(client, sub)
-    else:
+    except Unservable as err:
+        log.debug("event=ws_refused reason=%s", err)
+        await hub.reply(client, _error(f"Invalid subscription {dumps(raw)}"))
+        return
+    ack = {"channel": "subscriptionResponse", "data": {"method": request.method, "subscription": raw}}
+    if request.method == "unsubscribe":
         if not hub.unsubscribe(client, sub):
-            await hub.reply(client, {"channel": "error", "data": f"Already unsubscribed: {_json(raw)}"})
+            await hub.reply(client, _error(f"Already unsubscribed: {dumps(raw)}"))
             return
         await hub.reply(client, ack)
+        return
+    if sub in client.subs:
+        await hub.reply(client, _error(f"Already subscribed: {dumps(raw)}"))
+        return
+    # the opening message is read before subscribing, and replies go out before data: the
+    # client gets the ack, then the snapshot, then live messages
+    first = await _snapshot(state, sub)
+    await hub.reply(client, ack)
+    if first is not None:
+        await hub.reply(client, first)
+    hub.subscribe(client, sub)
 
 
 @router.websocket("/ws")
 async def ws(websocket: WebSocket, state: WsState) -> None:
     await websocket.accept()
     hub = state.hub
-    intervals = state.settings.candle_intervals
     client = hub.connect(websocket)
     try:
         while True:
@@ -143,6 +151,6 @@ async def ws(websocket: WebSocket, state: WsState) -> None:
             if text is None:
                 data = message.get("bytes") or b""
                 text = data.decode("utf-8", "replace")
-            await handle(hub, client, text, intervals)
+            await handle(state, client, text)
     finally:
         await hub.disconnect(client)

@@ -1,0 +1,82 @@
+"""The node's own info server (`hl-node --serve-info`, by default http://127.0.0.1:3001/info):
+info types that need chain state (meta, spotMeta, perpDexs, clearinghouseState, openOrders,
+...) are passed to it as they are, under the setting `node_info_url`.
+
+When it does not answer, nodetap derives what the files allow and logs once, per info type,
+that the node's answer was unavailable and why. After a failed call the server is not asked
+again for `RETRY_S`, so a node without `--serve-info` costs one refused connection a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("nodetap.nodeinfo")
+
+TIMEOUT_S = 5.0
+RETRY_S = 30.0
+MAX_ANSWER_BYTES = 256 << 20
+
+
+class NodeInfoUnavailable(Exception):
+    """The node's info server is not configured, did not answer, or answered an error."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status  # the node's HTTP status, when it answered with an error
+        self.body = body
+
+
+class NodeInfo:
+    """A client of the node's info server at `url` ("" disables it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._down_until = 0.0
+        self._reason = ""
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def log_unavailable_once(self, kind: str, reason: str, fallback: str) -> None:
+        with self._lock:
+            if kind in self._logged:
+                return
+            self._logged.add(kind)
+        log.warning("event=node_info_unavailable type=%s reason=%r answer=%s (setting node_info_url; "
+                    "logged once per type)", kind, reason, fallback)
+
+    def _post(self, body: bytes) -> bytes:
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (setting)
+                data: bytes = response.read(MAX_ANSWER_BYTES + 1)
+        except urllib.error.HTTPError as err:  # the node answered, with an error of its own
+            raise NodeInfoUnavailable(f"the node's info server at {self.url} answered {err.code}",
+                                      status=err.code, body=err.read(1 << 16)) from None
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            reason = getattr(err, "reason", err)
+            with self._lock:
+                self._down_until = time.monotonic() + RETRY_S
+                self._reason = f"the node's info server at {self.url} did not answer: {reason}"
+            raise NodeInfoUnavailable(self._reason) from None
+        if len(data) > MAX_ANSWER_BYTES:
+            raise NodeInfoUnavailable(f"the node's answer is over {MAX_ANSWER_BYTES} bytes")
+        return data
+
+    async def ask(self, payload: dict[str, Any]) -> bytes:
+        """The node's answer (JSON bytes, passed on as they are) to an info request."""
+        if not self.url:
+            raise NodeInfoUnavailable("no node info server is configured (setting node_info_url)")
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                raise NodeInfoUnavailable(self._reason)
+        return await asyncio.to_thread(self._post, orjson.dumps(payload))
