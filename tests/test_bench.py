@@ -7,8 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from etl.filters import apply_rules, load_rules
+from etl.bench.replaced import RowFilter, line_chunks, process
+from etl.filters import Rules, apply_rules, load_rules
 from etl.parse import parse
+from etl.simulate import Simulator
 from tests.conftest import ROOT, run_cli
 
 
@@ -70,6 +72,40 @@ def test_bench_tiny_run_reports_every_measurement(tmp_path: Path) -> None:
                 "| 2K lines/s |", "| fills 1K alone |", "| fills 1K + orders 2K |"]:
         assert row in table
     assert "1 of " in table.splitlines()[0]  # the cores used
+
+
+@pytest.mark.parametrize("rules", [
+    Rules(),
+    Rules(keep_all=True),
+    Rules(coins=("BTC", "@107"), statuses=(), min_notional=500.0),
+    Rules(exclude_coins=("ETH",), sides=("A",), min_notional_by_coin={"BTC": 2000.0, "PURR/USDC": 1.0}),
+    Rules(trigger="only", statuses=("open", "triggered")),
+    Rules(trigger="exclude", order_types=("Limit",), min_notional=1000.0),
+    Rules(statuses=("rejected",), watch_users=("0xw",)),
+], ids=["defaults", "keep_all", "coins", "exclude_sides_by_coin", "trigger_only", "exclude_types",
+        "watch"])
+def test_replaced_filter_keeps_what_apply_rules_keeps(rules: Rules) -> None:
+    sim = Simulator(seed=3)
+    events = [sim.order_event() for _ in range(3000)]
+    events[0]["user"] = "0xw"
+    events[1]["order"]["limitPx"] = "NaN"  # type: ignore[index]
+    events[2]["order"]["isTrigger"] = None  # type: ignore[index]
+    lines = [orjson.dumps(e) for e in events]
+    frame = parse("orders", "plain", b"\n".join(lines) + b"\n").frame
+    expected = apply_rules(frame, rules)[0].get_column("oid").to_list()
+    keep = RowFilter(rules)
+    kept = [e["order"]["oid"] for e in events if keep(e)]  # type: ignore[index]
+    assert kept == expected
+    assert process(lines, keep) == (3000, len(expected), 0)
+
+
+def test_line_chunks_yields_every_whole_line(tmp_path: Path) -> None:
+    a, b = tmp_path / "10", tmp_path / "11"
+    a.write_bytes(b"".join(b"%d\n" % i for i in range(25)))
+    b.write_bytes(b"25\n26\npartial")
+    chunks = list(line_chunks([a, b], chunk_lines=10))
+    assert [len(c) for c in chunks] == [10, 10, 7]
+    assert [int(x) for c in chunks for x in c] == list(range(27))
 
 
 def test_bench_rejects_more_cores_than_available(tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ def start_server(node: Path, db: Path, port: int, log: Path, rules: Path | None)
         env["NODETAP_RULES_FILE"] = ""  # the built-in rules
     else:
         cmd += ["--rules", str(rules)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the server has its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

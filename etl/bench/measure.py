@@ -54,7 +54,7 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
     from etl.pipeline import Pipeline
     from etl.store import Store
 
-    fixed = {k: p[k] for k in ("max_backlog_bytes", "batch_max_bytes") if k in p}
+    fixed: dict[str, Any] = {k: p[k] for k in ("max_backlog_bytes", "batch_max_bytes") if k in p}
     s = load_settings(None, flags={
         **fixed, "node_dir": p["node"], "db": p["db"], "start_from": "start", "backlog": p["backlog"],
         "rules_file": p["rules"], "keep_all": p["keep_all"], "streams": list(p["streams"]),

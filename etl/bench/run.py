@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burst-ms", type=float, default=70.0, help="latency: ms of blocks written at once")
     p.add_argument("--quiet", type=float, default=30.0,
                    help="latency: give up when no trade came for this many seconds after the writer")
+    p.add_argument("--rules", type=Path,
+                   help="orders rules for nodetap and the replaced approach (default: data/rules.toml "
+                        "when present, else the built-in rules; '' for the built-in rules)")
     p.add_argument("--json", type=Path, help="write every number here (default: DIR/bench.json)")
 
 
@@ -74,6 +77,29 @@ def _rates(text: str, flag: str) -> list[float]:
     return rates
 
 
+def _rules(flag: Path | None) -> Path | None:
+    """The rules file to use, None for the built-in rules."""
+    if flag is None:
+        return DEFAULT_RULES.resolve() if DEFAULT_RULES.exists() else None
+    if str(flag) in ("", "."):
+        return None
+    if not flag.is_file():
+        raise BenchError(f"--rules {flag}: no such file")
+    from etl.filters import load_rules
+
+    load_rules(flag)  # a bad file fails here, with the key at fault, not in a measurement
+    return flag.resolve()
+
+
+def _rules_name(rules: Path | None) -> str:
+    if rules is None:
+        return "built-in rules"
+    try:
+        return str(rules.relative_to(Path.cwd()))
+    except ValueError:
+        return str(rules)
+
+
 def _log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -85,7 +111,7 @@ def throughput(data: Any, work: Path, runs: int, cpus: list[int],
 
     files = [str(f) for f in data.order_files]
     rules_arg = str(rules) if rules else ""
-    rules_name = str(DEFAULT_RULES) if rules else "built-in rules"
+    rules_name = _rules_name(rules)
     workers = min(32, len(cpus) + 4)  # ThreadPoolExecutor's own default for this many CPUs
     plans: list[tuple[str, str, dict[str, Any]]] = [
         (f"nodetap, {rules_name}", "nodetap", {"keep_all": False}),
@@ -162,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
 
     work = args.dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    rules = DEFAULT_RULES.resolve() if DEFAULT_RULES.exists() else None
+    rules = _rules(args.rules)
     if args.cores:  # children see the pinned CPUs through their affinity; Polars is told as well
         os.environ["POLARS_MAX_THREADS"] = str(len(cpus))
     _log(f"cores {len(cpus)} (CPUs {','.join(map(str, cpus))}), rules {rules or 'built-in'}, dir {work}")
