@@ -108,7 +108,15 @@ def test_line_chunks_yields_every_whole_line(tmp_path: Path) -> None:
     assert [int(x) for c in chunks for x in c] == list(range(27))
 
 
-def test_bench_rejects_more_cores_than_available(tmp_path: Path) -> None:
-    proc = run_cli("bench", "--cores", "100000", "--dir", str(tmp_path), check=False)
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cores", "100000"], "--cores 100000: this process may use"),
+    (["--only", "throughput,speed"], "--only 'throughput,speed': choose from throughput, memory, latency"),
+    (["--fills-under-load", "20000"], "--fills-under-load '20000': expected FILLS:ORDERS lines/s"),
+    (["--rates", "20000,-1"], "--rates '20000,-1': rates must be positive"),
+    (["--rules", "no-such-rules.toml"], "--rules no-such-rules.toml: no such file"),
+])
+def test_bench_rejects_bad_flags_before_running(tmp_path: Path, flags: list[str], message: str) -> None:
+    proc = run_cli("bench", *flags, "--dir", str(tmp_path / "work"), check=False)
     assert proc.returncode == 2
-    assert "--cores 100000: this process may use" in proc.stderr
+    assert f"nodetap bench: {message}" in proc.stderr
+    assert not (tmp_path / "work").exists()  # nothing generated, nothing measured

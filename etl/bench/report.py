@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -39,8 +40,6 @@ def _git_commit() -> str:
 
 
 def machine() -> dict[str, Any]:
-    import os
-
     mem_kb = _first("/proc/meminfo", "MemTotal").split()
     return {
         "cpu": _first("/proc/cpuinfo", "model name") or platform.processor(),

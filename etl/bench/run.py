@@ -1,7 +1,8 @@
 """`nodetap bench`: throughput, memory and latency, in one run, on the same data.
 
-Kept light at import (no Polars, no DuckDB): `nodetap --help` builds this parser, and the
-CPU affinity must be set before any library starts a thread pool.
+The command pins its CPUs first, then checks every flag, then writes files: the data set
+(`data`), the throughput rows (each in a process of its own, `measure`), the memory row
+(`memory`) and the latency rows (`latency`), and finally the report (`report`).
 """
 
 from __future__ import annotations
@@ -154,14 +155,28 @@ def throughput(data: Any, work: Path, runs: int, cpus: list[int],
     return out
 
 
-def latency(args: argparse.Namespace, work: Path, rules: Path | None) -> list[dict[str, Any]]:
+def scenarios(args: argparse.Namespace) -> list[Any]:
+    """The latency scenarios the flags ask for (checked before anything runs)."""
     from etl.bench import latency as lat
 
-    scenarios = [lat.mixed(r) for r in _rates(args.rates, "--rates")]
-    if args.fills_under_load.strip().lower() not in ("", "none"):
-        fills, _, orders = args.fills_under_load.partition(":")
-        f, o = _rates(fills, "--fills-under-load") + _rates(orders or "x", "--fills-under-load")
-        scenarios += lat.fills_under_load(f, o)
+    out = [lat.mixed(r) for r in _rates(args.rates, "--rates")]
+    text = args.fills_under_load.strip()
+    if text.lower() not in ("", "none"):
+        try:
+            fills, orders = (float(x) for x in text.split(":"))
+        except ValueError as err:
+            raise BenchError(f"--fills-under-load {text!r}: expected FILLS:ORDERS lines/s, "
+                             "e.g. 20000:300000") from err
+        if fills <= 0 or orders <= 0:
+            raise BenchError(f"--fills-under-load {text!r}: rates must be positive")
+        out += lat.fills_under_load(fills, orders)
+    return out
+
+
+def latency(scenarios: list[Any], args: argparse.Namespace, work: Path,
+            rules: Path | None) -> list[dict[str, Any]]:
+    from etl.bench import latency as lat
+
     out = []
     for i, sc in enumerate(scenarios):
         run_dir = work / "runs" / f"latency-{i}"
@@ -186,9 +201,10 @@ def main(args: argparse.Namespace) -> int:
     from etl.bench import memory, report
     from etl.bench.data import prepare
 
-    work = args.dir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
     rules = _rules(args.rules)
+    planned = scenarios(args) if "latency" in parts else []
+    work = args.dir.resolve()  # every flag is checked: from here on, files are written
+    work.mkdir(parents=True, exist_ok=True)
     if args.cores:  # children see the pinned CPUs through their affinity; Polars is told as well
         os.environ["POLARS_MAX_THREADS"] = str(len(cpus))
     _log(f"cores {len(cpus)} (CPUs {','.join(map(str, cpus))}), rules {rules or 'built-in'}, dir {work}")
@@ -207,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
             result["memory"] = memory.measure(data, work)
             _log(f"memory: peak RSS {result['memory']['peak_rss_mb']:.0f} MB")
     if "latency" in parts:
-        result["latency"] = latency(args, work, rules)
+        result["latency"] = latency(planned, args, work, rules)
     path = args.json or work / "bench.json"
     report.write_json(path, result)
     print(report.markdown(result), end="")
