@@ -381,6 +381,12 @@ def cmd_candles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from etl.bench.run import main as bench
+
+    return bench(args)
+
+
 class CliError(Exception):
     """A command cannot run as asked; the message says why and what to do."""
 
@@ -523,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_candles)
+
+    p = sub.add_parser("bench", help="throughput, memory and latency against the replaced approach")
+    from etl.bench.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="print the effective settings")
     _common(p)
