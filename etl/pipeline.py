@@ -24,11 +24,15 @@ from watchfiles import watch
 
 from etl.candles import candles_multi
 from etl.config import Settings, lake_root
+from etl.dedup import drop_stored
+from etl.diskspace import DiskFullError, DiskGuard
 from etl.filters import RulesFile, apply_rules
+from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
+from etl.nodefiles import wait_for_dir
 from etl.parse import trades_from_fills
 from etl.store import BatchResult, Store, utcnow
-from etl.tail import Cursor, Stream, Tailer, discover, initial_cursor
+from etl.tail import REREAD, Cursor, Stream, Tailer, discover, initial_cursor
 from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.pipeline")
@@ -85,9 +89,17 @@ class Pipeline:
         if self.rules is None:
             self.rules = rules_file_for(self.settings)
         self.shaping = Shaping(self.rules, self.settings.candle_intervals)
+        s = self.settings
+        bind_node(self.store.con, s.db, s.node_dir)  # refuses another node's database
+        self.lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
+            "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
         self.lake().refresh_views()  # history.* views exist from the first start
         self.states: dict[str, StreamState] = {}
         self.stop_event = threading.Event()
+        # a full disk pauses commits (etl/diskspace.py); after a failed commit, no later
+        # unit may commit (its rows would pass the failed one's)
+        self.disk = DiskGuard(self.store.con, s.db, s.checkpoint_threshold, self.stop_event)
+        self._halted = False
         self._last_status_write = float("-inf")
         # one worker: at most one batch parsing while one commits, so memory stays bounded
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="nodetap-parse")
@@ -108,6 +120,7 @@ class Pipeline:
                 max_backlog_bytes=s.max_backlog_bytes if s.backlog == "drop" else None,
                 rotate_grace_s=s.rotate_grace_s,
                 clock=self.clock,
+                index=self.store.file_index(stream.name, cur.file),
             )
             self.states[stream.name] = StreamState(stream, tailer, cur, cur)
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s",
@@ -179,7 +192,18 @@ class Pipeline:
                 st.carry = None
 
     def _commit(self, st: StreamState, unit: Unit, t0: float) -> None:
-        result, frames, candles = commit_unit(self.store, unit, self.shaping, st.line_bytes)
+        if self._halted:
+            return
+        try:
+            result, frames, candles = self.disk.run(
+                lambda: commit_unit(self.store, unit, self.shaping, st.line_bytes))
+        except BaseException as err:
+            self._halted = True
+            st.carry = None
+            if isinstance(err, DiskFullError):  # stopped while paused: read again next start
+                log.warning("event=stop_while_disk_full stream=%s file=%s", st.stream.name, unit.file)
+                return
+            raise
         seconds = time.perf_counter() - t0
         st.cursor = unit.cursor
         st.lines += result.lines
@@ -205,8 +229,8 @@ class Pipeline:
     # --------------------------------------------------------------- loop
     def _wakeups(self) -> Iterator[object]:
         s = self.settings
-        if not s.node_dir.exists():
-            raise FileNotFoundError(f"node dir {s.node_dir} does not exist (setting node_dir)")
+        if not wait_for_dir(s.node_dir, self.stop_event):
+            return
         yield from watch(
             s.node_dir,
             debounce=s.debounce_ms,
@@ -236,7 +260,7 @@ class Pipeline:
     def lake(self) -> Lake:
         """The Parquet lake, on its own DuckDB cursor (so it can work beside ingestion)."""
         s = self.settings
-        return Lake(self.store.con.cursor(), lake_root(s), grace_s=s.seal_grace_s,
+        return Lake(self.store.con.cursor(), self.lake_root, grace_s=s.seal_grace_s,
                     retain_hours=s.retain_hours or None)
 
     def _seal_loop(self) -> None:
@@ -297,8 +321,11 @@ class Pipeline:
         self._last_status_write = now
         path = status_file(self.settings.db)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a full disk: the status file is a convenience
+            log.debug("event=status_file_error error=%r", str(err))
 
 
 def status_file(db: Path) -> Path:
@@ -327,8 +354,13 @@ def commit_unit(
     first = last = None
     candle_rows = None
     silences: list[tuple[datetime, datetime]] = []
+    # a file read again: rows stored before are dropped by identity key (etl/dedup.py)
+    recheck = (any(g.reason in REREAD for g in unit.gaps)
+               or store.files.rechecking(unit.stream.name, unit.file))
     if unit.frame is not None:
         frame = unit.frame.drop("_offset")
+        if recheck:
+            frame = drop_stored(store.con, unit.stream.kind, frame)
         if frame.height:
             # the watermark counts every event, kept or not
             first, last = frame["time"].min(), frame["time"].max()
@@ -343,6 +375,8 @@ def commit_unit(
         elif unit.stream.kind == "trades":
             # older nodes write a trade once per side (same hash, same orders): keep one
             frames["trades"] = frame.unique("tid", keep="first", maintain_order=True)
+        if recheck and "trades" in frames:
+            frames["trades"] = drop_stored(store.con, "trades", frames["trades"])
         if "trades" in frames and shaping.intervals:
             candle_rows = candles_multi(frames["trades"], shaping.intervals)
     result = BatchResult(
