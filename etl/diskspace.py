@@ -2,7 +2,11 @@
 
 A commit that fails for lack of space has stored nothing (DuckDB ends the transaction;
 the cursor did not move), so the batch is kept in memory and committed again once space
-is back. One error line names the volume, the database and the settings concerned; a line
+is back. When the failure hit DuckDB's checkpoint, DuckDB invalidates the database: it is
+opened again (the WAL replayed) once there is space, and a batch that turns out to have
+reached the WAL is not stored twice (Store.commit checks its cursor).
+
+One error line names the volume, the database and the settings concerned; a line
 every `LOG_EVERY_S` while it lasts; one when it is over. DuckDB's WAL grows up to
 `checkpoint_threshold` before it is folded into the database file: on a volume with less
 free space than that, the threshold is lowered to a share of the free space.
@@ -17,9 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
+
+if TYPE_CHECKING:
+    from etl.store import Store
 
 log = logging.getLogger("nodetap.disk")
 
@@ -80,15 +87,15 @@ def fitting_threshold(configured: str, free: int) -> int:
 class DiskGuard:
     """Runs commits; a full disk pauses and retries them until space is back or `stop`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, db: Path, configured_threshold: str,
-                 stop: threading.Event, *, retry_s: float = RETRY_S,
+    def __init__(self, store: Store, stop: threading.Event, *, retry_s: float = RETRY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.con, self.db, self.configured = con, db, configured_threshold
+        self.store, self.db, self.configured = store, store.path, store.checkpoint_threshold
         self.stop, self.retry_s, self.clock = stop, retry_s, clock
         self.threshold = 0
         self.paused_s = 0.0  # total, for status and tests
         self.pauses = 0
         self._calls = 0
+        self._logged = 0
         self.adapt()
 
     def adapt(self) -> None:
@@ -96,11 +103,23 @@ class DiskGuard:
         want = fitting_threshold(self.configured, free_bytes(self.db))
         if self.threshold and abs(want - self.threshold) * 4 < self.threshold:
             return
-        if want < parse_size(self.configured):
+        if want < parse_size(self.configured) and want != self._logged:
+            self._logged = want
             log.info("event=wal_threshold bytes=%d configured=%s free=%d volume=%s", want,
                      self.configured, free_bytes(self.db), volume_of(self.db))
-        self.con.execute(f"SET checkpoint_threshold = '{want}B'")
+        self.store.con.execute(f"SET checkpoint_threshold = '{want}B'")
         self.threshold = want
+
+    def _recover(self) -> None:
+        """Reopen an invalidated database (when there is room for it) and fit the WAL."""
+        try:
+            if not self.store.healthy():
+                self.store.reconnect()
+                self.threshold = 0
+            self.adapt()
+        except duckdb.Error as err:
+            if not is_disk_full(err):
+                raise
 
     def run(self, commit: Callable[[], T]) -> T:
         """`commit()`, retried while the disk is full."""
@@ -128,10 +147,10 @@ class DiskGuard:
                         "`checkpoint_threshold` is lowered to fit)", volume_of(self.db), self.db,
                         free_bytes(self.db), now - started, str(err).splitlines()[0][:200],
                         self.retry_s, volume_of(self.db))
-                self.adapt()
                 if self.stop.wait(self.retry_s):
                     raise DiskFullError(errno.ENOSPC, f"stopped while {volume_of(self.db)} "
                                         "was full; the batch is read again on the next start") from err
+                self._recover()
                 continue
             if started is not None:
                 waited = self.clock() - started

@@ -58,11 +58,18 @@ class FileCursors:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._lock = threading.Lock()
         self._files: dict[tuple[str, str], FileCursor] = {}
+        self.reload(con)
+
+    def reload(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read the table again (after the database was reopened)."""
+        files = {}
         for stream, file, inode, offset, fp, recheck, complete in con.execute(
                 'SELECT stream, file, inode, "offset", fp, recheck, complete FROM file_cursors'
         ).fetchall():
-            self._files[(stream, file)] = FileCursor(int(inode or 0), int(offset or 0),
-                                                     int(fp or 0), bool(recheck), bool(complete))
+            files[(stream, file)] = FileCursor(int(inode or 0), int(offset or 0), int(fp or 0),
+                                               bool(recheck), bool(complete))
+        with self._lock:
+            self._files = files
 
     def get(self, stream: str, file: str) -> FileCursor | None:
         with self._lock:
@@ -77,6 +84,15 @@ class FileCursors:
     def rechecking(self, stream: str, file: str) -> bool:
         fc = self.get(source_of(stream), file)
         return fc is not None and fc.recheck
+
+    def committed(self, stream: str, cursor: Cursor, lines: int) -> bool:
+        """A batch of `lines` lines ending at `cursor` is stored already (same end, same
+        inode, same bytes before it)."""
+        if not lines or not cursor.file or not cursor.fp:
+            return False
+        fc = self.get(source_of(stream), cursor.file)
+        return (fc is not None and fc.offset == cursor.offset and fc.inode == cursor.inode
+                and fc.fp == cursor.fp)
 
     def advance(self, con: duckdb.DuckDBPyConnection, stream: str, cursor: Cursor,
                 gaps: list[Gap]) -> dict[tuple[str, str], FileCursor]:

@@ -98,7 +98,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         # a full disk pauses commits (etl/diskspace.py); after a failed commit, no later
         # unit may commit (its rows would pass the failed one's)
-        self.disk = DiskGuard(self.store.con, s.db, s.checkpoint_threshold, self.stop_event)
+        self.disk = DiskGuard(self.store, self.stop_event)
         self._halted = False
         self._last_status_write = float("-inf")
         # one worker: at most one batch parsing while one commits, so memory stays bounded
@@ -264,11 +264,13 @@ class Pipeline:
                     retain_hours=s.retain_hours or None)
 
     def _seal_loop(self) -> None:
-        lake = self.lake()
+        lake: Lake | None = None
         while not self.stop_event.wait(self.settings.seal_interval_s):
             try:
+                lake = lake or self.lake()
                 lake.seal()
-            except duckdb.Error as err:  # e.g. a write conflict with ingestion: next round
+            except (duckdb.Error, OSError) as err:  # a write conflict, a full disk: next round
+                lake = None  # on a fresh cursor (the database may have been reopened)
                 log.warning("event=lake_seal_error error=%r", str(err))
 
     def stop(self) -> None:
@@ -324,7 +326,7 @@ class Pipeline:
         try:
             tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
             os.replace(tmp, path)
-        except OSError as err:  # e.g. a full disk: the status file is a convenience
+        except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience
             log.debug("event=status_file_error error=%r", str(err))
 
 

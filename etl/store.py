@@ -101,16 +101,9 @@ class Store:
         self.stall_after_s = stall_after_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.con = duckdb.connect(str(path))
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")
-        # parquet, json and icu are built in; never fetch or load an extension at run time
-        self.con.execute("SET autoinstall_known_extensions = false")
-        self.con.execute("SET autoload_known_extensions = false")
-        # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
-        self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+        self.threads = threads
+        self.checkpoint_threshold = checkpoint_threshold
+        self.con = self._connect()
         for table, schema in ROW_TABLES.items():
             self.con.execute(_ddl(table, schema))
         for ddl in META_DDL:
@@ -119,13 +112,44 @@ class Store:
         migrate(self.con)
         self.files = FileCursors(self.con)
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(self.path))
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        # parquet, json and icu are built in; never fetch or load an extension at run time
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
+        con.execute(f"SET checkpoint_threshold = '{self.checkpoint_threshold}'")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        return con
+
+    def healthy(self) -> bool:
+        """False once DuckDB has invalidated the database (e.g. a checkpoint on a full disk)."""
+        try:
+            self.con.execute("SELECT 1").fetchall()
+        except duckdb.Error:
+            return False
+        return True
+
+    def reconnect(self) -> None:
+        """Open the database again after DuckDB invalidated it; what was committed is there
+        (the WAL is replayed), the file cursors are read back from it."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        self.con = self._connect()
+        self.files.reload(self.con)  # the tailers hold this object
+        log.warning("event=db_reopened db=%s", self.path)
+
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
         return cls(s.db, threads=s.db_threads, checkpoint_threshold=s.checkpoint_threshold,
                    stall_after_s=s.stall_after_s)
 
     def close(self) -> None:
-        self.con.close()
+        with contextlib.suppress(duckdb.Error):  # an invalidated database closes with an error
+            self.con.close()
 
     def cursors(self) -> dict[str, Cursor]:
         """Each stream's resume point: its current file, at that file's stored cursor."""
@@ -153,6 +177,12 @@ class Store:
         Returns the new state of every candle the batch touched (for the live feed)."""
         con = self.con
         merged = None
+        if self.files.committed(batch.stream, batch.cursor, batch.lines):
+            # a commit reported failed (disk full at the checkpoint after it) that reached the
+            # WAL: it is in the database, so it is not stored a second time
+            log.warning("event=commit_already_stored stream=%s file=%s offset=%d",
+                        batch.stream, batch.cursor.file, batch.cursor.offset)
+            return None
         con.execute("BEGIN TRANSACTION")
         try:
             for table, frame in rows.items():
