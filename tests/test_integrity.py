@@ -159,22 +159,47 @@ def test_two_databases_in_one_folder_have_their_own_lakes(
 
 
 # ------------------------------------------------------------------ crashes inside sealing
+def copy_until(src: Path, dst: Path, hour: int, share: float) -> None:
+    """Copy src's hour files to dst: every hour before `hour` whole, `share` of that hour's
+    lines (the rest is appended on a later call), nothing after it."""
+    for f in (p for p in src.rglob("*") if p.is_file()):
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = f.read_bytes().splitlines(keepends=True)
+        h = int(f.name)
+        keep = len(lines) if h < hour else int(len(lines) * share) if h == hour else 0
+        have = out.stat().st_size if out.exists() else 0
+        data = b"".join(lines[:keep])
+        if len(data) > have:
+            with open(out, "ab") as w:
+                w.write(data[have:])
+
+
 @pytest.mark.parametrize("point", ["seal_after_rename", "seal_before_commit",
                                    "seal_after_commit", "prune_before_commit"])
 def test_sigkill_inside_sealing_leaves_no_seam_or_duplicate(
         make_node_dir: Callable[..., Path], tmp_path: Path, point: str) -> None:
-    node = make_node_dir(lines=3000, start=datetime(2026, 1, 5, 10, 59, 55, tzinfo=UTC))
+    # ~1.5 h of a quiet node: hours 10 (its last minute), 11 and 12
+    src = make_node_dir(lines=8000, name="src", start=datetime(2026, 1, 5, 10, 59, tzinfo=UTC),
+                        events_per_block=0.2)
+    node = tmp_path / "node"
     db = tmp_path / "s.duckdb"
-    env = {"NODETAP_SEAL_GRACE_S": "0", "NODETAP_RETAIN_HOURS": "0.0002"}
+    env = {"NODETAP_SEAL_GRACE_S": "0", "NODETAP_RETAIN_HOURS": "0"}
+    copy_until(src, node, 11, 0.5)
+    ingest_once(node, db, env=env)  # hour 10 sealed: the views read the lake from now on
+    (sealed,), = query(db, "SELECT count(*) FROM lake_hours")
+    assert sealed == 4
+    copy_until(src, node, 13, 0.0)  # the rest: hour 11 completes, hour 12 begins
     if point == "prune_before_commit":
-        ingest_once(node, db, env={**env, "NODETAP_RETAIN_HOURS": "0"})  # sealed, not pruned
+        ingest_once(node, db, env=env)  # hour 11 sealed too, nothing pruned yet
+        env["NODETAP_RETAIN_HOURS"] = "0.5"
     proc = ingest_once(node, db, check=False, env={**env, "NODETAP_FAULT": point})
     assert proc.returncode == -signal.SIGKILL
-    assert stored(db) == expect(node)  # right after the crash, before any recovery
+    assert stored(db) == expect(src)  # right after the crash, before any recovery
     ingest_once(node, db, env=env)
-    assert stored(db) == expect(node)
-    (pruned,), = query(db, "SELECT count(*) FILTER (WHERE pruned) FROM lake_hours")
-    assert pruned > 0
+    assert stored(db) == expect(src)
+    (sealed, pruned), = query(db, "SELECT count(*), count(*) FILTER (WHERE pruned) FROM lake_hours")
+    assert (sealed, pruned) == (8, 8 if point == "prune_before_commit" else 0)
 
 
 # ---------------------------------------------------------------------------- file faults
