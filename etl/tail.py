@@ -241,13 +241,14 @@ class Tailer:
             inode, offset, fp = stored
             if at is None or offset > at.offset:
                 return Cursor(rel, inode, offset, fp)
-        if at is not None:
             return at
-        st = _stat(self.stream.root / rel)
-        if self.index.other_variant_read(rel):
+        if (at is None or at.offset == 0) and self.index.other_variant_read(rel):
             # the same hour was stored from another variant of this kind: check every row
             gaps.append(Gap(rel, 0, 0, "overlap"))
             log.warning("event=file_overlap stream=%s file=%s", self.stream.name, rel)
+        if at is not None:
+            return at
+        st = _stat(self.stream.root / rel)
         return Cursor(rel, st.st_ino if st else 0, 0)
 
     def _stray(self, files: list[str], current: str) -> str | None:

@@ -122,6 +122,42 @@ def test_a_different_copy_of_a_read_hour_stores_nothing_twice(
         query(db, "SELECT count(DISTINCT (tid, \"user\")) FROM fills")[0][0]
 
 
+def block_counts(node: Path) -> tuple[int, int, int, int, float]:
+    """Like `expect`, for `_by_block` files."""
+    orders = trades = 0
+    size = 0.0
+    for p in node.rglob("*"):
+        if p.is_file() and "_by_block" in p.parts[-4]:
+            for line in p.read_bytes().splitlines():
+                events = orjson.loads(line)["events"]
+                if p.parts[-4].startswith(ORDERS):
+                    orders += len(events)
+                else:
+                    taker = [e[1] for e in events if e[1]["crossed"]]
+                    trades += len(taker)
+                    size += sum(float(f["sz"]) for f in taker)
+    return orders, orders, trades, trades, round(size, 6)
+
+
+def test_the_same_hours_from_another_variant_store_nothing_twice(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """Plain files backfilled, then the node's `_by_block` files of the same hours (and
+    more) ingested live: the same events in other lines, checked by identity key."""
+    node = make_node_dir(lines=3000, name="plain")
+    plain = expect(node)
+    # the same seed gives the same events: ~200 blocks, more than the ~125 of the plain run
+    blocks = make_node_dir(lines=400, name="blocks", variant="by_block")
+    for d in blocks.iterdir():
+        d.rename(node / d.name)
+    db = tmp_path / "v.duckdb"
+    run_cli("backfill", str(node / ORDERS), str(node / FILLS), "--db", str(db), "--quiet", *KEEP)
+    assert stored(db) == plain
+    proc = ingest_once(node, db)
+    assert "event=file_overlap" in proc.stderr
+    assert stored(db) == block_counts(node)
+    assert query(db, "SELECT count(*) FROM orders WHERE block_number IS NULL") == [(plain[0],)]
+
+
 # -------------------------------------------------------------------------- identity
 def test_a_database_refuses_another_node_dir_until_rebound(
         make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
