@@ -30,8 +30,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.node_dir.is_dir():
-            raise FileNotFoundError(f"node dir {settings.node_dir} does not exist (setting node_dir)")
         store = Store.from_settings(settings)
         rules = rules_file_for(settings)
         hub = Hub(asyncio.get_running_loop(), settings)

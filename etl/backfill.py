@@ -1,7 +1,10 @@
 """Ingest existing hour files (plain or `.lz4`, as in the public hourly archives), then stop.
 
-Each file gets its own cursor (`backfill:<path>`), committed with its rows, so an
-interrupted backfill resumes where it stopped and a finished file is never read twice.
+Backfill moves the same per-file cursors as `ingest`/`serve` (etl/filecursors.py), in the
+same transaction as the rows: an interrupted backfill resumes where it stopped, a file
+ingested live is not read again, and a file backfilled first is where live ingestion
+starts. A file whose bytes before the stored cursor differ (another copy of the hour, or a
+rewritten file) is read from its start, its rows checked against the stored ones.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import lz4.frame
 
+from etl.filecursors import BACKFILL_PREFIX, file_key
+from etl.nodefiles import FP_BYTES, fingerprint_of
 from etl.pipeline import Shaping, commit_unit
 from etl.store import Store
-from etl.tail import STREAM_DIRS, Batch, Cursor, Stream
+from etl.tail import STREAM_DIRS, Batch, Cursor, Gap, Stream
 from etl.units import unit_of
 
 log = logging.getLogger("nodetap.backfill")
@@ -58,32 +64,66 @@ def _hour_name(name: str) -> bool:
     return base.isdigit() and int(base) < 24
 
 
-def _chunks(path: Path, start: int, size: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, whole lines) of the decompressed file from `start`, `size` bytes at a time."""
-    opener = lz4.frame.open if path.suffix == ".lz4" else open
-    with opener(path, "rb") as f:
-        pos = 0
+def _open_at(path: Path, start: int) -> tuple[BinaryIO, bytes, int]:
+    """The file (decompressed for `.lz4`) positioned at `start`, the `FP_BYTES` before it,
+    and the position reached (less than `start` when the file is shorter)."""
+    if path.suffix == ".lz4":
+        f: BinaryIO = lz4.frame.open(path, "rb")
+        pos, window = 0, b""
         while pos < start:  # lz4 cannot seek: read and drop what is already stored
-            got = f.read(min(size, start - pos))
+            got = f.read(min(1 << 20, start - pos))
             if not got:
-                return
+                break
             pos += len(got)
-        rest = b""
-        while True:
-            data = f.read(size)
-            if not data:
-                if rest:
-                    yield pos, rest  # the file's last line lacks a newline: still a line
-                return
-            buf = rest + data
-            cut = buf.rfind(b"\n") + 1
-            if cut == 0 and len(buf) < 4 * size:
-                rest = buf
-                continue
-            cut = cut or len(buf)
-            yield pos, buf[:cut]
-            pos += cut
-            rest = buf[cut:]
+            window = (window + got)[-FP_BYTES:]
+        return f, window, pos
+    f = open(path, "rb")  # noqa: SIM115 - returned open
+    lo = max(0, start - FP_BYTES)
+    f.seek(lo)
+    window = f.read(start - lo)
+    return f, window, lo + len(window)
+
+
+def _chunks(f: BinaryIO, start: int, size: int, last_line_whole: bool) -> Iterator[tuple[int, bytes]]:
+    """(offset, whole lines) from `start`, `size` bytes at a time. With `last_line_whole`
+    (archives, which are complete) a last line without a newline is still a line; otherwise
+    it is left for live ingestion, like a line the node is still writing."""
+    pos = start
+    rest = b""
+    while True:
+        data = f.read(size)
+        if not data:
+            if rest and last_line_whole:
+                yield pos, rest
+            return
+        buf = rest + data
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0 and len(buf) < 4 * size:
+            rest = buf
+            continue
+        cut = cut or len(buf)
+        yield pos, buf[:cut]
+        pos += cut
+        rest = buf[cut:]
+
+
+def _resume(store: Store, source: str, rel: str, f: Path) -> tuple[int, list[Gap], bool]:
+    """(offset to start at, gaps for the first batch, complete) for one file."""
+    fc = store.files.get(source, rel)
+    if fc is None:
+        if store.files.other_variant_read(source, rel):
+            return 0, [Gap(rel, 0, 0, "overlap")], False
+        return 0, [], False
+    if fc.complete:
+        return fc.offset, [], True
+    if fc.offset and fc.fp:
+        handle, window, pos = _open_at(f, fc.offset)
+        handle.close()
+        if pos < fc.offset or fingerprint_of(window) != fc.fp:
+            log.warning("event=file_rewritten path=%s offset=%d (not the bytes stored: read from "
+                        "its start; rows already stored are not stored twice)", f, fc.offset)
+            return 0, [Gap(rel, fc.offset, fc.offset, "rewritten")], False
+    return fc.offset, [], False
 
 
 def backfill(
@@ -102,7 +142,6 @@ def backfill(
 
     files = expand(paths)
     streams = {f: stream_of(f, stream) for f in files}
-    done = store.cursors()
     totals = {"files": 0, "lines": 0, "rows": 0, "rejects": 0, "skipped_files": 0}
     bar = tqdm(
         total=sum(f.stat().st_size for f in files),
@@ -112,35 +151,39 @@ def backfill(
         desc="backfill",
     )
     for f in files:
-        key = f"backfill:{f.resolve()}"
-        cur = done.get(key)
-        if cur is not None and cur.file == "done":
+        st = streams[f]
+        source, rel = file_key(f) or (st.name, str(f.resolve()))
+        compressed = f.suffix == ".lz4"
+        start, gaps, complete = _resume(store, source, rel, f)
+        if complete or (not compressed and not gaps and start >= f.stat().st_size):
             totals["skipped_files"] += 1
             bar.update(f.stat().st_size)
             continue
-        start = cur.offset if cur else 0
-        st = streams[f]
-        compressed = f.suffix == ".lz4"
-        for off, data in _chunks(f, start, batch_max_bytes):
-            if stop is not None and stop.is_set():
-                bar.close()
-                return totals
-            if not data.endswith(b"\n"):
-                data += b"\n"
-            nxt = Cursor(f.name, 0, off + len(data))
-            unit = unit_of(Batch(st, f.name, off, data, nxt), max_line_bytes)
-            unit.stream = Stream(key, st.kind, st.variant, st.root)  # a cursor per file
-            result, frames, _ = commit_unit(store, unit, shaping)
-            totals["lines"] += result.lines
-            totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
-            totals["rejects"] += len(result.rejects)
-            if not compressed:
-                bar.update(len(data))
-        # mark the file complete, so a rerun skips it
-        store.con.execute("UPDATE cursors SET file = 'done' WHERE stream = ?", [key])
-        if compressed:
+        inode = 0 if compressed else f.stat().st_ino
+        handle, window, _ = _open_at(f, start)
+        counters = Stream(BACKFILL_PREFIX + source, st.kind, st.variant, st.root)
+        with handle:
+            for off, data in _chunks(handle, start, batch_max_bytes, last_line_whole=compressed):
+                if stop is not None and stop.is_set():
+                    bar.close()
+                    return totals
+                window = (window + data)[-FP_BYTES:]
+                nxt = Cursor(rel, inode, off + len(data), fingerprint_of(window))
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                unit = unit_of(Batch(st, rel, off, data, nxt, gaps), max_line_bytes)
+                unit.stream = counters  # counted apart from live ingestion, same file cursors
+                gaps = []
+                result, frames, _ = commit_unit(store, unit, shaping)
+                totals["lines"] += result.lines
+                totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
+                totals["rejects"] += len(result.rejects)
+                if not compressed:
+                    bar.update(len(data))
+        if compressed:  # archives are complete: a rerun skips them without decompressing
+            store.files.mark_complete(store.con, source, rel)
             bar.update(f.stat().st_size)
         totals["files"] += 1
-        log.info("event=backfill_file path=%s stream=%s", f, st.name)
+        log.info("event=backfill_file path=%s stream=%s file=%s", f, source, rel)
     bar.close()
     return totals

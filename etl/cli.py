@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -60,11 +61,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _node_settings(args: argparse.Namespace) -> Settings:
-    """Settings for a command that reads a node dir, with logging set up."""
+    """Settings for a command that reads a node dir, with logging set up, after checking
+    that the database is this node's and the lake this database's."""
+    from etl.identity import bind_node, claim_lake, default_lake
+    from etl.store import Store
+
     s = _settings(args)
     _setup_logging(s.log_level)
-    if not s.node_dir.is_dir():
+    if getattr(args, "once", False) and not s.node_dir.is_dir():
         raise CliError(f"node dir {s.node_dir} does not exist (--node-dir, setting node_dir)")
+    store = Store(s.db)
+    try:
+        bind_node(store.con, s.db, s.node_dir, rebind=getattr(args, "rebind_node_dir", False))
+        if str(s.lake_dir) in ("", "."):
+            claim_lake(store.con, s.db, default_lake(store.con, s.db))
+        else:
+            claim_lake(store.con, s.db, s.lake_dir)
+    finally:
+        store.close()
     return s
 
 
@@ -105,30 +119,52 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
+    """uvicorn until SIGINT/SIGTERM: the first stops it gracefully (the lifespan commits the
+    batch in flight), a second forces it. Unlike `uvicorn.run`, the signal is not raised
+    again afterwards, so a clean stop exits 0."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def handler(signum: int, _frame: FrameType | None) -> None:
+                if self.should_exit:
+                    log.warning("event=forced_exit signal=%d", signum)
+                    self.force_exit = True
+                log.info("event=shutdown signal=%d (again to force)", signum)
+                self.should_exit = True
+
+            old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
+
+    config = uvicorn.Config(app, host=s.host, port=s.port, log_level=log_level,
+                            ws_max_size=1 << 20, timeout_graceful_shutdown=10)
+    Server(config).run()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     s = _node_settings(args)
     print(f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
           file=sys.stderr)
-    # uvicorn handles SIGINT/SIGTERM: the lifespan stops the pipeline after its batch
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level.lower(),
-                ws_max_size=1 << 20, timeout_graceful_shutdown=10)
+    _serve_until_signal(create_app(s), s, s.log_level.lower())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The simulator writing a node dir, and `serve` on it, until Ctrl-C."""
-    import uvicorn
-
     from api.app import create_app
     from etl.simulate import run_live
 
     s = _settings(args)
-    _setup_logging(s.log_level)
     s.node_dir.mkdir(parents=True, exist_ok=True)
+    s = _node_settings(args)
     stop = threading.Event()
     sim = threading.Thread(
         target=run_live, name="nodetap-simulate", daemon=True,
@@ -142,8 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  API docs   http://{s.host}:{s.port}/docs\n"
           "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning",
-                    ws_max_size=1 << 20, timeout_graceful_shutdown=10)
+        _serve_until_signal(create_app(s), s, "warning")
     finally:
         stop.set()
         sim.join(10)
@@ -419,6 +454,12 @@ def _tuning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-line-bytes", dest="max_line_bytes", type=int)
 
 
+def _rebind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rebind-node-dir", dest="rebind_node_dir", action="store_true",
+                   help="the node dir moved: bind the database to --node-dir (it refuses "
+                        "another node dir otherwise)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodetap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -438,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-all", dest="keep_all", action="store_true",
                    help="keep every order-status row (keep_all)")
     p.add_argument("--lake", dest="lake_dir", type=Path, help="Parquet lake root (lake_dir)")
+    _rebind(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("serve", help="run the pipeline and the HTTP/WebSocket API in one process")
@@ -451,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", dest="lake_dir", type=Path, help="Parquet lake root (lake_dir)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    _rebind(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="simulate a node into data/demo-node and serve it (dashboard)")
@@ -544,9 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from etl.identity import IdentityError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except IdentityError as err:
+        print(f"nodetap {args.command}: {err}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"nodetap: {err}", file=sys.stderr)
         return 2

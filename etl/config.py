@@ -71,7 +71,7 @@ class Settings:
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say. Flag: `--keep-all`.")
     candle_intervals: tuple[str, ...] = _s(DEFAULT_INTERVALS, "Candle intervals computed and stored, from `1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M`.")
     stall_after_s: float = _s(60.0, "A stream silent (in event time) for longer than this is recorded as a `stall` gap; candles are never forward-filled across it.")
-    lake_dir: Path = _s(Path(""), "Root of the Parquet lake: `<lake_dir>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet`. Empty: `lake/` beside `db`.")
+    lake_dir: Path = _s(Path(""), "Root of the Parquet lake: `<lake_dir>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet`. Empty: `<db>.lake/` beside the database (e.g. `data/nodetap.duckdb.lake`). A lake belongs to one database (`nodetap-lake.json` names it); another database refuses to seal into it.")
     seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once the stream's watermark is this far past its end.")
     seal_interval_s: float = _s(30.0, "How often `ingest`/`serve` look for hours to seal.")
     retain_hours: float = _s(48.0, "Rows of sealed hours older than this (behind the watermark) are removed from DuckDB; the lake keeps them. 0 keeps everything in DuckDB.")
@@ -106,8 +106,8 @@ class Settings:
 
 
 def lake_root(s: Settings) -> Path:
-    """Where the Parquet lake lives: `lake_dir`, or `lake/` beside the database."""
-    return s.lake_dir if str(s.lake_dir) not in ("", ".") else s.db.parent / "lake"
+    """Where the Parquet lake lives: `lake_dir`, or `<db>.lake/` beside the database."""
+    return s.lake_dir if str(s.lake_dir) not in ("", ".") else s.db.with_name(s.db.name + ".lake")
 
 
 def settings_doc() -> list[tuple[str, str, str]]:
@@ -175,7 +175,7 @@ def load_settings(
     from_env = {
         k[len("NODETAP_") :].lower(): v
         for k, v in env.items()
-        if k.startswith("NODETAP_") and k != "NODETAP_CONFIG"
+        if k.startswith("NODETAP_") and k not in ("NODETAP_CONFIG", "NODETAP_FAULT")
     }
     settings = _apply(settings, from_env, "environment (NODETAP_*)")
     return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")

@@ -6,9 +6,13 @@ protocol's `T`), so an hour's candles are final when the hour is. An hour is sea
 once every stream feeding the table has passed its end by `seal_grace_s`. The
 `lake_hours` table records, per table and hour, whether it is sealed, whether rows
 arrived for it after sealing (`dirty`: it is sealed again) and whether its rows were
-pruned from DuckDB (`retain_hours`). The `history.<table>` views read each row from
-exactly one side, so there is no seam and no duplicate at any moment, including
-between writing a file and recording it.
+pruned from DuckDB (`retain_hours`) and how many parts it has (`parts`: files
+`part-0` .. `part-<parts-1>` are recorded). The `history.<table>` views read each row
+from exactly one side and read only recorded parts, so there is no seam and no duplicate
+at any moment: a part is written under its final name first, and the transaction that
+records it (and deletes the pruned rows, and adds the lake side to the view) makes it
+visible. A crash in between leaves an unrecorded part that the views ignore and the next
+seal overwrites.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+
+from etl.faults import fault_point
+from etl.store import rollback
 
 log = logging.getLogger("nodetap.lake")
 
@@ -64,27 +71,34 @@ class Lake:
         self.retain = timedelta(hours=retain_hours) if retain_hours else None
         self.root.mkdir(parents=True, exist_ok=True)
         self.con.execute("CREATE SCHEMA IF NOT EXISTS history")
+        self._with_lake: set[str] = set()
         self.refresh_views()
 
     # ---------------------------------------------------------------- views
     def refresh_views(self) -> None:
         for table in TABLES:
-            files = list((self.root / table).glob("date=*/hour=*/part-*.parquet"))
-            duck = (
-                f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
-                f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'd')} AND NOT h.dirty)"
+            files = next((self.root / table).glob("date=*/hour=*/part-*.parquet"), None)
+            self._create_view(table, files is not None)
+
+    def _create_view(self, table: str, with_lake: bool) -> None:
+        duck = (
+            f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
+            f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'd')} AND NOT h.dirty)"
+        )
+        sql = duck
+        if with_lake:
+            glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
+            # only recorded parts (number < parts) of hours whose rows DuckDB does not show
+            lake = (
+                f"SELECT * EXCLUDE (filename) FROM read_parquet('{glob}', hive_partitioning = false, "
+                f"filename = true) l WHERE EXISTS (SELECT 1 FROM main.lake_hours h "
+                f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'l')} "
+                f"AND (NOT h.dirty OR h.pruned) AND h.parts > "
+                f"CAST(regexp_extract(l.filename, 'part-([0-9]+)[.]parquet$', 1) AS INTEGER))"
             )
-            if files:
-                glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
-                lake = (
-                    f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false) l "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' "
-                    f"AND h.hour = {hour_of(table, 'l')} AND h.dirty AND NOT h.pruned)"
-                )
-                sql = f"{lake} UNION ALL BY NAME {duck}"
-            else:
-                sql = duck
-            self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {sql}")
+            sql = f"{lake} UNION ALL BY NAME {duck}"
+            self._with_lake.add(table)
+        self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {sql}")
 
     # -------------------------------------------------------------- sealing
     def watermark(self, table: str) -> datetime | None:
@@ -121,7 +135,6 @@ class Lake:
             if self.retain is not None:
                 report.pruned_hours += self._prune(table, wm - self.retain)
         if report.sealed or report.resealed:
-            self.refresh_views()
             log.info("event=lake_seal sealed=%d resealed=%d rows=%d pruned_hours=%d",
                      report.sealed, report.resealed, report.rows_written, report.pruned_hours)
         return report
@@ -138,17 +151,20 @@ class Lake:
         sql_path = str(tmp).replace("'", "''")
         (count,) = self.con.execute(
             f"SELECT count(*) FROM main.{table} WHERE {in_hour}", [hour]).fetchone() or (0,)
-        self.con.execute(
-            # insertion order is arrival order, close to time order; sorting costs 5x
-            f"COPY (SELECT * FROM main.{table} WHERE {in_hour}) "
-            f"TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)",
-            [hour],
-        )
+        try:
+            self.con.execute(
+                # insertion order is arrival order, close to time order; sorting costs 5x
+                f"COPY (SELECT * FROM main.{table} WHERE {in_hour}) "
+                f"TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)",
+                [hour],
+            )
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        # unrecorded until the transaction below: the views do not read it yet (an unpruned
+        # hour being re-sealed is dirty, and the views read it from DuckDB meanwhile)
         os.replace(tmp, final)
-        if not pruned:
-            for stale in out.glob("part-*.parquet"):
-                if stale != final:
-                    stale.unlink()
+        fault_point("seal_after_rename")
         self.con.execute("BEGIN TRANSACTION")
         try:
             if pruned:
@@ -159,10 +175,18 @@ class Lake:
                     dirty = false, sealed_at = excluded.sealed_at""",
                 [table, hour, count, n + 1, pruned],
             )
+            if table not in self._with_lake:
+                self._create_view(table, True)
+            fault_point("seal_before_commit")
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            rollback(self.con)
             raise
+        fault_point("seal_after_commit")
+        if not pruned:  # parts of earlier, crashed attempts
+            for stale in out.glob("part-*.parquet"):
+                if stale != final:
+                    stale.unlink(missing_ok=True)
         return int(count)
 
     def _prune(self, table: str, before: datetime) -> int:
@@ -178,9 +202,10 @@ class Lake:
                 self.con.execute(f"DELETE FROM main.{table} WHERE {hour_of(table)} = $1", [h])
                 self.con.execute(
                     "UPDATE lake_hours SET pruned = true WHERE tbl = ? AND hour = ?", [table, h])
+            fault_point("prune_before_commit")
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            rollback(self.con)
             raise
         return len(hours)
 

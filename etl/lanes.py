@@ -31,11 +31,14 @@ import polars as pl
 
 from etl.candles import merge as merge_candles
 from etl.config import Settings
+from etl.dedup import drop_stored
+from etl.diskspace import DiskFullError, DiskGuard
 from etl.filters import RulesFile
+from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.store import BatchResult, Store
-from etl.tail import Cursor, Stream, Tailer
+from etl.tail import REREAD, Cursor, Stream, Tailer
 from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.lanes")
@@ -65,13 +68,23 @@ def default_parse_workers() -> int:
                           else os.cpu_count() or 2) // 2))
 
 
+def dedup_for(store: Store, unit: Unit) -> Callable[[str, pl.DataFrame], pl.DataFrame] | None:
+    """For a file read again, the function dropping rows stored before (by identity key,
+    etl/dedup.py); None for a file read once."""
+    if (any(g.reason in REREAD for g in unit.gaps)
+            or store.files.rechecking(unit.stream.name, unit.file)):
+        return lambda table, frame: drop_stored(store.con, table, frame)
+    return None
+
+
+
 class Lane:
     """A stream's lane. `drain` commits until the stream has nothing new; `run` drains on
     every wake-up until `stop` is set."""
 
     def __init__(self, stream: Stream, store: Store, settings: Settings, cursor: Cursor, *,
                  rules: RulesFile | None, listeners: list[Listener],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, index: FileIndex | None = None) -> None:
         s = settings
         self.stream = stream
         self.store = store  # this lane's own connection
@@ -81,7 +94,7 @@ class Lane:
         self.clock = clock
         self.tailer = Tailer(stream, batch_max_bytes=s.batch_max_bytes,
                              max_backlog_bytes=s.max_backlog_bytes if s.backlog == "drop" else None,
-                             rotate_grace_s=s.rotate_grace_s, clock=clock)
+                             rotate_grace_s=s.rotate_grace_s, clock=clock, index=index)
         self.cursor = cursor  # committed: the first line not in the store
         self.read_cursor = cursor  # where the next read starts
         self.workers = s.parse_workers or default_parse_workers()
@@ -97,6 +110,10 @@ class Lane:
                 self.matcher.seed(store.unmatched_makers(self.watermark - MAKER_MEMORY))
         self.wake = threading.Event()
         self.stop_event = threading.Event()
+        # a full disk pauses commits (etl/diskspace.py); after a failed commit, no later unit
+        # of this lane may commit (its rows would pass the failed one's)
+        self.disk = DiskGuard(store, self.stop_event)
+        self.halted = False
         self.thread: threading.Thread | None = None
         # counters, for status
         self.line_bytes = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
@@ -172,16 +189,26 @@ class Lane:
         return done
 
     def _commit(self, unit: Unit, t0: float) -> None:
+        if self.halted:
+            return
         shaped = shape(unit, rules=self.rules, intervals=self.settings.candle_intervals,
                        stall_after_s=self.settings.stall_after_s, watermark=self.watermark,
-                       matcher=self.matcher)
+                       matcher=self.matcher, dedup=dedup_for(self.store, unit))
         result = BatchResult(
             stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
             lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
             est_line_bytes=self.line_bytes, last_time=shaped.last_time,
             first_time=shaped.first_time,
             stalls=shaped.stalls, watermark_before=self.watermark)
-        candles = self._store(result, shaped)
+        try:
+            candles = self.disk.run(lambda: self._store(result, shaped))
+        except BaseException as err:
+            self.halted = True
+            self.carry = None
+            if isinstance(err, DiskFullError):  # stopped while paused: read again next start
+                log.warning("event=stop_while_disk_full stream=%s file=%s", self.stream.name, unit.file)
+                return
+            raise
         seconds = time.perf_counter() - t0
         self.cursor = unit.cursor
         if shaped.last_time is not None and (self.watermark is None or shaped.last_time > self.watermark):

@@ -22,8 +22,10 @@ from watchfiles import watch
 
 from etl.config import Settings, lake_root
 from etl.filters import RulesFile
+from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
-from etl.lanes import Lane, Listener, Processed
+from etl.lanes import Lane, Listener, Processed, dedup_for
+from etl.nodefiles import wait_for_dir
 from etl.shaping import find_silences, shape
 from etl.store import BatchResult, Store, utcnow
 from etl.tail import discover, initial_cursor
@@ -53,6 +55,10 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.rules is None:
             self.rules = rules_file_for(self.settings)
+        s = self.settings
+        bind_node(self.store.con, s.db, s.node_dir)  # refuses another node's database
+        self.lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
+            "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
         self.lake().refresh_views()  # history.* views exist from the first start
         self.states: dict[str, Lane] = {}
         self.stop_event = threading.Event()
@@ -70,7 +76,8 @@ class Pipeline:
                 continue
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
-                        listeners=self.listeners, clock=self.clock)
+                        listeners=self.listeners, clock=self.clock,
+                        index=self.store.file_index(stream.name, cur.file))
             self.states[stream.name] = lane
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
                      stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)
@@ -110,8 +117,8 @@ class Pipeline:
     # --------------------------------------------------------------- loop
     def _wakeups(self) -> Iterator[set[tuple[Any, str]]]:
         s = self.settings
-        if not s.node_dir.exists():
-            raise FileNotFoundError(f"node dir {s.node_dir} does not exist (setting node_dir)")
+        if not wait_for_dir(s.node_dir, self.stop_event):
+            return
         yield from watch(
             s.node_dir,
             debounce=s.debounce_ms,
@@ -157,15 +164,17 @@ class Pipeline:
     def lake(self) -> Lake:
         """The Parquet lake, on its own DuckDB cursor (so it can work beside ingestion)."""
         s = self.settings
-        return Lake(self.store.con.cursor(), lake_root(s), grace_s=s.seal_grace_s,
+        return Lake(self.store.con.cursor(), self.lake_root, grace_s=s.seal_grace_s,
                     retain_hours=s.retain_hours or None)
 
     def _seal_loop(self) -> None:
-        lake = self.lake()
+        lake: Lake | None = None
         while not self.stop_event.wait(self.settings.seal_interval_s):
             try:
+                lake = lake or self.lake()
                 lake.seal()
-            except duckdb.Error as err:  # e.g. a write conflict with ingestion: next round
+            except (duckdb.Error, OSError) as err:  # a write conflict, a full disk: next round
+                lake = None  # on a fresh cursor (the database may have been reopened)
                 log.warning("event=lake_seal_error error=%r", str(err))
 
     def stop(self) -> None:
@@ -222,8 +231,11 @@ class Pipeline:
         self._last_status_write = now
         path = status_file(self.settings.db)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+            os.replace(tmp, path)
+        except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience
+            log.debug("event=status_file_error error=%r", str(err))
 
 
 def status_file(db: Path) -> Path:
@@ -252,7 +264,7 @@ def commit_unit(
     shaping = shaping or Shaping()
     watermark = store.last_time(unit.stream.name)
     shaped = shape(unit, rules=shaping.rules, intervals=shaping.intervals,
-                   stall_after_s=store.stall_after_s, watermark=watermark)
+                   stall_after_s=store.stall_after_s, watermark=watermark, dedup=dedup_for(store, unit))
     result = BatchResult(
         stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
         lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,

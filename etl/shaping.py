@@ -129,8 +129,10 @@ def shape(
     stall_after_s: float,
     watermark: datetime | None,
     matcher: TradeMatcher | None = None,
+    dedup: Callable[[str, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> Shaped:
-    """Filter and derive a unit's rows; `watermark` is the stream's last event time so far."""
+    """Filter and derive a unit's rows; `watermark` is the stream's last event time so far.
+    `dedup(table, rows)` drops rows stored before, for a file read again."""
     rows: dict[str, pl.DataFrame] = {}
     completes = live = candle_rows = None
     first: datetime | None = None
@@ -147,6 +149,8 @@ def shape(
     if unit.frame is not None:
         frame = unit.frame.drop("_offset")
         kind = unit.stream.kind
+        if dedup is not None:
+            frame = dedup(kind, frame)
         if kind == "orders" and rules is not None:
             if unit.counts is None:  # not filtered while parsing
                 frame, counts = apply_rules(frame, rules.rules)
@@ -160,6 +164,10 @@ def shape(
         elif kind == "trades":
             # older nodes write a trade once per side (same hash, same orders): keep one
             rows["trades"] = live = frame.unique("tid", keep="first", maintain_order=True)
+        if dedup is not None and "trades" in rows:
+            rows["trades"] = dedup("trades", rows["trades"])
+            if live is not None:
+                live = live.join(rows["trades"].select("tid"), on="tid", how="semi")
         if "trades" in rows and intervals:
             candle_rows = candles_multi(rows["trades"], intervals)
     return Shaped(rows, completes, candle_rows, live, first, last, stalls, watermark)

@@ -78,6 +78,25 @@ class Simulator:
         self._status_names = [s for s, _ in STATUSES]
         self._status_weights = [w for _, w in STATUSES]
 
+    def continue_from(self, out: Path) -> bool:
+        """Continue the node already written under `out` (etl/simstate.py): ids after its last
+        ones, its last prices, never before its last event; a fresh random sequence."""
+        from etl.simstate import last_state
+
+        state = last_state(out)
+        if state is None:
+            return False
+        self.block = max(self.block, state.block)
+        self.oid = max(self.oid, state.oid)
+        self.tid = max(self.tid, state.tid)
+        self.prices.update({c: p for c, p in state.prices.items() if c in self.prices})
+        if state.time is not None and state.time > self.now:
+            self.now = state.time
+        self.rng = random.Random(f"{self.seed}:{self.block}:{self.oid}")
+        log.info("event=simulate_continue out=%s block=%d oid=%d tid=%d time=%s", out,
+                 self.block, self.oid, self.tid, state.time)
+        return True
+
     def _coin(self) -> str:
         return self.rng.choices(list(COINS), weights=[30, 20, 12, 15, 5, 5, 3])[0]
 
@@ -194,7 +213,7 @@ class Simulator:
             self.block += 1
             self._move_prices()
             if self.wall_clock:
-                self.now = datetime.now(UTC)
+                self.now = max(datetime.now(UTC), self.now + timedelta(milliseconds=1))
             else:
                 self.now += timedelta(seconds=BLOCK_S)
             env = {
@@ -267,6 +286,8 @@ class NodeWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             cur = (path, open(path, "ab"))  # noqa: SIM115 - kept open across calls
             self.files[stream] = cur
+            if _ends_mid_line(path):  # a run killed mid-write: keep its cut line apart
+                cur[1].write(b"\n")
         if self.malformed_share:
             lines = [self._maybe_break(x) for x in lines]
         data = self.held.pop(stream, b"") + b"\n".join(lines) + b"\n"
@@ -290,6 +311,15 @@ class NodeWriter:
             f.write(self.held.pop(stream, b""))  # type: ignore[attr-defined]
             f.close()  # type: ignore[attr-defined]
         self.files.clear()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def _write_block(
@@ -353,6 +383,8 @@ def run_live(
     every `burst_every_s`, `burst_factor` times that for `burst_s`."""
     stop = stop or threading.Event()
     sim = Simulator(seed=seed, start=datetime.now(UTC), wall_clock=True)
+    sim.continue_from(out)
+    first_block = sim.block
     writer = NodeWriter(out, malformed_share, seed, partial_writes)
     dirs = stream_dirs(variant, kinds)
     per_block = max(rate * BLOCK_S, 0.01)
@@ -370,7 +402,7 @@ def run_live(
         elapsed = time.monotonic() - started
         if duration_s is not None and elapsed >= duration_s:
             break
-        ahead = (sim.block - 800_000_000) * BLOCK_S - elapsed
+        ahead = (sim.block - first_block) * BLOCK_S - elapsed
         if stop.wait(max(0.0, ahead)):
             break
     writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -14,6 +15,8 @@ import polars as pl
 
 from etl.candles import CANDLE_SCHEMA
 from etl.config import Settings
+from etl.filecursors import FileCursors, migrate
+from etl.nodefiles import FileIndex
 from etl.parse import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.tail import Cursor, Gap
 
@@ -43,6 +46,13 @@ META_DDL = [
     """CREATE TABLE IF NOT EXISTS rejects (
         stream VARCHAR, file VARCHAR, "offset" BIGINT, reason VARCHAR, line VARCHAR,
         detected_at TIMESTAMP)""",
+    # one cursor per hour file, whichever mode read it (see etl/nodefiles.py); `recheck`:
+    # the file is being read again, its rows are checked against the stored ones
+    """CREATE TABLE IF NOT EXISTS file_cursors (
+        stream VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT, fp BIGINT,
+        recheck BOOLEAN, complete BOOLEAN, updated_at TIMESTAMP, PRIMARY KEY (stream, file))""",
+    # what this database is: its node dir, its id, per-stream floors (etl/identity.py)
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
     # the Parquet lake's sealed hours (see etl/lake.py)
     """CREATE TABLE IF NOT EXISTS lake_hours (
         tbl VARCHAR, hour TIMESTAMP, rows BIGINT, parts INTEGER, dirty BOOLEAN, pruned BOOLEAN,
@@ -100,21 +110,46 @@ class Store:
         self.stall_after_s = stall_after_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.con = duckdb.connect(str(path))
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")
-        # parquet, json and icu are built in; never fetch or load an extension at run time
-        self.con.execute("SET autoinstall_known_extensions = false")
-        self.con.execute("SET autoload_known_extensions = false")
-        # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
-        self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+        self.threads = threads
+        self.checkpoint_threshold = checkpoint_threshold
+        self.con = self._connect()
         for table, schema in ROW_TABLES.items():
             self.con.execute(_ddl(table, schema))
         for ddl in META_DDL:
             self.con.execute(ddl)
         self.con.execute(_ddl("candles", CANDLE_DB_SCHEMA, "PRIMARY KEY (coin, interval, t)"))
+        migrate(self.con)
+        self.files = FileCursors(self.con)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(self.path))
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        # parquet, json and icu are built in; never fetch or load an extension at run time
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
+        con.execute(f"SET checkpoint_threshold = '{self.checkpoint_threshold}'")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        return con
+
+    def healthy(self) -> bool:
+        """False once DuckDB has invalidated the database (e.g. a checkpoint on a full disk)."""
+        try:
+            self.con.execute("SELECT 1").fetchall()
+        except duckdb.Error:
+            return False
+        return True
+
+    def reconnect(self) -> None:
+        """Open the database again after DuckDB invalidated it; what was committed is there
+        (the WAL is replayed), the file cursors are read back from it."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        self.con = self._connect()
+        self.files.reload(self.con)  # the tailers hold this object
+        log.warning("event=db_reopened db=%s", self.path)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
@@ -122,11 +157,27 @@ class Store:
                    checkpoint_threshold=s.checkpoint_threshold, stall_after_s=s.stall_after_s)
 
     def close(self) -> None:
-        self.con.close()
+        with contextlib.suppress(duckdb.Error):  # an invalidated database closes with an error
+            self.con.close()
 
     def cursors(self) -> dict[str, Cursor]:
+        """Each stream's resume point: its current file, at that file's stored cursor."""
         rows = self.con.execute('SELECT stream, file, inode, "offset" FROM cursors').fetchall()
-        return {s: Cursor(f or "", int(i or 0), int(o or 0)) for s, f, i, o in rows}
+        out = {}
+        for s, f, i, o in rows:
+            fc = self.files.get(s, f) if f else None
+            out[s] = (Cursor(f, fc.inode, fc.offset, fc.fp) if fc is not None
+                      else Cursor(f or "", int(i or 0), int(o or 0)))
+        return out
+
+    def file_index(self, stream: str, start_file: str) -> FileIndex:
+        """The stored file cursors of one stream, for its tailer. Its floor (files before it
+        are not this stream's business) is fixed on first use: the file it starts at."""
+        key = f"floor:{stream}"
+        row = next(iter(self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()), None)
+        if row is None:
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [key, start_file])
+        return _StreamIndex(self.files, stream, row[0] if row else start_file)
 
     def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame],
                candles: pl.DataFrame | None = None, trade_users: pl.DataFrame | None = None) -> None:
@@ -135,6 +186,12 @@ class Store:
         `candles` are the new state of every candle the batch touched (merged with the stored
         ones by the caller); `trade_users` (tid, maker) completes trades stored without a maker."""
         con = self.con
+        if self.files.committed(batch.stream, batch.cursor, batch.lines):
+            # a commit reported failed (disk full at the checkpoint after it) that reached the
+            # WAL: it is in the database, so it is not stored a second time
+            log.warning("event=commit_already_stored stream=%s file=%s offset=%d",
+                        batch.stream, batch.cursor.file, batch.cursor.offset)
+            return
         con.execute("BEGIN TRANSACTION")
         try:
             for table, frame in rows.items():
@@ -186,6 +243,7 @@ class Store:
                     "UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
                     [batch.first_time, batch.stream],
                 )
+            files = self.files.advance(con, batch.stream, batch.cursor, batch.gaps)
             skipped = sum(g.end - g.start for g in batch.gaps)
             c = batch.cursor
             con.execute(
@@ -217,8 +275,9 @@ class Store:
             )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
+        self.files.remember(files)
 
     def _mark_late(self, table: str, hours: pl.Series) -> None:
         """Rows for an hour the lake has sealed already: have it sealed again."""
@@ -290,6 +349,27 @@ class Store:
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         con.close()
         return rows
+
+
+class _StreamIndex:
+    """`FileIndex` of one stream over the store's file cursors."""
+
+    def __init__(self, files: FileCursors, stream: str, floor: str) -> None:
+        self.files, self.stream, self.floor = files, stream, floor
+
+    def get(self, rel: str) -> tuple[int, int, int] | None:
+        fc = self.files.get(self.stream, rel)
+        return None if fc is None else (fc.inode, fc.offset, fc.fp)
+
+    def other_variant_read(self, rel: str) -> bool:
+        return self.files.other_variant_read(self.stream, rel)
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction; a failed COMMIT (e.g. disk full) has already ended it,
+    and a second error must not hide the first."""
+    with contextlib.suppress(duckdb.TransactionException):
+        con.execute("ROLLBACK")
 
 
 def fetch_pl(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> pl.DataFrame:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.nodefiles import FP_BYTES, EmptyIndex, FileIndex, fingerprint_at, fingerprint_of
+
 log = logging.getLogger("nodetap.tail")
 
 # directory name -> (kind, variant)
@@ -44,6 +46,8 @@ class Cursor:
     file: str  # "YYYYMMDD/H", relative to the stream's hourly dir; "" before the first file
     inode: int
     offset: int
+    # of the bytes just before `offset` (etl/nodefiles.py); 0: unknown, not checked
+    fp: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,13 @@ class Gap:
     file: str
     start: int
     end: int
-    reason: str  # backlog | truncated | replaced | missing | partial_line
+    # backlog | missing: bytes not read; truncated | replaced | rewritten | overlap: the file
+    # is read again from its start, and its rows are checked against the stored ones
+    reason: str
+
+
+# gap reasons after which a file is re-read from 0 with identity checks (etl/dedup.py)
+REREAD = ("truncated", "replaced", "rewritten", "overlap")
 
 
 @dataclass
@@ -186,7 +196,12 @@ def initial_cursor(stream: Stream, start_from: str) -> Cursor:
 
 
 class Tailer:
-    """Produces the next batch of whole lines of one stream after a cursor."""
+    """Produces the next batch of whole lines of one stream after a cursor.
+
+    With an `index` (the store's per-file cursors), a file is entered at its stored cursor,
+    a file rewritten, replaced or read by another variant is read again from its start
+    (flagged by a gap, so its rows are checked against the stored ones), and an hour
+    file that appears after a later one is read too."""
 
     def __init__(
         self,
@@ -196,13 +211,18 @@ class Tailer:
         max_backlog_bytes: int | None,
         rotate_grace_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        index: FileIndex | None = None,
     ) -> None:
         self.stream = stream
         self.batch_max_bytes = batch_max_bytes
         self.max_backlog_bytes = max_backlog_bytes
         self.rotate_grace_s = rotate_grace_s
         self.clock = clock
+        self.index: FileIndex = index or EmptyIndex()
         self._waiting_since: float | None = None  # partial tail seen with a newer file present
+        self._entered = ""  # the file whose stored cursor was last consulted
+        self._passed: set[str] = set()  # files this tailer has been in or skipped
+        self._settled: set[str] = set()  # older files known to be read (or before the floor)
 
     def unread_after(self, cur: Cursor) -> int:
         """Bytes the node has written after `cur`: the rest of its file and all later files."""
@@ -210,6 +230,40 @@ class Tailer:
         later = [f for f in files if not cur.file or _key(f) > _key(cur.file)]
         rest = max(0, _size(self.stream.root / cur.file) - cur.offset) if cur.file else 0
         return rest + sum(_size(self.stream.root / f) for f in later)
+
+    def _enter(self, rel: str, gaps: list[Gap], at: Cursor | None = None) -> Cursor:
+        """Where to read `rel` from: its stored cursor when further than `at` (checked by the
+        caller like any cursor), else `at`, else its start."""
+        self._entered = rel
+        self._passed.add(rel)
+        stored = self.index.get(rel)
+        if stored is not None:
+            inode, offset, fp = stored
+            if at is None or offset > at.offset:
+                return Cursor(rel, inode, offset, fp)
+            return at
+        if (at is None or at.offset == 0) and self.index.other_variant_read(rel):
+            # the same hour was stored from another variant of this kind: check every row
+            gaps.append(Gap(rel, 0, 0, "overlap"))
+            log.warning("event=file_overlap stream=%s file=%s", self.stream.name, rel)
+        if at is not None:
+            return at
+        st = _stat(self.stream.root / rel)
+        return Cursor(rel, st.st_ino if st else 0, 0)
+
+    def _stray(self, files: list[str], current: str) -> str | None:
+        """An hour file older than `current` that appeared late and nothing has read."""
+        floor = _key(self.index.floor) if self.index.floor else None
+        for f in files:
+            if _key(f) >= _key(current):
+                return None
+            if f in self._passed or f in self._settled:
+                continue
+            if (floor is not None and _key(f) < floor) or self.index.get(f) is not None:
+                self._settled.add(f)
+                continue
+            return f
+        return None
 
     def next_batch(self, cur: Cursor) -> Batch | None:
         """The next batch after `cur`, or None when there is nothing new to commit."""
@@ -219,9 +273,18 @@ class Tailer:
         if not cur.file:
             if not files:
                 return None
-            cur = Cursor(files[0], os.stat(root / files[0]).st_ino, 0)
+            cur = self._enter(files[0], gaps)
+        elif cur.file != self._entered:
+            cur = self._enter(cur.file, gaps, at=cur)
+        stray = self._stray(files, cur.file)
+        if stray is not None:
+            log.warning("event=file_out_of_order stream=%s file=%s current=%s",
+                        self.stream.name, stray, cur.file)
+            nxt = self._enter(stray, gaps)
+            return Batch(self.stream, nxt.file, nxt.offset, b"", nxt, gaps)
         for _ in range(len(files) + 2):
-            st = _stat(root / cur.file)
+            path = root / cur.file
+            st = _stat(path)
             later = [f for f in files if _key(f) > _key(cur.file)]
             if st is None:
                 # the file was deleted under us: record it, move on to the next one
@@ -229,26 +292,23 @@ class Tailer:
                     return None
                 gaps.append(Gap(cur.file, cur.offset, cur.offset, "missing"))
                 log.warning("event=file_missing stream=%s file=%s", self.stream.name, cur.file)
-                cur = Cursor(later[0], os.stat(root / later[0]).st_ino, 0)
+                cur = self._enter(later[0], gaps)
                 continue
+            reason = ""
             if cur.inode and st.st_ino != cur.inode:
-                gaps.append(Gap(cur.file, cur.offset, cur.offset, "replaced"))
-                log.warning(
-                    "event=file_replaced stream=%s file=%s offset=%d", self.stream.name, cur.file, cur.offset
-                )
-                cur = Cursor(cur.file, st.st_ino, 0)
+                reason = "replaced"
             elif st.st_size < cur.offset:
-                gaps.append(Gap(cur.file, st.st_size, cur.offset, "truncated"))
-                log.warning(
-                    "event=file_truncated stream=%s file=%s offset=%d size=%d",
-                    self.stream.name,
-                    cur.file,
-                    cur.offset,
-                    st.st_size,
-                )
+                reason = "truncated"
+            elif cur.fp and cur.offset and fingerprint_at(path, cur.offset) != cur.fp:
+                reason = "rewritten"  # same inode, not shorter, other bytes before the cursor
+            if reason:
+                gaps.append(Gap(cur.file, cur.offset, cur.offset, reason))
+                log.warning("event=file_%s stream=%s file=%s offset=%d size=%d (read again from "
+                            "its start; rows already stored are not stored twice)", reason,
+                            self.stream.name, cur.file, cur.offset, st.st_size)
                 cur = Cursor(cur.file, st.st_ino, 0)
             elif not cur.inode:
-                cur = Cursor(cur.file, st.st_ino, cur.offset)
+                cur = Cursor(cur.file, st.st_ino, cur.offset, cur.fp)
             unread = st.st_size - cur.offset + sum(_size(root / f) for f in later)
             if self.max_backlog_bytes is not None and unread > self.max_backlog_bytes:
                 cur, skipped = self._skip_backlog(cur, st.st_size, later)
@@ -269,14 +329,15 @@ class Tailer:
                     self._waiting_since = now
                 if now - self._waiting_since < self.rotate_grace_s:
                     break
-                with open(root / cur.file, "rb") as f:
+                with open(path, "rb") as f:
                     f.seek(cur.offset)
                     partial = f.read(min(512, st.st_size - cur.offset))
                 self._waiting_since = None
-                nxt = Cursor(later[0], os.stat(root / later[0]).st_ino, 0)
+                left = cur.file
+                nxt = self._enter(later[0], gaps)
                 return Batch(
                     self.stream,
-                    cur.file,
+                    left,
                     cur.offset,
                     b"",
                     nxt,
@@ -284,8 +345,8 @@ class Tailer:
                     partial,
                     "unterminated last line of a rotated file",
                 )
-            cur = Cursor(later[0], os.stat(root / later[0]).st_ino, 0)
-            return Batch(self.stream, cur.file, 0, b"", cur, gaps, unread=unread)
+            cur = self._enter(later[0], gaps)
+            return Batch(self.stream, cur.file, cur.offset, b"", cur, gaps, unread=unread)
         if gaps:
             return Batch(self.stream, cur.file, cur.offset, b"", cur, gaps)
         return None
@@ -319,7 +380,11 @@ class Tailer:
             )
         if cut < len(data):
             data = data[:cut]
-        nxt = Cursor(cur.file, cur.inode, cur.offset + cut)
+        if cut >= FP_BYTES or cur.offset == 0:
+            fp = fingerprint_of(data[max(0, cut - FP_BYTES):cut])
+        else:
+            fp = fingerprint_at(self.stream.root / cur.file, cur.offset + cut) or 0
+        nxt = Cursor(cur.file, cur.inode, cur.offset + cut, fp)
         return Batch(self.stream, cur.file, cur.offset, data, nxt, gaps, unread=unread - cut)
 
     def _skip_backlog(self, cur: Cursor, size: int, later: list[str]) -> tuple[Cursor, list[Gap]]:
@@ -337,6 +402,8 @@ class Tailer:
                 gaps.append(Gap(last, 0, target, "backlog"))
         else:
             gaps.append(Gap(cur.file, cur.offset, target, "backlog"))
+        self._passed.update(later)
+        self._entered = last
         skipped = sum(g.end - g.start for g in gaps)
         log.warning(
             "event=backlog_skip stream=%s bytes=%d from=%s:%d to=%s:%d",

@@ -119,7 +119,7 @@ def test_truncated_file_is_detected_and_read_from_start(tmp_path: Path) -> None:
     os.truncate(st.root / "20260105/9", 4)
     got, cur, gaps = drain(t, cur)
     assert got == [b"new\n"]
-    assert [(g.file, g.start, g.end, g.reason) for g in gaps] == [("20260105/9", 4, 12, "truncated")]
+    assert [(g.file, g.start, g.end, g.reason) for g in gaps] == [("20260105/9", 12, 12, "truncated")]
 
 
 def test_replaced_file_is_detected_by_inode(tmp_path: Path) -> None:

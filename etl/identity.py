@@ -1,0 +1,119 @@
+"""What a database belongs to: one node dir, and one Parquet lake that belongs to it.
+
+A database records the node dir it reads (`meta.node_dir`) and an id of its own
+(`meta.db_id`). Opening it on another node dir is refused: its cursors describe the other
+node's files. A lake holds a manifest (`nodetap-lake.json`) naming the database that seals
+into it; another database refuses to seal there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+import orjson
+
+log = logging.getLogger("nodetap.identity")
+
+MANIFEST = "nodetap-lake.json"
+
+
+class IdentityError(Exception):
+    """A database or a lake belongs to something else; the message says what to do."""
+
+
+def _meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    row = next(iter(con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()), None)
+    return None if row is None else str(row[0])
+
+
+def db_id(con: duckdb.DuckDBPyConnection) -> str:
+    """This database's id, made on first use (a copied file keeps it: the copy is the same DB)."""
+    found = _meta(con, "db_id")
+    if found is None:
+        found = uuid.uuid4().hex
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('db_id', ?)", [found])
+        found = _meta(con, "db_id") or found
+    return found
+
+
+def bind_node(con: duckdb.DuckDBPyConnection, db: Path, node_dir: Path, *,
+              rebind: bool = False) -> None:
+    """Bind the database to `node_dir` on first use; refuse another node dir later."""
+    want = str(node_dir.resolve())
+    have = _meta(con, "node_dir")
+    if have == want:
+        return
+    if have is None:
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('node_dir', ?)", [want])
+        log.info("event=db_bound db=%s node_dir=%s", db, want)
+        return
+    if not rebind:
+        raise IdentityError(
+            f"database {db} belongs to node dir {have}, not {want}: its cursors describe that "
+            f"node's files. Use a new --db (setting db) for {want}; or, if the node dir itself "
+            f"moved to {want}, pass --rebind-node-dir once to bind {db} to it")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'node_dir'", [want])
+    log.warning("event=db_rebound db=%s from=%s to=%s", db, have, want)
+
+
+def default_lake(con: duckdb.DuckDBPyConnection, db: Path) -> Path:
+    """`<db>.lake` beside the database; a database that sealed into the shared `lake/` of
+    earlier versions keeps it (and claims it), with a warning."""
+    new = db.with_name(db.name + ".lake")
+    legacy = db.parent / "lake"
+    if new.exists() or not legacy.is_dir():
+        return new
+    (sealed,) = con.execute("SELECT count(*) FROM lake_hours").fetchall()[0]
+    owner = _read_manifest(legacy)
+    if sealed and (owner is None or owner.get("db_id") == db_id(con)):
+        log.warning("event=lake_legacy_location db=%s lake=%s (a lake per database is now "
+                    "%s; move it there, or set lake_dir)", db, legacy, new)
+        return legacy
+    return new
+
+
+def _read_manifest(root: Path) -> dict[str, str] | None:
+    try:
+        data = orjson.loads((root / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as err:
+        raise IdentityError(f"lake {root}: {MANIFEST} is not valid JSON ({err}); "
+                            "fix or remove it") from err
+    return data if isinstance(data, dict) else None
+
+
+def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
+    """Make sure the lake at `root` is this database's (claiming a new or empty one)."""
+    root = root.resolve()
+    me = {"db": str(db.resolve()), "db_id": db_id(con)}
+    owner = _read_manifest(root)
+    if owner is not None:
+        if owner.get("db_id") != me["db_id"]:
+            raise IdentityError(
+                f"lake {root} belongs to database {owner.get('db')}, not {me['db']}: each "
+                "database seals into a lake of its own. Give this one another lake_dir (--lake), "
+                f"or leave lake_dir empty for {db.name}.lake beside it")
+        if owner.get("db") != me["db"]:
+            _write_manifest(root, me)  # the database file moved; the lake is still its own
+        return root
+    (sealed,) = con.execute("SELECT count(*) FROM lake_hours").fetchall()[0]
+    foreign = root.is_dir() and next(root.glob("*/date=*/hour=*/*.parquet"), None) is not None
+    if foreign and not sealed:
+        raise IdentityError(
+            f"lake {root} holds Parquet files but no {MANIFEST}, and database {me['db']} never "
+            "sealed an hour: they are another database's. Give this one another lake_dir (--lake)")
+    root.mkdir(parents=True, exist_ok=True)
+    _write_manifest(root, me)
+    log.info("event=lake_claimed lake=%s db=%s", root, me["db"])
+    return root
+
+
+def _write_manifest(root: Path, me: dict[str, str]) -> None:
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_bytes(orjson.dumps(me, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, root / MANIFEST)

@@ -1,0 +1,352 @@
+"""Every event stored once across modes, restarts and file faults; a database bound to its
+node dir and a lake to its database; crashes inside sealing; old databases migrated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import lz4.frame
+import orjson
+import pytest
+
+from etl.pipeline import status_file
+from tests.conftest import ROOT, query, run_cli, wait_for
+
+ORDERS = "node_order_statuses"
+FILLS = "node_fills"
+KEEP = ("--keep-all", "--log-level", "WARNING")
+
+
+def source_counts(node: Path) -> tuple[int, int, float]:
+    """(order statuses, trades, traded size) written under a node dir."""
+    orders = trades = 0
+    size = 0.0
+    for p in node.rglob("*"):
+        if not p.is_file():
+            continue
+        lines = p.read_bytes().splitlines()
+        if ORDERS in p.parts:
+            orders += len(lines)
+        elif FILLS in p.parts:
+            for line in lines:
+                f = orjson.loads(line)[1]
+                if f["crossed"]:
+                    trades += 1
+                    size += float(f["sz"])
+    return orders, trades, size
+
+
+def stored(db: Path) -> tuple[int, int, int, int, float]:
+    """(orders, distinct order statuses, trades, distinct tids, 1m candle volume) in history
+    (DuckDB and the lake; DuckDB alone before anything made the views)."""
+    (views,), = query(db, "SELECT count(*) FROM duckdb_views() WHERE schema_name = 'history'")
+    h = "history" if views else "main"
+    (o, od), = query(db, 'SELECT count(*), count(DISTINCT ("user", oid, status, time)) '
+                         f"FROM {h}.orders")
+    (t, td), = query(db, f"SELECT count(*), count(DISTINCT tid) FROM {h}.trades")
+    (v,), = query(db, f"SELECT coalesce(sum(v), 0) FROM {h}.candles WHERE interval = '1m'")
+    return o, od, t, td, round(v, 6)
+
+
+def expect(node: Path) -> tuple[int, int, int, int, float]:
+    o, t, size = source_counts(node)
+    return o, o, t, t, round(size, 6)
+
+
+def ingest_once(node: Path, db: Path, *extra: str, check: bool = True,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once",
+                   *KEEP, *extra, check=check, env=env)
+
+
+def hour_files_of(node: Path, stream: str) -> list[Path]:
+    return sorted((p for p in (node / stream / "hourly").rglob("*") if p.is_file()),
+                  key=lambda p: (p.parent.name, int(p.name.split(".")[0])))
+
+
+# ------------------------------------------------------------------ modes share file cursors
+def test_backfill_then_live_stores_each_event_once(make_node_dir: Callable[..., Path],
+                                                   tmp_path: Path) -> None:
+    node = make_node_dir(lines=4000, start=datetime(2026, 1, 5, 10, 59, 50, tzinfo=UTC))
+    db = tmp_path / "a.duckdb"
+    run_cli("backfill", str(node), "--db", str(db), "--quiet", *KEEP)
+    assert stored(db) == expect(node)
+    ingest_once(node, db)
+    assert stored(db) == expect(node)
+    assert query(db, "SELECT count(*) FROM gaps") == [(0,)]
+
+
+def test_live_then_backfill_stores_each_event_once(make_node_dir: Callable[..., Path],
+                                                   tmp_path: Path) -> None:
+    node = make_node_dir(lines=4000, start=datetime(2026, 1, 5, 10, 59, 50, tzinfo=UTC))
+    # the newest hour is half written when live ingestion runs
+    last = hour_files_of(node, ORDERS)[-1]
+    full = last.read_bytes()
+    half = full[:full.index(b"\n", len(full) // 2) + 1]
+    last.write_bytes(half)
+    db = tmp_path / "b.duckdb"
+    ingest_once(node, db)
+    with open(last, "ab") as f:
+        f.write(full[len(half):])  # the node writes the rest
+    out = run_cli("backfill", str(node), "--db", str(db), "--quiet", *KEEP)
+    # backfill read only the second half of that one file
+    assert f"lines={len(full[len(half):].splitlines())}" in out.stdout
+    assert stored(db) == expect(node)
+    ingest_once(node, db)
+    assert stored(db) == expect(node)
+
+
+def test_a_different_copy_of_a_read_hour_stores_nothing_twice(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """An archive of an hour already ingested live, with its lines in another order (another
+    node's file): the bytes before the cursor differ, so it is read whole and checked."""
+    node = make_node_dir(lines=3000)
+    db = tmp_path / "c.duckdb"
+    ingest_once(node, db)
+    before = stored(db)
+    archive = tmp_path / "archive" / FILLS / "hourly" / "20260105"
+    archive.mkdir(parents=True)
+    for f in hour_files_of(node, FILLS):
+        lines = f.read_bytes().splitlines(keepends=True)
+        (archive / (f.name + ".lz4")).write_bytes(lz4.frame.compress(b"".join(reversed(lines))))
+    run_cli("backfill", str(tmp_path / "archive"), "--db", str(db), "--quiet", *KEEP)
+    assert stored(db) == before == expect(node)
+    assert query(db, "SELECT count(*), count(DISTINCT (tid, \"user\")) FROM fills")[0][0] == \
+        query(db, "SELECT count(DISTINCT (tid, \"user\")) FROM fills")[0][0]
+
+
+def block_counts(node: Path) -> tuple[int, int, int, int, float]:
+    """Like `expect`, for `_by_block` files."""
+    orders = trades = 0
+    size = 0.0
+    for p in node.rglob("*"):
+        if p.is_file() and "_by_block" in p.parts[-4]:
+            for line in p.read_bytes().splitlines():
+                events = orjson.loads(line)["events"]
+                if p.parts[-4].startswith(ORDERS):
+                    orders += len(events)
+                else:
+                    taker = [e[1] for e in events if e[1]["crossed"]]
+                    trades += len(taker)
+                    size += sum(float(f["sz"]) for f in taker)
+    return orders, orders, trades, trades, round(size, 6)
+
+
+def test_the_same_hours_from_another_variant_store_nothing_twice(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """Plain files backfilled, then the node's `_by_block` files of the same hours (and
+    more) ingested live: the same events in other lines, checked by identity key."""
+    node = make_node_dir(lines=3000, name="plain")
+    plain = expect(node)
+    # the same seed gives the same events: ~200 blocks, more than the ~125 of the plain run
+    blocks = make_node_dir(lines=400, name="blocks", variant="by_block")
+    for d in blocks.iterdir():
+        d.rename(node / d.name)
+    db = tmp_path / "v.duckdb"
+    run_cli("backfill", str(node / ORDERS), str(node / FILLS), "--db", str(db), "--quiet", *KEEP)
+    assert stored(db) == plain
+    proc = ingest_once(node, db)
+    assert "event=file_overlap" in proc.stderr
+    assert stored(db) == block_counts(node)
+    assert query(db, "SELECT count(*) FROM orders WHERE block_number IS NULL") == [(plain[0],)]
+
+
+# -------------------------------------------------------------------------- identity
+def test_a_database_refuses_another_node_dir_until_rebound(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    a = make_node_dir(lines=1000, name="a")
+    b = make_node_dir(lines=1000, name="b", seed=9)
+    db = tmp_path / "n.duckdb"
+    ingest_once(a, db)
+    proc = ingest_once(b, db, check=False)
+    assert proc.returncode == 2
+    assert f"belongs to node dir {a.resolve()}, not {b.resolve()}" in proc.stderr
+    assert "--rebind-node-dir" in proc.stderr and "new --db" in proc.stderr
+    # the node dir moved: a's files now live at `moved`
+    moved = tmp_path / "moved"
+    a.rename(moved)
+    ingest_once(moved, db, "--rebind-node-dir")
+    assert stored(db) == expect(moved)  # nothing read twice after the move
+
+
+def test_two_databases_in_one_folder_have_their_own_lakes(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=3000, start=datetime(2026, 1, 5, 10, 59, 55, tzinfo=UTC))
+    env = {"NODETAP_SEAL_GRACE_S": "0", "NODETAP_RETAIN_HOURS": "0.0002"}
+    b, c = tmp_path / "b.duckdb", tmp_path / "c.duckdb"
+    ingest_once(node, b, env=env)
+    ingest_once(node, c, env=env)
+    assert (tmp_path / "b.duckdb.lake" / "orders").is_dir()
+    assert (tmp_path / "c.duckdb.lake" / "orders").is_dir()
+    assert orjson.loads((tmp_path / "b.duckdb.lake" / "nodetap-lake.json").read_bytes())["db"] == str(b)
+    assert stored(b) == stored(c) == expect(node)
+    # pointing c at b's lake is refused, and b's history is untouched
+    proc = ingest_once(node, c, "--lake", str(tmp_path / "b.duckdb.lake"), check=False, env=env)
+    assert proc.returncode == 2
+    assert f"lake {tmp_path / 'b.duckdb.lake'} belongs to database {b}, not {c}" in proc.stderr
+    assert stored(b) == expect(node)
+
+
+# ------------------------------------------------------------------ crashes inside sealing
+def copy_until(src: Path, dst: Path, hour: int, share: float) -> None:
+    """Copy src's hour files to dst: every hour before `hour` whole, `share` of that hour's
+    lines (the rest is appended on a later call), nothing after it."""
+    for f in (p for p in src.rglob("*") if p.is_file()):
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = f.read_bytes().splitlines(keepends=True)
+        h = int(f.name)
+        keep = len(lines) if h < hour else int(len(lines) * share) if h == hour else 0
+        have = out.stat().st_size if out.exists() else 0
+        data = b"".join(lines[:keep])
+        if len(data) > have:
+            with open(out, "ab") as w:
+                w.write(data[have:])
+
+
+@pytest.mark.parametrize("point", ["seal_after_rename", "seal_before_commit",
+                                   "seal_after_commit", "prune_before_commit"])
+def test_sigkill_inside_sealing_leaves_no_seam_or_duplicate(
+        make_node_dir: Callable[..., Path], tmp_path: Path, point: str) -> None:
+    # ~1.5 h of a quiet node: hours 10 (its last minute), 11 and 12
+    src = make_node_dir(lines=8000, name="src", start=datetime(2026, 1, 5, 10, 59, tzinfo=UTC),
+                        events_per_block=0.2)
+    node = tmp_path / "node"
+    db = tmp_path / "s.duckdb"
+    env = {"NODETAP_SEAL_GRACE_S": "0", "NODETAP_RETAIN_HOURS": "0"}
+    copy_until(src, node, 11, 0.5)
+    ingest_once(node, db, env=env)  # hour 10 sealed: the views read the lake from now on
+    (sealed,), = query(db, "SELECT count(*) FROM lake_hours")
+    assert sealed == 4
+    copy_until(src, node, 13, 0.0)  # the rest: hour 11 completes, hour 12 begins
+    if point == "prune_before_commit":
+        ingest_once(node, db, env=env)  # hour 11 sealed too, nothing pruned yet
+        env["NODETAP_RETAIN_HOURS"] = "0.5"
+    proc = ingest_once(node, db, check=False, env={**env, "NODETAP_FAULT": point})
+    assert proc.returncode == -signal.SIGKILL
+    assert stored(db) == expect(src)  # right after the crash, before any recovery
+    ingest_once(node, db, env=env)
+    assert stored(db) == expect(src)
+    (sealed, pruned), = query(db, "SELECT count(*), count(*) FILTER (WHERE pruned) FROM lake_hours")
+    assert (sealed, pruned) == (8, 8 if point == "prune_before_commit" else 0)
+
+
+# ---------------------------------------------------------------------------- file faults
+def order(oid: int, minute: int = 10) -> bytes:
+    from tests.test_lake import order_line
+
+    return order_line(f"2026-01-05T11:{minute:02d}:00", oid)
+
+
+def orders_in(db: Path) -> list[int]:
+    return [r[0] for r in query(db, "SELECT oid FROM orders ORDER BY oid")]
+
+
+def test_rewrite_in_place_that_grows_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    hour = node / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    hour.write_bytes(b"".join(order(i) + b"\n" for i in range(10, 400)))
+    db = tmp_path / "r.duckdb"
+    ingest_once(node, db)
+    ino = hour.stat().st_ino
+    with open(hour, "r+b") as f:  # same inode: truncated, then written longer
+        f.truncate(0)
+        f.write(b"".join(order(i) + b"\n" for i in range(400)))
+    assert hour.stat().st_ino == ino
+    proc = ingest_once(node, db)
+    assert "event=file_rewritten" in proc.stderr
+    assert orders_in(db) == list(range(400))
+
+
+def test_replaced_file_never_stores_its_old_lines_again(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    hour = node / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    hour.write_bytes(b"".join(order(i) + b"\n" for i in range(30)))
+    db = tmp_path / "p.duckdb"
+    ingest_once(node, db)
+    new = hour.with_name("new")
+    new.write_bytes(b"".join(order(i) + b"\n" for i in range(45)))
+    os.rename(hour, hour.with_name("old"))  # keeps the old inode from being reused
+    os.rename(new, hour)
+    ingest_once(node, db)
+    assert orders_in(db) == list(range(45))
+    assert query(db, "SELECT reason FROM gaps") == [("replaced",)]
+
+
+def test_an_hour_file_that_appears_late_is_read(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    day = node / ORDERS / "hourly" / "20260105"
+    day.mkdir(parents=True)
+    (day / "10").write_bytes(order(1, 5) + b"\n")
+    (day / "12").write_bytes(order(2, 6) + b"\n")
+    db = tmp_path / "o.duckdb"
+    ingest_once(node, db)
+    (day / "11").write_bytes(b"".join(order(i) + b"\n" for i in range(100, 120)))
+    with open(day / "12", "ab") as f:
+        f.write(order(3) + b"\n")
+    proc = ingest_once(node, db)
+    assert "event=file_out_of_order" in proc.stderr
+    assert orders_in(db) == [1, 2, 3, *range(100, 120)]
+    ingest_once(node, db)  # and never again
+    assert len(orders_in(db)) == 23
+
+
+def test_a_missing_node_dir_is_waited_for(make_node_dir: Callable[..., Path],
+                                          tmp_path: Path) -> None:
+    src = make_node_dir(lines=1000, name="src")
+    node = tmp_path / "later"
+    db = tmp_path / "w.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
+         "--from", "start", "--keep-all", "--debounce-ms", "5", "--poll"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: status_file(db).exists(), timeout=60)
+        assert proc.poll() is None
+        src.rename(node)
+        total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
+        wait_for(lambda: sum(r.get("lines", 0) for r in orjson.loads(
+            status_file(db).read_bytes())) == total, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"event=node_dir_missing" in err and b"event=node_dir_found" in err
+
+
+# ------------------------------------------------------------------------------ migration
+def test_a_database_of_the_previous_version_resumes_without_duplicates(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=4000, start=datetime(2026, 1, 5, 10, 59, 50, tzinfo=UTC))
+    last = hour_files_of(node, ORDERS)[-1]
+    full = last.read_bytes()
+    half = full[:full.index(b"\n", len(full) // 2) + 1]
+    last.write_bytes(half)
+    db = tmp_path / "old.duckdb"
+    env = {"NODETAP_SEAL_GRACE_S": "0"}
+    ingest_once(node, db, env=env)
+    # what version 1 left: cursors per stream only, no file cursors, no identity, and the
+    # lake in `lake/` beside the database, without a manifest
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE file_cursors")
+    con.execute("DROP TABLE meta")
+    con.close()
+    (tmp_path / "old.duckdb.lake" / "nodetap-lake.json").unlink()
+    (tmp_path / "old.duckdb.lake").rename(tmp_path / "lake")
+    with open(last, "ab") as f:
+        f.write(full[len(half):])
+    proc = ingest_once(node, db, "--log-level", "INFO", env=env)
+    assert "event=db_migrated" in proc.stderr and "event=lake_legacy_location" in proc.stderr
+    assert stored(db) == expect(node)
+    assert (tmp_path / "lake" / "nodetap-lake.json").exists()
+    assert not (tmp_path / "old.duckdb.lake").exists()
+    assert query(db, "SELECT value FROM meta WHERE key = 'node_dir'") == [(str(node.resolve()),)]
