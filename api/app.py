@@ -18,7 +18,7 @@ from api.limits import BodyLimit, TransportTap
 from api.readonly import lock_instance
 from api.routes import dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
-from etl.config import Settings, lake_root
+from etl.config import Settings
 from etl.pipeline import Pipeline, rules_file_for
 from etl.store import Store
 
@@ -36,7 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
         pipeline = Pipeline(settings, store, rules=rules, listeners=[hub.publish])
         # the history views exist now: from here on no SQL reaches files outside the lake,
         # nor changes a setting (see api/readonly.py)
-        lock_instance(store.con, lake_root(settings), settings.db_memory_limit)
+        lock_instance(store.con, pipeline.lake_root, settings.db_memory_limit)
+        # a database reopened after a full disk is a new instance: lock it the same way
+        store.on_reopen.append(lambda con: lock_instance(con, pipeline.lake_root, settings.db_memory_limit))
         state = AppState(settings, store, pipeline, rules, hub, started_at=time.time())
         app.state.nodetap = state
         state.thread = threading.Thread(target=pipeline.run, name="nodetap-pipeline", daemon=True)

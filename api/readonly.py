@@ -31,7 +31,8 @@ from etl.store import Store
 log = logging.getLogger("nodetap.sql")
 
 # what the store's readers set on each new cursor (`Store.reader`); everything else is locked
-ALLOWED_CONFIGS = ("TimeZone", "python_enable_replacements")
+# (and the WAL threshold, which the disk guard fits to the free space: etl/diskspace.py)
+ALLOWED_CONFIGS = ("TimeZone", "python_enable_replacements", "checkpoint_threshold")
 
 
 def _quote(text: str) -> str:

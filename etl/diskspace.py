@@ -84,11 +84,22 @@ def fitting_threshold(configured: str, free: int) -> int:
     return max(MIN_THRESHOLD, min(parse_size(configured), free // WAL_SHARE))
 
 
+class DiskAlarm:
+    """What the guards of one database (one per lane) share: one `disk_full` error for the
+    pipeline, not one per lane, and one `disk_space_back`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last_log = float("-inf")
+        self.raised = False
+
+
 class DiskGuard:
     """Runs commits; a full disk pauses and retries them until space is back or `stop`."""
 
     def __init__(self, store: Store, stop: threading.Event, *, retry_s: float = RETRY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, alarm: DiskAlarm | None = None) -> None:
+        self.alarm = alarm or DiskAlarm()
         self.store, self.db, self.configured = store, store.path, store.checkpoint_threshold
         self.stop, self.retry_s, self.clock = stop, retry_s, clock
         self.threshold = 0
@@ -124,7 +135,6 @@ class DiskGuard:
     def run(self, commit: Callable[[], T]) -> T:
         """`commit()`, retried while the disk is full."""
         started = None
-        last_log = float("-inf")
         self._calls += 1
         if self._calls % 64 == 0:  # the database grows: keep the WAL within the free space
             self.adapt()
@@ -132,14 +142,21 @@ class DiskGuard:
             try:
                 out = commit()
             except Exception as err:
+                if not self.store.healthy() and not is_disk_full(err):
+                    # another lane reopened the database under this one: on the new connection
+                    self._recover()
+                    continue
                 if not is_disk_full(err):
                     raise
                 now = self.clock()
                 if started is None:
                     started = now
                     self.pauses += 1
-                if now - last_log >= LOG_EVERY_S:
-                    last_log = now
+                with self.alarm.lock:
+                    announce = now - self.alarm.last_log >= LOG_EVERY_S
+                    if announce:
+                        self.alarm.last_log, self.alarm.raised = now, True
+                if announce:
                     log.error(
                         "event=disk_full volume=%s db=%s free=%d waited_s=%.0f error=%r "
                         "(ingestion paused, nothing lost: it retries every %.0f s and resumes "
@@ -155,7 +172,11 @@ class DiskGuard:
             if started is not None:
                 waited = self.clock() - started
                 self.paused_s += waited
-                log.warning("event=disk_space_back volume=%s waited_s=%.1f (ingestion resumed)",
-                            volume_of(self.db), waited)
+                with self.alarm.lock:
+                    back, self.alarm.raised = self.alarm.raised, False
+                    self.alarm.last_log = float("-inf")
+                if back:
+                    log.warning("event=disk_space_back volume=%s waited_s=%.1f (ingestion resumed)",
+                                volume_of(self.db), waited)
                 self.adapt()
             return out

@@ -32,7 +32,7 @@ import polars as pl
 from etl.candles import merge as merge_candles
 from etl.config import Settings
 from etl.dedup import drop_stored
-from etl.diskspace import DiskFullError, DiskGuard
+from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
 from etl.filters import RulesFile
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
@@ -84,7 +84,8 @@ class Lane:
 
     def __init__(self, stream: Stream, store: Store, settings: Settings, cursor: Cursor, *,
                  rules: RulesFile | None, listeners: list[Listener],
-                 clock: Callable[[], float] = time.monotonic, index: FileIndex | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, index: FileIndex | None = None,
+                 alarm: DiskAlarm | None = None) -> None:
         s = settings
         self.stream = stream
         self.store = store  # this lane's own connection
@@ -112,7 +113,7 @@ class Lane:
         self.stop_event = threading.Event()
         # a full disk pauses commits (etl/diskspace.py); after a failed commit, no later unit
         # of this lane may commit (its rows would pass the failed one's)
-        self.disk = DiskGuard(store, self.stop_event)
+        self.disk = DiskGuard(store, self.stop_event, alarm=alarm)
         self.halted = False
         self.thread: threading.Thread | None = None
         # counters, for status

@@ -6,6 +6,8 @@ import contextlib
 import copy
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +122,12 @@ class Store:
         self.con.execute(_ddl("candles", CANDLE_DB_SCHEMA, "PRIMARY KEY (coin, interval, t)"))
         migrate(self.con)
         self.files = FileCursors(self.con)
+        # thread views (`for_thread`) share the database: a reopen closes and replaces them all
+        self._root = self
+        self._views: list[Store] = []
+        self._reopen_lock = threading.Lock()
+        self.generation = 0  # reopens of the database this connection belongs to
+        self.on_reopen: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
@@ -135,7 +143,10 @@ class Store:
         return con
 
     def healthy(self) -> bool:
-        """False once DuckDB has invalidated the database (e.g. a checkpoint on a full disk)."""
+        """False once DuckDB has invalidated the database (e.g. a checkpoint on a full disk), or
+        another thread reopened it under this view."""
+        if self.generation != self._root.generation:
+            return False
         try:
             self.con.execute("SELECT 1").fetchall()
         except duckdb.Error:
@@ -144,12 +155,25 @@ class Store:
 
     def reconnect(self) -> None:
         """Open the database again after DuckDB invalidated it; what was committed is there
-        (the WAL is replayed), the file cursors are read back from it."""
-        with contextlib.suppress(duckdb.Error):
-            self.con.close()
-        self.con = self._connect()
-        self.files.reload(self.con)  # the tailers hold this object
-        log.warning("event=db_reopened db=%s", self.path)
+        (the WAL is replayed), the file cursors are read back from it. Every connection to it
+        (this store's and its thread views') is closed first: DuckDB keeps an invalidated
+        database open while any connection holds it."""
+        root = self._root
+        with root._reopen_lock:
+            if self.generation == root.generation:  # nobody reopened it since this view's
+                for view in (*root._views, root):
+                    with contextlib.suppress(duckdb.Error):
+                        view.con.close()
+                root.con = root._connect()
+                root.files.reload(root.con)  # the tailers hold this object
+                root.generation += 1
+                for hook in root.on_reopen:
+                    hook(root.con)
+                log.warning("event=db_reopened db=%s", self.path)
+            if self is not root:
+                self.con = root.con.cursor()
+                self.con.execute("SET TimeZone = 'UTC'")
+            self.generation = root.generation
 
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
@@ -329,9 +353,12 @@ class Store:
 
     def for_thread(self) -> Store:
         """A view of this store on a connection of its own, for another thread's transactions."""
-        view = copy.copy(self)
-        view.con = self.con.cursor()
-        view.con.execute("SET TimeZone = 'UTC'")
+        root = self._root
+        with root._reopen_lock:
+            view = copy.copy(root)
+            view.con = root.con.cursor()
+            view.con.execute("SET TimeZone = 'UTC'")
+            root._views.append(view)
         return view
 
     def reader(self) -> duckdb.DuckDBPyConnection:

@@ -61,7 +61,8 @@ def test_bench_tiny_run_reports_every_measurement(tmp_path: Path) -> None:
     assert names == ["2K lines/s", "fills 1K alone", "fills 1K + orders 2K"]
     assert [(x["order_rate"], x["fill_rate"]) for x in r["latency"][1:]] == [(0, 1000), (2000, 1000)]
     for x in r["latency"]:
-        assert 0 < x["trades_counted"] <= x["trades_received"] == x["trades_written"]
+        # trades before the coin was seen are not sent (the server refuses unknown coins)
+        assert 0 < x["trades_counted"] <= x["trades_received"] <= x["trades_written"]
         assert 0 < x["p50_ms"] <= x["p99_ms"] <= x["max_ms"] < 10_000
         assert x["written_lines_per_s"] > 0.5 * x["target_lines_per_s"]
         assert x["server_cpu_s"] > 0 and x["server_peak_rss_mb"] > 30

@@ -109,6 +109,10 @@ def test_subscriptions_per_connection_are_capped(serve: Serve, tmp_path: Path) -
         for coin in ("BTC", "ETH", "SOL", "HYPE"):
             send(ws, {"method": "subscribe", "subscription": {"type": "trades", "coin": coin}})
         wait_for(lambda: hub.stats()["subscriptions_refused_total"] == 1, what="the refusal")
+        got = collect(ws, lambda ms: len(of(ms, "error")) == 1)
+        assert of(got, "error")[0]["data"] == (
+            "Too many subscriptions: at most 3 per connection (setting ws_max_subscriptions)")
+        assert len(of(got, "subscriptionResponse")) == 3
         assert hub.stats()["subscriptions"] == 3
         (conn,) = hub.clients
         assert hub.refusal(conn, TradesSub("PURR/USDC")) == (

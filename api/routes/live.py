@@ -128,6 +128,11 @@ async def handle(state: AppState, client: Client, text: str) -> None:
     if sub in client.subs:
         await hub.reply(client, _error(f"Already subscribed: {dumps(raw)}"))
         return
+    refused = hub.refusal(client, sub)  # ws_max_subscriptions
+    if refused is not None:
+        hub.subscribe(client, sub)  # refused again there, and counted
+        await hub.reply(client, _error(refused))
+        return
     # the opening message is read before subscribing, and replies go out before data: the
     # client gets the ack, then the snapshot, then live messages
     first = await _snapshot(state, sub)

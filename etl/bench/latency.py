@@ -107,12 +107,19 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
-def _subscribe(ws: Any) -> None:
+def _subscribe(ws: Any, timeout_s: float = 60.0) -> None:
+    """Subscribe to every coin's trades; a coin is refused until the server has seen it (as
+    the public API refuses unknown coins), so each is asked again while the warm-up writes."""
+    deadline = time.monotonic() + timeout_s
     for coin in COINS:
-        ws.send(orjson.dumps({"method": "subscribe", "subscription": {"type": "trades", "coin": coin}}))
-        reply = orjson.loads(ws.recv(timeout=30))
-        if reply.get("channel") != "subscriptionResponse":
-            raise LatencyError(f"subscribing to {coin}'s trades got {reply}")
+        while True:
+            ws.send(orjson.dumps({"method": "subscribe", "subscription": {"type": "trades", "coin": coin}}))
+            reply = orjson.loads(ws.recv(timeout=30))
+            if reply.get("channel") == "subscriptionResponse":
+                break
+            if time.monotonic() > deadline:
+                raise LatencyError(f"subscribing to {coin}'s trades got {reply}")
+            time.sleep(0.05)
 
 
 def measure(sc: Scenario, work: Path, *, seconds: float, warmup: float, burst_ms: float,
@@ -130,11 +137,11 @@ def measure(sc: Scenario, work: Path, *, seconds: float, warmup: float, burst_ms
                          args=(str(node), sc.order_rate, sc.fill_rate, warmup + seconds, burst_ms, notes))
     try:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None, max_queue=None) as ws:
-            _subscribe(ws)
             writer.start()
+            _subscribe(ws)
             counted_from = math.inf  # trades stamped after the warm-up, in wall ms
             last_message = time.monotonic()
-            while done is None or received < done[4]:  # until every trade written has come
+            while done is None or received < done[4]:  # until every trade written has come (or quiet)
                 while not notes.empty():
                     note = notes.get()
                     if note[0] == "start":
