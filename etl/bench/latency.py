@@ -109,12 +109,14 @@ def _tail(log: Path) -> str:
 
 def _subscribe(ws: Any, timeout_s: float = 60.0) -> None:
     """Subscribe to every coin's trades; a coin is refused until the server has seen it (as
-    the public API refuses unknown coins), so each is asked again while the warm-up writes."""
+    the public API refuses unknown coins), so it is asked again while the warm-up writes. Trades
+    of the coins subscribed already arrive meanwhile: they are warm-up, not counted."""
     deadline = time.monotonic() + timeout_s
     for coin in COINS:
         while True:
             ws.send(orjson.dumps({"method": "subscribe", "subscription": {"type": "trades", "coin": coin}}))
-            reply = orjson.loads(ws.recv(timeout=30))
+            while (reply := orjson.loads(ws.recv(timeout=30))).get("channel") == "trades":
+                pass
             if reply.get("channel") == "subscriptionResponse":
                 break
             if time.monotonic() > deadline:

@@ -1,5 +1,5 @@
-"""The approach nodetap replaces: decode every line with orjson in a thread pool, filter in
-Python, make one object per kept order. It stores nothing, so it is an upper bound on that
+"""The approach nodetap replaces: decode every line with orjson in a thread pool, make one
+object per order, filter in Python. It stores nothing, so it is an upper bound on that
 system's speed.
 
 The filter is the orders rules evaluated per row in Python, with the same semantics as
@@ -83,19 +83,21 @@ class RowFilter:
 
 
 def process(lines: list[bytes], keep: RowFilter) -> tuple[int, int, int]:
-    """(lines, kept, malformed) of one chunk; the kept objects are made, then dropped."""
+    """(lines, kept, malformed) of one chunk: every order becomes an object, as in the replaced
+    system, then the filter decides; the kept objects are dropped at the end of the chunk."""
     kept: list[Order] = []
     bad = 0
     for line in lines:
         try:
             ev = orjson.loads(line)
-            if not keep(ev):
-                continue
             o = ev["order"]
-            kept.append(Order(ev["time"], ev["user"], ev["status"], o["coin"], o["side"],
-                              float(o["limitPx"]), float(o["origSz"]), o["oid"]))
+            order = Order(ev["time"], ev["user"], ev["status"], o["coin"], o["side"],
+                          float(o["limitPx"]), float(o["origSz"]), o["oid"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             bad += 1
+            continue
+        if keep(ev):
+            kept.append(order)
     return len(lines), len(kept), bad
 
 

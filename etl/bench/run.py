@@ -40,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="latency: measured seconds per rate")
     p.add_argument("--warmup", type=float, default=3.0, help="latency: seconds written before measuring")
     p.add_argument("--burst-ms", type=float, default=70.0, help="latency: ms of blocks written at once")
-    p.add_argument("--quiet", type=float, default=30.0,
-                   help="latency: give up when no trade came for this many seconds after the writer")
+    p.add_argument("--quiet", type=float, default=5.0,
+                   help="latency: the feed is done when no trade came for this many seconds after the "
+                        "writer stopped (trades written before a coin's subscription never come)")
     p.add_argument("--rules", type=Path,
                    help="orders rules for nodetap and the replaced approach (default: data/rules.toml "
                         "when present, else the built-in rules; '' for the built-in rules)")

@@ -1,0 +1,138 @@
+"""Lanes: each stream runs on its own, so trades never wait behind order statuses, and a
+trade whose two fills land in different batches still carries both users."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from etl.config import Settings
+from etl.lanes import Processed
+from etl.pipeline import Pipeline
+from etl.store import Store
+from tests.conftest import hour_file, query, wait_for
+
+TAKER, MAKER = "0x" + "1" * 40, "0x" + "2" * 40
+
+
+def fill(user: str, tid: int, crossed: bool, t: str = "2026-01-05T10:00:01") -> bytes:
+    ms = int(datetime.fromisoformat(t + "+00:00").timestamp() * 1000)
+    return orjson.dumps([user, {
+        "coin": "BTC", "px": "100.0", "sz": "1.0", "side": "B" if crossed else "A", "time": ms,
+        "startPosition": "0.0", "dir": "Open Long", "closedPnl": "0.0", "hash": "0x02",
+        "oid": tid * 10 + crossed, "crossed": crossed, "fee": "0.25", "tid": tid,
+        "feeToken": "USDC", "twapId": None}]) + b"\n"
+
+
+class Feed:
+    """A pipeline listener that records what each lane published, and when."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[float, Processed]] = []
+
+    def __call__(self, p: Processed) -> None:
+        with self.lock:
+            self.items.append((time.monotonic(), p))
+
+    def trades(self) -> list[tuple[float, dict[str, object]]]:
+        with self.lock:
+            return [(t, row) for t, p in self.items if "trades" in p.frames
+                    for row in p.frames["trades"].to_dicts()]
+
+    def batches(self, stream: str) -> int:
+        with self.lock:
+            return sum(1 for _, p in self.items if p.stream.name == stream and p.result is not None)
+
+
+def running(settings: Settings, feed: Feed) -> tuple[Pipeline, threading.Thread, Store]:
+    store = Store.from_settings(settings)
+    pipe = Pipeline(settings, store, listeners=[feed])
+    thread = threading.Thread(target=pipe.run, daemon=True)
+    thread.start()
+    return pipe, thread, store
+
+
+def stop(pipe: Pipeline, thread: threading.Thread, store: Store) -> None:
+    pipe.stop()
+    thread.join(30)
+    pipe.close()
+    store.close()
+
+
+def test_a_huge_order_status_backlog_does_not_delay_trades(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    # ~60 MB of order statuses, read 256 KiB at a time with every row kept: seconds of work
+    src = make_node_dir(lines=2000, kinds=("orders",), name="src",
+                        start=datetime(2026, 1, 5, 10, 0, tzinfo=UTC))
+    lines = b"".join(p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file())
+    node = tmp_path / "node"
+    orders = hour_file(node, "node_order_statuses", "20260105", 10)
+    orders.write_bytes(lines * 60)
+    fills = hour_file(node, "node_fills", "20260105", 10)
+    fills.write_bytes(b"")
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", backlog="keep",
+                 keep_all=True, batch_max_bytes=256 << 10, debounce_ms=5)
+    feed = Feed()
+    pipe, thread, store = running(s, feed)
+    try:
+        wait_for(lambda: feed.batches("node_order_statuses") >= 3, timeout=60)
+        fills_batches = feed.batches("node_fills")
+        written = time.monotonic()
+        with open(fills, "ab") as f:
+            f.write(fill(TAKER, 7, True) + fill(MAKER, 7, False))
+        wait_for(lambda: any(row["tid"] == 7 for _, row in feed.trades()), timeout=30)
+        orders_lane = pipe.states["node_order_statuses"]
+        # published while the order statuses were still far behind ...
+        assert orders_lane.cursor.offset < orders.stat().st_size // 2
+        # ... by the first fills batch after the write, both users on it
+        assert feed.batches("node_fills") == fills_batches + 1
+        (at, trade), = [(t, row) for t, row in feed.trades() if row["tid"] == 7]
+        assert (trade["buyer"], trade["seller"]) == (TAKER, MAKER)
+        assert at - written < 5.0  # the orders lane alone needs far longer to catch up
+    finally:
+        stop(pipe, thread, store)
+
+
+def test_a_trade_split_over_two_batches_goes_out_once_with_both_users(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    fills = hour_file(node, "node_fills", "20260105", 10)
+    fills.write_bytes(fill(TAKER, 1, True) + fill(MAKER, 1, False))
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", debounce_ms=5)
+    feed = Feed()
+    pipe, thread, store = running(s, feed)
+    try:
+        wait_for(lambda: len(feed.trades()) == 1, timeout=30)
+        batches = feed.batches("node_fills")
+        with open(fills, "ab") as f:  # the taker's fill in one batch ...
+            f.write(fill(TAKER, 2, True))
+        wait_for(lambda: feed.batches("node_fills") > batches, timeout=30)
+        with open(fills, "ab") as f:  # ... its maker's in the next
+            f.write(fill(MAKER, 2, False))
+        wait_for(lambda: len(feed.trades()) == 2, timeout=30)
+    finally:
+        stop(pipe, thread, store)
+    users = {row["tid"]: (row["buyer"], row["seller"]) for _, row in feed.trades()}
+    assert users == {1: (TAKER, MAKER), 2: (TAKER, MAKER)}
+    assert query(s.db, "SELECT tid, buyer, seller FROM trades ORDER BY tid") == [
+        (1, TAKER, MAKER), (2, TAKER, MAKER)]
+
+
+def test_a_fill_whose_maker_never_comes_goes_out_after_the_hold(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    fills = hour_file(node, "node_fills", "20260105", 10)
+    fills.write_bytes(fill(TAKER, 3, True))
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", debounce_ms=5)
+    feed = Feed()
+    pipe, thread, store = running(s, feed)
+    try:
+        wait_for(lambda: len(feed.trades()) == 1, timeout=30)
+    finally:
+        stop(pipe, thread, store)
+    ((_, trade),) = feed.trades()
+    assert (trade["tid"], trade["buyer"], trade["seller"]) == (3, TAKER, None)
