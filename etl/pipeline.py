@@ -139,7 +139,6 @@ class Pipeline:
         log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
         sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
         sealer.start()
-        self.run_once()  # catch up, the lanes side by side, before going live
         self._running = True
         for lane in self.states.values():
             lane.start()

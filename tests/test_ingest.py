@@ -155,12 +155,13 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(
     node = make_node_dir(lines=3000)
     db = tmp_path / "s.duckdb"
     proc = _ingest_proc(node, db)
-    wait_for(lambda: status_file(db).exists(), timeout=30)
+    total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
+    wait_for(lambda: status_file(db).exists() and sum(
+        r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())) == total, timeout=30)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert b"event=shutdown" in err
-    total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
     assert query(db, "SELECT sum(lines) FROM cursors") == [(total,)]
 
 
