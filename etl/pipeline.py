@@ -137,6 +137,7 @@ class Pipeline:
     def run(self) -> None:
         """Run the lanes until `stop_event` is set; each finishes and commits its unit in flight."""
         log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
+        self.write_status_file(force=True)  # `nodetap status` works from the start
         sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
         sealer.start()
         self._running = True
@@ -147,7 +148,10 @@ class Pipeline:
             for changes in self._wakeups():
                 if self.stop_event.is_set():
                     break
-                self.refresh_streams()
+                try:
+                    self.refresh_streams()
+                except duckdb.Error as err:  # e.g. a full disk: the lanes pause, retry, reopen
+                    log.debug("event=refresh_streams_error error=%r", str(err))
                 roots = {str(lane.stream.root.parent): lane for lane in self.states.values()}
                 woken = {lane for _, path in changes for root, lane in roots.items()
                          if path.startswith(root)} if changes else set(self.states.values())
