@@ -64,8 +64,8 @@ class Settings:
         "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one. Memory per lane is about (parse_workers + 2) x batch_max_bytes x 10.",
     )
     live_batch_ms: int = _s(
-        50,
-        "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time.",
+        250,
+        "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time. Smaller is not faster: each batch has a fixed cost (50 ms doubled the p99 at 100K lines/s on 2 cores, docs/benchmarks.md).",
     )
     rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when it changes. Empty string: built-in defaults. A missing default file falls back to the defaults.")
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say. Flag: `--keep-all`.")
