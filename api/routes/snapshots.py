@@ -78,10 +78,11 @@ def parse_bool(raw: str | None, name: str, default: bool) -> bool:
     raise BadRequest(f"{name} must be true or false, not {raw!r}")
 
 
-def check_interval(interval: str, settings: Settings) -> str:
+def check_interval(interval: str, settings: Settings, stored_only: bool = True) -> str:
+    """A valid interval; with `stored_only`, one the store computes (exports of the table)."""
     if interval not in INTERVALS:
         raise BadRequest(f"unknown interval {interval!r}; valid intervals: {' '.join(INTERVALS)}")
-    if interval not in settings.candle_intervals:
+    if stored_only and interval not in settings.candle_intervals:
         raise BadRequest(f"interval {interval!r} is not computed here (setting candle_intervals: "
                          f"{' '.join(settings.candle_intervals)})")
     return interval
@@ -101,7 +102,9 @@ async def candles(state: State, coin: str | None = None, interval: str | None = 
     up to the trades' watermark; without `start`: the 500 intervals before `end`. With `fill`
     (default true) empty intervals are forward-filled up to the watermark, never across a gap."""
     coin = require_coin(coin)
-    interval = check_interval(interval or next(iter(state.settings.candle_intervals), "1m"), state.settings)
+    # every interval: those not stored are derived on read (etl.history.read_candles)
+    interval = check_interval(interval or next(iter(state.settings.candle_intervals), "1m"), state.settings,
+                              stored_only=False)
     start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
     do_fill = parse_bool(fill, "fill", True)
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
@@ -119,7 +122,8 @@ def _candles(state: AppState, coin: str, interval: str, start_ms: int | None, en
             end_ms = wm if wm is not None else int(time.time() * 1000)
         if start_ms is None:
             start_ms = end_ms - DEFAULT_CANDLES * int(interval[:-1]) * _WIDTH_MS[interval[-1]]
-        frame = read_candles(con, coin, interval, start_ms, end_ms, fill)
+        frame = read_candles(con, coin, interval, start_ms, end_ms, fill,
+                             stored=state.settings.candle_intervals)
     except HistoryError as err:
         raise BadRequest(str(err)) from None
     finally:
