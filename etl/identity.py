@@ -94,10 +94,12 @@ def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
     owner = _read_manifest(root)
     if owner is not None:
         if owner.get("db_id") != me["db_id"]:
+            which = (f"an earlier database at this path, {me['db']} (deleted and made again?)"
+                     if owner.get("db") == me["db"] else f"database {owner.get('db')}, not {me['db']}")
             raise IdentityError(
-                f"lake {root} belongs to database {owner.get('db')}, not {me['db']}: each "
-                "database seals into a lake of its own. Give this one another lake_dir (--lake), "
-                f"or leave lake_dir empty for {db.name}.lake beside it")
+                f"lake {root} belongs to {which}: each database seals into a lake of its own. "
+                "Give this one another lake_dir (--lake), leave lake_dir empty for "
+                f"{db.name}.lake beside it, or remove the old lake if its hours are not needed")
         if owner.get("db") != me["db"]:
             _write_manifest(root, me)  # the database file moved; the lake is still its own
         return root

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from etl.filters import Rules, add_counts, apply_rules, mask_counts, rule_masks
+from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
 from etl.parse import (
     ORDERS_REQUIRED,
     Format,
@@ -104,6 +104,8 @@ def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray
 def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 << 20) -> Filtered | None:
     """The rules applied to a batch of order-status lines, decoding whole only the lines that can
     pass; None when the batch must be decoded whole (see the module's docstring)."""
+    if rules.keep_all or not _rule_exprs(rules):
+        return None  # the rules keep every row: nothing to save
     fmt = LIGHT["plain" if variant == "plain" else "block"]
     starts, ends = line_bounds(buf)
     if not len(ends):
