@@ -100,7 +100,7 @@ class Lane:
         self.read_cursor = cursor  # where the next read starts
         self.workers = s.parse_workers or default_parse_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
-        self._pending: deque[Future[Unit | None]] = deque()
+        self._pending: deque[Future[Unit]] = deque()
         self.carry: Unit | None = None  # rows read but held back to fill a whole row group
         self.orders_filter = OrdersFilter()
         self.watermark: datetime | None = store.last_time(stream.name)
@@ -167,8 +167,6 @@ class Lane:
         future = self._pending.popleft()
         self._read_ahead()  # the next units parse while this one commits
         unit = future.result()
-        if unit is None:
-            return True
         if self.carry is not None:
             if can_merge(self.carry, unit):
                 unit = merge(self.carry, unit)

@@ -36,6 +36,7 @@ import pyarrow as pa
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
 from etl.parse import (
     ORDERS_REQUIRED,
+    ORDERS_SCHEMA,
     Format,
     Parsed,
     _decode,
@@ -130,7 +131,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     counts = mask_counts(masks.filter(sure))
     times = light.filter(sure).select("time", "_line")
     rejects: list[tuple[int, str, bytes]] = []
-    frame = pl.DataFrame(schema={**parse("orders", variant, b"").frame.schema})
+    frame = pl.DataFrame(schema={**ORDERS_SCHEMA, "_line": pl.UInt32})
     if len(cand_lines):
         sub, sub_starts = take_lines(buf, starts, ends, cand_lines)
         full = parse("orders", variant, sub, max_line_bytes)
