@@ -588,8 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from etl.identity import IdentityError
+    from etl.malloc import tune as tune_malloc
 
     args = build_parser().parse_args(argv)
+    tune_malloc()  # before any thread starts (etl/malloc.py)
     try:
         return int(args.func(args))
     except IdentityError as err:

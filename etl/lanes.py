@@ -33,12 +33,13 @@ from etl.candles import merge as merge_candles
 from etl.config import Settings
 from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
-from etl.filters import RulesFile
+from etl.filters import Rules, RulesFile
+from etl.gate import Gate
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.store import BatchResult, Store
-from etl.tail import REREAD, Cursor, Stream, Tailer
+from etl.tail import REREAD, Batch, Cursor, Stream, Tailer
 from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.lanes")
@@ -85,7 +86,7 @@ class Lane:
     def __init__(self, stream: Stream, store: Store, settings: Settings, cursor: Cursor, *,
                  rules: RulesFile | None, listeners: list[Listener],
                  clock: Callable[[], float] = time.monotonic, index: FileIndex | None = None,
-                 alarm: DiskAlarm | None = None) -> None:
+                 alarm: DiskAlarm | None = None, gate: Gate | None = None) -> None:
         s = settings
         self.stream = stream
         self.store = store  # this lane's own connection
@@ -114,6 +115,9 @@ class Lane:
         # a full disk pauses commits (etl/diskspace.py); after a failed commit, no later unit
         # of this lane may commit (its rows would pass the failed one's)
         self.disk = DiskGuard(store, self.stop_event, alarm=alarm)
+        # order statuses give way to fills and trades (etl/gate.py)
+        self.gate = gate or Gate()
+        self.urgent = stream.kind != "orders"
         self.halted = False
         self.thread: threading.Thread | None = None
         # counters, for status
@@ -145,8 +149,12 @@ class Lane:
                 return
             self.read_cursor = batch.cursor
             rules = self.rules.rules if self.rules is not None else None
-            self._pending.append(self._pool.submit(
-                unit_of, batch, self.settings.max_line_bytes, rules, self.orders_filter))
+            self._pending.append(self._pool.submit(self._parse, batch, rules))
+
+    def _parse(self, batch: Batch, rules: Rules | None) -> Unit:
+        if not self.urgent:
+            self.gate.give_way()
+        return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter)
 
     # --------------------------------------------------------------- tick
     def step(self) -> bool:
@@ -167,6 +175,8 @@ class Lane:
         future = self._pending.popleft()
         self._read_ahead()  # the next units parse while this one commits
         unit = future.result()
+        if not self.urgent:
+            self.gate.give_way()
         if self.carry is not None:
             if can_merge(self.carry, unit):
                 unit = merge(self.carry, unit)
@@ -183,7 +193,14 @@ class Lane:
     def drain(self, max_batches: int = 1_000_000) -> int:
         """Commit until the stream has nothing new (or `stop`); returns the units committed."""
         done = 0
-        while done < max_batches and not self.stop_event.is_set() and self.step():
+        while done < max_batches and not self.stop_event.is_set():
+            if self.urgent and not self.behind:  # caught up: the order-status lane gives way
+                with self.gate.urgent():
+                    more = self.step()
+            else:
+                more = self.step()
+            if not more:
+                break
             done += 1
         return done
 

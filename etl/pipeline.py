@@ -23,6 +23,7 @@ from watchfiles import watch
 from etl.config import Settings, lake_root
 from etl.diskspace import DiskAlarm
 from etl.filters import RulesFile
+from etl.gate import Gate
 from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed, dedup_for
@@ -64,6 +65,7 @@ class Pipeline:
         self.states: dict[str, Lane] = {}
         self.stop_event = threading.Event()
         self.disk_alarm = DiskAlarm()  # one disk_full error for all lanes
+        self.gate = Gate()  # order statuses give way to fills and trades
         self._last_status_write = float("-inf")
         self._running = False
         self.refresh_streams()
@@ -79,7 +81,8 @@ class Pipeline:
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
-                        index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm)
+                        index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm,
+                        gate=self.gate)
             self.states[stream.name] = lane
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
                      stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)

@@ -51,6 +51,7 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
     import duckdb
 
     from etl.config import Settings, load_settings, settings_doc
+    from etl.malloc import tune
     from etl.pipeline import Pipeline
     from etl.store import Store
 
@@ -62,6 +63,8 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
     default = Settings()
     changed = {name: str(getattr(s, name)) for name, _, _ in settings_doc()
                if getattr(s, name) != getattr(default, name) and name not in ("node_dir", "db")}
+
+    tune()  # as `nodetap` does at start
 
     def work() -> dict[str, Any]:
         store = Store.from_settings(s)

@@ -1,0 +1,54 @@
+"""Order statuses give way to fills and trades when both want the same cores.
+
+Lanes run concurrently, but on two cores a lane catching up on order statuses (hundreds of
+MB/s of JSON) takes the CPU that a fills lane needs to publish its next trades within one
+batch. So the fills and trades lanes are *urgent* while they are caught up: while one of them
+is processing, the order-status lane waits at its next checkpoint (before parsing a unit and
+before committing one). It waits at most `max_wait_s` per checkpoint, so a busy fills lane
+slows it down but never stops it: under overload no lane starves another.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+MAX_WAIT_S = 0.25
+
+
+class Gate:
+    def __init__(self, max_wait_s: float = MAX_WAIT_S) -> None:
+        self.max_wait_s = max_wait_s
+        self._cond = threading.Condition()
+        self._urgent = 0
+        self.waiting = 0  # bulk lanes waiting now
+        self.waits = 0  # checkpoints at which a bulk lane gave way
+        self.waited_s = 0.0
+
+    @contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Bulk lanes give way while this block runs."""
+        with self._cond:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                if not self._urgent:
+                    self._cond.notify_all()
+
+    def give_way(self) -> None:
+        """Called by a bulk lane at a checkpoint: wait while an urgent lane is busy (at most
+        `max_wait_s`)."""
+        if not self._urgent:  # the common case, without the lock
+            return
+        t0 = time.perf_counter()
+        with self._cond:
+            self.waiting += 1
+            self._cond.wait_for(lambda: not self._urgent, timeout=self.max_wait_s)
+            self.waiting -= 1
+            self.waits += 1
+            self.waited_s += time.perf_counter() - t0

@@ -1,0 +1,60 @@
+"""Reuse the pages of large buffers from batch to batch (glibc's allocator).
+
+A lane that is behind reads 64 MiB per batch and makes a few buffers of that size from it
+(the bytes read, a newline mask, the pre-filtered lines). glibc serves a request that large
+with a fresh `mmap` each time: over its dynamic mmap threshold (at most 32 MiB), or too big
+for a thread's arena (64 MiB heaps). The kernel then zero-fills every page at first touch and
+unmaps them at free. Measured on the project's 2-core machine: `os.pread` of 64 MiB costs
+35 ms of CPU that way, and 9 ms when the pages are reused (docs/benchmarks.md).
+
+`tune()` sets, once per process and before any lane thread starts:
+- one arena (`M_ARENA_MAX`), so that a lane thread's large request is served from the main
+  heap like the main thread's (Polars, Arrow and DuckDB use their own allocators; the glibc
+  heap holds Python's and numpy's buffers);
+- an mmap threshold of `MMAP_THRESHOLD` (256 MiB), above any batch;
+- a trim threshold of `TRIM_THRESHOLD` (256 MiB): free memory at the top of the heap up to
+  that size is kept for the next batch instead of being returned to the kernel.
+
+Memory stays bounded: the heap never holds more than the peak of live buffers (bounded per
+lane, etl/lanes.py) plus `TRIM_THRESHOLD`. Elsewhere than glibc (musl, macOS) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import platform
+
+log = logging.getLogger("nodetap.malloc")
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 256 << 20
+
+_done = False
+
+
+def tune() -> bool:
+    """Apply the settings above; True where they took effect (glibc)."""
+    global _done
+    if _done:
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = all(mallopt(param, value) == 1 for param, value in (
+        (M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+    if not ok:
+        log.info("event=malloc_tune_refused (glibc kept its defaults)")
+        return False
+    _done = True
+    return True

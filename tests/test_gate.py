@@ -1,0 +1,58 @@
+"""The order-status lane gives way to urgent lanes (fills, trades), boundedly (etl/gate.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import wait_for
+
+from etl.gate import Gate
+
+
+def test_no_urgent_lane_means_no_wait() -> None:
+    gate = Gate(max_wait_s=60)
+    gate.give_way()
+    assert (gate.waits, gate.waiting) == (0, 0)
+
+
+def test_bulk_lane_waits_until_the_urgent_lane_is_done() -> None:
+    gate = Gate(max_wait_s=60)
+    done = threading.Event()
+
+    def bulk() -> None:
+        gate.give_way()
+        done.set()
+
+    with gate.urgent():
+        t = threading.Thread(target=bulk)
+        t.start()
+        wait_for(lambda: gate.waiting == 1)
+        assert not done.is_set()  # still waiting: the urgent block has not ended
+    assert done.wait(30)
+    t.join()
+    assert gate.waits == 1
+    assert gate.waited_s < 60  # released by the urgent block's end, not by the time limit
+
+
+def test_a_busy_urgent_lane_never_stops_the_bulk_lane() -> None:
+    gate = Gate(max_wait_s=0.01)
+    with gate.urgent():
+        for _ in range(3):
+            gate.give_way()  # returns after at most max_wait_s although urgent work continues
+    assert gate.waits == 3
+
+
+def test_nested_urgent_blocks_release_once_all_end() -> None:
+    gate = Gate(max_wait_s=60)
+    done = threading.Event()
+    outer, inner = gate.urgent(), gate.urgent()
+    outer.__enter__()
+    inner.__enter__()
+    t = threading.Thread(target=lambda: (gate.give_way(), done.set()))
+    t.start()
+    wait_for(lambda: gate.waiting == 1)
+    inner.__exit__(None, None, None)
+    assert not done.is_set()  # one urgent lane is still busy
+    outer.__exit__(None, None, None)
+    assert done.wait(30)
+    t.join()
