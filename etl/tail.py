@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.hourfiles import (
+    DAY,
+    hour_files,
+    hour_key,
+    line_start_at_or_after,
+    line_start_before,
+    read_lines,
+    size_of,
+    stat_or_none,
+)
 from etl.nodefiles import FP_BYTES, EmptyIndex, FileIndex, fingerprint_at, fingerprint_of
 
 log = logging.getLogger("nodetap.tail")
@@ -29,8 +38,6 @@ STREAM_DIRS: dict[str, tuple[str, str]] = {
     "node_fills_streaming": ("fills", "streaming"),
     "node_trades": ("trades", "plain"),
 }
-_DAY = re.compile(r"^\d{8}$")
-_HOUR = re.compile(r"^(\d{1,2})(\.lz4)?$")
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,17 @@ class Batch:
     dropped_reason: str = ""
     unread: int = 0  # bytes left behind the batch, this file and later ones
 
+    @classmethod
+    def move(cls, stream: Stream, cursor: Cursor, gaps: list[Gap], unread: int = 0) -> Batch:
+        """No lines: the cursor moves (to another file, past a gap)."""
+        return cls(stream, cursor.file, cursor.offset, b"", cursor, gaps, unread=unread)
+
+    @classmethod
+    def given_up(cls, stream: Stream, at: Cursor, cursor: Cursor, gaps: list[Gap], head: bytes,
+                 reason: str, unread: int = 0) -> Batch:
+        """A line given up on at `at` (recorded as a reject with its `head`); `cursor` is past it."""
+        return cls(stream, at.file, at.offset, b"", cursor, gaps, head, reason, unread)
+
 
 _PREFERENCE = {"streaming": 0, "by_block": 1, "plain": 2}
 
@@ -112,85 +130,6 @@ def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
     return [s for s in present if s in chosen.values()]
 
 
-def hour_files(root: Path) -> list[str]:
-    """Every hour file of a stream as "YYYYMMDD/H", oldest first."""
-    out: list[tuple[str, int, str]] = []
-    try:
-        days = [d for d in os.listdir(root) if _DAY.match(d)]
-    except FileNotFoundError:
-        return []
-    for day in days:
-        try:
-            names = os.listdir(root / day)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            m = _HOUR.match(name)
-            if m and not m.group(2):
-                out.append((day, int(m.group(1)), f"{day}/{name}"))
-    out.sort()
-    return [rel for _, _, rel in out]
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        return None
-
-
-TAIL_PROBE = 64 << 10
-
-
-def _read_lines(fd: int, offset: int, n: int) -> bytes:
-    """The whole lines in the `n` bytes at `offset`, read without a copy where possible: the last
-    newline is found in a small read of the range's end, then exactly the lines are read (slicing
-    a 64 MiB read costs a second 64 MiB allocation and copy). Without a newline in that end, the
-    range is read whole and the caller cuts it."""
-    if n > TAIL_PROBE:
-        end = os.pread(fd, TAIL_PROBE, offset + n - TAIL_PROBE)
-        nl = end.rfind(b"\n")
-        if nl >= 0 and len(end) == TAIL_PROBE:
-            want = n - TAIL_PROBE + nl + 1
-            data = os.pread(fd, want, offset)
-            if len(data) == want:
-                return data
-    return os.pread(fd, n, offset)
-
-
-def _line_start_at_or_after(path: Path, pos: int, size: int) -> int:
-    """The first line start at or after `pos` (or `size` when there is none)."""
-    if pos <= 0:
-        return 0
-    with open(path, "rb") as f:
-        base = pos - 1  # a line starts at pos when the byte before it is a newline
-        f.seek(base)
-        while base < size:
-            chunk = f.read(1 << 16)
-            if not chunk:
-                break
-            i = chunk.find(b"\n")
-            if i >= 0:
-                return min(base + i + 1, size)
-            base += len(chunk)
-    return size
-
-
-def _line_start_before(path: Path, size: int) -> int:
-    """The offset just after the last newline of the first `size` bytes (0 if none)."""
-    with open(path, "rb") as f:
-        end = size
-        while end > 0:
-            start = max(0, end - (1 << 16))
-            f.seek(start)
-            chunk = f.read(end - start)
-            i = chunk.rfind(b"\n")
-            if i >= 0:
-                return start + i + 1
-            end = start
-    return 0
-
-
 def initial_cursor(stream: Stream, start_from: str) -> Cursor:
     """Where a stream with no stored cursor starts."""
     files = hour_files(stream.root)
@@ -199,12 +138,12 @@ def initial_cursor(stream: Stream, start_from: str) -> Cursor:
     if start_from == "end":
         rel = files[-1]
         st = os.stat(stream.root / rel)
-        return Cursor(rel, st.st_ino, _line_start_before(stream.root / rel, st.st_size))
+        return Cursor(rel, st.st_ino, line_start_before(stream.root / rel, st.st_size))
     if start_from == "start":
         rel = files[0]
     else:
         day, _, hour = start_from.partition("/")
-        if not _DAY.match(day) or (hour and not hour.isdigit()):
+        if not DAY.match(day) or (hour and not hour.isdigit()):
             raise ValueError(f"start_from must be end, start or YYYYMMDD[/H], not {start_from!r}")
         key = (day, int(hour or 0))
         later = [r for r in files if (r.split("/")[0], int(r.split("/")[1])) >= key]
@@ -246,9 +185,9 @@ class Tailer:
     def unread_after(self, cur: Cursor) -> int:
         """Bytes the node has written after `cur`: the rest of its file and all later files."""
         files = hour_files(self.stream.root)
-        later = [f for f in files if not cur.file or _key(f) > _key(cur.file)]
-        rest = max(0, _size(self.stream.root / cur.file) - cur.offset) if cur.file else 0
-        return rest + sum(_size(self.stream.root / f) for f in later)
+        later = [f for f in files if not cur.file or hour_key(f) > hour_key(cur.file)]
+        rest = max(0, size_of(self.stream.root / cur.file) - cur.offset) if cur.file else 0
+        return rest + sum(size_of(self.stream.root / f) for f in later)
 
     def _enter(self, rel: str, gaps: list[Gap], at: Cursor | None = None) -> Cursor:
         """Where to read `rel` from: its stored cursor when further than `at` (checked by the
@@ -267,18 +206,18 @@ class Tailer:
             log.warning("event=file_overlap stream=%s file=%s", self.stream.name, rel)
         if at is not None:
             return at
-        st = _stat(self.stream.root / rel)
+        st = stat_or_none(self.stream.root / rel)
         return Cursor(rel, st.st_ino if st else 0, 0)
 
     def _stray(self, files: list[str], current: str) -> str | None:
         """An hour file older than `current` that appeared late and nothing has read."""
-        floor = _key(self.index.floor) if self.index.floor else None
+        floor = hour_key(self.index.floor) if self.index.floor else None
         for f in files:
-            if _key(f) >= _key(current):
+            if hour_key(f) >= hour_key(current):
                 return None
             if f in self._passed or f in self._settled:
                 continue
-            if (floor is not None and _key(f) < floor) or self.index.get(f) is not None:
+            if (floor is not None and hour_key(f) < floor) or self.index.get(f) is not None:
                 self._settled.add(f)
                 continue
             return f
@@ -287,8 +226,7 @@ class Tailer:
     def next_batch(self, cur: Cursor) -> Batch | None:
         """The next batch after `cur`, or None when there is nothing new to commit."""
         gaps: list[Gap] = []
-        root = self.stream.root
-        files = hour_files(root)
+        files = hour_files(self.stream.root)
         if not cur.file:
             if not files:
                 return None
@@ -299,82 +237,75 @@ class Tailer:
         if stray is not None:
             log.warning("event=file_out_of_order stream=%s file=%s current=%s",
                         self.stream.name, stray, cur.file)
-            nxt = self._enter(stray, gaps)
-            return Batch(self.stream, nxt.file, nxt.offset, b"", nxt, gaps)
+            return Batch.move(self.stream, self._enter(stray, gaps), gaps)
         for _ in range(len(files) + 2):
-            path = root / cur.file
-            st = _stat(path)
-            later = [f for f in files if _key(f) > _key(cur.file)]
-            if st is None:
-                # the file was deleted under us: record it, move on to the next one
+            later = [f for f in files if hour_key(f) > hour_key(cur.file)]
+            st = stat_or_none(self.stream.root / cur.file)
+            if st is None:  # the file was deleted under us: record it, move on to the next one
                 if not later:
                     return None
                 gaps.append(Gap(cur.file, cur.offset, cur.offset, "missing"))
                 log.warning("event=file_missing stream=%s file=%s", self.stream.name, cur.file)
                 cur = self._enter(later[0], gaps)
                 continue
-            reason = ""
-            if cur.inode and st.st_ino != cur.inode:
-                reason = "replaced"
-            elif st.st_size < cur.offset:
-                reason = "truncated"
-            elif cur.fp and cur.offset and fingerprint_at(path, cur.offset) != cur.fp:
-                reason = "rewritten"  # same inode, not shorter, other bytes before the cursor
-            if reason:
-                gaps.append(Gap(cur.file, cur.offset, cur.offset, reason))
-                log.warning("event=file_%s stream=%s file=%s offset=%d size=%d (read again from "
-                            "its start; rows already stored are not stored twice)", reason,
-                            self.stream.name, cur.file, cur.offset, st.st_size)
-                cur = Cursor(cur.file, st.st_ino, 0)
-            elif not cur.inode:
-                cur = Cursor(cur.file, st.st_ino, cur.offset, cur.fp)
-            unread = st.st_size - cur.offset + sum(_size(root / f) for f in later)
+            cur = self._checked(cur, st, gaps)
+            unread = st.st_size - cur.offset + sum(size_of(self.stream.root / f) for f in later)
             if self.max_backlog_bytes is not None and unread > self.max_backlog_bytes:
                 cur, skipped = self._skip_backlog(cur, st.st_size, later)
                 gaps += skipped
                 continue
-            if cur.offset < st.st_size:
-                batch = self._read(cur, st.st_size, gaps, unread)
-                if batch is not None:
-                    self._waiting_since = None
-                    return batch
-            # nothing whole left in this file
-            if not later:
-                break
-            if cur.offset < st.st_size:
-                # an unterminated last line, and the node has moved to the next hour
-                now = self.clock()
-                if self._waiting_since is None:
-                    self._waiting_since = now
-                if now - self._waiting_since < self.rotate_grace_s:
-                    break
-                with open(path, "rb") as f:
-                    f.seek(cur.offset)
-                    partial = f.read(min(512, st.st_size - cur.offset))
+            batch = self._read(cur, st.st_size, gaps, unread) if cur.offset < st.st_size else None
+            if batch is not None:
                 self._waiting_since = None
-                left = cur.file
-                nxt = self._enter(later[0], gaps)
-                return Batch(
-                    self.stream,
-                    left,
-                    cur.offset,
-                    b"",
-                    nxt,
-                    gaps,
-                    partial,
-                    "unterminated last line of a rotated file",
-                )
-            cur = self._enter(later[0], gaps)
-            return Batch(self.stream, cur.file, cur.offset, b"", cur, gaps, unread=unread)
-        if gaps:
-            return Batch(self.stream, cur.file, cur.offset, b"", cur, gaps)
-        return None
+                return batch
+            return self._leave(cur, st.st_size, later, gaps, unread)  # nothing whole left here
+        return Batch.move(self.stream, cur, gaps) if gaps else None
+
+    def _checked(self, cur: Cursor, st: os.stat_result, gaps: list[Gap]) -> Cursor:
+        """`cur`, or the file's start when the file is not the one the cursor was in."""
+        reason = ""
+        if cur.inode and st.st_ino != cur.inode:
+            reason = "replaced"
+        elif st.st_size < cur.offset:
+            reason = "truncated"
+        elif cur.fp and cur.offset and fingerprint_at(self.stream.root / cur.file, cur.offset) != cur.fp:
+            reason = "rewritten"  # same inode, not shorter, other bytes before the cursor
+        if reason:
+            gaps.append(Gap(cur.file, cur.offset, cur.offset, reason))
+            log.warning("event=file_%s stream=%s file=%s offset=%d size=%d (read again from "
+                        "its start; rows already stored are not stored twice)", reason,
+                        self.stream.name, cur.file, cur.offset, st.st_size)
+            return Cursor(cur.file, st.st_ino, 0)
+        if not cur.inode:
+            return Cursor(cur.file, st.st_ino, cur.offset, cur.fp)
+        return cur
+
+    def _leave(self, cur: Cursor, size: int, later: list[str], gaps: list[Gap],
+               unread: int) -> Batch | None:
+        """Nothing whole is left in the cursor's file: move to the next file, or wait."""
+        if not later:  # the newest file: wait for more
+            return Batch.move(self.stream, cur, gaps) if gaps else None
+        if cur.offset < size:
+            # an unterminated last line, and the node has moved to the next hour
+            now = self.clock()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            if now - self._waiting_since < self.rotate_grace_s:
+                return Batch.move(self.stream, cur, gaps) if gaps else None
+            with open(self.stream.root / cur.file, "rb") as f:
+                f.seek(cur.offset)
+                partial = f.read(min(512, size - cur.offset))
+            self._waiting_since = None
+            return Batch.given_up(self.stream, cur, self._enter(later[0], gaps), gaps, partial,
+                                  "unterminated last line of a rotated file")
+        nxt = self._enter(later[0], gaps)
+        return Batch.move(self.stream, nxt, gaps, unread=unread)
 
     def _read(self, cur: Cursor, size: int, gaps: list[Gap], unread: int) -> Batch | None:
         n = min(size - cur.offset, self.batch_max_bytes)
         fd = os.open(self.stream.root / cur.file, os.O_RDONLY)
         try:
-            data = _read_lines(fd, cur.offset, n)
+            data = read_lines(fd, cur.offset, n)
         finally:
             os.close(fd)
         cut = data.rfind(b"\n") + 1
@@ -382,21 +313,12 @@ class Tailer:
             if n < self.batch_max_bytes:
                 return None  # a partial line waiting for its newline
             # one line longer than a whole batch: skip it up to its end, as a reject
-            end = _line_start_at_or_after(self.stream.root / cur.file, cur.offset + n, size)
+            end = line_start_at_or_after(self.stream.root / cur.file, cur.offset + n, size)
             if end >= size and not data.endswith(b"\n"):
                 return None
-            nxt = Cursor(cur.file, cur.inode, end)
-            return Batch(
-                self.stream,
-                cur.file,
-                cur.offset,
-                b"",
-                nxt,
-                gaps,
-                data[:512],
-                f"line over batch_max_bytes ({self.batch_max_bytes})",
-                unread=unread - (end - cur.offset),
-            )
+            return Batch.given_up(self.stream, cur, Cursor(cur.file, cur.inode, end), gaps, data[:512],
+                                  f"line over batch_max_bytes ({self.batch_max_bytes})",
+                                  unread=unread - (end - cur.offset))
         if cut < len(data):
             data = data[:cut]
         if cut >= FP_BYTES or cur.offset == 0:
@@ -411,12 +333,12 @@ class Tailer:
         root = self.stream.root
         gaps = []
         last = later[-1] if later else cur.file
-        last_size = _size(root / last)
-        target = _line_start_at_or_after(root / last, max(0, last_size - self.batch_max_bytes), last_size)
+        last_size = size_of(root / last)
+        target = line_start_at_or_after(root / last, max(0, last_size - self.batch_max_bytes), last_size)
         if later:
             gaps.append(Gap(cur.file, cur.offset, size, "backlog"))
             for f in later[:-1]:
-                gaps.append(Gap(f, 0, _size(root / f), "backlog"))
+                gaps.append(Gap(f, 0, size_of(root / f), "backlog"))
             if target > 0:
                 gaps.append(Gap(last, 0, target, "backlog"))
         else:
@@ -434,13 +356,3 @@ class Tailer:
             target,
         )
         return Cursor(last, os.stat(root / last).st_ino, target), gaps
-
-
-def _key(rel: str) -> tuple[str, int]:
-    day, hour = rel.split("/")
-    return day, int(hour)
-
-
-def _size(path: Path) -> int:
-    st = _stat(path)
-    return st.st_size if st else 0

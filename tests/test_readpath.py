@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from etl.hourfiles import TAIL_PROBE, read_lines
 from etl.malloc import tune
-from etl.tail import TAIL_PROBE, _read_lines
 
 
 def _read(path: Path, offset: int, n: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _read_lines(fd, offset, n)
+        return read_lines(fd, offset, n)
     finally:
         os.close(fd)
 
