@@ -17,136 +17,20 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# ---------------------------------------------------------------- raw schemas
-ORDER = pl.Struct(
-    {
-        "coin": pl.String,
-        "side": pl.String,
-        "limitPx": pl.String,
-        "sz": pl.String,
-        "oid": pl.Int64,
-        "timestamp": pl.Int64,
-        "triggerCondition": pl.String,
-        "isTrigger": pl.Boolean,
-        "triggerPx": pl.String,
-        # `children` is [] in almost every row; typing it as nested structs costs 6x (design §4)
-        "children": pl.String,
-        "isPositionTpsl": pl.Boolean,
-        "reduceOnly": pl.Boolean,
-        "orderType": pl.String,
-        "origSz": pl.String,
-        "tif": pl.String,
-        "cloid": pl.String,
-    }
+from etl.columns import (
+    ENVELOPE,
+    FILL,
+    FILLS_REQUIRED,
+    FILLS_SCHEMA,
+    NODE_TRADE,
+    ORDER_EVENT,
+    ORDERS_REQUIRED,
+    ORDERS_SCHEMA,
+    TRADES_REQUIRED,
+    TRADES_SCHEMA,
+    TS,
 )
-ORDER_EVENT: dict[str, Any] = {
-    "time": pl.String,
-    "user": pl.String,
-    "hash": pl.String,
-    "builder": pl.String,
-    "status": pl.String,
-    "order": ORDER,
-}
-FILL: dict[str, Any] = {
-    "coin": pl.String,
-    "px": pl.String,
-    "sz": pl.String,
-    "side": pl.String,
-    "time": pl.Int64,
-    "startPosition": pl.String,
-    "dir": pl.String,
-    "closedPnl": pl.String,
-    "hash": pl.String,
-    "oid": pl.Int64,
-    "crossed": pl.Boolean,
-    "fee": pl.String,
-    "tid": pl.Int64,
-    "feeToken": pl.String,
-    "twapId": pl.Int64,
-    "cloid": pl.String,
-    "liquidation": pl.Struct({"liquidatedUser": pl.String, "markPx": pl.String, "method": pl.String}),
-    "builder": pl.String,
-    "builderFee": pl.String,
-    "deployerFee": pl.String,
-}
-NODE_TRADE: dict[str, Any] = {
-    "coin": pl.String,
-    "side": pl.String,
-    "time": pl.String,
-    "px": pl.String,
-    "sz": pl.String,
-    "hash": pl.String,
-    "trade_dir_override": pl.String,
-    "side_info": pl.List(pl.Struct({"user": pl.String, "oid": pl.Int64})),
-}
-ENVELOPE: dict[str, Any] = {"block_time": pl.String, "block_number": pl.Int64}
 
-# ------------------------------------------------------------- output schemas
-TS = pl.Datetime("us")  # naive, always UTC
-ORDERS_SCHEMA: dict[str, pl.DataType] = {
-    "time": TS,
-    "block_number": pl.Int64(),
-    "block_time": TS,
-    "user": pl.String(),
-    "status": pl.String(),
-    "coin": pl.String(),
-    "side": pl.String(),
-    "limit_px": pl.Float64(),
-    "sz": pl.Float64(),
-    "orig_sz": pl.Float64(),
-    "oid": pl.Int64(),
-    "order_time": TS,
-    "order_type": pl.String(),
-    "tif": pl.String(),
-    "reduce_only": pl.Boolean(),
-    "is_trigger": pl.Boolean(),
-    "trigger_condition": pl.String(),
-    "trigger_px": pl.Float64(),
-    "is_position_tpsl": pl.Boolean(),
-    "children": pl.String(),
-    "cloid": pl.String(),
-    "hash": pl.String(),
-    "builder": pl.String(),
-}
-FILLS_SCHEMA: dict[str, pl.DataType] = {
-    "time": TS,
-    "block_number": pl.Int64(),
-    "block_time": TS,
-    "user": pl.String(),
-    "coin": pl.String(),
-    "side": pl.String(),
-    "px": pl.Float64(),
-    "sz": pl.Float64(),
-    "dir": pl.String(),
-    "start_position": pl.Float64(),
-    "closed_pnl": pl.Float64(),
-    "crossed": pl.Boolean(),
-    "fee": pl.Float64(),
-    "fee_token": pl.String(),
-    "builder_fee": pl.Float64(),
-    "deployer_fee": pl.Float64(),
-    "oid": pl.Int64(),
-    "tid": pl.Int64(),
-    "hash": pl.String(),
-    "cloid": pl.String(),
-    "twap_id": pl.Int64(),
-    "liquidated_user": pl.String(),
-    "liquidation_mark_px": pl.Float64(),
-    "liquidation_method": pl.String(),
-    "builder": pl.String(),
-}
-TRADES_SCHEMA: dict[str, pl.DataType] = {
-    "time": TS,
-    "coin": pl.String(),
-    "side": pl.String(),
-    "px": pl.Float64(),
-    "sz": pl.Float64(),
-    "hash": pl.String(),
-    "tid": pl.Int64(),
-    "buyer": pl.String(),
-    "seller": pl.String(),
-    "block_number": pl.Int64(),
-}
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
 
@@ -210,10 +94,6 @@ def _orders_flat(events: pl.DataFrame, block: bool, columns: tuple[str, ...] = (
     exprs = _order_columns(block)
     return events.select(exprs[c].alias(c) for c in (columns or exprs))
 
-
-ORDERS_REQUIRED = ["time", "user", "status", "coin", "side", "limit_px", "oid"]
-FILLS_REQUIRED = ["time", "user", "coin", "side", "px", "sz", "tid"]
-TRADES_REQUIRED = ["time", "coin", "side", "px", "sz"]
 
 
 def _fills_flat(events: pl.DataFrame, block: bool, paired: bool = False) -> pl.DataFrame:
@@ -317,30 +197,14 @@ FORMATS: dict[tuple[str, str], Format] = {
     ("orders", "plain"): Format(
         ORDER_EVENT, None, lambda d: _orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA
     ),
-    ("orders", "block"): Format(
-        _envelope(pl.Struct(ORDER_EVENT)),
-        "events",
-        lambda d: _orders_flat(d.unnest("events"), True),
-        ORDERS_REQUIRED,
-        dict,
-        ORDERS_SCHEMA,
-    ),
-    ("fills", "plain"): Format(
-        {"ev": pl.List(pl.String)},
-        None,
-        lambda d: _fills_flat(d, False),
-        FILLS_REQUIRED,
-        list,
-        FILLS_SCHEMA,
-    ),
-    ("fills", "block"): Format(
-        _envelope(pl.List(pl.String)),
-        "events",
-        lambda d: _fills_flat(d.rename({"events": "ev"}), True),
-        FILLS_REQUIRED,
-        dict,
-        FILLS_SCHEMA,
-    ),
+    ("orders", "block"): Format(_envelope(pl.Struct(ORDER_EVENT)), "events",
+                                lambda d: _orders_flat(d.unnest("events"), True), ORDERS_REQUIRED, dict,
+                                ORDERS_SCHEMA),
+    ("fills", "plain"): Format({"ev": pl.List(pl.String)}, None, lambda d: _fills_flat(d, False),
+                               FILLS_REQUIRED, list, FILLS_SCHEMA),
+    ("fills", "block"): Format(_envelope(pl.List(pl.String)), "events",
+                               lambda d: _fills_flat(d.rename({"events": "ev"}), True), FILLS_REQUIRED, dict,
+                               FILLS_SCHEMA),
     ("trades", "plain"): Format(NODE_TRADE, None, _node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA),
 }
 
@@ -523,31 +387,3 @@ def _decode_isolating(
     # map chunk line numbers back to line numbers in `buf`
     lines = np.asarray(idx, dtype=np.uint32)[flat["_line"].to_numpy()]
     return [flat.with_columns(pl.Series("_line", lines, dtype=pl.UInt32))]
-
-
-# ---------------------------------------------------------- derived frames
-def trades_from_fills(fills: pl.DataFrame) -> pl.DataFrame:
-    """One trade per `tid`: the taker's fill gives the side; both fills give the users.
-
-    A maker fill whose taker is not in this frame yields nothing here: the store
-    completes the trade's users when the other fill arrives (Store._complete_trades).
-    Fills with `tid` 0 are not trades (e.g. "Spot Dust Conversion": one-sided, all
-    sharing tid 0) and are left out."""
-    fills = fills.filter(pl.col("tid") != 0)
-    taker = fills.filter(pl.col("crossed"))
-    maker = fills.filter(~pl.col("crossed")).select("tid", pl.col("user").alias("maker"))
-    maker = maker.unique("tid", keep="first")
-    t = taker.join(maker, on="tid", how="left")
-    buyer_is_taker = pl.col("side") == "B"
-    return t.select(
-        "time",
-        "coin",
-        "side",
-        "px",
-        "sz",
-        "hash",
-        "tid",
-        pl.when(buyer_is_taker).then(pl.col("user")).otherwise(pl.col("maker")).alias("buyer"),
-        pl.when(buyer_is_taker).then(pl.col("maker")).otherwise(pl.col("user")).alias("seller"),
-        "block_number",
-    ).unique("tid", keep="first", maintain_order=True)

@@ -17,7 +17,6 @@ import polars as pl
 
 from etl.candles import candles_multi
 from etl.filters import RulesFile, apply_rules
-from etl.parse import trades_from_fills
 from etl.units import Unit, event_times
 
 # a maker fill whose taker has not been seen is remembered this long (event time), at most
@@ -171,3 +170,30 @@ def shape(
         if "trades" in rows and intervals:
             candle_rows = candles_multi(rows["trades"], intervals)
     return Shaped(rows, completes, candle_rows, live, first, last, stalls, watermark)
+
+
+def trades_from_fills(fills: pl.DataFrame) -> pl.DataFrame:
+    """One trade per `tid`: the taker's fill gives the side; both fills give the users.
+
+    A maker fill whose taker is not in this frame yields nothing here: the store
+    completes the trade's users when the other fill arrives (Store._complete_trades).
+    Fills with `tid` 0 are not trades (e.g. "Spot Dust Conversion": one-sided, all
+    sharing tid 0) and are left out."""
+    fills = fills.filter(pl.col("tid") != 0)
+    taker = fills.filter(pl.col("crossed"))
+    maker = fills.filter(~pl.col("crossed")).select("tid", pl.col("user").alias("maker"))
+    maker = maker.unique("tid", keep="first")
+    t = taker.join(maker, on="tid", how="left")
+    buyer_is_taker = pl.col("side") == "B"
+    return t.select(
+        "time",
+        "coin",
+        "side",
+        "px",
+        "sz",
+        "hash",
+        "tid",
+        pl.when(buyer_is_taker).then(pl.col("user")).otherwise(pl.col("maker")).alias("buyer"),
+        pl.when(buyer_is_taker).then(pl.col("maker")).otherwise(pl.col("user")).alias("seller"),
+        "block_number",
+    ).unique("tid", keep="first", maintain_order=True)

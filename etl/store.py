@@ -16,10 +16,10 @@ import duckdb
 import polars as pl
 
 from etl.candles import CANDLE_SCHEMA
+from etl.columns import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.config import Settings
 from etl.filecursors import FileCursors, migrate
 from etl.nodefiles import FileIndex
-from etl.parse import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.tail import Cursor, Gap
 
 log = logging.getLogger("nodetap.store")

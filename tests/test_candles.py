@@ -29,7 +29,8 @@ from etl.candles import (
     open_time_ms,
     validate_intervals,
 )
-from etl.parse import parse, trades_from_fills
+from etl.parse import parse
+from etl.shaping import trades_from_fills
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from etl.columns import ORDERS_SCHEMA
 from etl.filters import (
     KEEP_ALL,
     Rules,
@@ -28,7 +29,6 @@ from etl.filters import (
     rules_to_dict,
     rules_to_toml,
 )
-from etl.parse import ORDERS_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 5, 10, 58)

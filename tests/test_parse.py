@@ -9,7 +9,8 @@ import orjson
 import polars as pl
 import pytest
 
-from etl.parse import parse, trades_from_fills
+from etl.parse import parse
+from etl.shaping import trades_from_fills
 
 SAMPLE_STREAMS = {
     "node_fills_by_block.jsonl": ("fills", "by_block"),

@@ -33,7 +33,7 @@ import pytest
 from api import infodata
 from api.userwire import aggregate_by_time
 from api.wire import FEED_ERRORS, CandleSub, OrdersSub, TradesSub, build_messages
-from etl.parse import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
+from etl.columns import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.pipeline import Processed
 from tests.conftest import ServerThread, free_port, wait_for
 from tests.test_lake import order_line
