@@ -180,6 +180,19 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
     assert not db.exists()
 
 
+def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--node-dir", str(tmp_path / "n"), "--db", str(tmp_path / "d.duckdb"),
+                     "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"nodetap demo: port {port} on 127.0.0.1 is already in use "
+                                       "by another program: pick another with --port (setting port)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ candles and tables
 @pytest.fixture
 def history_db(tmp_path: Path) -> Path:
