@@ -1,4 +1,5 @@
-"""Settings: precedence, unknown keys named, bad values explained, docs complete."""
+"""Settings: precedence, unknown keys named, bad values explained, the flags and the README
+table generated from the one declaration."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import ConfigError, Settings, load_settings
+from etl.cli import COMMANDS, build_parser
+from etl.config import ConfigError, Settings, load_settings, setting_specs
 from tests.conftest import ROOT, run_cli
 
 
@@ -63,10 +65,51 @@ def test_cli_reports_unknown_key_and_exits_2(tmp_path: Path) -> None:
     assert "unknown setting(s)" in proc.stderr and "colour" in proc.stderr
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
+def test_readme_settings_table_is_config_doc() -> None:
+    doc = run_cli("config", "--doc").stdout
     readme = (ROOT / "README.md").read_text()
-    missing = [f.name for f in fields(Settings) if f"`{f.name}`" not in readme]
-    assert missing == []
+    start = readme.index("| setting | default | flag | what it does |")
+    table = readme[start:readme.index("\n\n", start) + 1]
+    assert table == doc
+    assert [line.split("`")[1] for line in doc.splitlines()[2:]] == [f.name for f in fields(Settings)]
+
+
+def test_every_flag_is_parsed_into_its_setting_on_each_command_that_takes_it(tmp_path: Path) -> None:
+    samples = {"Path": (str(tmp_path / "p"), tmp_path / "p"), "int": ("7", 7), "float": ("7.5", 7.5),
+               "str": ("x", "x")}
+    required = {"backfill": ["some/dir"], "sql": ["SELECT 1"], "export": ["trades", "-o", "x.parquet"],
+                "candles": ["--coin", "BTC"], "ingest": ["--once"]}
+    checked = 0
+    for spec in (s for s in setting_specs() if s.flag):
+        for command in (*spec.commands, "config"):
+            extra = required.get(command, [])
+            if spec.kind == "bool":
+                argv, want = [spec.flag], True
+            elif spec.kind == "tuple":
+                argv, want = [spec.flag, "a", spec.flag, "b"], ("a", "b")
+            elif spec.choices:
+                argv, want = [spec.flag, spec.choices[-1].lower()], spec.choices[-1]
+            else:
+                raw, want = samples[spec.kind]
+                argv = [spec.flag, raw]
+            args = build_parser(COMMANDS).parse_args([command, *extra, *argv])
+            assert getattr(args, spec.name) == (list(want) if spec.kind == "tuple" else want)
+            checked += 1
+    assert checked == 66  # 16 flags, on 50 (setting, command) pairs, and all on `config`
+
+
+def test_settings_without_a_flag_are_not_offered_as_flags() -> None:
+    parser_flags = {a.option_strings[0] for a in build_parser(COMMANDS)._subparsers  # type: ignore[union-attr]
+                    ._group_actions[0].choices["config"]._actions if a.option_strings}
+    declared = {spec.flag for spec in setting_specs() if spec.flag}
+    assert parser_flags == declared | {"-h", "--config", "--doc"}
+
+
+def test_a_choice_is_matched_without_case_and_a_bad_one_named() -> None:
+    assert load_settings(None, env={"NODETAP_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match=re.escape(
+            "log_level must be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL', not 'LOUD'")):
+        load_settings(None, env={"NODETAP_LOG_LEVEL": "LOUD"})
 
 
 def test_bundled_config_loads() -> None:

@@ -128,7 +128,7 @@ def measure(sc: Scenario, work: Path, *, seconds: float, warmup: float, burst_ms
             quiet_s: float, rules: Path | None) -> dict[str, Any]:
     """Run one scenario in `work` (an empty dir); its numbers."""
     node, db, log, port = work / "node", work / "bench.duckdb", work / "serve.log", free_port()
-    node.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)  # the node dir is the writer's: serve waits for it
     server = start_server(node, db, port, log, rules)
     latencies: list[float] = []
     received = 0

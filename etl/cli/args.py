@@ -1,0 +1,156 @@
+"""The argument parser of every command. Setting flags are generated from the settings'
+declaration (etl/config.py); only the flags that are not settings are written here."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from etl.cli.output import FORMATS
+from etl.config import SettingSpec, canonical_choice, setting_specs, show_default
+
+VARIANTS = ("plain", "by_block", "streaming")
+Command = Callable[[argparse.Namespace], int]
+
+
+def plain_text(doc: str) -> str:
+    """A Markdown description as terminal help: no backticks, `%` escaped for argparse."""
+    return re.sub(r"`([^`]*)`", r"\1", doc).replace("%", "%%")
+
+
+def _add_setting(p: argparse.ArgumentParser, spec: SettingSpec) -> None:
+    text = f"{plain_text(spec.doc)} (setting {spec.name}, NODETAP_{spec.name.upper()}; " \
+           f"default {plain_text(show_default(spec))})"
+    kw: dict[str, Any] = {"dest": spec.name, "help": text, "default": None}
+    if spec.kind == "bool":
+        kw["action"] = "store_true"
+    elif spec.kind == "tuple":
+        kw.update(action="append", metavar=spec.name.upper().rstrip("S"))
+    else:
+        kw["type"] = {"Path": Path, "int": int, "float": float}.get(spec.kind, str)
+        kw["metavar"] = spec.name.upper()
+    if spec.choices:
+        choices = spec.choices
+        kw.update(type=lambda v: canonical_choice(v, choices), choices=choices, metavar=None)
+    p.add_argument(spec.flag, **kw)
+
+
+def add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """`--config` and the flag of every setting that `command` takes (`config`: all)."""
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML settings file (also NODETAP_CONFIG); keys at top level or under [nodetap]")
+    for spec in setting_specs():
+        if spec.flag and (command in spec.commands or command == "config"):
+            _add_setting(p, spec)
+
+
+def _rebind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rebind-node-dir", dest="rebind_node_dir", action="store_true",
+                   help="the node dir moved: bind the database to --node-dir (it refuses "
+                        "another node dir otherwise)")
+
+
+def _output(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (plain decimals, ISO times), csv, json, or parquet (needs -o)")
+    p.add_argument("-o", "--output", required=required,
+                   help="write to this file instead of standard output")
+
+
+def _time(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    p.add_argument(flag, help=f"ISO time (UTC when no zone) or epoch ms{text}")
+
+
+def _simulate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="node data dir to write into")
+    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
+    p.add_argument("--lines", type=int,
+                   help="write this many order-status lines at once, on a simulated clock, then exit")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--start", help="with --lines: the simulated clock's start (ISO, UTC)")
+    p.add_argument("--variant", choices=VARIANTS, default="plain")
+    p.add_argument("--streams", default="orders,fills",
+                   help="kinds to write: orders, fills, trades (node_trades, as nodes without "
+                        "fills output write)")
+    p.add_argument("--partial-writes", action="store_true",
+                   help="cut the last line of each write, as a buffered node does")
+    p.add_argument("--burst-every", type=float, help="every N seconds, a one-second burst")
+    p.add_argument("--burst-factor", type=float, default=5.0, help="rate multiplier in a burst")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+    p.add_argument("--seed", type=int, default=7)
+
+
+def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
+    """The `nodetap` parser; `commands` maps each command's name to its function."""
+    parser = argparse.ArgumentParser(
+        prog="nodetap",
+        description="Tail a Hyperliquid node's files into a live feed, candles, DuckDB and a "
+                    "Parquet lake. `nodetap COMMAND --help` describes a command's flags.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
+        p.set_defaults(func=commands[name])
+        if name not in ("simulate", "bench"):
+            add_settings(p, name)
+        return p
+
+    p = command("demo", "simulate a node into data/demo-node and serve it (dashboard)")
+    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
+    p.add_argument("--variant", choices=VARIANTS, default="plain")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+
+    p = command("serve", "run the pipeline and the HTTP/WebSocket API in one process")
+    _rebind(p)
+
+    p = command("ingest", "tail a node dir into DuckDB until SIGINT/SIGTERM")
+    p.add_argument("--once", action="store_true",
+                   help="drain what is there, seal complete hours, print status, exit")
+    _rebind(p)
+
+    p = command("backfill", "ingest existing hour files (plain or .lz4), then exit")
+    p.add_argument("paths", nargs="+", help="hour files or directories holding them")
+    p.add_argument("--stream", help="stream dir name, when the path does not say it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from etl.cli.info import STATUS_HELP
+
+    p = command("status", STATUS_HELP)
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    p = command("sql", "run a read-only SQL query on the database (and the lake)")
+    p.add_argument("query")
+    _output(p)
+
+    p = command("export", "write rows of a table (DuckDB + lake) to a Parquet file")
+    p.add_argument("table", choices=["orders", "fills", "trades", "candles"])
+    p.add_argument("--coin")
+    p.add_argument("--interval", help="candles only")
+    _time(p, "--start", ", included")
+    _time(p, "--end", ", excluded")
+    p.add_argument("-o", "--output", required=True)
+
+    p = command("candles", "print OHLCV candles of a coin (gaps never forward-filled)")
+    p.add_argument("--coin", required=True)
+    p.add_argument("--interval", default="1m",
+                   help="any of 1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M; those "
+                        "not in candle_intervals are derived on read (default 1m)")
+    _time(p, "--start", " (default: an hour before --end)")
+    _time(p, "--end", " (default: the data's last trade time)")
+    p.add_argument("--no-fill", action="store_true", help="only candles with trades")
+    _output(p)
+
+    _simulate(command("simulate", "write realistic node output (the project's test data)"))
+
+    from etl.bench.run import add_arguments
+
+    add_arguments(command("bench", "throughput, memory and latency against the replaced approach"))
+
+    p = command("config", "print the effective settings (paths absolute), or --doc: every setting")
+    p.add_argument("--doc", action="store_true",
+                   help="every setting as a Markdown table (the README's), not the values")
+    return parser

@@ -1,0 +1,107 @@
+"""Checks made before a command starts anything: the node dir's layout, the rules file, the
+port. Each failure is a `CliError` naming the flag and, where it can tell, what to pass."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+from etl.cli.common import CliError
+from etl.config import Settings
+from etl.tail import STREAM_DIRS, discover
+
+LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
+          "or node_fills[_by_block|_streaming]/..., or node_trades/...")
+_LOOK_DOWN = 200  # entries looked at below a wrong node dir, at most
+
+
+def holds_streams(path: Path) -> bool:
+    """Whether `path` has at least one stream dir (`<stream>/hourly`) in it."""
+    return any((path / name / "hourly").is_dir() for name in STREAM_DIRS)
+
+
+def _node_dir_near(path: Path) -> Path | None:
+    """The node dir the user probably meant: an ancestor of a stream's own dir (given
+    `.../node_fills/hourly`), or a dir below the one given (given `~/hl`: `~/hl/data`)."""
+    for parent in [path, *path.parents][:5]:
+        if parent.name in STREAM_DIRS and holds_streams(parent.parent):
+            return parent.parent
+    seen = 0
+    level = [path]
+    for _ in range(2):
+        below: list[Path] = []
+        for d in level:
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                seen += 1
+                if seen > _LOOK_DOWN:
+                    return None
+                if entry.is_dir() and not entry.name.startswith("."):
+                    sub = Path(entry.path)
+                    if holds_streams(sub):
+                        return sub
+                    below.append(sub)
+        level = below
+    return None
+
+
+def check_node_dir(s: Settings, *, must_exist: bool) -> None:
+    """Refuse a node dir that is a file, or that exists and holds none of the streams to
+    read. A missing one is refused only with `must_exist` (otherwise it is waited for)."""
+    path = s.node_dir
+    if path.is_file():
+        raise CliError(f"--node-dir {path} is a file, not a directory: pass the node's data dir "
+                       f"(usually ~/hl/data), laid out {LAYOUT} (setting node_dir)")
+    if not path.exists():
+        if must_exist:
+            raise CliError(f"node dir {path} does not exist (--node-dir, setting node_dir)")
+        return
+    if not path.is_dir():
+        raise CliError(f"--node-dir {path} is not a directory (setting node_dir)")
+    if discover(path, s.streams):
+        return
+    if s.streams and holds_streams(path):
+        found = sorted(n for n in STREAM_DIRS if (path / n / "hourly").is_dir())
+        raise CliError(f"node dir {path} holds none of the streams asked for "
+                       f"({', '.join(s.streams)}; --stream, setting streams); it holds: "
+                       f"{', '.join(found)}")
+    near = _node_dir_near(path)
+    hint = f"; did you mean --node-dir {near}?" if near is not None else ""
+    raise CliError(f"node dir {path} holds no node output: expected {LAYOUT} "
+                   f"(--node-dir, setting node_dir){hint}")
+
+
+def check_rules_file(s: Settings) -> None:
+    """A rules file given that does not exist (the default one may be missing: defaults)."""
+    path = s.rules_file
+    if str(path) in ("", ".") or path == Settings().rules_file:
+        return
+    if not path.exists():
+        raise CliError(f"--rules {path}: no such file (setting rules_file; see docs/rules.md)")
+    if path.is_dir():
+        raise CliError(f"--rules {path} is a directory, not a rules file (setting rules_file)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind `host:port` as the server will (SO_REUSEADDR), then let it go, so that a port in
+    use is reported before the pipeline, the database or the banner start."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise CliError(f"cannot listen on {host}:{port}: {err.strerror} (--host, setting host)") from err
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise CliError(f"port {port} on {host} is already in use by another program: "
+                               f"pick another with --port (setting port)") from err
+            raise CliError(f"cannot listen on {host}:{port}: {err.strerror} "
+                           f"(--host, --port; settings host, port)") from err

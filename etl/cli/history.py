@@ -1,0 +1,110 @@
+"""The commands that read history back: sql, export, candles (the database and the lake,
+read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import duckdb
+import polars as pl
+
+from etl.cli.common import CliError, settings_from
+from etl.cli.output import write_frame
+from etl.config import Settings
+from etl.history import HistoryError, parse_time_ms, read_candles, slice_sql, watermark_and_holes
+
+HOUR_MS = 3_600_000
+KNOWN_COINS_SHOWN = 8
+
+
+def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
+    if not s.db.exists():
+        raise CliError(f"database {s.db} does not exist (--db, setting db)")
+    try:
+        con = duckdb.connect(str(s.db), read_only=True)
+    except duckdb.IOException as err:
+        raise CliError(
+            f"cannot open {s.db} read-only: {err}. While `nodetap ingest`/`serve` runs, query "
+            "through the server (POST /v1/sql, GET /v1/export/...)"
+        ) from err
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    con = read_only(s)
+    try:
+        frame = pl.from_arrow(con.sql(args.query).to_arrow_table())
+    except duckdb.Error as err:
+        raise CliError(f"SQL error: {err}") from err
+    finally:
+        con.close()
+    assert isinstance(frame, pl.DataFrame)
+    write_frame(frame, args.format, args.output)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    sql, params = slice_sql(args.table, args.coin, parse_time_ms(args.start, "--start"),
+                            parse_time_ms(args.end, "--end"), args.interval)
+    con = read_only(s)
+    try:
+        out = args.output.replace("'", "''")
+        con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)", params)
+        (n,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone() or (0,)
+    finally:
+        con.close()
+    print(f"wrote {n} rows to {args.output}")
+    return 0
+
+
+def data_end(con: duckdb.DuckDBPyConnection) -> int:
+    """The data's last instant (ms): the trades' watermark, else the last stored trade, else
+    the wall clock (an empty database)."""
+    wm, _ = watermark_and_holes(con)
+    if wm is not None:
+        return wm
+    row = con.execute("SELECT epoch_ms(max(time)) FROM history.trades").fetchone()
+    return int(row[0]) if row and row[0] is not None else int(time.time() * 1000)
+
+
+def check_coin(con: duckdb.DuckDBPyConnection, coin: str) -> None:
+    """Refuse a coin with no stored candle, naming a few that have some."""
+    if con.execute("SELECT 1 FROM history.candles WHERE coin = $1 LIMIT 1", [coin]).fetchone():
+        return
+    known = [c for (c,) in con.execute(
+        "SELECT coin FROM history.candles GROUP BY coin ORDER BY count(*) DESC, coin").fetchall()]
+    if not known:
+        raise HistoryError(f"unknown coin {coin!r} (--coin): no candles are stored in this "
+                           "database yet (--db, setting db)")
+    same = [c for c in known if c.lower() == coin.lower()]
+    hint = f" Did you mean {same[0]}?" if same else ""
+    shown = ", ".join(known[:KNOWN_COINS_SHOWN]) + (", ..." if len(known) > KNOWN_COINS_SHOWN else "")
+    raise HistoryError(f"unknown coin {coin!r} (--coin): no candles of it are stored.{hint} "
+                       f"Known coins ({len(known)}): {shown}")
+
+
+def cmd_candles(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    con = read_only(s)
+    try:
+        end = parse_time_ms(args.end, "--end")
+        end = data_end(con) if end is None else end
+        start = parse_time_ms(args.start, "--start")
+        start = end - HOUR_MS if start is None else start
+        # intervals not stored are derived on read, as `/v1/candles` does
+        frame = read_candles(con, args.coin, args.interval, start, end, fill=not args.no_fill,
+                             stored=s.candle_intervals)
+        if frame.is_empty():
+            check_coin(con, args.coin)
+    finally:
+        con.close()
+    frame = frame.drop("t_first", "t_last")
+    if args.format == "table":  # times as ISO, not epoch ms
+        frame = frame.with_columns(pl.from_epoch(pl.col(c), time_unit="ms") for c in ("t", "T"))
+    write_frame(frame, args.format, args.output)
+    return 0

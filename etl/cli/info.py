@@ -1,0 +1,127 @@
+"""The commands that describe: status (per stream) and config (the settings)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from etl.cli.checks import check_node_dir
+from etl.cli.common import CliError, settings_from
+from etl.cli.output import table
+from etl.config import Settings, lake_root, setting_specs, settings_table
+
+STATUS_COLUMNS = ("stream", "file", "offset", "lag_bytes", "lag_seconds", "lines", "rows",
+                  "rejects", "gaps", "skipped_bytes", "last_time")
+STATUS_HELP = "per stream: " + ", ".join(c.replace("_", " ") for c in STATUS_COLUMNS[1:])
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    def shown(v: Any) -> Any:
+        return round(v, 1) if isinstance(v, float) else v
+
+    return table(STATUS_COLUMNS, [[shown(r.get(c)) for c in STATUS_COLUMNS] for r in rows])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from etl.pipeline import status_file
+
+    s = settings_from(args)
+    check_node_dir(s, must_exist=False)
+    rows: list[dict[str, Any]]
+    try:
+        con = duckdb.connect(str(s.db), read_only=True)
+    except duckdb.IOException as err:
+        # another process (ingest/serve) holds the lock: use the status file it writes
+        sf = status_file(s.db)
+        if not sf.exists():
+            raise CliError(f"cannot open {s.db}: {err}") from err
+        rows = orjson.loads(sf.read_bytes())
+    else:
+        try:
+            rows = _status_from_db(con, s)
+        except duckdb.CatalogException as err:
+            raise CliError(f"{s.db} is not a nodetap database (--db, setting db)") from err
+        finally:
+            con.close()
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(rows))
+    return 0
+
+
+def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+    from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
+
+    cur = con.execute("SELECT * FROM cursors ORDER BY stream")
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    streams = {
+        name: Stream(name, kind, variant, s.node_dir / name / "hourly")
+        for name, (kind, variant) in STREAM_DIRS.items()
+    }
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for r in rows:
+        st = streams.get(r["stream"])
+        r["lag_bytes"] = None
+        if st is not None:
+            r["lag_bytes"] = Tailer(st, batch_max_bytes=1, max_backlog_bytes=None).unread_after(
+                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0))
+            )
+        r["lag_seconds"] = (now - r["last_time"]).total_seconds() if r["last_time"] else None
+        for k, v in list(r.items()):
+            if isinstance(v, datetime):
+                r[k] = v.isoformat()
+    return rows
+
+
+def _effective_lake(s: Settings) -> Path:
+    """The lake `ingest`/`serve` would seal into (a database may keep an older location)."""
+    if str(s.lake_dir) not in ("", ".") or not s.db.exists():
+        return lake_root(s)
+    from etl.identity import default_lake
+
+    try:
+        con = duckdb.connect(str(s.db), read_only=True)
+    except duckdb.Error:
+        return lake_root(s)  # held by a running server: the usual place
+    try:
+        return default_lake(con, s.db)
+    except duckdb.Error:
+        return lake_root(s)
+    finally:
+        con.close()
+
+
+def effective(s: Settings, name: str) -> str:
+    """A setting's value as the program uses it: paths absolute, empty ones resolved."""
+    value = getattr(s, name)
+    if name == "lake_dir":
+        return str(_effective_lake(s).absolute())
+    if name == "rules_file":
+        if str(value) in ("", "."):
+            return "(empty: the built-in rules)"
+        if value == Settings().rules_file and not value.exists():
+            return f"(the built-in rules: {value.absolute()} does not exist)"
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "(empty)"
+    return str(value)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.doc:
+        print(settings_table(), end="")
+        return 0
+    s = settings_from(args)
+    for spec in setting_specs():
+        print(f"{spec.name} = {effective(s, spec.name)}")
+    return 0

@@ -1,0 +1,71 @@
+"""Printing rows: aligned plain-text tables with plain decimals and ISO times, or CSV, JSON,
+Parquet."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from etl.cli.common import CliError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def cell(value: Any) -> str:
+    """A value as a table shows it: `17810207.0` not `1.7810207e7`, `3.56208` not
+    `3.5620800000000004`, ISO times, `-` for null."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        # 15 significant digits: all a double holds, without its binary noise; no exponent
+        text = format(Decimal(format(value, ".15g")), "f")
+        return text if "." in text else text + ".0"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds" if value.microsecond % 1000 == 0
+                               and value.microsecond else "auto")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    shown = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
+    numeric = [bool(rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                                  for r in rows if r[i] is not None) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    for r in shown:
+        lines.append("  ".join(v.rjust(w) if num else v.ljust(w)
+                               for v, w, num in zip(r, widths, numeric, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
+    """`frame` to `out` (standard output when None) in one of FORMATS."""
+    if fmt == "parquet":
+        if not out:
+            raise CliError("--format parquet needs -o FILE")
+        frame.write_parquet(out, compression="zstd")
+        return
+    if fmt == "csv":
+        text = frame.write_csv()
+    elif fmt == "json":
+        text = orjson.dumps(frame.to_dicts(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        text = table(frame.columns, frame.rows()) + "\n"
+    if out:
+        Path(out).write_text(text)
+    else:
+        sys.stdout.write(text)

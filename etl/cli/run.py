@@ -1,0 +1,199 @@
+"""The commands that run the pipeline: ingest, serve, demo, backfill; and simulate."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from etl.cli.checks import check_node_dir, check_port, check_rules_file
+from etl.cli.common import install_signals, log, settings_from, setup_logging
+from etl.cli.info import format_status
+from etl.config import Settings
+
+
+def bind_database(s: Settings, rebind: bool = False) -> None:
+    """Check that the database is this node's and the lake this database's (the first run
+    records both; this creates the database)."""
+    from etl.identity import bind_node, claim_lake, default_lake
+    from etl.store import Store
+
+    store = Store(s.db)
+    try:
+        bind_node(store.con, s.db, s.node_dir, rebind=rebind)
+        if str(s.lake_dir) in ("", "."):
+            claim_lake(store.con, s.db, default_lake(store.con, s.db))
+        else:
+            claim_lake(store.con, s.db, s.lake_dir)
+    finally:
+        store.close()
+
+
+def pipeline_settings(args: argparse.Namespace, *, must_exist: bool, port: bool = False) -> Settings:
+    """Settings for `ingest`/`serve`, with logging set up, after every check that can fail
+    fast: the port (serve), the node dir, the rules file, then the database's identity."""
+    s = settings_from(args)
+    setup_logging(s.log_level)
+    if port:
+        check_port(s.host, s.port)
+    check_node_dir(s, must_exist=must_exist)
+    check_rules_file(s)
+    bind_database(s, rebind=getattr(args, "rebind_node_dir", False))
+    return s
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from etl.pipeline import Pipeline
+    from etl.store import Store
+
+    s = pipeline_settings(args, must_exist=args.once)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    install_signals(pipe.stop_event)
+    try:
+        if args.once:
+            pipe.run_once()
+            pipe.flush()
+            pipe.lake().seal()
+            print(format_status(pipe.status()))
+        else:
+            pipe.run()
+    finally:
+        pipe.close()
+        pipe.write_status_file(force=True)
+        store.close()
+    return 0
+
+
+def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
+    """uvicorn until SIGINT/SIGTERM: the first stops it gracefully (the lifespan commits the
+    batch in flight), a second forces it. Unlike `uvicorn.run`, the signal is not raised
+    again afterwards, so a clean stop exits 0."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def handler(signum: int, _frame: FrameType | None) -> None:
+                if self.should_exit:
+                    log.warning("event=forced_exit signal=%d", signum)
+                    self.force_exit = True
+                log.info("event=shutdown signal=%d (again to force)", signum)
+                self.should_exit = True
+
+            old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
+
+    config = uvicorn.Config(app, host=s.host, port=s.port, log_level=log_level,
+                            ws_max_size=1 << 20, timeout_graceful_shutdown=10)
+    Server(config).run()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.app import create_app
+
+    s = pipeline_settings(args, must_exist=False, port=True)
+    print(f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
+          file=sys.stderr)
+    _serve_until_signal(create_app(s), s, s.log_level.lower())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The simulator writing a node dir, and `serve` on it, until Ctrl-C."""
+    from api.app import create_app
+    from etl.simulate import run_live
+
+    s = settings_from(args, start_from="start")
+    setup_logging(s.log_level)
+    check_port(s.host, s.port)
+    s.node_dir.mkdir(parents=True, exist_ok=True)
+    bind_database(s)
+    stop = threading.Event()
+    sim = threading.Thread(
+        target=run_live, name="nodetap-simulate", daemon=True,
+        kwargs={"out": s.node_dir, "rate": args.rate, "variant": args.variant, "stop": stop,
+                "malformed_share": args.malformed},
+    )
+    sim.start()
+    print(f"\nnodetap demo: simulating a node at {args.rate:.0f} lines/s into {s.node_dir}\n"
+          f"  dashboard  http://{s.host}:{s.port}/\n"
+          f"  websocket  ws://{s.host}:{s.port}/ws\n"
+          f"  API docs   http://{s.host}:{s.port}/docs\n"
+          "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
+    try:
+        _serve_until_signal(create_app(s), s, "warning")
+    finally:
+        stop.set()
+        sim.join(10)
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from etl.backfill import BackfillError, backfill
+    from etl.pipeline import Shaping, rules_file_for
+    from etl.store import Store
+
+    s = settings_from(args)
+    setup_logging(s.log_level)
+    check_rules_file(s)
+    stop = threading.Event()
+    install_signals(stop)
+    store = Store.from_settings(s)
+    try:
+        totals = backfill(
+            [Path(p) for p in args.paths],
+            store,
+            batch_max_bytes=s.batch_max_bytes,
+            max_line_bytes=s.max_line_bytes,
+            stream=args.stream,
+            stop=stop,
+            progress=not args.quiet,
+            shaping=Shaping(rules_file_for(s), s.candle_intervals),
+        )
+    except BackfillError as err:
+        print(f"nodetap backfill: {err}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(" ".join(f"{k}={v}" for k, v in totals.items()))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from etl.simulate import generate, run_live
+
+    setup_logging("INFO")
+    out = Path(args.out)
+    kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
+    if args.lines:
+        start = datetime.fromisoformat(args.start).replace(tzinfo=UTC) if args.start else None
+        n = generate(out, start=start, lines=args.lines, variant=args.variant, kinds=kinds,
+                     seed=args.seed, malformed_share=args.malformed)
+        print(f"wrote {n} lines under {out}")
+        return 0
+    stop = threading.Event()
+    install_signals(stop)
+    n = run_live(out, rate=args.rate, variant=args.variant, kinds=kinds, seed=args.seed,
+                 malformed_share=args.malformed, stop=stop, duration_s=args.duration,
+                 partial_writes=args.partial_writes, burst_every_s=args.burst_every,
+                 burst_factor=args.burst_factor)
+    print(f"wrote {n} lines under {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from etl.bench.run import main as bench
+
+    return bench(args)

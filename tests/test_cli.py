@@ -1,0 +1,264 @@
+"""The command line as a user meets it: help that matches the README, errors that say what
+to pass, candles from the data's own clock, tables a person can read."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from etl.cli import COMMANDS, build_parser, main
+from etl.cli.common import settings_from
+from etl.cli.info import STATUS_COLUMNS
+from etl.cli.output import cell
+from etl.config import Settings
+from etl.pipeline import Pipeline
+from etl.store import Store
+from tests.conftest import ROOT, run_cli
+from tests.test_lake import Node
+
+LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
+          "or node_fills[_by_block|_streaming]/..., or node_trades/...")
+MIN = 60_000
+T1230 = int(datetime(2026, 1, 5, 12, 30, tzinfo=UTC).timestamp() * 1000)
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+# ------------------------------------------------------------------ help and README
+def test_help_names_every_command_as_the_readme_does() -> None:
+    out = run_cli("--help").stdout
+    listed = re.findall(r"^    (\w+)  ", out.split("\ncommands:\n", 1)[1], flags=re.M)
+    in_readme = re.findall(r"^\| `nodetap (\w+)", readme_section("CLI"), flags=re.M)
+    assert listed == in_readme == list(COMMANDS)
+    assert len(listed) == 11
+
+
+def test_serve_takes_every_setting_flag_of_ingest() -> None:
+    def setting_flags(command: str) -> set[str]:
+        sub = build_parser(COMMANDS)._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        return {a.option_strings[0] for a in sub._actions if a.dest in Settings.__dataclass_fields__}
+
+    assert setting_flags("ingest") <= setting_flags("serve")
+    assert setting_flags("serve") - setting_flags("ingest") == {"--host", "--port"}
+    args = build_parser(COMMANDS).parse_args(
+        ["serve", "--stream", "node_fills", "--stream", "node_trades", "--max-backlog-bytes", "5000",
+         "--debounce-ms", "7", "--log-level", "warning"])
+    s = settings_from(args)
+    assert (s.streams, s.max_backlog_bytes, s.debounce_ms, s.log_level) == (
+        ("node_fills", "node_trades"), 5000, 7, "WARNING")
+
+
+def test_log_level_is_described_with_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--log-level {DEBUG,INFO,WARNING,ERROR,CRITICAL} Logging level." in out
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", "--log-level", "loud"])
+    assert exc.value.code == 2
+    assert "argument --log-level: invalid choice: 'loud'" in capsys.readouterr().err
+
+
+def test_status_help_lists_the_columns_status_prints(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "s.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once")
+    out = run_cli("status", "--node-dir", str(node.root), "--db", str(db)).stdout
+    header = out.splitlines()[0].split()
+    assert header == list(STATUS_COLUMNS)
+    helped = " ".join(run_cli("status", "--help").stdout.split())
+    listed = helped.split("Per stream: ", 1)[1].split(".", 1)[0].split(", ")
+    assert [c.replace(" ", "_") for c in listed] == header[1:]
+
+
+# ------------------------------------------------------------------ config
+def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NODETAP_CONFIG", raising=False)
+    assert main(["config", "--db", "d/x.duckdb", "--node-dir", "node", "--rules", ""]) == 0
+    values = dict(line.split(" = ", 1) for line in capsys.readouterr().out.splitlines())
+    assert values["db"] == f"{tmp_path}/d/x.duckdb"
+    assert values["node_dir"] == f"{tmp_path}/node"
+    assert values["lake_dir"] == f"{tmp_path}/d/x.duckdb.lake"
+    assert values["rules_file"] == "(empty: the built-in rules)"
+    assert values["port"] == "8000"
+    assert list(values) == list(Settings.__dataclass_fields__)
+
+
+def test_output_to_a_closed_pipe_exits_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "etl.cli", "config", "--doc"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+# ------------------------------------------------------------------ node dir, rules, port
+def _hl(tmp_path: Path) -> Path:
+    """~/hl with the node's output in ~/hl/data, as a real node lays it out."""
+    Node(tmp_path / "hl" / "data").add_trade("2026-01-05T10:00:10", 1)
+    return tmp_path / "hl"
+
+
+@pytest.mark.parametrize(("given", "hint"), [
+    ("empty", ""),
+    ("hl", "; did you mean --node-dir {tmp}/hl/data?"),
+    ("hl/data/node_fills", "; did you mean --node-dir {tmp}/hl/data?"),
+    ("hl/data/node_fills/hourly/20260105", "; did you mean --node-dir {tmp}/hl/data?"),
+])
+@pytest.mark.parametrize("command", ["ingest", "serve"])
+def test_a_node_dir_without_streams_is_refused_with_the_right_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, given: str,
+        hint: str) -> None:
+    _hl(tmp_path)
+    (tmp_path / "empty").mkdir()
+    db = tmp_path / "x.duckdb"
+    argv = [command, "--node-dir", str(tmp_path / given), "--db", str(db), "--port", "0"]
+    assert main(argv if command == "serve" else [*argv[:-2], "--once"]) == 2
+    assert capsys.readouterr().err == (
+        f"nodetap {command}: node dir {tmp_path / given} holds no node output: expected {LAYOUT} "
+        f"(--node-dir, setting node_dir){hint.format(tmp=tmp_path)}\n")
+    assert not db.exists()  # nothing started
+
+
+def test_a_file_as_node_dir_is_called_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "data"
+    f.write_text("")
+    assert main(["ingest", "--node-dir", str(f), "--db", str(tmp_path / "x.duckdb"), "--once"]) == 2
+    assert capsys.readouterr().err == (
+        f"nodetap ingest: --node-dir {f} is a file, not a directory: pass the node's data dir "
+        f"(usually ~/hl/data), laid out {LAYOUT} (setting node_dir)\n")
+
+
+def test_streams_asked_for_that_are_not_there_are_named(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    node = _hl(tmp_path) / "data"
+    assert main(["ingest", "--node-dir", str(node), "--db", str(tmp_path / "x.duckdb"), "--once",
+                 "--stream", "node_fills_by_block"]) == 2
+    assert capsys.readouterr().err == (
+        f"nodetap ingest: node dir {node} holds none of the streams asked for (node_fills_by_block; "
+        "--stream, setting streams); it holds: node_fills\n")
+
+
+def test_a_missing_rules_file_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    proc = run_cli("ingest", "--node-dir", str(node), "--db", str(tmp_path / "x.duckdb"), "--once",
+                   "--rules", str(tmp_path / "nope.toml"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"nodetap ingest: --rules {tmp_path / 'nope.toml'}: no such file "
+                           "(setting rules_file; see docs/rules.md)\n")
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    db = tmp_path / "x.duckdb"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "--node-dir", str(node), "--db", str(db), "--port", str(port),
+                       check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"nodetap serve: port {port} on 127.0.0.1 is already in use by another "
+                           "program: pick another with --port (setting port)\n")
+    assert not db.exists()
+
+
+def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--node-dir", str(tmp_path / "n"), "--db", str(tmp_path / "d.duckdb"),
+                     "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"nodetap demo: port {port} on 127.0.0.1 is already in use "
+                                       "by another program: pick another with --port (setting port)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ candles and tables
+@pytest.fixture
+def history_db(tmp_path: Path) -> Path:
+    """Trades at 10:10, 11:20 and 12:30 on 2026-01-05 (BTC, and km:USTECH at 11:20)."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1, px="100.0")
+    node.add_trade("2026-01-05T11:20:00", 2, coin="km:USTECH", px="5.0")
+    node.add_trade("2026-01-05T12:30:00", 3, px="89051.035", sz="200.0")
+    node.add_trade("2026-01-05T12:31:00", 4, px="89052.0", sz="0.00004")
+    s = Settings(node_dir=node.root, db=tmp_path / "h.duckdb", start_from="start", keep_all=True,
+                 candle_intervals=("1m", "1h"), stall_after_s=86400.0, rules_file=Path(""))
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    pipe.run_once()
+    pipe.flush()
+    pipe.close()
+    store.close()
+    return s.db
+
+
+def _candles(capsys: pytest.CaptureFixture[str], db: Path, *flags: str) -> list[tuple[object, ...]]:
+    assert main(["candles", "--db", str(db), "--format", "json", *flags]) == 0
+    return [(c["t"], c["o"], c["c"], c["n"]) for c in orjson.loads(capsys.readouterr().out)]
+
+
+def test_candles_default_to_the_data_last_hour(history_db: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # the wall clock is months later: the window ends at the last trade, 12:31
+    assert _candles(capsys, history_db, "--coin", "BTC", "--no-fill") == [
+        (T1230, 89051.035, 89051.035, 1), (T1230 + MIN, 89052.0, 89052.0, 1)]
+    filled = _candles(capsys, history_db, "--coin", "BTC")
+    assert (len(filled), filled[0][0], filled[-1][0]) == (61, T1230 + MIN - 60 * MIN, T1230 + MIN)
+
+
+def test_candles_of_an_interval_not_stored_are_derived(history_db: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert _candles(capsys, history_db, "--coin", "BTC", "--interval", "3m", "--no-fill") == [
+        (T1230, 89051.035, 89052.0, 2)]
+
+
+def test_an_unknown_coin_lists_known_ones(history_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["candles", "--db", str(history_db), "--coin", "DOGE"]) == 2
+    assert capsys.readouterr().err == (
+        "nodetap candles: unknown coin 'DOGE' (--coin): no candles of it are stored. "
+        "Known coins (2): BTC, km:USTECH\n")
+    assert main(["candles", "--db", str(history_db), "--coin", "btc"]) == 2
+    assert "no candles of it are stored. Did you mean BTC? Known coins (2)" in capsys.readouterr().err
+
+
+def test_tables_print_plain_decimals_and_iso_times(history_db: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["candles", "--db", str(history_db), "--coin", "BTC", "--no-fill"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["coin", "interval", "t", "T", "o", "h", "l", "c", "v", "vq", "n",
+                                "vwap", "filled"]
+    assert lines[1].split() == ["BTC", "1m", "2026-01-05T12:30:00", "2026-01-05T12:30:59.999",
+                                "89051.035", "89051.035", "89051.035", "89051.035", "200.0",
+                                "17810207.0", "1", "89051.035", "false"]
+    assert lines[2].split()[8:10] == ["0.00004", "3.56208"]
+    assert main(["sql", "SELECT 1.7810207e7::DOUBLE AS x, TIMESTAMP '2026-01-05 10:00:00' AS t",
+                 "--db", str(history_db)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["17810207.0", "2026-01-05T10:00:00"]
+
+
+def test_cells() -> None:
+    assert [cell(v) for v in (1.7810207e7, 1e-07, 5.0, None, True, 3)] == [
+        "17810207.0", "0.0000001", "5.0", "-", "true", "3"]
+    assert cell(datetime(2026, 1, 5, 10, 0, 59, 999000)) == "2026-01-05T10:00:59.999"
+    assert cell(datetime(2026, 1, 5, 10, 0, 0, 1)) == "2026-01-05T10:00:00.000001"
