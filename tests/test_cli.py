@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from etl.cli import COMMANDS, build_parser, main
-from etl.cli.common import settings_from
+from etl.cli.checks import check_node_dir
+from etl.cli.common import CliError, settings_from
 from etl.cli.info import STATUS_COLUMNS
 from etl.cli.output import cell
 from etl.config import Settings
@@ -116,13 +117,12 @@ def _hl(tmp_path: Path) -> Path:
     return tmp_path / "hl"
 
 
-@pytest.mark.parametrize(("given", "hint"), [
-    ("empty", ""),
-    ("hl", "; did you mean --node-dir {tmp}/hl/data?"),
-    ("hl/data/node_fills", "; did you mean --node-dir {tmp}/hl/data?"),
-    ("hl/data/node_fills/hourly/20260105", "; did you mean --node-dir {tmp}/hl/data?"),
+@pytest.mark.parametrize(("command", "given", "hint"), [
+    ("ingest", "empty", ""),  # with --once: nothing to wait for
+    *((command, given, "; did you mean --node-dir {tmp}/hl/data?")
+      for command in ("ingest", "serve")
+      for given in ("hl", "hl/data/node_fills", "hl/data/node_fills/hourly/20260105")),
 ])
-@pytest.mark.parametrize("command", ["ingest", "serve"])
 def test_a_node_dir_without_streams_is_refused_with_the_right_path(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, given: str,
         hint: str) -> None:
@@ -135,6 +135,18 @@ def test_a_node_dir_without_streams_is_refused_with_the_right_path(
         f"nodetap {command}: node dir {tmp_path / given} holds no node output: expected {LAYOUT} "
         f"(--node-dir, setting node_dir){hint.format(tmp=tmp_path)}\n")
     assert not db.exists()  # nothing started
+
+
+def test_an_empty_node_dir_is_waited_for_by_a_long_running_command(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A node set up but not writing yet: `serve` and `ingest` wait for its first file."""
+    (tmp_path / "empty").mkdir()
+    s = Settings(node_dir=tmp_path / "empty")
+    with caplog.at_level("WARNING", logger="nodetap.cli"):
+        check_node_dir(s, must_exist=False)
+    assert f"event=node_dir_empty node_dir={tmp_path / 'empty'}" in caplog.text
+    with pytest.raises(CliError, match="holds no node output"):
+        check_node_dir(s, must_exist=True)
 
 
 def test_a_file_as_node_dir_is_called_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ port. Each failure is a `CliError` naming the flag and, where it can tell, what 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from etl.cli.common import CliError
 from etl.config import Settings
 from etl.tail import STREAM_DIRS, discover
+
+log = logging.getLogger("nodetap.cli")
 
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
           "or node_fills[_by_block|_streaming]/..., or node_trades/...")
@@ -52,7 +55,8 @@ def _node_dir_near(path: Path) -> Path | None:
 
 def check_node_dir(s: Settings, *, must_exist: bool) -> None:
     """Refuse a node dir that is a file, or that exists and holds none of the streams to
-    read. A missing one is refused only with `must_exist` (otherwise it is waited for)."""
+    read. A missing or empty one is refused only with `must_exist` (otherwise it is waited
+    for: a node set up but not writing yet)."""
     path = s.node_dir
     if path.is_file():
         raise CliError(f"--node-dir {path} is a file, not a directory: pass the node's data dir "
@@ -71,6 +75,11 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
                        f"({', '.join(s.streams)}; --stream, setting streams); it holds: "
                        f"{', '.join(found)}")
     near = _node_dir_near(path)
+    if near is None and not must_exist and not any(path.iterdir()):
+        # an empty dir: a node set up but not writing yet; its streams are waited for
+        log.warning("event=node_dir_empty node_dir=%s expected=%r (waiting for the node's first "
+                    "file)", path, LAYOUT)
+        return
     hint = f"; did you mean --node-dir {near}?" if near is not None else ""
     raise CliError(f"node dir {path} holds no node output: expected {LAYOUT} "
                    f"(--node-dir, setting node_dir){hint}")
