@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/ (ignored by git)."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -302,11 +303,14 @@ def archive_server(tmp_path: Path, serve: Callable[..., ServerThread]) -> Callab
 
 @pytest.fixture
 def sample_node(samples: Path, tmp_path: Path) -> Path:
-    """A node dir of sample hours (tmp/samples/node), and tmp/samples/archive beside it."""
+    """A node dir of sample hours (tmp/samples/node), and tmp/samples/archive beside it; each
+    file last written at the end of its hour, as in an archive."""
     for (stream, day, hour), name in SAMPLE_HOURS.items():
         f = tmp_path / "samples" / (stream if "/" in stream else f"node/{stream}") / "hourly" / day / hour
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes((samples / name).read_bytes())
+        written = datetime.strptime(f"{day} {hour}", "%Y%m%d %H").replace(tzinfo=UTC) + timedelta(hours=1)
+        os.utime(f, (written.timestamp(), written.timestamp()))
     return tmp_path / "samples" / "node"
 
 
@@ -363,10 +367,14 @@ def test_dashboard_shows_a_backfilled_archive_of_real_node_lines(
 
             # the status: the last event with its date; an archive is not shown as lag
             wait_js(page, f"Number({dataset('status')}.polls) > 0")
-            status = {s["stream"]: s for s in http.get("/v1/status").json()["streams"]}
-            rows = page.eval_on_selector_all("[data-testid=status-row]", """rows => rows.map(r =>
-                Object.fromEntries([...r.cells].map(c => [c.dataset.col, [c.textContent, c.className]])))""")
-            assert sorted(r["stream"][0] for r in rows) == sorted(status)
+            # the rows and the /v1/status answer they were drawn from, read at once
+            shown = page.evaluate("""() => ({ body: nodetap.status, rows: [...document.querySelectorAll(
+                '[data-testid=status-row]')].map(r => Object.fromEntries([...r.cells].map(
+                c => [c.dataset.col, [c.textContent, c.className]])))})""")
+            status = {s["stream"]: s for s in shown["body"]["streams"]}
+            rows = shown["rows"]
+            assert sorted(r["stream"][0] for r in rows) == sorted(status) == [
+                "node_fills_streaming", "node_order_statuses_streaming"]
             for row in rows:
                 s = status[row["stream"][0]]
                 assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|–", row["last_time"][0]), row
@@ -382,6 +390,7 @@ def test_dashboard_shows_a_backfilled_archive_of_real_node_lines(
             screenshot(page, "dashboard-samples-btc.png")
 
             # a coin that traded on another day: its own last trade ends its window
+            page.wait_for_selector("[data-testid=coin-select] option[value=AAVE]", state="attached")
             page.select_option("[data-testid=coin-select]", "AAVE")
             wait_chart(page, "AAVE", "1m")
             wait_js(page, f"{dataset('chart')}.history !== ''")
