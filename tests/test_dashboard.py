@@ -434,4 +434,15 @@ def test_dashboard_spreads_an_hour_of_candles_with_time_labels(
         assert geo["first"] < geo["plotW"] / 2 < geo["last"]
         assert chart_attr(page, "timeLabels").split("|")[0] == label_of(geo["candle"]["t"]) == "Jan 05 10:00"
         screenshot(page, "dashboard-generated-1h.png")
+
+        # sizes below 1e-4 keep their digits whatever decimals the coin is said to have
+        # (a float's shortest form is "4e-05"); volumes use the coin's decimals
+        sizes = page.evaluate("""async () => {
+            const f = await import("./static/format.js");
+            return [f.fmtSz("0.00004", 5), f.fmtSz(0.00004, 0), f.fmtSz(0.00004), f.fmtSz("0.0003", 5),
+                    f.fmtSz(12345.5, 1), f.fmtSz(null, 5), f.fmtSize(0.00004, 5), f.fmtSize(0.00004),
+                    f.fmtSize(44.75031, 4), f.fmtSize(12345.6, 2)];
+        }""")
+        assert sizes == ["0.00004", "0.00004", "0.00004", "0.00030", "12,345.5", "–", "0.00004", "0.00004",
+                         "44.7503", "12.3k"]
         session.assert_clean()
