@@ -200,9 +200,14 @@ def open_dashboard(browser: Any, server: ServerThread, fragment: str = "") -> It
 
 @pytest.fixture
 def session(browser: Any, live_node: Path, serve: Callable[..., ServerThread]) -> Iterator[Session]:
-    with with_dashboard(serve(live_node, keep_all=True, rules_file="")) as server, \
-            open_dashboard(browser, server) as s:
-        yield s
+    with with_dashboard(serve(live_node, keep_all=True, rules_file="")) as server:
+        # the page opens on BTC when the coin list names it; before any trade is stored it takes
+        # the first coin a feed reveals
+        with httpx.Client(base_url=server.url) as http:
+            wait_until(lambda: any(c["coin"] == "BTC" for c in http.get("/v1/coins").json()), 30,
+                       "BTC among the stored coins")
+        with open_dashboard(browser, server) as s:
+            yield s
 
 
 @pytest.mark.timeout(180)

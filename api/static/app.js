@@ -14,7 +14,7 @@ const META_RETRY_MS = 30_000;
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  coin: null, interval: "1m", gen: 0, coins: new Set(), messages: 0, trades: 0,
+  coin: null, interval: "1m", gen: 0, coins: new Set(), coinsListed: false, messages: 0, trades: 0,
   lastTime: new Map(), // coin -> time (ms) of its newest trade seen: where its candle window ends
   szDecimals: new Map(), // coin -> size decimals, from the meta and spotMeta info answers
 };
@@ -115,7 +115,8 @@ function addCoin(coin) {
   const opt = el("option", "", coin);
   opt.value = coin;
   $("coin").append(opt);
-  if (!state.coin) select(coin, state.interval);
+  // the first coin a feed reveals, but only once the coin list had its say (it prefers BTC)
+  if (!state.coin && state.coinsListed) select(coin, state.interval);
 }
 
 async function loadCoins() {
@@ -126,12 +127,13 @@ async function loadCoins() {
     const names = list.map((c) => (typeof c === "string" ? c : c?.coin)).filter(Boolean);
     for (const c of list) if (c && typeof c === "object") noteTime(c.coin, toMs(c.last_time));
     if (names.some((c) => !state.szDecimals.has(c))) loadMeta();
-    if (!state.coin && names.includes("BTC")) select("BTC", state.interval);
+    if (!state.coin && names.length) select(names.includes("BTC") ? "BTC" : names[0], state.interval);
     names.forEach(addCoin);
     if (!names.length) next = 3_000; // nothing ingested yet; the feeds also reveal coins
   } catch {
     next = 5_000;
   }
+  state.coinsListed = true;
   setTimeout(loadCoins, next);
 }
 
@@ -342,7 +344,7 @@ markInterval(state.interval);
 feed.connect();
 if (initial.get("coin")) select(initial.get("coin"), state.interval);
 else chart.reset("", state.interval);
+loadCoins();
 loadMeta();
 loadOrders();
-loadCoins();
 pollStatus();

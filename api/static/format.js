@@ -98,11 +98,12 @@ export function fmtStamp(ms, seconds = false) {
   return new Date(ms).toISOString().slice(0, seconds ? 19 : 16).replace("T", " ");
 }
 
-// A whole duration in the largest units that matter: "42 s", "3 m 05 s", "5 h 02 m", "260 d 4 h"
+// A duration in the largest units that matter: "0.3 s", "42 s", "3 m 05 s", "5 h 02 m", "260 d 4 h"
 export function fmtDuration(s) {
   if (!Number.isFinite(s)) return "–";
   const t = Math.max(0, Math.round(s));
   const pad = (n) => String(n).padStart(2, "0");
+  if (s < 10) return `${Math.max(0, s).toFixed(1)} s`;
   if (t < 60) return `${t} s`;
   if (t < 3600) return `${Math.floor(t / 60)} m ${pad(t % 60)} s`;
   if (t < 86_400) return `${Math.floor(t / 3600)} h ${pad(Math.floor(t / 60) % 60)} m`;
