@@ -1,12 +1,16 @@
-"""The dashboard in a real browser: headless Chromium against a real server over a node dir that a
-thread keeps appending to. Skips where /usr/bin/chromium or the playwright package is missing."""
+"""The dashboard in a real browser: headless Chromium against a real server, over a node dir that a
+thread keeps appending to, and over databases backfilled from archives (the real node lines of
+../shared/samples, and a generated hour). Skips where /usr/bin/chromium or playwright is missing.
+Screenshots go to test-artifacts/ (ignored by git)."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,16 +21,23 @@ import pytest
 
 from api.routes import dashboard
 from etl.simulate import generate, run_live
-from tests.conftest import ROOT, ServerThread
+from tests.conftest import ROOT, ServerThread, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "test-artifacts"
 CHART = "[data-testid=chart]"
+# the real node lines, as hour files of a node dir: (stream dir, day, hour) <- sample file
+# ("archive": another dir, as a node tails one variant per kind and this is a second fills variant)
+SAMPLE_HOURS = {
+    ("node_fills_streaming", "20260505", "17"): "node_fills_streaming.jsonl",
+    ("node_order_statuses_streaming", "20260505", "17"): "node_order_statuses_streaming.jsonl",
+    ("archive/node_fills_by_block", "20260315", "0"): "node_fills_by_block.jsonl",
+}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
@@ -69,7 +80,8 @@ def wait_js(page: Any, condition: str, timeout_ms: int = 20_000) -> None:
 
 
 def chart_attr(page: Any, name: str) -> str:
-    return str(page.get_attribute(CHART, f"data-{name}") or "")
+    """The chart canvas's `dataset[name]` ("" where unset)."""
+    return str(page.evaluate(f"document.querySelector('{CHART}').dataset[{name!r}] ?? ''"))
 
 
 def wait_chart(page: Any, coin: str, interval: str, timeout_ms: int = 20_000) -> None:
@@ -96,6 +108,43 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.1)
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+
+
+def column(page: Any, testid: str, index: int) -> list[str]:
+    """The text of cell `index` of every row with that data-testid, top to bottom."""
+    return [str(t) for t in page.eval_on_selector_all(
+        f"[data-testid={testid}]", f"rows => rows.map(r => r.cells[{index}].textContent)")]
+
+
+def chart_geometry(page: Any) -> dict[str, Any]:
+    """Where the chart drew its candles: plot width, bar width, centre of the first and last
+    candle, and the colours of the pixels down the first candle's centre line."""
+    return dict(page.evaluate("""() => {
+        const c = nodetap.chart, L = c.layout;
+        if (!L) return {};
+        const dpr = window.devicePixelRatio || 1, n = L.vis.length, k = L.vis[0];
+        const x0 = Math.round(L.x(0)), top = Math.floor(L.y(k.h)) - 1, bot = Math.ceil(L.y(k.l)) + 1;
+        const px = c.ctx.getImageData(x0 * dpr, top * dpr, 1, (bot - top) * dpr).data;
+        const colours = new Set();
+        for (let i = 0; i < px.length; i += 4) colours.add(`${px[i]},${px[i + 1]},${px[i + 2]}`);
+        return { plotW: L.plotW, barW: c.barW, first: L.x(0), last: L.x(n - 1), n, colours: [...colours],
+                 candle: k };
+    }"""))
+
+
+def label_of(ms: int) -> str:
+    """The time label of a first candle: "Jan 05 10:01"."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%b %d %H:%M")
+
+
+CANDLE_COLOURS = {"38,166,154", "239,83,80"}  # up, down (chart.js C.up, C.down)
 
 
 def test_dashboard_files_are_served_with_their_types(make_node_dir: Callable[..., Path],
@@ -133,21 +182,32 @@ class Session:
         assert self.foreign == []
 
 
+@contextmanager
+def open_dashboard(browser: Any, server: ServerThread, fragment: str = "") -> Iterator[Session]:
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    s = Session(page, server)
+    page.on("console", lambda m: s.problems.append(f"console.{m.type}: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: s.problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith((server.url, server.ws_url, "data:"))
+            else s.foreign.append(r.url))
+    page.goto(f"{server.url}/{fragment}")
+    try:
+        yield s
+    finally:
+        page.close()
+
+
 @pytest.fixture
 def session(browser: Any, live_node: Path, serve: Callable[..., ServerThread]) -> Iterator[Session]:
     with with_dashboard(serve(live_node, keep_all=True, rules_file="")) as server:
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        s = Session(page, server)
-        page.on("console", lambda m: s.problems.append(f"console.{m.type}: {m.text}")
-                if m.type == "error" else None)
-        page.on("pageerror", lambda e: s.problems.append(f"page error: {e}"))
-        page.on("request", lambda r: None if r.url.startswith((server.url, server.ws_url, "data:"))
-                else s.foreign.append(r.url))
-        page.goto(server.url + "/")
-        try:
+        # the page opens on BTC when the coin list names it; before any trade is stored it takes
+        # the first coin a feed reveals
+        with httpx.Client(base_url=server.url) as http:
+            wait_until(lambda: any(c["coin"] == "BTC" for c in http.get("/v1/coins").json()), 30,
+                       "BTC among the stored coins")
+        with open_dashboard(browser, server) as s:
             yield s
-        finally:
-            page.close()
 
 
 @pytest.mark.timeout(180)
@@ -161,11 +221,11 @@ def test_dashboard_draws_live_data(session: Session) -> None:
     wait_js(page, f"Number({dataset('chart')}.updates) > 0 && Date.now() - {dataset('chart')}.lastT < 120000")
     assert page.get_attribute("[data-testid=ws-state]", "data-state") == "open"
 
-    # the trades tape and the orders feed fill, newest first, capped, coloured by side
+    # the trades tape and the orders feed fill, newest first, capped, coloured by side: once more
+    # than the cap has arrived and been drawn, exactly the cap is shown
+    wait_js(page, "nodetap.orders.recent.length > 60 && !nodetap.orders.scheduled")
+    assert page.locator("[data-testid=order-row]").count() == 50
     page.wait_for_selector("[data-testid=trade-row]", timeout=20_000)
-    page.wait_for_selector("[data-testid=order-row]", timeout=20_000)
-    time.sleep(2)
-    assert page.locator("[data-testid=order-row]").count() <= 50
     # one snapshot of the tape: rows keep arriving between separate reads
     tape = page.eval_on_selector_all("[data-testid=trade-row]", """rows => rows.map(r => [
         r.dataset.side, r.classList.contains(r.dataset.side === "B" ? "buy" : "sell"), +r.dataset.time])""")
@@ -195,14 +255,18 @@ def test_dashboard_draws_live_data(session: Session) -> None:
     page.click("[data-testid=interval] button[data-interval='1m']")
     wait_chart(page, "ETH", "1m")
     wait_js(page, f"Number({dataset('chart')}.updates) > 0")
+    assert chart_attr(page, "timeLabels") != ""
 
-    time.sleep(1.5)
+    # the crosshair: the readout shows the candle under the pointer
     box = page.locator(CHART).bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4)
+    wait_js(page, f"{dataset('chart')}.hoverT !== undefined && {dataset('chart')}.hoverT !== ''")
+    hover = int(chart_attr(page, "hoverT"))
+    stamp = datetime.fromtimestamp(hover / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+    wait_js(page, f"document.querySelector('[data-testid=ohlc-readout]').textContent.startsWith('{stamp}')")
     assert page.inner_text("[data-testid=ohlc-readout]").count(" O ") == 1
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    screenshot(page, "dashboard-live.png")
     session.assert_clean()
 
 
@@ -226,3 +290,164 @@ def test_dashboard_reconnects_and_shows_errors(session: Session) -> None:
     page.wait_for_selector("[data-testid=error]", timeout=10_000)
     assert "7m" in page.inner_text("[data-testid=error]")
     session.assert_clean()
+
+
+# ------------------------------------------------------------------ archives (backfilled, not live)
+@pytest.fixture
+def archive_server(tmp_path: Path, serve: Callable[..., ServerThread]) -> Callable[..., ServerThread]:
+    """archive_server(node, *more) -> a server over a DB `nodetap backfill` filled from those dirs,
+    run as a user would: backfill, then serve from the end of the node's files."""
+
+    def make(node: Path, *more: Path) -> ServerThread:
+        db = tmp_path / "archive.duckdb"
+        run_cli("backfill", str(node), *map(str, more), "--db", str(db), "--quiet", "--keep-all")
+        return with_dashboard(serve(node, db=db, keep_all=True, rules_file="", start_from="end"))
+
+    return make
+
+
+@pytest.fixture
+def sample_node(samples: Path, tmp_path: Path) -> Path:
+    """A node dir of sample hours (tmp/samples/node), and tmp/samples/archive beside it; each
+    file last written at the end of its hour, as in an archive."""
+    for (stream, day, hour), name in SAMPLE_HOURS.items():
+        f = tmp_path / "samples" / (stream if "/" in stream else f"node/{stream}") / "hourly" / day / hour
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes((samples / name).read_bytes())
+        written = datetime.strptime(f"{day} {hour}", "%Y%m%d %H").replace(tzinfo=UTC) + timedelta(hours=1)
+        os.utime(f, (written.timestamp(), written.timestamp()))
+    return tmp_path / "samples" / "node"
+
+
+def expected_size(x: float, decimals: int) -> str:
+    return f"{x:,.{decimals}f}"
+
+
+def assert_chips_whole(page: Any) -> None:
+    """Every chip of the pipeline panel's head is shown whole: inside the panel, text not cut."""
+    cut = page.evaluate("""() => {
+        const head = document.querySelector('.status-panel .panel-head').getBoundingClientRect();
+        return [...document.querySelectorAll('[data-testid=status-chip]')].filter((c) => {
+            const r = c.getBoundingClientRect();
+            return c.scrollWidth > c.clientWidth || r.right > head.right + 0.5
+                || r.bottom > head.bottom + 0.5;
+        }).map((c) => c.textContent);
+    }""")
+    assert cut == []
+    assert page.locator("[data-testid=status-chip]").count() >= 5
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_shows_a_backfilled_archive_of_real_node_lines(
+        browser: Any, sample_node: Path, archive_server: Callable[..., ServerThread]) -> None:
+    """The real lines of ../shared/samples, months old: candles, time labels, the tape and the
+    orders come from the stored data (no live batch will come), sizes keep their decimals."""
+    archive = archive_server(sample_node, sample_node.parent / "archive")
+    with archive as server, httpx.Client(base_url=server.url) as http:
+        trades = http.get("/v1/trades", params={"coin": "BTC", "limit": 50}).json()
+        orders = http.get("/v1/orders", params={"limit": 50}).json()
+        universe = http.post("/info", json={"type": "meta"}).json()["universe"]
+        meta = {a["name"]: a["szDecimals"] for a in universe}
+        assert (len(trades), len(orders), meta["BTC"]) == (11, 50, 5)
+        with open_dashboard(browser, server) as session:
+            page = session.page
+            # the window ends at BTC's last trade (2026-05-05 17:39), not at the browser's clock
+            wait_chart(page, "BTC", "1m")
+            assert chart_attr(page, "candles") == "1"
+            geo = chart_geometry(page)
+            assert CANDLE_COLOURS & set(geo["colours"]), geo  # the candle is painted where it is said to be
+            assert geo["plotW"] * 0.3 < geo["first"] < geo["plotW"] * 0.7  # one candle: in the middle
+            assert chart_attr(page, "timeLabels") == "May 05 17:39"
+
+            # the tape and the orders: loaded over REST, in the server's order, sizes in BTC's
+            # 5 size decimals (0.00013 BTC is not "0")
+            wait_js(page, "document.querySelectorAll('[data-testid=trade-row]').length === 11")
+            assert column(page, "trade-row", 2) == [expected_size(t["sz"], 5) for t in trades]
+            assert column(page, "trade-row", 1) == [f"{t['px']:,.0f}" for t in trades]
+            wait_js(page, "document.querySelectorAll('[data-testid=order-row]').length === 50")
+            assert column(page, "order-row", 4) == [
+                expected_size(o["sz"], 5) if o["sz"] == o["orig_sz"]
+                else f"{expected_size(o['sz'], 5)}/{expected_size(o['orig_sz'], 5)}" for o in orders]
+            assert "0" not in column(page, "trade-row", 2) + column(page, "order-row", 4)
+
+            # the status: the last event with its date; an archive is not shown as lag
+            wait_js(page, f"Number({dataset('status')}.polls) > 0")
+            # the rows and the /v1/status answer they were drawn from, read at once
+            shown = page.evaluate("""() => ({ body: nodetap.status, rows: [...document.querySelectorAll(
+                '[data-testid=status-row]')].map(r => Object.fromEntries([...r.cells].map(
+                c => [c.dataset.col, [c.textContent, c.className]])))})""")
+            status = {s["stream"]: s for s in shown["body"]["streams"]}
+            rows = shown["rows"]
+            assert sorted(r["stream"][0] for r in rows) == sorted(status) == [
+                "node_fills_streaming", "node_order_statuses_streaming"]
+            for row in rows:
+                s = status[row["stream"][0]]
+                assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|–", row["last_time"][0]), row
+                if s.get("last_time"):
+                    assert row["last_time"][0] == s["last_time"].replace("T", " ")[:19]
+                mode = {"live": "live", "catching_up": "catching up", "archive": "archive"}
+                assert row["mode"][0] == mode.get(s.get("mode"), "–")
+                if s.get("mode") == "archive":
+                    assert row["lag_seconds"][0] == "–" and "down" not in row["lag_seconds"][1], row
+                for key in ("arrival_lines_per_s", "capacity_lines_per_s"):
+                    assert (row[key][0] == "–") == (s.get(key) is None), (key, row, s)
+            assert_chips_whole(page)
+            screenshot(page, "dashboard-samples-btc.png")
+
+            # a coin that traded on another day: its own last trade ends its window
+            page.wait_for_selector("[data-testid=coin-select] option[value=AAVE]", state="attached")
+            page.select_option("[data-testid=coin-select]", "AAVE")
+            wait_chart(page, "AAVE", "1m")
+            wait_js(page, f"{dataset('chart')}.history !== ''")
+            assert (chart_attr(page, "candles"), chart_attr(page, "timeLabels")) == ("1", "Mar 15 00:00")
+            wait_js(page, "document.querySelectorAll('[data-testid=trade-row]').length === 2")
+            screenshot(page, "dashboard-samples-aave.png")
+            session.assert_clean()
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_spreads_an_hour_of_candles_with_time_labels(
+        browser: Any, tmp_path: Path, archive_server: Callable[..., ServerThread]) -> None:
+    """An hour and more of generated trades, backfilled long after: every candle of the window is
+    drawn across the chart's width, labelled from the first candle on, every 5 minutes after."""
+    node = tmp_path / "generated"
+    generate(node, lines=6000, start=datetime(2026, 1, 5, 10, 0, tzinfo=UTC), events_per_block=0.2)
+    with archive_server(node) as server, open_dashboard(browser, server, "#coin=ETH&interval=1m") as session:
+        page = session.page
+        wait_chart(page, "ETH", "1m")
+        wait_js(page, f"{dataset('chart')}.history !== ''")
+        n = int(chart_attr(page, "candles"))
+        assert n == int(chart_attr(page, "history")) > 60
+        geo = chart_geometry(page)
+        assert geo["n"] == n
+        assert CANDLE_COLOURS & set(geo["colours"]), str(geo)
+        # not squeezed against the right edge: the candles span the plot but for a slot each side
+        assert geo["first"] - geo["barW"] / 2 < geo["barW"] * 1.5
+        assert geo["last"] + geo["barW"] / 2 > geo["plotW"] - geo["barW"] * 1.5
+        labels = chart_attr(page, "timeLabels").split("|")
+        assert labels[0] == label_of(geo["candle"]["t"]) == "Jan 05 10:01"  # the first candle's
+        assert len(labels) >= 6
+        assert all(re.fullmatch(r"1[01]:[0-5][05]", t) for t in labels[1:]), labels
+        screenshot(page, "dashboard-generated-1m.png")
+
+        # two candles at 1h: wide, in the middle, both labelled as the first is
+        page.click("[data-testid=interval] button[data-interval='1h']")
+        wait_chart(page, "ETH", "1h")
+        wait_js(page, f"{dataset('chart')}.history !== ''")
+        geo = chart_geometry(page)
+        assert (geo["n"], geo["barW"]) == (2, 40)
+        assert geo["first"] < geo["plotW"] / 2 < geo["last"]
+        assert chart_attr(page, "timeLabels").split("|")[0] == label_of(geo["candle"]["t"]) == "Jan 05 10:00"
+        screenshot(page, "dashboard-generated-1h.png")
+
+        # sizes below 1e-4 keep their digits whatever decimals the coin is said to have
+        # (a float's shortest form is "4e-05"); volumes use the coin's decimals
+        sizes = page.evaluate("""async () => {
+            const f = await import("./static/format.js");
+            return [f.fmtSz("0.00004", 5), f.fmtSz(0.00004, 0), f.fmtSz(0.00004), f.fmtSz("0.0003", 5),
+                    f.fmtSz(12345.5, 1), f.fmtSz(null, 5), f.fmtSize(0.00004, 5), f.fmtSize(0.00004),
+                    f.fmtSize(44.75031, 4), f.fmtSize(12345.6, 2)];
+        }""")
+        assert sizes == ["0.00004", "0.00004", "0.00004", "0.00030", "12,345.5", "–", "0.00004", "0.00004",
+                         "44.7503", "12.3k"]
+        session.assert_clean()

@@ -3,93 +3,86 @@
 
 import { CandleChart } from "./chart.js";
 import { Feed } from "./feed.js";
-import {
-  INTERVAL_MS, el, fmtBytes, fmtClock, fmtFixed, fmtInt, fmtPrice, fmtSize, shortAddr, toMs,
-} from "./format.js";
+import { INTERVAL_MS, el, fmtClock, fmtInt, fmtPrice, fmtStamp, fmtSz, shortAddr, toMs } from "./format.js";
+import { RowFeed } from "./rows.js";
+import { renderStatus } from "./status.js";
 
 const ROWS_CAP = 50;
 const STATUS_POLL_MS = 2_000;
 const HISTORY_CANDLES = 1_000;
+const META_RETRY_MS = 30_000;
 const $ = (id) => document.getElementById(id);
 
-const state = { coin: null, interval: "1m", gen: 0, coins: new Set(), messages: 0, trades: 0 };
+const state = {
+  coin: null, interval: "1m", gen: 0, coins: new Set(), coinsListed: false, messages: 0, trades: 0,
+  lastTime: new Map(), // coin -> time (ms) of its newest trade seen: where its candle window ends
+  szDecimals: new Map(), // coin -> size decimals, from the meta and spotMeta info answers
+};
 const chart = new CandleChart($("chart"), $("readout"));
+const szOf = (coin) => state.szDecimals.get(coin);
 
 // ------------------------------------------------------------------ rows (tape, orders)
-// Newest first, at most `cap` rows; rows are built once per animation frame, not per message.
-class RowFeed {
-  constructor(tbody, cap, render, filter = () => true) {
-    Object.assign(this, { tbody, cap, render, filter, pending: [], recent: [], scheduled: false });
-  }
-
-  push(items) {
-    for (const it of items) {
-      this.recent.push(it);
-      if (this.filter(it)) this.pending.push(it);
-    }
-    if (this.recent.length > 4 * this.cap) this.recent.splice(0, this.recent.length - 4 * this.cap);
-    if (this.pending.length > this.cap) this.pending.splice(0, this.pending.length - this.cap);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      requestAnimationFrame(() => this.flush());
-    }
-  }
-
-  flush() {
-    this.scheduled = false;
-    const frag = document.createDocumentFragment();
-    for (let i = this.pending.length - 1; i >= 0; i -= 1) frag.append(this.render(this.pending[i]));
-    this.pending = [];
-    this.tbody.prepend(frag);
-    while (this.tbody.rows.length > this.cap) this.tbody.lastElementChild.remove();
-  }
-
-  // Rebuild from what was received lately, e.g. after the filter changed.
-  refilter() {
-    this.clear(false);
-    this.push(this.recent.splice(0));
-  }
-
-  clear(forget = true) {
-    this.tbody.replaceChildren();
-    this.pending = [];
-    if (forget) this.recent = [];
-  }
-}
-
 function sideCell(side) {
   const buy = side === "B";
   return el("td", buy ? "up" : "down", buy ? "buy" : "sell");
 }
 
-const tape = new RowFeed($("trades-body"), ROWS_CAP, (t) => {
-  const tr = el("tr", t.side === "B" ? "fresh buy" : "fresh sell");
-  tr.dataset.testid = "trade-row";
-  tr.dataset.side = t.side;
-  tr.dataset.time = String(toMs(t.time));
-  tr.title = `tid ${t.tid}  ${t.hash ?? ""}`;
-  const px = +t.px;
-  tr.append(el("td", "muted", fmtClock(toMs(t.time))), el("td", `r ${t.side === "B" ? "up" : "down"}`, fmtPrice(px)),
-    el("td", "r", fmtSize(+t.sz)), sideCell(t.side));
-  return tr;
+function timeCell(ms) {
+  const td = el("td", "muted", fmtClock(ms));
+  td.title = fmtStamp(ms, true);
+  return td;
+}
+
+function noteTime(coin, ms) {
+  if (Number.isFinite(ms) && !(state.lastTime.get(coin) >= ms)) state.lastTime.set(coin, ms);
+}
+
+const tape = new RowFeed($("trades-body"), ROWS_CAP, {
+  key: (t) => `${t.coin}|${t.tid}`,
+  time: (t) => toMs(t.time),
+  render: (t) => {
+    const tr = el("tr", t.side === "B" ? "fresh buy" : "fresh sell");
+    tr.dataset.testid = "trade-row";
+    tr.dataset.side = t.side;
+    tr.dataset.time = String(toMs(t.time));
+    tr.title = `tid ${t.tid}  ${t.hash ?? ""}`;
+    tr.append(timeCell(toMs(t.time)), el("td", `r ${t.side === "B" ? "up" : "down"}`, fmtPrice(+t.px)),
+      el("td", "r", fmtSz(t.sz, szOf(t.coin))), sideCell(t.side));
+    return tr;
+  },
 });
 
+// /v1/orders rows (the table's columns) in the shape of the live feed's items
+function orderItem(r) {
+  return {
+    order: { coin: r.coin, side: r.side, limitPx: r.limit_px, sz: r.sz, origSz: r.orig_sz, oid: r.oid,
+      timestamp: r.order_time, orderType: r.order_type, tif: r.tif },
+    status: r.status, statusTimestamp: r.time, user: r.user,
+  };
+}
+
 const STATUS_CLASS = { open: "accent", filled: "up", triggered: "warn" };
-const orders = new RowFeed($("orders-body"), ROWS_CAP, (u) => {
-  const o = u.order ?? {};
-  const tr = el("tr", "fresh");
-  tr.dataset.testid = "order-row";
-  tr.dataset.coin = o.coin;
-  tr.title = `oid ${o.oid}  user ${u.user}`;
-  const sz = o.origSz && o.origSz !== o.sz ? `${fmtSize(+o.sz)}/${fmtSize(+o.origSz)}` : fmtSize(+o.sz);
-  const status = String(u.status ?? "");
-  const cls = STATUS_CLASS[status] ?? (/Rejected$/.test(status) ? "down" : "muted");
-  tr.append(el("td", "muted", fmtClock(toMs(u.statusTimestamp ?? o.timestamp))), el("td", "", o.coin),
-    sideCell(o.side), el("td", "r", fmtPrice(+o.limitPx)), el("td", "r", sz),
-    el("td", "muted", [o.orderType, o.tif].filter(Boolean).join(" ")), el("td", cls, status),
-    el("td", "muted", shortAddr(u.user)));
-  return tr;
-}, (u) => !$("orders-this-coin").checked || u.order?.coin === state.coin);
+const orders = new RowFeed($("orders-body"), ROWS_CAP, {
+  key: (u) => `${u.order?.oid}|${u.status}|${toMs(u.statusTimestamp)}`,
+  time: (u) => toMs(u.statusTimestamp ?? u.order?.timestamp),
+  filter: (u) => !$("orders-this-coin").checked || u.order?.coin === state.coin,
+  render: (u) => {
+    const o = u.order ?? {};
+    const tr = el("tr", "fresh");
+    tr.dataset.testid = "order-row";
+    tr.dataset.coin = o.coin;
+    tr.title = `oid ${o.oid}  user ${u.user}`;
+    const d = szOf(o.coin);
+    const sz = o.origSz != null && +o.origSz !== +o.sz ? `${fmtSz(o.sz, d)}/${fmtSz(o.origSz, d)}` : fmtSz(o.sz, d);
+    const status = String(u.status ?? "");
+    const cls = STATUS_CLASS[status] ?? (/Rejected$/.test(status) ? "down" : "muted");
+    tr.append(timeCell(toMs(u.statusTimestamp ?? o.timestamp)), el("td", "", o.coin),
+      sideCell(o.side), el("td", "r", fmtPrice(+o.limitPx)), el("td", "r", sz),
+      el("td", "muted", [o.orderType, o.tif].filter(Boolean).join(" ")), el("td", cls, status),
+      el("td", "muted", shortAddr(u.user)));
+    return tr;
+  },
+});
 
 $("orders-this-coin").addEventListener("change", () => orders.refilter());
 
@@ -122,7 +115,8 @@ function addCoin(coin) {
   const opt = el("option", "", coin);
   opt.value = coin;
   $("coin").append(opt);
-  if (!state.coin) select(coin, state.interval);
+  // the first coin a feed reveals, but only once the coin list had its say (it prefers BTC)
+  if (!state.coin && state.coinsListed) select(coin, state.interval);
 }
 
 async function loadCoins() {
@@ -131,12 +125,15 @@ async function loadCoins() {
     const body = await fetchJson("v1/coins");
     const list = Array.isArray(body) ? body : body.coins ?? [];
     const names = list.map((c) => (typeof c === "string" ? c : c?.coin)).filter(Boolean);
-    if (!state.coin && names.includes("BTC")) select("BTC", state.interval);
+    for (const c of list) if (c && typeof c === "object") noteTime(c.coin, toMs(c.last_time));
+    if (names.some((c) => !state.szDecimals.has(c))) loadMeta();
+    if (!state.coin && names.length) select(names.includes("BTC") ? "BTC" : names[0], state.interval);
     names.forEach(addCoin);
     if (!names.length) next = 3_000; // nothing ingested yet; the feeds also reveal coins
   } catch {
     next = 5_000;
   }
+  state.coinsListed = true;
   setTimeout(loadCoins, next);
 }
 
@@ -147,8 +144,9 @@ function candleSub(coin, interval) {
 function select(coin, interval) {
   if (!(interval in INTERVAL_MS)) interval = "1m";
   if (coin === state.coin && interval === state.interval) return;
+  const newCoin = coin !== state.coin;
   if (state.coin) feed.unsubscribe(candleSub(state.coin, state.interval));
-  if (coin !== state.coin) {
+  if (newCoin) {
     if (state.coin) feed.unsubscribe({ type: "trades", coin: state.coin });
     tape.clear();
     feed.subscribe({ type: "trades", coin });
@@ -162,16 +160,63 @@ function select(coin, interval) {
   $("trades-coin").textContent = coin;
   $("chart-title").textContent = `${coin} · ${interval}`;
   history.replaceState(null, "", `#${new URLSearchParams({ coin, interval })}`);
-  chart.reset(coin, interval);
+  chart.reset(coin, interval, szOf(coin));
   showLast();
   feed.subscribe(candleSub(coin, interval));
-  loadHistory();
+  if (newCoin) loadTrades().then(loadHistory);
+  else loadHistory();
+}
+
+// The coin's newest trades over REST, so the tape is filled before the next live batch; their
+// time also tells where the coin's data ends (an archive, or a node catching up, ends before now).
+async function loadTrades() {
+  const { coin } = state;
+  try {
+    const list = await fetchJson(`v1/trades?${new URLSearchParams({ coin, limit: String(ROWS_CAP) })}`);
+    if (coin !== state.coin || !Array.isArray(list)) return;
+    list.forEach((t) => noteTime(coin, toMs(t.time)));
+    tape.seed(list.reverse());
+  } catch (e) {
+    if (coin === state.coin) notice(`trades of ${coin}: ${e.message}`, "error");
+  }
+}
+
+async function loadOrders() {
+  try {
+    const list = await fetchJson(`v1/orders?${new URLSearchParams({ limit: String(ROWS_CAP) })}`);
+    if (Array.isArray(list)) orders.seed(list.reverse().map(orderItem));
+  } catch (e) {
+    notice(`orders: ${e.message}`, "error");
+  }
+}
+
+// Size decimals per coin from `meta` (perps) and `spotMeta` (a pair's base token). Coins neither
+// names show their sizes with the decimals they come with.
+let metaAt = -Infinity;
+async function loadMeta() {
+  if (performance.now() - metaAt < META_RETRY_MS) return;
+  metaAt = performance.now();
+  const ask = (type) => fetchJson("info", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ type }),
+  }).catch(() => null);
+  const [perp, spot] = await Promise.all([ask("meta"), ask("spotMeta")]);
+  for (const a of perp?.universe ?? []) if (Number.isInteger(a?.szDecimals)) state.szDecimals.set(a.name, a.szDecimals);
+  const tokens = new Map((spot?.tokens ?? []).map((t) => [t.index, t.szDecimals]));
+  for (const u of spot?.universe ?? []) {
+    const d = tokens.get(u?.tokens?.[0]);
+    if (Number.isInteger(d)) state.szDecimals.set(u.name, d);
+  }
+  chart.setSizeDecimals(szOf(state.coin));
+  tape.refilter();
+  orders.refilter();
 }
 
 async function loadHistory() {
   const { coin, interval, gen } = state;
   const ms = INTERVAL_MS[interval];
-  const endTime = Date.now() + ms;
+  // the window ends at the coin's newest trade, not at this browser's clock (an archive, or a
+  // node catching up, ends before now); the live feed brings the candles after it
+  const endTime = Math.max(state.lastTime.get(coin) ?? Date.now(), chart.last()?.t ?? 0);
   const req = { coin, interval, startTime: endTime - ms * HISTORY_CANDLES, endTime };
   try {
     const list = await fetchJson("info", {
@@ -222,7 +267,7 @@ function onMessage(msg) {
       break;
     case "trades":
       if (!Array.isArray(data)) break;
-      data.forEach((t) => addCoin(t.coin));
+      data.forEach((t) => { addCoin(t.coin); noteTime(t.coin, toMs(t.time)); });
       tape.push(data.filter((t) => t.coin === state.coin));
       state.trades += data.length;
       $("trades-count").textContent = `${fmtInt(state.trades)} received`;
@@ -249,7 +294,10 @@ function onWsState(s, info) {
   if (s === "closed") text = `closed, retry in ${(info.retryInMs / 1000).toFixed(1)} s`;
   if (s === "connecting" && info.attempt) text = `reconnecting (#${info.attempt})`;
   $("ws-state-text").textContent = text;
-  if (s === "open" && info.reconnect && state.coin) loadHistory(); // fill the candles missed meanwhile
+  if (s === "open" && info.reconnect) { // fill what was missed meanwhile
+    loadOrders();
+    if (state.coin) loadTrades().then(loadHistory);
+  }
 }
 
 function wsUrl() {
@@ -261,7 +309,7 @@ function wsUrl() {
 
 const feed = new Feed(wsUrl(), onMessage, onWsState);
 feed.subscribe({ type: "orders", coin: "*" });
-window.nodetap = { feed, chart, state }; // for the browser console and the tests
+window.nodetap = { feed, chart, state, tape, orders }; // for the browser console and the tests
 
 let lastCount = 0;
 setInterval(() => {
@@ -272,93 +320,12 @@ setInterval(() => {
 }, 1_000);
 
 // ------------------------------------------------------------------ pipeline status
-const STATUS_COLUMNS = [
-  ["stream", (s) => s.stream, ""],
-  ["file", (s) => shortPath(s.file), ""],
-  ["offset", (s) => fmtInt(s.offset), "r"],
-  ["lag_bytes", (s) => fmtBytes(s.lag_bytes), "r"],
-  ["lag_seconds", (s) => (s.lag_seconds == null ? "–" : fmtFixed(s.lag_seconds, 1)), "r"],
-  ["lines_per_s", (s) => fmtFixed(s.lines_per_s, 1), "r"],
-  ["lines", (s) => fmtInt(s.lines), "r"],
-  ["rows", (s) => fmtInt(s.rows), "r"],
-  ["rejects", (s) => fmtInt(s.rejects), "r"],
-  ["gaps", (s) => fmtInt(s.gaps), "r"],
-  ["skipped_bytes", (s) => fmtBytes(s.skipped_bytes), "r"],
-  ["last_time", (s) => (s.last_time ? fmtClock(toMs(s.last_time)) : "–"), ""],
-];
-
-function shortPath(p) {
-  return typeof p === "string" ? p.split("/").slice(-3).join("/") : "–";
-}
-
-function lagClass(s) {
-  if (s.lag_seconds > 30 || s.lag_bytes > 64 << 20) return "down";
-  if (s.lag_seconds > 5 || s.lag_bytes > 1 << 20) return "warn";
-  return "";
-}
-
-function renderStatus(body) {
-  const streams = Array.isArray(body) ? body : body?.streams ?? [];
-  const tbody = $("status-body");
-  const seen = new Set();
-  for (const s of streams) {
-    const name = String(s.stream ?? "?");
-    seen.add(name);
-    let tr = [...tbody.rows].find((r) => r.dataset.stream === name);
-    if (!tr) {
-      tr = el("tr");
-      tr.dataset.testid = "status-row";
-      tr.dataset.stream = name;
-      for (const [key, , cls] of STATUS_COLUMNS) { const td = el("td", cls); td.dataset.col = key; tr.append(td); }
-      tbody.append(tr);
-    }
-    STATUS_COLUMNS.forEach(([key, fmt], i) => {
-      const td = tr.cells[i];
-      const text = fmt(s);
-      if (td.textContent !== text) {
-        td.textContent = text;
-        td.classList.remove("changed");
-        void td.offsetWidth; // restart the highlight animation
-        td.classList.add("changed");
-      }
-      if (key === "file") td.title = s.file ?? "";
-    });
-    tr.cells[3].classList.toggle("warn", lagClass(s) === "warn");
-    tr.cells[3].classList.toggle("down", lagClass(s) === "down");
-    tr.cells[4].classList.toggle("warn", lagClass(s) === "warn");
-    tr.cells[4].classList.toggle("down", lagClass(s) === "down");
-  }
-  for (const tr of [...tbody.rows]) if (!seen.has(tr.dataset.stream)) tr.remove();
-
-  // any other scalar fields of the status object (uptime, clients, ...) as small chips
-  const chips = $("status-extra");
-  chips.replaceChildren();
-  chips.title = "";
-  if (body && !Array.isArray(body)) {
-    const flat = [];
-    for (const [k, v] of Object.entries(body)) {
-      if (k === "streams") continue;
-      if (v !== null && typeof v === "object" && !Array.isArray(v)) {
-        for (const [k2, v2] of Object.entries(v)) flat.push([`${k}.${k2}`, v2]);
-      } else flat.push([k, v]);
-    }
-    for (const [k, v] of flat.filter(([, v]) => v !== null && typeof v !== "object").slice(0, 10)) {
-      const chip = el("span", "chip");
-      chip.append(el("span", "muted", `${k} `), el("span", "", typeof v === "number" ? fmtNum(v) : String(v)));
-      chips.append(chip);
-      chips.title += `${k}: ${v}\n`;
-    }
-  }
-}
-
-function fmtNum(v) {
-  return Number.isInteger(v) ? fmtInt(v) : fmtFixed(v, 2);
-}
-
 async function pollStatus() {
   const table = $("status");
   try {
-    renderStatus(await fetchJson("v1/status"));
+    const body = await fetchJson("v1/status");
+    renderStatus(body, $("status-body"), $("status-extra"));
+    window.nodetap.status = body; // what the panel shows, for the tests
     table.dataset.polls = String(Number(table.dataset.polls) + 1);
     $("status-note").textContent = `updated ${fmtClock(Date.now())}`;
     $("status-note").classList.remove("down");
@@ -378,4 +345,6 @@ feed.connect();
 if (initial.get("coin")) select(initial.get("coin"), state.interval);
 else chart.reset("", state.interval);
 loadCoins();
+loadMeta();
+loadOrders();
 pollStatus();

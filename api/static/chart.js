@@ -15,6 +15,8 @@ const AXIS_W = 76;
 const AXIS_H = 22;
 const MIN_BAR = 3;
 const MAX_BAR = 40;
+const AUTO_MIN_BAR = 6; // fitting the width: no thinner than this, the older candles scroll off
+const LABEL_GAP = 14; // px between two time labels
 // time-axis label steps, from one minute to a week
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 240, 360, 720, 1440, 2880, 10080].map((m) => m * 60_000);
 
@@ -36,16 +38,24 @@ export class CandleChart {
     this.updates = 0;
     this.pending = false;
     this.layout = null;
+    this.szDecimals = undefined; // the coin's size decimals, for volumes
     new ResizeObserver(() => this.requestDraw()).observe(canvas);
     this.bindPointer();
   }
 
-  reset(coin, interval) {
+  reset(coin, interval, szDecimals) {
     this.candles = [];
     this.rightOffset = 0;
     this.updates = 0;
-    Object.assign(this.canvas.dataset, { coin, interval, candles: "0", lastT: "", updates: "0" });
+    this.szDecimals = szDecimals;
+    Object.assign(this.canvas.dataset, { coin, interval, candles: "0", lastT: "", updates: "0", history: "" });
     this.draw();
+  }
+
+  setSizeDecimals(szDecimals) {
+    if (szDecimals === this.szDecimals) return;
+    this.szDecimals = szDecimals;
+    this.requestDraw();
   }
 
   // History from candleSnapshot. Live candles already received win when they have seen as
@@ -58,6 +68,7 @@ export class CandleChart {
       if (!h || k.n >= h.n) byT.set(k.t, k);
     }
     this.candles = [...byT.values()].sort((a, b) => a.t - b.t);
+    this.canvas.dataset.history = String(list.length);
     this.requestDraw();
   }
 
@@ -142,13 +153,14 @@ export class CandleChart {
     const volH = Math.round(plotH * 0.18);
     const priceTop = 8;
     const priceH = plotH - volH - priceTop - 6;
-    if (this.autoWidth) this.barW = Math.max(8, Math.min(16, plotW / (this.candles.length + 4)));
+    if (this.autoWidth) this.barW = Math.max(AUTO_MIN_BAR, Math.min(MAX_BAR, plotW / (this.candles.length + 2)));
     const slots = Math.max(1, Math.floor(plotW / this.barW) - 1);
     const end = this.candles.length - this.rightOffset;
     const vis = this.candles.slice(Math.max(0, end - slots), end);
     const ds = this.canvas.dataset;
     ds.candles = String(vis.length);
     ds.lastT = this.candles.length ? String(this.last().t) : "";
+    ds.timeLabels = "";
 
     ctx.strokeStyle = C.grid;
     ctx.beginPath();
@@ -173,7 +185,9 @@ export class CandleChart {
     const pad = (hi - lo) * 0.06;
     lo -= pad; hi += pad;
     const y = (p) => priceTop + ((hi - p) / (hi - lo)) * priceH;
-    const x = (i) => plotW - (vis.length - i + 0.5) * this.barW; // candle centre, one empty slot at right
+    // one empty slot at the right; candles that do not fill the width sit in its middle
+    const rightPad = vis.length < slots ? Math.max(this.barW, (plotW - vis.length * this.barW) / 2) : this.barW;
+    const x = (i) => plotW - rightPad - (vis.length - i - 0.5) * this.barW; // candle centre
     const volTop = plotH - volH;
     this.layout = { vis, x, y, lo, hi, plotW, plotH, priceTop, priceH };
 
@@ -202,7 +216,7 @@ export class CandleChart {
     });
     ctx.fillStyle = C.axis;
     ctx.textAlign = "left";
-    ctx.fillText(`vol ${fmtSize(maxV)}`, 6, volTop + 8);
+    ctx.fillText(`vol ${fmtSize(maxV, this.szDecimals)}`, 6, volTop + 8);
 
     // last price line and tag
     const lastK = this.last();
@@ -232,35 +246,57 @@ export class CandleChart {
     }
   }
 
+  // Time labels: the first visible candle always (with its date), then candles on round times
+  // (every `step`), the first candle after a gap in time, or any candle where none was labelled
+  // for a while. Candles sit side by side whatever the time between them.
   drawTimeGrid(vis, x, plotW, plotH, h) {
     const ctx = this.ctx;
     const iv = INTERVAL_MS[this.canvas.dataset.interval] ?? 60_000;
-    const step = TIME_STEPS.find((s) => (s / iv) * this.barW >= 90) ?? TIME_STEPS[TIME_STEPS.length - 1];
-    ctx.textAlign = "center";
-    let lastX = -Infinity;
+    const step = TIME_STEPS.find((s) => s >= iv && (s / iv) * this.barW >= 90) ?? TIME_STEPS[TIME_STEPS.length - 1];
+    const daily = iv >= 86_400_000;
+    const stepPx = (step / iv) * this.barW;
+    const labels = [];
+    let last = null; // {px, w, day}
     vis.forEach((k, i) => {
-      if (k.t % step !== 0) return;
       const px = Math.round(x(i)) + 0.5;
-      if (px - lastX < 70 || px > plotW - 30) return;
-      lastX = px;
+      const day = Math.floor(k.t / 86_400_000);
+      let text;
+      if (daily) text = last ? fmtDay(k.t) : `${fmtDay(k.t)} ${new Date(k.t).getUTCFullYear()}`;
+      else if (last && day === last.day) text = fmtClock(k.t, false);
+      else text = k.t % 86_400_000 === 0 && last ? fmtDay(k.t) : `${fmtDay(k.t)} ${fmtClock(k.t, false)}`;
+      const w = ctx.measureText(text).width;
+      if (last) {
+        const room = px - last.px >= (last.w + w) / 2 + LABEL_GAP;
+        const gapBefore = k.t - vis[i - 1].t > iv; // the first candle after a stretch with no trades
+        if (!room || (k.t % step !== 0 && !gapBefore && px - last.px < Math.max(270, 1.5 * stepPx))) return;
+      }
+      last = { px, w, day };
+      labels.push({ px, w, text });
+    });
+    ctx.textAlign = "center";
+    for (const { px, w, text } of labels) {
       ctx.strokeStyle = C.grid;
       ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, plotH); ctx.stroke();
       ctx.fillStyle = C.axis;
-      ctx.fillText(k.t % 86_400_000 === 0 ? fmtDay(k.t) : fmtClock(k.t, false), px, plotH + (h - plotH) / 2);
-    });
+      const cx = Math.max(w / 2 + 2, Math.min(plotW - w / 2 - 2, px)); // whole, inside the plot
+      ctx.fillText(text, cx, plotH + (h - plotH) / 2);
+    }
+    this.canvas.dataset.timeLabels = labels.map((l) => l.text).join("|");
   }
 
   drawCrosshair() {
     const L = this.layout;
     const hv = this.hover;
     if (!L || !hv || hv.x < 0 || hv.x > L.plotW || hv.y < 0 || hv.y > L.plotH) {
+      this.canvas.dataset.hoverT = "";
       this.showReadout(this.last());
       return;
     }
     const ctx = this.ctx;
     const n = L.vis.length;
-    const i = Math.max(0, Math.min(n - 1, Math.round(n + 0.5 - (L.plotW - hv.x) / this.barW)));
+    const i = Math.max(0, Math.min(n - 1, Math.round((hv.x - L.x(0)) / this.barW)));
     const k = L.vis[i];
+    this.canvas.dataset.hoverT = String(k.t);
     const cx = Math.round(L.x(i)) + 0.5;
     const cy = Math.round(hv.y) + 0.5;
     ctx.strokeStyle = C.cross;
@@ -307,7 +343,7 @@ export class CandleChart {
       r.append(el("span", "muted", ` ${name} `), el("span", cls, fmtPrice(val)));
     }
     r.append(el("span", cls, ` ${chg >= 0 ? "+" : ""}${chg.toFixed(2)}%`));
-    r.append(el("span", "muted", " V "), el("span", "", fmtSize(k.v)));
+    r.append(el("span", "muted", " V "), el("span", "", fmtSize(k.v, this.szDecimals)));
     r.append(el("span", "muted", " n "), el("span", "", String(k.n)));
   }
 }

@@ -22,14 +22,40 @@ export function fmtPrice(p, decimals = priceDecimals(p)) {
   return fmtFixed(p, decimals);
 }
 
-// Sizes and volumes: compact above ten thousand, otherwise up to 4 decimals.
-export function fmtSize(v) {
+// Decimal places written in `x` (a decimal string such as "0.00004", or a number), at most 8.
+export function ownDecimals(x) {
+  if (typeof x === "string" && /^-?\d+(\.\d+)?$/.test(x)) return Math.min(8, (x.split(".")[1] ?? "").length);
+  const v = Math.abs(Number(x));
+  if (!Number.isFinite(v)) return 0;
+  for (let d = 0; d < 8; d += 1) {
+    const scaled = v * 10 ** d;
+    if (Math.abs(scaled - Math.round(scaled)) < 1e-9 * Math.max(1, scaled)) return d;
+  }
+  return 8;
+}
+
+// A trade or order size: the coin's size decimals (szDecimals) where known, more where the
+// value itself has more (a size is never cut to "0"), thousands separated.
+export function fmtSz(x, szDecimals) {
+  const v = Number(x);
+  if (x === null || x === undefined || x === "" || !Number.isFinite(v)) return "–";
+  const own = ownDecimals(x);
+  const min = Number.isInteger(szDecimals) ? Math.min(8, szDecimals) : 0;
+  return v.toLocaleString("en-US", { minimumFractionDigits: min, maximumFractionDigits: Math.max(min, own) });
+}
+
+// Volumes (sums of sizes): compact above ten thousand, otherwise the coin's size decimals
+// (four significant figures for small volumes of a coin whose decimals are not known).
+export function fmtSize(v, szDecimals) {
   if (!Number.isFinite(v)) return "–";
   const a = Math.abs(v);
   if (a >= 1e9) return (v / 1e9).toFixed(2) + "B";
   if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
   if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
-  return v.toLocaleString("en-US", { maximumFractionDigits: a >= 100 ? 1 : 4 });
+  if (Number.isInteger(szDecimals)) return fmtFixed(v, Math.min(8, szDecimals));
+  if (a === 0) return "0";
+  const d = Math.min(8, Math.max(a >= 100 ? 1 : 2, 3 - Math.floor(Math.log10(a))));
+  return v.toLocaleString("en-US", { maximumFractionDigits: d });
 }
 
 export function fmtInt(n) {
@@ -66,9 +92,22 @@ export function fmtDay(ms) {
   return `${MONTHS[d.getUTCMonth()]} ${String(d.getUTCDate()).padStart(2, "0")}`;
 }
 
-export function fmtStamp(ms) {
+// "2026-05-05 17:39" (minutes) or "2026-05-05 17:39:16" (seconds), UTC
+export function fmtStamp(ms, seconds = false) {
   if (!Number.isFinite(ms)) return "–";
-  return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+  return new Date(ms).toISOString().slice(0, seconds ? 19 : 16).replace("T", " ");
+}
+
+// A duration in the largest units that matter: "0.3 s", "42 s", "3 m 05 s", "5 h 02 m", "260 d 4 h"
+export function fmtDuration(s) {
+  if (!Number.isFinite(s)) return "–";
+  const t = Math.max(0, Math.round(s));
+  const pad = (n) => String(n).padStart(2, "0");
+  if (s < 10) return `${Math.max(0, s).toFixed(1)} s`;
+  if (t < 60) return `${t} s`;
+  if (t < 3600) return `${Math.floor(t / 60)} m ${pad(t % 60)} s`;
+  if (t < 86_400) return `${Math.floor(t / 3600)} h ${pad(Math.floor(t / 60) % 60)} m`;
+  return `${Math.floor(t / 86_400)} d ${Math.floor(t / 3600) % 24} h`;
 }
 
 export function shortAddr(a) {
