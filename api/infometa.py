@@ -7,6 +7,7 @@ szDecimals from sampled trades, spot tokens named after the pairs, perp dexs by 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -28,8 +29,8 @@ def _sz_decimals(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     for coin, sz in rows:
         if sz is None:
             continue
-        text = repr(float(sz))
-        places = 0 if "e" in text or text.endswith(".0") else len(text.split(".")[1])
+        text = f"{Decimal(repr(float(sz))):f}"  # shortest round-trip digits, never exponent form
+        places = 0 if "." not in text or text.endswith(".0") else len(text.split(".")[1])
         out[coin] = min(8, max(out.get(coin, 0), places))
     return out
 
