@@ -3,6 +3,7 @@ WebSocket clients (and the official Hyperliquid SDK), real DuckDB."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import struct
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from api.hub import INBOX_MAX_BYTES
 from etl.simulate import Simulator, run_live
 from etl.store import CANDLE_DB_NAMES_BACK, fetch_pl
 from tests.conftest import ServerThread
+from tests.conftest import wait_for as wait_until
 
 TRADE_KEYS = ["coin", "side", "px", "sz", "hash", "time", "tid", "users"]
 CANDLE_KEYS = ["t", "T", "s", "i", "o", "c", "h", "l", "v", "n"]
@@ -147,11 +151,11 @@ HEAVY = [{"type": "orders", "coin": "*", "minNotional": i / 1e9} for i in range(
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """conftest.wait_for, saying what it waited for."""
+    try:
+        wait_until(cond, timeout)
+    except AssertionError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 # ------------------------------------------------------------------ protocol
@@ -310,10 +314,39 @@ def test_client_that_stays_full_is_disconnected(serve: Serve, tmp_path: Path) ->
         collect(healthy, lambda ms: len(of(ms, "trades")) >= 2)
 
 
+@dataclass
+class Held:
+    """What the hub holds for its clients at one instant, read on the server's event loop."""
+
+    longest_queue: int  # messages in the longest client queue
+    most_queued: int  # bytes in the fullest client queue
+    buffered: int  # bytes in every client's transport write buffer (user space)
+    distinct: int  # bytes of the distinct messages queued (a message is shared by its subscribers)
+    messages: int  # how many distinct messages that is
+    inbox: int  # bytes of batches built and not yet fanned out
+
+
+def held(server: ServerThread) -> Held:
+    hub = server.state.hub
+
+    async def look() -> Held:
+        texts = {id(text): len(text) for c in hub.clients for _, text in c.data}
+        return Held(max((len(c.data) for c in hub.clients), default=0),
+                    max((c.queued_bytes for c in hub.clients), default=0),
+                    sum(c.transport.get_write_buffer_size() for c in hub.clients),
+                    sum(texts.values()), len(texts), hub._inbox_bytes)
+
+    return asyncio.run_coroutine_threadsafe(look(), hub.loop).result(10)
+
+
 def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_path: Path) -> None:
+    """What the hub holds is bounded by its settings whatever the volume: checked throughout a
+    long run of drops, with the process's RSS over that run as a coarse second check."""
     me = psutil.Process()  # the server runs in this process
     stalled: list[ClientConnection] = []
-    settings = {"keep_all": True, "ws_queue_messages": 64, "ws_max_lag_s": 600}
+    queue, lag_bytes = 64, 4 << 20
+    settings = {"keep_all": True, "ws_queue_messages": queue, "ws_max_lag_bytes": lag_bytes,
+                "ws_max_lag_s": 600}
     with live_server(serve, tmp_path, rate=3000, **settings) as server, ExitStack() as clients:
         hub = server.state.hub
         try:
@@ -324,16 +357,37 @@ def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_pa
             wait_for(lambda: hub.stats()["subscriptions"] == 100 * len(HEAVY), what="the subscriptions")
             # every client stalled: socket buffers full, queue full, dropping the oldest
             wait_for(lambda: all(c.full_since is not None for c in hub.clients), what="every queue full")
+            # warm-up: the allocators reach their working size while batches go on
+            batches = hub.stats()["batches_published"]
+            wait_for(lambda: hub.stats()["batches_published"] - batches >= 10, what="10 warm-up batches")
             gc.collect()
-            before, dropped = me.memory_info().rss, hub.stats()["messages_dropped"]
-            time.sleep(6)
+            before, stats = me.memory_info().rss, hub.stats()
+            batches, dropped = stats["batches_published"], stats["messages_dropped"]
+            samples: list[Held] = []
+
+            def volume_passed() -> bool:
+                samples.append(held(server))
+                # 40 batches went to every client: several times what a queue holds
+                return hub.stats()["batches_published"] - batches >= 40
+
+            wait_for(volume_passed, timeout=120, what="40 batches")
             gc.collect()
             after, stats = me.memory_info().rss, hub.stats()
             assert stats["clients_connected"] == 100 and stats["lagged_disconnects"] == 0
-            # the feed kept running: at least a batch a second for every client was dropped meanwhile
-            assert stats["messages_dropped"] - dropped > 100 * len(HEAVY) * 6
-            # unbounded queues would hold every message of these 6 s: ~60 MB
-            assert after - before < 30 << 20, f"RSS grew {(after - before) >> 20} MiB"
+            # the hub's own buffers stayed within their settings at every look
+            assert max(h.longest_queue for h in samples) <= queue
+            assert max(h.most_queued for h in samples) <= lag_bytes
+            assert max(h.inbox for h in samples) <= INBOX_MAX_BYTES
+            # the feed kept running and every client kept dropping: most of each batch went
+            assert stats["messages_dropped"] - dropped > 100 * len(HEAVY) * 30
+            # all queues share at most ~`queue` messages of each subscription: far below what
+            # went past; unbounded queues would hold every message of the run
+            mean_size = sum(h.distinct for h in samples) / max(1, sum(h.messages for h in samples))
+            passed = (stats["messages_dropped"] - dropped) / 100 * mean_size  # bytes past each client
+            assert max(h.distinct for h in samples) < passed / 2, (max(h.distinct for h in samples), passed)
+            assert max(h.buffered for h in samples) < 100 * (1 << 20)
+            # coarse: the pipeline's own allocations move RSS by tens of MiB on their own
+            assert after - before < 100 << 20, f"RSS grew {(after - before) >> 20} MiB"
         finally:
             for ws in stalled:
                 abort(ws)
