@@ -12,19 +12,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import polars as pl
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from api.hub import INBOX_MAX_BYTES
-from etl.simulate import Simulator, run_live
+from api.wire import candle_wire
+from etl.candles import candles
+from etl.simulate import Simulator, generate, run_live
 from etl.store import CANDLE_DB_NAMES_BACK, fetch_pl
 from tests.conftest import ServerThread
 from tests.conftest import wait_for as wait_until
@@ -487,6 +490,69 @@ def test_meta_and_spot_meta_name_the_coins_seen(serve: Serve, sparse_history: Pa
     assert tokens[0]["name"] == "USDC"
     assert [tokens[i]["name"] for i in pairs["PURR/USDC"]["tokens"]] == ["PURR", "USDC"]
     assert set(tokens[0]) == {"name", "szDecimals", "weiDecimals", "index", "tokenId", "isCanonical"}
+
+
+def trades_of(server: ServerThread, coin: str) -> pl.DataFrame:
+    con = server.state.reader()
+    try:
+        return fetch_pl(con, "SELECT time, coin, px, sz FROM trades WHERE coin = ? ORDER BY time, tid",
+                        [coin])
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("stored_intervals", [("1m",), ("5m",)], ids=["from-1m", "from-trades-and-5m"])
+def test_candle_feed_of_an_interval_not_stored_equals_candles_of_the_trades(
+        serve: Serve, tmp_path: Path, stored_intervals: tuple[str, ...]) -> None:
+    """3m and 1d are not stored: rolled up from the stored 1m (or 5m) candles, or computed from
+    the trades (3m when only 5m is stored), and pushed through the official SDK as a stored
+    interval is, each candle whole, its earlier trades included."""
+    from hyperliquid.info import Info
+
+    node = tmp_path / "node"
+    # two minutes of history first: today's candle has trades of earlier minutes (whose 1m
+    # candles are closed), which only the feed's seed from the store can bring
+    generate(node, lines=2000, seed=11, events_per_block=1.0,
+             start=datetime.now(UTC) - timedelta(seconds=150))
+    with node_writer(node, rate=2000) as stop, \
+            serve(node, rules_file="", node_info_url="", candle_intervals=stored_intervals) as server:
+
+        def published_in_current_candle() -> bool:
+            # trades of the current 3m candle stored and published (a trade waits at most 0.5 s
+            # for its maker) well before the subscription: only the seed can bring them
+            now = time.time() * 1000
+            times = trades_of(server, "BTC")["time"].dt.epoch("ms")
+            return int(((times >= now // (3 * MINUTE) * 3 * MINUTE) & (times < now - 1500)).sum()) >= 10
+
+        wait_for(published_in_current_candle, what="10 BTC trades of the current candle")
+        info = Info(base_url=server.url, skip_ws=False)
+        pushed: dict[str, list[Any]] = {"3m": [], "1d": []}
+        try:
+            for interval, into in pushed.items():
+                info.subscribe({"type": "candle", "coin": "BTC", "interval": interval}, into.append)
+            wait_for(lambda: min(len(m) for m in pushed.values()) >= 10, what="10 candle messages of each")
+            stop()  # the node goes quiet: every candle pushed has its last state pushed too
+            wait_idle(server, node)
+            trades = trades_of(server, "BTC")
+
+            def last_pushed(interval: str) -> bool:
+                candle = pushed[interval][-1]["data"]
+                return int(candle["n"]) == trades.filter(pl.col("time").dt.epoch("ms") >= candle["t"]).height
+
+            wait_for(lambda: all(last_pushed(i) for i in pushed), timeout=10, what="the last trade's candles")
+            now = int(time.time() * 1000)
+            snapshots = {i: info.candles_snapshot("BTC", i, now - 2 * 86_400_000, now) for i in pushed}
+        finally:
+            info.disconnect_websocket()
+    for interval, messages in pushed.items():
+        assert {m["channel"] for m in messages} == {"candle"}
+        assert list(messages[0]["data"]) == CANDLE_KEYS
+        last = {m["data"]["t"]: m["data"] for m in messages}  # the latest state of each candle pushed
+        expected = {c["t"]: c for c in candle_wire(candles(trades, interval)).to_dicts()}
+        assert last == {t: expected[t] for t in last}, interval
+        assert max(last) == max(expected)  # the current candle is among them
+        assert [c for c in snapshots[interval] if c["t"] in last] == list(last.values())
+    assert server.state.hub.candles._feeds == {}  # the feeds went with their subscriber
 
 
 # ------------------------------------------------------------------ the official SDK
