@@ -32,7 +32,8 @@ import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from api.wire import Message, Sub, build_messages, lagged_notice
+from api.livecandles import LiveCandles
+from api.wire import CandleSub, FeedErrors, Message, Sub, build_messages, lagged_notice
 from etl.config import Settings
 from etl.pipeline import Processed
 
@@ -119,18 +120,33 @@ class Hub:
         self.aborted_disconnects = 0  # connections cut because the close frame could not go out
         self.subscriptions_refused = 0
         self.batches_published = 0
+        self.candles = LiveCandles(settings.candle_intervals)  # candle intervals not stored
+        self.feed_errors = FeedErrors()
 
     # -------------------------------------------------------- pipeline thread
     def publish(self, processed: Processed) -> None:
         """Build this batch's messages for the current subscriptions and hand them to the loop.
 
-        Called on the pipeline thread after each commit; never blocks on clients."""
+        Called on the pipeline thread after each commit; never blocks on clients, never raises:
+        a failure is counted in `feed_errors` (and logged once per kind)."""
+        if self._closed:
+            return
+        try:
+            derived = self.candles.update(processed)  # also while its first subscribers open it
+        except Exception as err:  # a failure costs that feed its message, not the batch
+            self.feed_errors.record("candle", err)
+            derived = None
         subs = self._active
-        if not subs or self._closed:
+        if not subs:
             return
-        messages = build_messages(processed, subs)
-        if not messages:
-            return
+        try:
+            messages = build_messages(processed, subs, derived, self.feed_errors)
+            if messages:
+                self._enqueue(messages)
+        except Exception as err:
+            self.feed_errors.record("publish", err)
+
+    def _enqueue(self, messages: list[Message]) -> None:
         size = sum(len(m) for _, m in messages)
         with self._lock:
             self._inbox.append((messages, size))
@@ -345,6 +361,8 @@ class Hub:
         return True
 
     def _drop_sub(self, client: Client, sub: Sub) -> None:
+        if sub in client.subs and isinstance(sub, CandleSub):
+            self.candles.release(sub)  # the subscription's hold on its feed (interval not stored)
         client.subs.discard(sub)
         holders = self._index.get(sub)
         if holders is not None:
@@ -377,4 +395,5 @@ class Hub:
             "subscriptions_refused_total": self.subscriptions_refused,
             "unsent_bytes": sum(c.unsent_bytes() + c.queued_bytes for c in self.clients),
             "batches_published": self.batches_published,
+            "feed_errors_total": self.feed_errors.count,
         }

@@ -2,8 +2,9 @@
 Hyperliquid WebSocket protocol (plus nodetap's `orders` channel), serialised once per batch.
 
 A failure while building one subscription's messages costs that subscription its message
-for the batch and nothing else: it is counted (`FEED_ERRORS`), logged once per kind of
-failure, and every other message of the batch still goes out.
+for the batch and nothing else: it is counted (the hub's `feed_errors`, in /metrics as
+`nodetap_ws_feed_errors_total`), logged once per kind of failure, and every other message of
+the batch still goes out.
 """
 
 from __future__ import annotations
@@ -238,36 +239,39 @@ class FeedErrors:
 FEED_ERRORS = FeedErrors()
 
 
-def _guarded(what: str, build: Callable[[], list[Message]]) -> list[Message]:
-    try:
-        return build()
-    except Exception as err:  # one subscription's failure must not cost anyone else a message
-        FEED_ERRORS.record(what, err)
-        return []
+def build_messages(processed: Processed, subs: Iterable[Sub], derived: pl.DataFrame | None = None,
+                   errors: FeedErrors = FEED_ERRORS) -> list[Message]:
+    """Every message a committed batch yields for the given subscriptions, each serialised once.
 
-
-def build_messages(processed: Processed, subs: Iterable[Sub]) -> list[Message]:
-    """Every message a committed batch yields for the given subscriptions, each serialised once."""
+    `derived`: the candles of intervals not stored that the batch changed (api.livecandles);
+    `errors`: where a failure to build one subscription's messages is counted."""
     from api.userwire import user_messages  # the user channels build on the formats above
+
+    def guarded(what: str, build: Callable[[], list[Message]]) -> list[Message]:
+        try:
+            return build()
+        except Exception as err:  # one subscription's failure must not cost anyone else a message
+            errors.record(what, err)
+            return []
 
     subs = list(subs)
     trades_coins = {s.coin for s in subs if isinstance(s, TradesSub)}
     candle_subs = [s for s in subs if isinstance(s, CandleSub)]
     frames = processed.frames
     trades, orders = frames.get("trades"), frames.get("orders")
+    changed = [c for c in (processed.candles, derived) if c is not None and c.height]
     out: list[Message] = []
     if trades_coins and trades is not None and trades.height:
-        out += _guarded("trades", lambda: trade_messages(trades, trades_coins))
-    if candle_subs and processed.candles is not None and processed.candles.height:
-        candles = processed.candles
-        out += _guarded("candle", lambda: candle_messages(candles, candle_subs))
+        out += guarded("trades", lambda: trade_messages(trades, trades_coins))
+    if candle_subs and changed:
+        out += guarded("candle", lambda: candle_messages(pl.concat(changed), candle_subs))
     if orders is not None and orders.height:
         for sub in subs:
             if isinstance(sub, OrdersSub):
-                out += _guarded("orders", lambda s=sub: order_message(orders, s))  # type: ignore[misc]
+                out += guarded("orders", lambda s=sub: order_message(orders, s))  # type: ignore[misc]
     for sub in subs:
         if isinstance(sub, AllMidsSub | UserFillsSub | OrderUpdatesSub | UserEventsSub):
-            out += _guarded(type(sub).__name__, lambda s=sub: user_messages(processed, s))  # type: ignore[misc]
+            out += guarded(type(sub).__name__, lambda s=sub: user_messages(processed, s))  # type: ignore[misc]
     return out
 
 

@@ -80,7 +80,7 @@ def source_interval(target: str, stored: tuple[str, ...]) -> str | None:
     return max(fits, key=lambda s: width(s) if s != MONTH else 0, default=None)
 
 
-def _roll_up(src: pl.DataFrame, interval: str) -> pl.DataFrame:
+def roll_up(src: pl.DataFrame, interval: str) -> pl.DataFrame:
     """Candles of a finer interval (CANDLE_SCHEMA, real ones) combined into `interval` candles:
     o of the first, c of the last, h max, l min, v/vq/n summed."""
     if src.is_empty():
@@ -120,7 +120,7 @@ def _derived(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms:
                                   AND t < $3 AND NOT coalesce(filled, false)), $3)""",
             [coin, src, first, last_close],
         ).rename({"t_close": "T"})
-        return _roll_up(rows, interval)
+        return roll_up(rows, interval)
     trades = fetch_pl(
         con,
         """SELECT time, coin, px, sz FROM history.trades WHERE coin = $1 AND time < $3

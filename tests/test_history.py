@@ -142,20 +142,45 @@ def test_orders_line_helper_is_valid() -> None:
     assert orjson.loads(order_line("2026-01-05T10:00:00", 1))["order"]["oid"] == 1
 
 
+def _node_trades_tid(line: dict[str, object]) -> int:
+    """The tid a node_trades line gets (etl.parse): the hash's first 48 bits and both order ids."""
+    buyer, seller = line["side_info"]  # type: ignore[misc]
+    return int(str(line["hash"])[2:14], 16) ^ (buyer["oid"] * 2) ^ (seller["oid"] * 4)
+
+
 def test_node_trades_get_a_stable_tid_and_a_trade_written_per_side_counts_once(
         samples: Path, tmp_path: Path) -> None:
+    from etl.backfill import backfill
+
     node = tmp_path / "node"
     hour = node / "node_trades" / "hourly" / "20240919" / "10"
     hour.parent.mkdir(parents=True)
-    hour.write_bytes((samples / "node_trades_2024.jsonl").read_bytes())
+    data = (samples / "node_trades_2024.jsonl").read_bytes()
+    hour.write_bytes(data)
+    lines = [orjson.loads(x) for x in data.splitlines()]
+    # 4 lines: 2 trades, each written once as "B" and once as "A"; the first line is kept
+    expected = [("AXL", "B", _node_trades_tid(lines[2]), "0x768484f7e2ebb675c57838366c02ae99ba2a9b08"),
+                ("ZK", "B", _node_trades_tid(lines[0]), "0xc64cc00b46101bd40aa1c3121195e85c0b0918d8")]
+    assert _node_trades_tid(lines[0]) == _node_trades_tid(lines[1]) != _node_trades_tid(lines[2])
+    assert expected[0][2] == 0x2225285dad56 ^ (14849960103 * 2) ^ (14849962335 * 4)
+    trades = "SELECT coin, side, tid, buyer FROM trades ORDER BY coin"
     store, pipe = pipeline(tmp_path, Node(node))
     pipe.run_once()
-    rows = store.con.execute("SELECT coin, side, tid, buyer FROM trades ORDER BY coin").fetchall()
-    # 4 lines: 2 trades, each written once as "B" and once as "A"; the first line is kept
-    assert [(r[0], r[1], r[3]) for r in rows] == [
-        ("AXL", "B", "0x768484f7e2ebb675c57838366c02ae99ba2a9b08"),
-        ("ZK", "B", "0xc64cc00b46101bd40aa1c3121195e85c0b0918d8")]
-    assert all(r[2] is not None and r[2] > 0 for r in rows)
+    assert store.con.execute(trades).fetchall() == expected
+    assert store.con.execute("SELECT sum(n) FROM candles WHERE interval = '1m'").fetchone() == (2,)
+    # the node rewrites the hour file (a new inode, the same lines): read again, the same tids,
+    # nothing counted twice
+    again = hour.with_name("10.new")
+    again.write_bytes(data)
+    again.replace(hour)
+    pipe.run_once()
+    assert store.con.execute("SELECT lines FROM cursors").fetchall() == [(8,)]  # it was read again
+    assert store.con.execute(trades).fetchall() == expected
     assert store.con.execute("SELECT sum(n) FROM candles WHERE interval = '1m'").fetchone() == (2,)
     pipe.close()
     store.close()
+    # a backfill of the same file into another database gives the same tids
+    other = Store.from_settings(Settings(node_dir=node, db=tmp_path / "b.duckdb"))
+    backfill([hour], other, batch_max_bytes=1 << 20, max_line_bytes=1 << 20, progress=False)
+    assert other.con.execute(trades).fetchall() == expected
+    other.close()

@@ -3,6 +3,7 @@ WebSocket clients (and the official Hyperliquid SDK), real DuckDB."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import struct
@@ -10,20 +11,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import polars as pl
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from etl.simulate import Simulator, run_live
+from api.hub import INBOX_MAX_BYTES
+from api.wire import candle_wire
+from etl.candles import candles
+from etl.simulate import Simulator, generate, run_live
 from etl.store import CANDLE_DB_NAMES_BACK, fetch_pl
 from tests.conftest import ServerThread
+from tests.conftest import wait_for as wait_until
 
 TRADE_KEYS = ["coin", "side", "px", "sz", "hash", "time", "tid", "users"]
 CANDLE_KEYS = ["t", "T", "s", "i", "o", "c", "h", "l", "v", "n"]
@@ -147,11 +154,11 @@ HEAVY = [{"type": "orders", "coin": "*", "minNotional": i / 1e9} for i in range(
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """conftest.wait_for, saying what it waited for."""
+    try:
+        wait_until(cond, timeout)
+    except AssertionError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 # ------------------------------------------------------------------ protocol
@@ -310,10 +317,39 @@ def test_client_that_stays_full_is_disconnected(serve: Serve, tmp_path: Path) ->
         collect(healthy, lambda ms: len(of(ms, "trades")) >= 2)
 
 
+@dataclass
+class Held:
+    """What the hub holds for its clients at one instant, read on the server's event loop."""
+
+    longest_queue: int  # messages in the longest client queue
+    most_queued: int  # bytes in the fullest client queue
+    buffered: int  # bytes in every client's transport write buffer (user space)
+    distinct: int  # bytes of the distinct messages queued (a message is shared by its subscribers)
+    messages: int  # how many distinct messages that is
+    inbox: int  # bytes of batches built and not yet fanned out
+
+
+def held(server: ServerThread) -> Held:
+    hub = server.state.hub
+
+    async def look() -> Held:
+        texts = {id(text): len(text) for c in hub.clients for _, text in c.data}
+        return Held(max((len(c.data) for c in hub.clients), default=0),
+                    max((c.queued_bytes for c in hub.clients), default=0),
+                    sum(c.transport.get_write_buffer_size() for c in hub.clients),
+                    sum(texts.values()), len(texts), hub._inbox_bytes)
+
+    return asyncio.run_coroutine_threadsafe(look(), hub.loop).result(10)
+
+
 def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_path: Path) -> None:
+    """What the hub holds is bounded by its settings whatever the volume: checked throughout a
+    long run of drops, with the process's RSS over that run as a coarse second check."""
     me = psutil.Process()  # the server runs in this process
     stalled: list[ClientConnection] = []
-    settings = {"keep_all": True, "ws_queue_messages": 64, "ws_max_lag_s": 600}
+    queue, lag_bytes = 64, 4 << 20
+    settings = {"keep_all": True, "ws_queue_messages": queue, "ws_max_lag_bytes": lag_bytes,
+                "ws_max_lag_s": 600}
     with live_server(serve, tmp_path, rate=3000, **settings) as server, ExitStack() as clients:
         hub = server.state.hub
         try:
@@ -324,16 +360,37 @@ def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_pa
             wait_for(lambda: hub.stats()["subscriptions"] == 100 * len(HEAVY), what="the subscriptions")
             # every client stalled: socket buffers full, queue full, dropping the oldest
             wait_for(lambda: all(c.full_since is not None for c in hub.clients), what="every queue full")
+            # warm-up: the allocators reach their working size while batches go on
+            batches = hub.stats()["batches_published"]
+            wait_for(lambda: hub.stats()["batches_published"] - batches >= 10, what="10 warm-up batches")
             gc.collect()
-            before, dropped = me.memory_info().rss, hub.stats()["messages_dropped"]
-            time.sleep(6)
+            before, stats = me.memory_info().rss, hub.stats()
+            batches, dropped = stats["batches_published"], stats["messages_dropped"]
+            samples: list[Held] = []
+
+            def volume_passed() -> bool:
+                samples.append(held(server))
+                # 40 batches went to every client: several times what a queue holds
+                return hub.stats()["batches_published"] - batches >= 40
+
+            wait_for(volume_passed, timeout=120, what="40 batches")
             gc.collect()
             after, stats = me.memory_info().rss, hub.stats()
             assert stats["clients_connected"] == 100 and stats["lagged_disconnects"] == 0
-            # the feed kept running: at least a batch a second for every client was dropped meanwhile
-            assert stats["messages_dropped"] - dropped > 100 * len(HEAVY) * 6
-            # unbounded queues would hold every message of these 6 s: ~60 MB
-            assert after - before < 30 << 20, f"RSS grew {(after - before) >> 20} MiB"
+            # the hub's own buffers stayed within their settings at every look
+            assert max(h.longest_queue for h in samples) <= queue
+            assert max(h.most_queued for h in samples) <= lag_bytes
+            assert max(h.inbox for h in samples) <= INBOX_MAX_BYTES
+            # the feed kept running and every client kept dropping: most of each batch went
+            assert stats["messages_dropped"] - dropped > 100 * len(HEAVY) * 30
+            # all queues share at most ~`queue` messages of each subscription: far below what
+            # went past; unbounded queues would hold every message of the run
+            mean_size = sum(h.distinct for h in samples) / max(1, sum(h.messages for h in samples))
+            passed = (stats["messages_dropped"] - dropped) / 100 * mean_size  # bytes past each client
+            assert max(h.distinct for h in samples) < passed / 2, (max(h.distinct for h in samples), passed)
+            assert max(h.buffered for h in samples) < 100 * (1 << 20)
+            # coarse: the pipeline's own allocations move RSS by tens of MiB on their own
+            assert after - before < 100 << 20, f"RSS grew {(after - before) >> 20} MiB"
         finally:
             for ws in stalled:
                 abort(ws)
@@ -433,6 +490,69 @@ def test_meta_and_spot_meta_name_the_coins_seen(serve: Serve, sparse_history: Pa
     assert tokens[0]["name"] == "USDC"
     assert [tokens[i]["name"] for i in pairs["PURR/USDC"]["tokens"]] == ["PURR", "USDC"]
     assert set(tokens[0]) == {"name", "szDecimals", "weiDecimals", "index", "tokenId", "isCanonical"}
+
+
+def trades_of(server: ServerThread, coin: str) -> pl.DataFrame:
+    con = server.state.reader()
+    try:
+        return fetch_pl(con, "SELECT time, coin, px, sz FROM trades WHERE coin = ? ORDER BY time, tid",
+                        [coin])
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("stored_intervals", [("1m",), ("5m",)], ids=["from-1m", "from-trades-and-5m"])
+def test_candle_feed_of_an_interval_not_stored_equals_candles_of_the_trades(
+        serve: Serve, tmp_path: Path, stored_intervals: tuple[str, ...]) -> None:
+    """3m and 1d are not stored: rolled up from the stored 1m (or 5m) candles, or computed from
+    the trades (3m when only 5m is stored), and pushed through the official SDK as a stored
+    interval is, each candle whole, its earlier trades included."""
+    from hyperliquid.info import Info
+
+    node = tmp_path / "node"
+    # two minutes of history first: today's candle has trades of earlier minutes (whose 1m
+    # candles are closed), which only the feed's seed from the store can bring
+    generate(node, lines=2000, seed=11, events_per_block=1.0,
+             start=datetime.now(UTC) - timedelta(seconds=150))
+    with node_writer(node, rate=2000) as stop, \
+            serve(node, rules_file="", node_info_url="", candle_intervals=stored_intervals) as server:
+
+        def published_in_current_candle() -> bool:
+            # trades of the current 3m candle stored and published (a trade waits at most 0.5 s
+            # for its maker) well before the subscription: only the seed can bring them
+            now = time.time() * 1000
+            times = trades_of(server, "BTC")["time"].dt.epoch("ms")
+            return int(((times >= now // (3 * MINUTE) * 3 * MINUTE) & (times < now - 1500)).sum()) >= 10
+
+        wait_for(published_in_current_candle, what="10 BTC trades of the current candle")
+        info = Info(base_url=server.url, skip_ws=False)
+        pushed: dict[str, list[Any]] = {"3m": [], "1d": []}
+        try:
+            for interval, into in pushed.items():
+                info.subscribe({"type": "candle", "coin": "BTC", "interval": interval}, into.append)
+            wait_for(lambda: min(len(m) for m in pushed.values()) >= 10, what="10 candle messages of each")
+            stop()  # the node goes quiet: every candle pushed has its last state pushed too
+            wait_idle(server, node)
+            trades = trades_of(server, "BTC")
+
+            def last_pushed(interval: str) -> bool:
+                candle = pushed[interval][-1]["data"]
+                return int(candle["n"]) == trades.filter(pl.col("time").dt.epoch("ms") >= candle["t"]).height
+
+            wait_for(lambda: all(last_pushed(i) for i in pushed), timeout=10, what="the last trade's candles")
+            now = int(time.time() * 1000)
+            snapshots = {i: info.candles_snapshot("BTC", i, now - 2 * 86_400_000, now) for i in pushed}
+        finally:
+            info.disconnect_websocket()
+    for interval, messages in pushed.items():
+        assert {m["channel"] for m in messages} == {"candle"}
+        assert list(messages[0]["data"]) == CANDLE_KEYS
+        last = {m["data"]["t"]: m["data"] for m in messages}  # the latest state of each candle pushed
+        expected = {c["t"]: c for c in candle_wire(candles(trades, interval)).to_dicts()}
+        assert last == {t: expected[t] for t in last}, interval
+        assert max(last) == max(expected)  # the current candle is among them
+        assert [c for c in snapshots[interval] if c["t"] in last] == list(last.values())
+    assert server.state.hub.candles._feeds == {}  # the feeds went with their subscriber
 
 
 # ------------------------------------------------------------------ the official SDK

@@ -4,7 +4,6 @@ checked against the node's source lines and the server's DuckDB database."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -340,13 +339,21 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
                     "nodetap_lines_per_second", "nodetap_batch_duration_seconds", "nodetap_pipeline_up",
                     "nodetap_rules_rows_seen", "nodetap_rules_rows_kept"}
         assert expected <= set(families)
-        hub_stats = getattr(srv.state.hub, "stats", None)
-        if callable(hub_stats):  # WebSocket clients, messages sent and dropped, ...
-            for key, number in hub_stats().items():
-                family = families[f"nodetap_ws_{key}".removesuffix("_total")]
-                assert family.samples[0].value == number
-            if "messages_sent" in hub_stats():
-                assert families["nodetap_ws_messages_sent"].type == "counter"
+        # the live hub's numbers, each as its own family with its own help text
+        hub_stats = srv.state.hub.stats()
+        hub_counters = {"messages_sent", "messages_dropped", "lagged_disconnects", "aborted_disconnects",
+                        "subscriptions_refused", "batches_published", "feed_errors"}
+        hub_gauges = {"clients_connected", "subscriptions", "unsent_bytes"}
+        assert {key.removesuffix("_total") for key in hub_stats} == hub_counters | hub_gauges
+        for key, number in hub_stats.items():
+            family = families[f"nodetap_ws_{key}".removesuffix("_total")]
+            assert family.samples[0].value == number, key
+            assert family.type == ("counter" if family.name.removeprefix("nodetap_ws_") in hub_counters
+                                   else "gauge"), key
+            assert family.documentation and not family.documentation.startswith("WebSocket hub: "), key
+        assert families["nodetap_ws_feed_errors"].documentation == (
+            "Live messages not built because building them failed (a subscription's filter or "
+            "format); each kind of failure is logged once, and the batch's other messages still go out.")
 
         def value(family: str, sample: str, stream: str) -> float:
             return next(s.value for s in families[family].samples
@@ -365,7 +372,8 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
         line = order_line("2026-01-05T11:00:00", 42)
         with open(orders_file, "ab") as f:
             f.write(line[:50])
-        time.sleep(0.6)
+        # ready until the half line has waited longer than ready_max_lag_s
+        wait_for(lambda: client.get("/readyz").status_code == 503)
         r = client.get("/readyz")
         assert r.status_code == 503
         (reason,) = r.json()["reasons"]

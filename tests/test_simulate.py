@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +54,7 @@ def test_live_partial_writes_and_bursts_are_ingested_exactly(tmp_path: Path) -> 
                 if p.is_file() and p.stat().st_size and not p.read_bytes().endswith(b"\n"):
                     seen_partial.append(p)
                     return
-            time.sleep(0.01)
+            stop.wait(0.01)  # look again until the writer is done
 
     watcher = threading.Thread(target=watch_for_partial_lines)
     watcher.start()

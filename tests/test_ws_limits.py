@@ -1,6 +1,7 @@
 """The live hub under hostile clients, on a real server: raw sockets that never read are cut
 by nodetap itself (their untaken bytes count as lag, kernel send queue included), readers keep
-up meanwhile, subscriptions per connection are capped, and an ordinary disconnect is no error."""
+up meanwhile, subscriptions per connection are capped, an ordinary disconnect is no error, and
+a subscription whose messages fail to build costs no one else a message."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import orjson
+import polars as pl
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.hub import CLOSE_TIMEOUT_S
 from api.wire import TradesSub
+from etl.parse import ORDERS_SCHEMA
+from etl.pipeline import Processed
 from tests.conftest import ServerThread
 from tests.test_live import (
     HEAVY,
@@ -160,3 +167,35 @@ def test_which_writer_errors_are_an_ordinary_disconnect(message: str, closed: bo
     from api.hub import _closed_error
 
     assert _closed_error(RuntimeError(message)) is closed
+
+
+def test_a_subscription_that_fails_to_build_is_counted_in_metrics_and_logged_once(
+        serve: Serve, make_node_dir: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    node = make_node_dir(lines=500)
+    ts = datetime(2026, 1, 5, 10)
+    row = {**{k: None for k in ORDERS_SCHEMA}, "time": ts, "order_time": ts, "coin": "BTC", "status": "open",
+           "oid": 1, "user": "0xabc", "side": "B", "limit_px": 100.0, "orig_sz": 1.0, "sz": 1.0}
+    # prices as text: `minNotional` cannot multiply them, so that subscription's filter fails;
+    # the unfiltered one still formats them
+    broken = pl.DataFrame([row], schema=ORDERS_SCHEMA).with_columns(pl.col("limit_px").cast(pl.String))
+    processed = Processed(stream=None, frames={"orders": broken}, candles=None,  # type: ignore[arg-type]
+                          result=None, seconds=0.0)
+    size = sum(p.stat().st_size for p in node.rglob("*") if p.is_file())
+    with serve(node, node_info_url="") as server, client(server) as ws, \
+            caplog.at_level(logging.ERROR, logger="nodetap.wire"):
+        wait_for(lambda: sum(int(r["bytes"]) for r in server.state.store.status()) == size,  # type: ignore[call-overload]
+                 what="the pipeline to catch up")
+        subscribe(ws, {"type": "orders", "coin": "*", "minNotional": 5})
+        subscribe(ws, {"type": "orders", "coin": "*"})
+        hub = server.state.hub
+        for _ in range(2):
+            hub.publish(processed)  # as the pipeline thread does after a commit
+        got = collect(ws, lambda ms: len(of(ms, "orders")) >= 2)
+        metrics = httpx.get(server.url + "/metrics").text
+    assert [m["data"][0]["order"]["limitPx"] for m in of(got, "orders")] == ["100.0", "100.0"]
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    errors = families["nodetap_ws_feed_errors"]
+    assert errors.type == "counter" and [s.value for s in errors.samples] == [2.0]
+    assert errors.documentation.startswith("Live messages not built because building them failed")
+    logged = [r.getMessage() for r in caplog.records if "event=feed_build_error" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("event=feed_build_error channel=orders error=")

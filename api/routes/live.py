@@ -2,7 +2,8 @@
 
 Requests: `{"method":"subscribe"|"unsubscribe","subscription":{...}}`, `{"method":"ping"}`
 and `{"method":"post","id":N,"request":{"type":"info","payload":{...}}}` (any info request
-`POST /info` answers). Channels: `trades`, `candle`, `allMids` (last trade prices),
+`POST /info` answers). Channels: `trades`, `candle` (every interval: those not stored are
+derived live, api.livecandles), `allMids` (last trade prices),
 `userFills` (opening with an `isSnapshot` message), `orderUpdates`, `userEvents` (channel
 `user`), and nodetap's own `orders` {coin or "*", minNotional?, statuses?, users?}, which
 narrows the global orders rules. Error texts are the real server's (api.protocol).
@@ -80,14 +81,14 @@ async def _snapshot(state: AppState, sub: Sub) -> str | None:
     return None
 
 
+async def _seed(state: AppState, sub: CandleSub) -> None:
+    await read(state, lambda con: state.hub.candles.seed(con, sub))
+
+
 async def _check(state: AppState, sub: Sub) -> None:
     coin = coin_of(sub)
     if coin is not None and not await known_coin(state, coin):
         raise Unservable(f"unknown coin {coin!r}: no trade, candle or order status of it was seen")
-    if isinstance(sub, CandleSub) and sub.interval not in state.settings.candle_intervals:
-        stored = " ".join(state.settings.candle_intervals)
-        raise Unservable(f"live candles are pushed for the stored intervals only (setting candle_intervals: "
-                         f"{stored}); candleSnapshot serves every interval")
 
 
 async def handle(state: AppState, client: Client, text: str) -> None:
@@ -133,13 +134,23 @@ async def handle(state: AppState, client: Client, text: str) -> None:
         hub.subscribe(client, sub)  # refused again there, and counted
         await hub.reply(client, _error(refused))
         return
-    # the opening message is read before subscribing, and replies go out before data: the
-    # client gets the ack, then the snapshot, then live messages
-    first = await _snapshot(state, sub)
-    await hub.reply(client, ack)
-    if first is not None:
-        await hub.reply(client, first)
-    hub.subscribe(client, sub)
+    # a candle interval that is not stored: its feed is held (it takes every batch from now)
+    # and seeded from the store before the subscription pushes (api.livecandles)
+    feed = sub if isinstance(sub, CandleSub) and hub.candles.hold(sub) else None
+    subscribed = False
+    try:
+        if feed is not None:
+            await _seed(state, feed)
+        # the opening message is read before subscribing, and replies go out before data: the
+        # client gets the ack, then the snapshot, then live messages
+        first = await _snapshot(state, sub)
+        await hub.reply(client, ack)
+        if first is not None:
+            await hub.reply(client, first)
+        subscribed = hub.subscribe(client, sub)
+    finally:
+        if feed is not None and not subscribed:
+            hub.candles.release(feed)
 
 
 @router.websocket("/ws")

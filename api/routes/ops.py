@@ -22,8 +22,6 @@ from api.state import AppState
 from etl.pipeline import Processed
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# hub.stats() keys that are running totals (counters); other numbers are gauges
-_HUB_COUNTERS = ("sent", "dropped", "disconnect", "lagged", "published", "connections", "total")
 
 
 class Metrics:
@@ -102,20 +100,33 @@ def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+# the live hub's numbers (`Hub.stats()`): help text, and whether each is a running total
+_HUB_METRICS: dict[str, tuple[str, bool]] = {
+    "clients_connected": ("WebSocket clients connected.", False),
+    "subscriptions": ("Live subscriptions held by connected clients.", False),
+    "messages_sent": ("Live messages written to clients.", True),
+    "messages_dropped": ("Live messages dropped for clients that lag (each is told in a `lagged` "
+                         "notice).", True),
+    "lagged_disconnects": ("Clients disconnected for lagging longer than ws_max_lag_s.", True),
+    "aborted_disconnects": ("Connections cut because a lagging client did not take its close frame.",
+                            True),
+    "subscriptions_refused": ("Subscriptions refused at the per-connection cap (ws_max_subscriptions).",
+                              True),
+    "unsent_bytes": ("Bytes written or queued for clients and not yet taken by them.", False),
+    "batches_published": ("Committed batches that yielded live messages.", True),
+    "feed_errors": ("Live messages not built because building them failed (a subscription's filter or "
+                    "format); each kind of failure is logged once, and the batch's other messages "
+                    "still go out.", True),
+}
+
+
 def _hub_metrics(state: AppState) -> Iterator[Metric]:
-    """The live hub's numbers (`hub.stats()`): WebSocket clients, messages sent and dropped."""
-    stats_fn = getattr(state.hub, "stats", None)
-    if not callable(stats_fn):
-        return
-    for key, value in sorted(stats_fn().items()):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        name = "nodetap_ws_" + "".join(ch if ch.isalnum() else "_" for ch in str(key)).lower()
-        doc = f"WebSocket hub: {key}."
-        if any(word in str(key) for word in _HUB_COUNTERS):
-            yield CounterMetricFamily(name.removesuffix("_total"), doc, value=float(value))
-        else:
-            yield GaugeMetricFamily(name, doc, value=float(value))
+    """The live hub's numbers: WebSocket clients, messages sent and dropped, feed failures."""
+    for key, value in sorted(state.hub.stats().items()):
+        name = key.removesuffix("_total")
+        doc, total = _HUB_METRICS.get(name, (f"WebSocket hub: {name}.", key.endswith("_total")))
+        family = CounterMetricFamily if total else GaugeMetricFamily
+        yield family("nodetap_ws_" + name, doc, value=float(value))
 
 
 @asynccontextmanager

@@ -208,10 +208,8 @@ def _status(state: AppState) -> dict[str, Any]:
         "streams": streams,
         "rules": {"file": str(state.rules.path) if state.rules.path else None,
                   "stats": state.rules.stats()},
+        "hub": state.hub.stats(),
     }
-    stats = getattr(state.hub, "stats", None)
-    if callable(stats):
-        out["hub"] = stats()
     return out
 
 

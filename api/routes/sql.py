@@ -3,8 +3,10 @@
 1. read-only: the query runs in a read-only transaction on a DuckDB instance without external
    access or configuration changes (`api.readonly`), after `api.sqlguard` has accepted it as
    one SELECT / WITH / EXPLAIN statement that touches no file, URL, extension or setting;
-2. bounded memory: DuckDB's `memory_limit` (`db_memory_limit`), literal-bounded amplifying
-   functions (`api.sqllimits`) and a result size cap (`sql_max_result_bytes`) -> 400;
+2. bounded memory: DuckDB's `memory_limit` (`db_memory_limit`) for what it accounts for; a
+   query that grows the server's resident memory by more than 1.5 x `db_memory_limit` anyway
+   is interrupted (`api.sqllimits.MemoryWatch`); amplifying functions take literal sizes
+   (`api.sqllimits`), and the result has a size cap (`sql_max_result_bytes`) -> 400;
 3. a time limit (`sql_timeout_s`) -> 408: DuckDB is interrupted at the limit, and the answer
    goes out within a second of it even while DuckDB finishes the call it is in;
 4. a row cap (`sql_max_rows`): one extra row is fetched to report `truncated`.
@@ -33,6 +35,7 @@ from api.deps import State
 from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
 from api.readonly import sql_cursor
 from api.routes.exports import MEDIA_TYPES, encode, json_bytes
+from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
 
 router = APIRouter()
@@ -150,12 +153,19 @@ def execute(state: AppState, sql: str) -> Result:
                 fired = True
                 con.interrupt()
 
+    def interrupt_memory() -> None:
+        with lock:
+            if not finished:
+                con.interrupt()
+
     timer = threading.Timer(s.sql_timeout_s, interrupt)
     timer.daemon = True
+    watch = MemoryWatch(interrupt_memory, query_memory_budget(s.db_memory_limit))
     t0 = time.perf_counter()
     try:
         sqlguard.check(con, sql)
         timer.start()
+        watch.begin()
         rel = con.sql(sql)
         if rel is None:  # the guard only lets queries through; this is a belt to its braces
             raise SqlError("the statement returned no result")
@@ -175,17 +185,27 @@ def execute(state: AppState, sql: str) -> Result:
                 break
         reader.close()
     except (duckdb.Error, pa.ArrowException, MemoryError) as err:
+        if watch.tripped:
+            raise _memory_error(watch.budget, s.db_memory_limit) from None
         raise _error(err, fired, s.sql_timeout_s, s.db_memory_limit) from None
     finally:
         with lock:
             finished = True
         timer.cancel()
+        watch.end()
         con.close()
+    if watch.tripped:  # over the budget in its last step, and done before the interrupt landed
+        raise _memory_error(watch.budget, s.db_memory_limit)
     truncated = rows > cap
     if truncated:
         batches = _head(batches, cap)
         rows = cap
     return Result(schema, types, batches, rows, truncated, round((time.perf_counter() - t0) * 1000, 1))
+
+
+def _memory_error(budget: int, memory: str) -> SqlTooLarge:
+    return SqlTooLarge(f"the query was stopped: it grew the server's memory by more than {budget >> 20} MiB "
+                       f"(1.5 x db_memory_limit = {memory}); ask for less (setting db_memory_limit)")
 
 
 def _error(err: Exception, fired: bool, timeout_s: float, memory: str) -> Exception:
