@@ -272,11 +272,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+    from etl.store import stream_rows
     from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
 
-    cur = con.execute("SELECT * FROM cursors ORDER BY stream")
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    rows: list[dict[str, Any]] = stream_rows(con)
     streams = {
         name: Stream(name, kind, variant, s.node_dir / name / "hourly")
         for name, (kind, variant) in STREAM_DIRS.items()
@@ -552,8 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=cmd_sql)
 
+    from etl.schema import TABLES
+
     p = sub.add_parser("export", help="write rows of a table (DuckDB + lake) to a Parquet file")
-    p.add_argument("table", choices=["orders", "fills", "trades", "candles"])
+    p.add_argument("table", choices=TABLES)
     _common(p, node=False)
     p.add_argument("--coin")
     p.add_argument("--interval", help="candles only")
