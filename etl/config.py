@@ -79,7 +79,7 @@ class Settings:
     port: int = _s(8000, "`serve`: HTTP and WebSocket port.")
     ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.")
     ws_max_lag_s: float = _s(10.0, "A client whose queue stays full (or whose untaken bytes stay over `ws_max_lag_bytes`) this long is disconnected.")
-    sql_timeout_s: float = _s(5.0, "`POST /v1/sql`: a query running longer is interrupted.")
+    sql_timeout_s: float = _s(5.0, "`POST /v1/sql`, and every other read of DuckDB by the API (REST, `/info`, WebSocket snapshots, each batch of an export): a query running longer is interrupted.")
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
     sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.")
     sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.")

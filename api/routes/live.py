@@ -20,7 +20,7 @@ from api import infodata
 from api.deps import WsState
 from api.errors import ApiError
 from api.hub import Client, Hub
-from api.infoapi import answer, known_coin, read
+from api.infoapi import answer, known_coin
 from api.protocol import (
     Malformed,
     Request,
@@ -31,6 +31,7 @@ from api.protocol import (
     parse_request,
     parse_subscription,
 )
+from api.reader import read
 from api.state import AppState
 from api.userwire import all_mids_message
 from api.wire import AllMidsSub, CandleSub, Sub, UserFillsSub
