@@ -17,10 +17,10 @@ from etl.candles import (
     fixed_width_ms,
     open_time_ms,
 )
-from etl.schema import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, TABLES
+from etl.schema import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, SOURCES, TABLES
 from etl.store import fetch_pl, gap_times, watermark
 
-TRADE_SOURCES = ("fills", "trades")  # stream kinds whose watermark and gaps bound candles
+TRADE_SOURCES = SOURCES["candles"]  # stream kinds whose watermark and gaps bound candles
 
 
 class HistoryError(ValueError):

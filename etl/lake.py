@@ -26,14 +26,10 @@ from pathlib import Path
 import duckdb
 
 from etl.faults import fault_point
-from etl.schema import TABLES, hour_sql
+from etl.schema import SOURCES, TABLES, hour_sql
 from etl.store import rollback, watermark
 
 log = logging.getLogger("nodetap.lake")
-
-# table -> stream kinds whose watermark decides when its hours are complete
-SOURCES = {"orders": ("orders",), "fills": ("fills",), "trades": ("fills", "trades"),
-           "candles": ("fills", "trades")}
 
 
 def partition_dir(root: Path, table: str, hour: datetime) -> Path:

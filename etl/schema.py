@@ -2,12 +2,13 @@
 
 - `TABLES`: the data tables, each with a `history.<table>` view and lake partitions
   (`orders`, `fills`, `trades` hold rows, `candles` the candles).
-- `ROW_TABLES` and `CANDLE_DB_SCHEMA`: their columns; `META_DDL`: the bookkeeping tables
-  (`cursors`, `gaps`, `rejects`, `file_cursors`, `meta`, `lake_hours`).
+- `ROW_TABLES` and `CANDLE_DB_SCHEMA`: their columns; `SOURCES`: the stream kinds feeding each;
+  `META_DDL`: the bookkeeping tables (`cursors`, `gaps`, `rejects`, `file_cursors`, `meta`,
+  `lake_hours`).
 - The hour rule (`HOUR_COLUMN`): a row belongs to the UTC hour of its event `time`; a candle
   to the hour of its close time `t_close` (so an hour's candles are final when the hour is).
   `hour_sql` (the lake's sealing and views) and `hour_expr` (the store marking sealed hours
-  dirty) are both read off `HOUR_COLUMN`; tests/test_lake.py checks that they agree.
+  dirty) are both read off `HOUR_COLUMN`; tests/test_schema.py checks that they agree.
 
 Interval widths and alignment live with the candles (etl/candles.py: `INTERVALS`,
 `fixed_width_ms`, `open_time_ms`, `close_time_ms`, `shift_open_ms`).
@@ -36,6 +37,11 @@ CANDLE_DB_NAMES = {"T": "t_close"}
 CANDLE_DB_NAMES_BACK = {v: k for k, v in CANDLE_DB_NAMES.items()}
 CANDLE_DB_SCHEMA: dict[str, pl.DataType] = {
     CANDLE_DB_NAMES.get(k, k): v for k, v in CANDLE_SCHEMA.items()}
+
+# table -> the stream kinds that feed it: their watermark says when its hours are complete
+# (the lake), and bounds the candles' forward fill with their gaps (etl/history.py)
+SOURCES: dict[str, tuple[str, ...]] = {
+    "orders": ("orders",), "fills": ("fills",), "trades": ("fills", "trades"), "candles": ("fills", "trades")}
 
 # the column each table's rows are placed in an hour by, and its type: a timestamp, or epoch ms
 HOUR_COLUMN: dict[str, tuple[str, Literal["timestamp", "ms"]]] = {

@@ -119,6 +119,9 @@ async def handle(state: AppState, client: Client, text: str) -> None:
         log.debug("event=ws_refused reason=%s", err)
         await hub.reply(client, _error(f"Invalid subscription {dumps(raw)}"))
         return
+    except ApiError as err:  # the store could not be read (e.g. past sql_timeout_s)
+        await hub.reply(client, _error(err.message))
+        return
     ack = {"channel": "subscriptionResponse", "data": {"method": request.method, "subscription": raw}}
     if request.method == "unsubscribe":
         if not hub.unsubscribe(client, sub):
@@ -136,7 +139,11 @@ async def handle(state: AppState, client: Client, text: str) -> None:
         return
     # the opening message is read before subscribing, and replies go out before data: the
     # client gets the ack, then the snapshot, then live messages
-    first = await _snapshot(state, sub)
+    try:
+        first = await _snapshot(state, sub)
+    except ApiError as err:
+        await hub.reply(client, _error(err.message))
+        return
     await hub.reply(client, ack)
     if first is not None:
         await hub.reply(client, first)
