@@ -1,4 +1,4 @@
-"""Typed dependencies: routes get the app's state, never globals."""
+"""Typed dependencies: routes get the app's state and its database reader, never globals."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 
+from api.reader import Reader
 from api.state import AppState
 
 
@@ -17,5 +18,11 @@ def _ws_state(websocket: WebSocket) -> AppState:
     return websocket.app.state.nodetap
 
 
+def _reader(request: Request) -> Reader:
+    return Reader(request.app.state.nodetap)
+
+
 State = Annotated[AppState, Depends(_state)]
 WsState = Annotated[AppState, Depends(_ws_state)]
+# every route that reads DuckDB takes this: worker thread, read-only connection, time limit
+Read = Annotated[Reader, Depends(_reader)]

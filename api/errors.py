@@ -30,8 +30,14 @@ class SqlRefused(ApiError):
     status = 400
 
 
-class SqlTimeout(ApiError):
+class ReadTimeout(ApiError):
+    """A read of the database ran past its time limit (`sql_timeout_s`) and was interrupted."""
+
     status = 408
+
+
+class SqlTimeout(ReadTimeout):
+    """A `POST /v1/sql` query ran past `sql_timeout_s` and was interrupted."""
 
 
 class SqlTooLarge(ApiError):

@@ -8,11 +8,9 @@ no node info server to ask, is a 4xx that says why. See docs/api.md for every ty
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import duckdb
 import orjson
@@ -20,13 +18,13 @@ import orjson
 from api import infodata, infometa
 from api.errors import ApiError, BadRequest, NotFound
 from api.nodeinfo import NodeInfo, NodeInfoUnavailable
+from api.reader import read
 from api.state import AppState
 from api.userwire import in_dex, mids_json
 from api.wire import candle_wire
 from etl.candles import INTERVALS
 from etl.history import HistoryError, open_time_of, read_candles
 
-T = TypeVar("T")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _CLOID = re.compile(r"0x[0-9a-fA-F]{32}")
 MAX_MS = 2**53  # epoch milliseconds beyond this are not times
@@ -53,19 +51,6 @@ def node_info(state: AppState) -> NodeInfo:
     if state.node_info is None:
         state.node_info = NodeInfo(state.settings.node_info_url)
     return state.node_info
-
-
-async def read(state: AppState, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    """`query(con)` in a worker thread, on a connection of its own: never on the event loop."""
-
-    def run() -> T:
-        con = state.reader()
-        try:
-            return query(con)
-        finally:
-            con.close()
-
-    return await asyncio.to_thread(run)
 
 
 async def known_coin(state: AppState, coin: str) -> bool:

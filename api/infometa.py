@@ -18,13 +18,16 @@ ZERO_ADDRESS = "0x" + "0" * 40
 
 
 def _coins(con: duckdb.DuckDBPyConnection) -> list[str]:
-    rows = con.execute("SELECT DISTINCT coin FROM candles UNION SELECT DISTINCT coin FROM trades").fetchall()
+    """Every coin with a trade or a candle, in DuckDB or the lake (the union candleSnapshot reads):
+    a coin stays listed after retention removes its rows from DuckDB."""
+    rows = con.execute("SELECT DISTINCT coin FROM history.candles "
+                       "UNION SELECT DISTINCT coin FROM history.trades").fetchall()
     return sorted(r[0] for r in rows if r[0])
 
 
 def _sz_decimals(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Size decimals per coin, as seen in a sample of recent trades (the node files do not say)."""
-    rows = con.execute("SELECT coin, sz FROM trades USING SAMPLE 20000 ROWS").fetchall()
+    """Size decimals per coin, as seen in a sample of trades (the node files do not say)."""
+    rows = con.execute("SELECT coin, sz FROM history.trades USING SAMPLE 20000 ROWS").fetchall()
     out: dict[str, int] = {}
     for coin, sz in rows:
         if sz is None:

@@ -31,5 +31,6 @@ class AppState:
     coins_seen: set[str] = field(default_factory=set)  # coins known to exist (api.infoapi.known_coin)
 
     def reader(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection for one request (never the pipeline's writer)."""
+        """A DuckDB connection of its own (never the pipeline's writer), for tests and tools;
+        routes read through `api.reader` (read-only, time-limited, off the event loop)."""
         return self.store.reader()

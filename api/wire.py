@@ -19,6 +19,7 @@ from decimal import Decimal
 import orjson
 import polars as pl
 
+from api.encoding import round_volume
 from etl.pipeline import Processed
 
 log = logging.getLogger("nodetap.wire")
@@ -97,7 +98,8 @@ def _plain(x: float) -> str:
 
 def candle_wire(candles: pl.DataFrame) -> pl.DataFrame:
     """Candles (CANDLE_SCHEMA) as the API's candle objects: t, T, s, i, o, c, h, l, v, n,
-    prices and volume as strings. Volume is rounded to 8 decimals (float sums carry noise)."""
+    prices and volume as strings. Volume is rounded (`api.encoding.round_volume`: float sums
+    carry noise)."""
     return pl.DataFrame(
         {
             "t": candles["t"],
@@ -108,7 +110,7 @@ def candle_wire(candles: pl.DataFrame) -> pl.DataFrame:
             "c": decimal_str(candles["c"]),
             "h": decimal_str(candles["h"]),
             "l": decimal_str(candles["l"]),
-            "v": decimal_str(candles["v"].round(8)),
+            "v": decimal_str(round_volume(candles["v"])),
             "n": candles["n"],
         },
         schema={"t": pl.Int64, "T": pl.Int64, "s": pl.String, "i": pl.String, "o": pl.String,

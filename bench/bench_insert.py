@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from etl.parse import ORDERS_SCHEMA, parse
-from etl.store import _ddl
+from etl.schema import table_ddl
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     for rows in [70_000, 100_000, 122_880, 140_000, 200_000, 245_760]:
         args.db.unlink(missing_ok=True)
         con = duckdb.connect(str(args.db))
-        con.execute(_ddl("orders", ORDERS_SCHEMA))
+        con.execute(table_ddl("orders", ORDERS_SCHEMA))
         con.execute("SET threads = 1")
         con.execute("SET checkpoint_threshold = '128MB'")
         t = time.perf_counter()

@@ -181,7 +181,7 @@ def backfill(
                 if not compressed:
                     bar.update(len(data))
         if compressed:  # archives are complete: a rerun skips them without decompressing
-            store.files.mark_complete(store.con, source, rel)
+            store.mark_file_complete(source, rel)
             bar.update(f.stat().st_size)
         totals["files"] += 1
         log.info("event=backfill_file path=%s stream=%s file=%s", f, source, rel)

@@ -92,6 +92,23 @@ def close_time_ms(t_ms: pl.Expr, label: str) -> pl.Expr:
     return t_ms + (_FIXED_MS[label] - 1)
 
 
+def fixed_width_ms(label: str) -> int | None:
+    """The width of a `label` candle in ms; None for `1M` (months differ in length)."""
+    validate_intervals([label])
+    return _FIXED_MS.get(label)
+
+
+def shift_open_ms(t_ms: int, label: str, n: int) -> int:
+    """The open time of the candle `n` intervals after (`n` < 0: before) the `label` candle
+    opening at `t_ms` (an open time: months open on the 1st)."""
+    width = fixed_width_ms(label)
+    if width is not None:
+        return t_ms + n * width
+    at = datetime.fromtimestamp(t_ms / 1000, UTC)
+    year, month = divmod(at.year * 12 + at.month - 1 + n, 12)
+    return int(datetime(year, month + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
 def empty_candles() -> pl.DataFrame:
     """A frame with no rows and CANDLE_SCHEMA."""
     return pl.DataFrame(schema=CANDLE_SCHEMA)

@@ -7,11 +7,20 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from etl.candles import CANDLE_SCHEMA, INTERVALS, MONTH, candles, close_time_ms, fill_forward, open_time_ms
-from etl.store import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, fetch_pl
+from etl.candles import (
+    CANDLE_SCHEMA,
+    INTERVALS,
+    MONTH,
+    candles,
+    close_time_ms,
+    fill_forward,
+    fixed_width_ms,
+    open_time_ms,
+)
+from etl.schema import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, SOURCES, TABLES
+from etl.store import fetch_pl, gap_times, watermark
 
-TABLES = ("orders", "fills", "trades", "candles")
-TRADE_SOURCES = ("fills", "trades")  # stream kinds whose watermark and gaps bound candles
+TRADE_SOURCES = SOURCES["candles"]  # stream kinds whose watermark and gaps bound candles
 
 
 class HistoryError(ValueError):
@@ -38,15 +47,10 @@ def parse_time_ms(value: str | int | None, name: str) -> int | None:
 
 def watermark_and_holes(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple[int, int]]]:
     """The trades sources' watermark (ms) and the time ranges they are missing (gaps, stalls)."""
-    kinds = list(TRADE_SOURCES)
-    row = con.execute("SELECT max(last_time) FROM cursors WHERE kind IN (?, ?)", kinds).fetchone()
-    wm = row[0] if row else None
+    wm = watermark(con, TRADE_SOURCES)
     wm_ms = int(wm.replace(tzinfo=UTC).timestamp() * 1000) if wm is not None else None
     holes = []
-    for t_from, t_to in con.execute(
-        "SELECT g.time_from, g.time_to FROM gaps g JOIN cursors c USING (stream) "
-        "WHERE c.kind IN (?, ?)", kinds
-    ).fetchall():
+    for t_from, t_to in gap_times(con, TRADE_SOURCES):
         lo = int(t_from.replace(tzinfo=UTC).timestamp() * 1000) if t_from else 0
         hi = int(t_to.replace(tzinfo=UTC).timestamp() * 1000) if t_to else (wm_ms or lo)
         holes.append((lo, hi))
@@ -67,14 +71,13 @@ def close_time_of(t_ms: int, interval: str) -> int:
 def source_interval(target: str, stored: tuple[str, ...]) -> str | None:
     """The coarsest stored interval whose candles tile `target`'s candles exactly (every
     interval is aligned to the epoch, months to the calendar), or None."""
-    def width(label: str) -> int:  # of a fixed interval: its first candle's close + 1
-        return close_time_of(0, label) + 1
+    def width(label: str) -> int:  # of a fixed interval; a month is whole days
+        return fixed_width_ms("1d" if label == MONTH else label) or 0
 
     def tiles(src: str) -> bool:
         if src == MONTH:
             return target == MONTH
-        # a month is whole days
-        return (width(target) if target != MONTH else width("1d")) % width(src) == 0
+        return width(target) % width(src) == 0
 
     fits = [s for s in stored if s != target and s in INTERVALS and tiles(s)]
     return max(fits, key=lambda s: width(s) if s != MONTH else 0, default=None)

@@ -2,7 +2,7 @@
 
 Layout: `<lake>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet` (zstd). Rows belong to
 the hour of their `time`; candles to the hour of their close time (`t_close`, the
-protocol's `T`), so an hour's candles are final when the hour is. An hour is sealed
+protocol's `T`), so an hour's candles are final when the hour is (etl/schema.py). An hour is sealed
 once every stream feeding the table has passed its end by `seal_grace_s`. The
 `lake_hours` table records, per table and hour, whether it is sealed, whether rows
 arrived for it after sealing (`dirty`: it is sealed again) and whether its rows were
@@ -26,24 +26,10 @@ from pathlib import Path
 import duckdb
 
 from etl.faults import fault_point
-from etl.store import rollback
+from etl.schema import SOURCES, TABLES, hour_sql
+from etl.store import rollback, watermark
 
 log = logging.getLogger("nodetap.lake")
-
-TABLES = ("orders", "fills", "trades", "candles")
-
-
-def hour_of(table: str, alias: str = "") -> str:
-    """SQL for the hour a row of `table` belongs to (candles: the hour of their close)."""
-    p = f"{alias}." if alias else ""
-    if table == "candles":
-        return f"date_trunc('hour', make_timestamp({p}t_close * 1000))"
-    return f"date_trunc('hour', {p}time)"
-
-
-# table -> stream kinds whose watermark decides when its hours are complete
-SOURCES = {"orders": ("orders",), "fills": ("fills",), "trades": ("fills", "trades"),
-           "candles": ("fills", "trades")}
 
 
 def partition_dir(root: Path, table: str, hour: datetime) -> Path:
@@ -83,7 +69,7 @@ class Lake:
     def _create_view(self, table: str, with_lake: bool) -> None:
         duck = (
             f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
-            f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'd')} AND NOT h.dirty)"
+            f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'd')} AND NOT h.dirty)"
         )
         sql = duck
         if with_lake:
@@ -92,7 +78,7 @@ class Lake:
             lake = (
                 f"SELECT * EXCLUDE (filename) FROM read_parquet('{glob}', hive_partitioning = false, "
                 f"filename = true) l WHERE EXISTS (SELECT 1 FROM main.lake_hours h "
-                f"WHERE h.tbl = '{table}' AND h.hour = {hour_of(table, 'l')} "
+                f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
                 f"AND (NOT h.dirty OR h.pruned) AND h.parts > "
                 f"CAST(regexp_extract(l.filename, 'part-([0-9]+)[.]parquet$', 1) AS INTEGER))"
             )
@@ -103,12 +89,7 @@ class Lake:
     # -------------------------------------------------------------- sealing
     def watermark(self, table: str) -> datetime | None:
         """The last event time of the streams feeding `table` (None: no data yet)."""
-        kinds = SOURCES[table]
-        row = self.con.execute(
-            f"SELECT max(last_time) FROM cursors WHERE kind IN ({', '.join('?' for _ in kinds)})",
-            list(kinds),
-        ).fetchone()
-        return row[0] if row else None
+        return watermark(self.con, SOURCES[table])
 
     def seal(self, now_watermark: dict[str, datetime | None] | None = None) -> SealReport:
         """Seal every complete hour not sealed yet, re-seal dirty ones, prune past retention."""
@@ -120,7 +101,7 @@ class Lake:
             complete_before = wm - self.grace
             todo = self.con.execute(
                 f"""SELECT h, coalesce(l.pruned, false), coalesce(l.parts, 0), l.hour IS NOT NULL
-                FROM (SELECT DISTINCT {hour_of(table)} AS h FROM main.{table}) d
+                FROM (SELECT DISTINCT {hour_sql(table)} AS h FROM main.{table}) d
                 LEFT JOIN lake_hours l ON l.tbl = ? AND l.hour = d.h
                 WHERE d.h + INTERVAL 1 HOUR <= ? AND (l.hour IS NULL OR l.dirty)
                 ORDER BY h""",
@@ -140,7 +121,7 @@ class Lake:
         return report
 
     def _seal_hour(self, table: str, hour: datetime, pruned: bool, parts: int) -> int:
-        in_hour = f"{hour_of(table)} = $1"
+        in_hour = f"{hour_sql(table)} = $1"
         out = partition_dir(self.root, table, hour)
         out.mkdir(parents=True, exist_ok=True)
         # unpruned: DuckDB holds every row of the hour, so part-0 is rewritten whole
@@ -199,7 +180,7 @@ class Lake:
         self.con.execute("BEGIN TRANSACTION")
         try:
             for h in hours:
-                self.con.execute(f"DELETE FROM main.{table} WHERE {hour_of(table)} = $1", [h])
+                self.con.execute(f"DELETE FROM main.{table} WHERE {hour_sql(table)} = $1", [h])
                 self.con.execute(
                     "UPDATE lake_hours SET pruned = true WHERE tbl = ? AND hour = ?", [table, h])
             fault_point("prune_before_commit")

@@ -7,7 +7,7 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,64 +15,21 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from etl.candles import CANDLE_SCHEMA
-from etl.columns import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
 from etl.config import Settings
 from etl.filecursors import FileCursors, migrate
 from etl.nodefiles import FileIndex
+from etl.schema import (
+    CANDLE_DB_NAMES,
+    CANDLE_DB_NAMES_BACK,
+    CANDLE_DB_SCHEMA,
+    DATA_DDL,
+    META_DDL,
+    ROW_TABLES,
+    hour_expr,
+)
 from etl.tail import Cursor, Gap
 
 log = logging.getLogger("nodetap.store")
-
-ROW_TABLES: dict[str, dict[str, pl.DataType]] = {
-    "orders": ORDERS_SCHEMA,
-    "fills": FILLS_SCHEMA,
-    "trades": TRADES_SCHEMA,
-}
-_DUCK = {
-    pl.Datetime: "TIMESTAMP",
-    pl.Int64: "BIGINT",
-    pl.Float64: "DOUBLE",
-    pl.String: "VARCHAR",
-    pl.Boolean: "BOOLEAN",
-}
-META_DDL = [
-    """CREATE TABLE IF NOT EXISTS cursors (
-        stream VARCHAR PRIMARY KEY, kind VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT,
-        lines BIGINT, bytes BIGINT, rows BIGINT, rejects BIGINT, gaps BIGINT,
-        skipped_bytes BIGINT, last_time TIMESTAMP, updated_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS gaps (
-        stream VARCHAR, file VARCHAR, from_offset BIGINT, to_offset BIGINT, bytes BIGINT,
-        est_lines BIGINT, reason VARCHAR, time_from TIMESTAMP, time_to TIMESTAMP,
-        detected_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS rejects (
-        stream VARCHAR, file VARCHAR, "offset" BIGINT, reason VARCHAR, line VARCHAR,
-        detected_at TIMESTAMP)""",
-    # one cursor per hour file, whichever mode read it (see etl/nodefiles.py); `recheck`:
-    # the file is being read again, its rows are checked against the stored ones
-    """CREATE TABLE IF NOT EXISTS file_cursors (
-        stream VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT, fp BIGINT,
-        recheck BOOLEAN, complete BOOLEAN, updated_at TIMESTAMP, PRIMARY KEY (stream, file))""",
-    # what this database is: its node dir, its id, per-stream floors (etl/identity.py)
-    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
-    # the Parquet lake's sealed hours (see etl/lake.py)
-    """CREATE TABLE IF NOT EXISTS lake_hours (
-        tbl VARCHAR, hour TIMESTAMP, rows BIGINT, parts INTEGER, dirty BOOLEAN, pruned BOOLEAN,
-        sealed_at TIMESTAMP, PRIMARY KEY (tbl, hour))""",
-]
-
-
-def _ddl(table: str, schema: dict[str, pl.DataType], extra: str = "") -> str:
-    cols = ", ".join(f'"{name}" {_DUCK[type(dt)]}' for name, dt in schema.items())
-    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}{', ' + extra if extra else ''})"
-
-
-# DuckDB names are case-insensitive: the protocol's close time `T` is `t_close` in SQL
-CANDLE_DB_NAMES = {"T": "t_close"}
-CANDLE_DB_NAMES_BACK = {v: k for k, v in CANDLE_DB_NAMES.items()}
-CANDLE_DB_SCHEMA: dict[str, pl.DataType] = {
-    CANDLE_DB_NAMES.get(k, k): v for k, v in CANDLE_SCHEMA.items()}
-
 
 @dataclass
 class BatchResult:
@@ -115,11 +72,8 @@ class Store:
         self.threads = threads
         self.checkpoint_threshold = checkpoint_threshold
         self.con = self._connect()
-        for table, schema in ROW_TABLES.items():
-            self.con.execute(_ddl(table, schema))
-        for ddl in META_DDL:
+        for ddl in (*DATA_DDL, *META_DDL):
             self.con.execute(ddl)
-        self.con.execute(_ddl("candles", CANDLE_DB_SCHEMA, "PRIMARY KEY (coin, interval, t)"))
         migrate(self.con)
         self.files = FileCursors(self.con)
         # thread views (`for_thread`) share the database: a reopen closes and replaces them all
@@ -223,7 +177,7 @@ class Store:
                     con.register("_batch", frame.select(list(ROW_TABLES[table])))
                     con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                     con.unregister("_batch")
-                    self._mark_late(table, frame["time"].dt.truncate("1h"))
+                    self._mark_late(table, frame)
             if trade_users is not None and trade_users.height:
                 self._complete_trades(trade_users)
             if candles is not None and candles.height:
@@ -303,10 +257,10 @@ class Store:
             raise
         self.files.remember(files)
 
-    def _mark_late(self, table: str, hours: pl.Series) -> None:
-        """Rows for an hour the lake has sealed already: have it sealed again."""
+    def _mark_late(self, table: str, rows: pl.DataFrame) -> None:
+        """Rows (in the store's names) for an hour the lake has sealed already: have it sealed again."""
         con = self.con
-        con.register("_hours", hours.unique().to_frame("hour"))
+        con.register("_hours", rows.select(hour_expr(table).unique()))
         con.execute("UPDATE lake_hours SET dirty = true FROM _hours WHERE tbl = ? "
                     "AND lake_hours.hour = _hours.hour AND NOT dirty", [table])
         con.unregister("_hours")
@@ -323,10 +277,11 @@ class Store:
 
     def _upsert_candles(self, merged: pl.DataFrame) -> None:
         con = self.con
-        con.register("_candles", merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA)))
+        stored = merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA))
+        con.register("_candles", stored)
         con.execute("INSERT OR REPLACE INTO candles SELECT * FROM _candles")
         con.unregister("_candles")
-        self._mark_late("candles", pl.from_epoch(merged["T"], time_unit="ms").dt.truncate("1h"))
+        self._mark_late("candles", stored)
 
     def last_time(self, stream: str) -> datetime | None:
         """The stream's watermark: its last event time committed."""
@@ -370,12 +325,16 @@ class Store:
         return con
 
     def status(self) -> list[dict[str, object]]:
+        """Every stream's `cursors` row, read on a connection of its own."""
         con = self.reader()
-        cur = con.execute("SELECT * FROM cursors ORDER BY stream")
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        con.close()
-        return rows
+        try:
+            return stream_rows(con)
+        finally:
+            con.close()
+
+    def mark_file_complete(self, stream: str, rel: str) -> None:
+        """An archive read to its end: a rerun skips it without decompressing it."""
+        self.files.mark_complete(self.con, stream, rel)
 
 
 class _StreamIndex:
@@ -390,6 +349,34 @@ class _StreamIndex:
 
     def other_variant_read(self, rel: str) -> bool:
         return self.files.other_variant_read(self.stream, rel)
+
+
+# ------------------------------------------------------------ cursors and gaps, read back
+# (the store's writer, the lake, history readers and `nodetap status` all read them here)
+def stream_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Every stream's `cursors` row (position and counters), by stream name."""
+    cur = con.execute("SELECT * FROM cursors ORDER BY stream")
+    names = [d[0] for d in cur.description or []]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def watermark(con: duckdb.DuckDBPyConnection, kinds: Iterable[str]) -> datetime | None:
+    """The last event time the streams of these kinds committed (None: nothing yet)."""
+    kinds = list(kinds)
+    row = con.execute(f"SELECT max(last_time) FROM cursors WHERE kind IN ({', '.join('?' for _ in kinds)})",
+                      kinds).fetchone()
+    return row[0] if row else None
+
+
+def gap_times(con: duckdb.DuckDBPyConnection, kinds: Iterable[str]
+              ) -> list[tuple[datetime | None, datetime | None]]:
+    """The event-time ranges the streams of these kinds are missing (skipped bytes, stalls);
+    None at an end the gap does not know (its start before any event, its end still open)."""
+    kinds = list(kinds)
+    rows = con.execute(
+        "SELECT g.time_from, g.time_to FROM gaps g JOIN cursors c USING (stream) "
+        f"WHERE c.kind IN ({', '.join('?' for _ in kinds)})", kinds).fetchall()
+    return [(t_from, t_to) for t_from, t_to in rows]
 
 
 def rollback(con: duckdb.DuckDBPyConnection) -> None:

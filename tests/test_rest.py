@@ -221,6 +221,34 @@ def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
             assert message in error(client.get("/v1/candles", params=query))
 
 
+def test_trades_newest_first_keep_same_millisecond_trades_in_reverse_file_order_and_volumes_are_rounded(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    node = Node(tmp_path / "node")
+    # file order 30, 10, 20 within one millisecond: tids say nothing about the order
+    for t, tid in [("10:00:00.250", 30), ("10:00:00.250", 10), ("10:00:00.250", 20),
+                   ("10:00:01.000", 5), ("10:00:00.100", 40)]:
+        node.add_trade(f"2026-01-05T{t}", tid)
+    node.add_trade("2026-01-05T10:00:10", 50, coin="ETH", px="100.0", sz="0.1")
+    node.add_trade("2026-01-05T10:00:20", 60, coin="ETH", px="100.0", sz="0.7")
+    with serve(node.root, keep_all=True, candle_intervals=("1m",)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+
+        def tids(**params: object) -> list[int]:
+            return [t["tid"] for t in client.get("/v1/trades", params=params).json()]
+
+        assert tids(coin="BTC") == [5, 20, 10, 30, 40]
+        assert tids(coin="BTC", limit=3) == [5, 20, 10]
+        assert tids(limit=6) == [60, 50, 5, 20, 10, 30]
+
+        # 0.1 + 0.7 is 0.7999999999999999 in floats: stored so, sent as the live feed sends it
+        stored = reader_frame(srv, "SELECT v FROM main.candles WHERE coin = 'ETH'")["v"].to_list()
+        assert stored == [0.1 + 0.7] != [0.8]
+        got = client.get("/v1/candles", params={"coin": "ETH", "interval": "1m", "start": T0,
+                                                "end": T0, "fill": "false"}).json()
+        assert [(c["v"], c["vq"], c["n"]) for c in got] == [(0.8, 80.0, 2)]
+
+
 # ------------------------------------------------------------------ rules
 def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
         tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
@@ -423,3 +451,39 @@ def test_candle_snapshot_equals_v1_candles_after_retention_prunes(
                      float(s["v"]), s["n"]) for s in snap] == [
                 (c["t"], c["T"], c["o"], c["h"], c["l"], c["c"], c["v"], c["n"]) for c in v1]
             assert snap[0]["t"] == T0 and float(snap[0]["o"]) == 100.0
+
+
+def test_coins_and_meta_keep_coins_whose_rows_retention_moved_to_the_lake(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0", sz="0.25")
+    node.add_trade("2026-01-05T10:01:30", 2, coin="OLD", px="6.0", sz="0.5")
+    node.add_order("2026-01-05T10:02:00", 7, coin="ORD")
+    node.add_trade("2026-01-05T12:30:00", 3, coin="BTC", px="101.0")
+    node.add_trade("2026-01-05T13:05:00", 4, coin="BTC", px="102.0")
+    node.add_order("2026-01-05T13:05:00", 8, coin="BTC")
+    with serve(node.root, keep_all=True, candle_intervals=("1m",), stall_after_s=36000.0,
+               retain_hours=1.0, seal_grace_s=60.0, node_info_url="") as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        srv.state.pipeline.lake().seal()
+        # hour 10 is sealed and pruned: its rows are in the lake only
+        assert reader_frame(srv, """SELECT (SELECT count(*) FROM main.trades WHERE coin = 'OLD') AS trades,
+                                           (SELECT count(*) FROM main.orders WHERE coin = 'ORD') AS orders,
+                                           (SELECT count(*) FROM main.candles WHERE coin = 'OLD') AS candles
+                                    """).row(0) == (0, 0, 0)
+        assert reader_frame(srv, "SELECT tbl FROM lake_hours WHERE pruned ORDER BY tbl")["tbl"].to_list() == [
+            "candles", "fills", "orders", "trades"]
+
+        assert client.get("/v1/coins").json() == [
+            {"coin": "BTC", "last_px": 102.0, "last_time": T0 + 185 * MIN, "trades": 2},
+            {"coin": "OLD", "last_px": 6.0, "last_time": T0 + MIN + 30_000, "trades": 2},
+            {"coin": "ORD", "last_px": None, "last_time": None, "trades": 0},
+        ]
+        assert client.post("/info", json={"type": "meta"}).json() == {"universe": [
+            {"name": "BTC", "szDecimals": 0, "maxLeverage": 1},
+            {"name": "OLD", "szDecimals": 2, "maxLeverage": 1},
+        ]}
+        snap = client.post("/info", json={"type": "candleSnapshot", "req": {
+            "coin": "OLD", "interval": "1m", "startTime": T0, "endTime": T0 + MIN}}).json()
+        assert [(c["t"], c["c"]) for c in snap] == [(T0, "5.0"), (T0 + MIN, "6.0")]

@@ -3,16 +3,20 @@ that interrupts, a row cap with `truncated`, and JSON / CSV / NDJSON / Parquet r
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import httpx
 import polars as pl
 import pytest
 
+from api.errors import ReadTimeout
+from api.reader import read
 from etl.simulate import generate
 from tests.conftest import ServerThread, free_port, wait_for
 
@@ -219,6 +223,13 @@ def test_bad_bodies_and_formats(client: httpx.Client) -> None:
     # plain text bodies are the query itself
     r = client.post("/v1/sql", content=b"SELECT 7 AS x", headers={"content-type": "text/plain"})
     assert r.status_code == 200 and r.json()["rows"] == [[7]]
+    # a JSON object is JSON whatever the header says (`curl -d` sends a form type): no SQL starts with {
+    form, text = {"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}
+    for headers in (form, text, {}):
+        r = client.post("/v1/sql", content=b' {"sql": "SELECT 8 AS x", "format": "csv"}', headers=headers)
+        assert (r.status_code, r.text) == (200, "\"x\"\n8\n"), headers
+    r = client.post("/v1/sql", content=b'{"sql": "SELECT 1", "limit": 5}', headers=text)
+    assert error_of(r) == "unknown body key(s) limit; valid keys: sql, format"
 
 
 # data-modifying CTEs parse as SELECT in DuckDB 2.0: each was once answered 200
@@ -358,3 +369,26 @@ def test_csv_ndjson_parquet_read_back_equal_the_json_rows(server: ServerThread, 
     # ?format= wins over the body's format
     r = client.post("/v1/sql?format=ndjson", json={"sql": "SELECT 1 AS a", "format": "csv"})
     assert r.text == '{"a":1}\n'
+
+
+def error_of(r: httpx.Response, status: int = 400) -> str:
+    assert r.status_code == status, r.text
+    return str(r.json()["error"])
+
+
+def test_every_route_reads_on_a_read_only_connection_within_the_time_limit(server: ServerThread) -> None:
+    """The reader the REST, info, WebSocket and export routes share (api/reader.py)."""
+    state = server.state
+    t0 = time.monotonic()
+    with pytest.raises(ReadTimeout) as caught:
+        asyncio.run(read(state, lambda con: con.execute(
+            "SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b").fetchall()))
+    elapsed = time.monotonic() - t0
+    assert caught.value.message == ("reading the database took over 1 s and was interrupted (setting "
+                                    "sql_timeout_s); ask for a shorter time range or fewer rows")
+    assert caught.value.status == 408
+    assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + 3
+    before = direct(server, "SELECT count(*) FROM cursors")
+    with pytest.raises(duckdb.Error, match="read-only"):
+        asyncio.run(read(state, lambda con: con.execute("DELETE FROM cursors")))
+    assert direct(server, "SELECT count(*) FROM cursors") == before != [(0,)]

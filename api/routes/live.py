@@ -21,7 +21,7 @@ from api import infodata
 from api.deps import WsState
 from api.errors import ApiError
 from api.hub import Client, Hub
-from api.infoapi import answer, known_coin, read
+from api.infoapi import answer, known_coin
 from api.protocol import (
     Malformed,
     Request,
@@ -32,6 +32,7 @@ from api.protocol import (
     parse_request,
     parse_subscription,
 )
+from api.reader import read
 from api.state import AppState
 from api.userwire import all_mids_message
 from api.wire import AllMidsSub, CandleSub, Sub, UserFillsSub
@@ -119,6 +120,9 @@ async def handle(state: AppState, client: Client, text: str) -> None:
         log.debug("event=ws_refused reason=%s", err)
         await hub.reply(client, _error(f"Invalid subscription {dumps(raw)}"))
         return
+    except ApiError as err:  # the store could not be read (e.g. past sql_timeout_s)
+        await hub.reply(client, _error(err.message))
+        return
     ack = {"channel": "subscriptionResponse", "data": {"method": request.method, "subscription": raw}}
     if request.method == "unsubscribe":
         if not hub.unsubscribe(client, sub):
@@ -139,11 +143,15 @@ async def handle(state: AppState, client: Client, text: str) -> None:
     feed = sub if isinstance(sub, CandleSub) and hub.candles.hold(sub) else None
     subscribed = False
     try:
-        if feed is not None:
-            await _seed(state, feed)
         # the opening message is read before subscribing, and replies go out before data: the
         # client gets the ack, then the snapshot, then live messages
-        first = await _snapshot(state, sub)
+        try:
+            if feed is not None:
+                await _seed(state, feed)
+            first = await _snapshot(state, sub)
+        except ApiError as err:  # a store read failed (e.g. timed out): the client is told
+            await hub.reply(client, _error(err.message))
+            return
         await hub.reply(client, ack)
         if first is not None:
             await hub.reply(client, first)

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from api.deps import State
-from api.routes.snapshots import json_response
+from api.encoding import json_response
 from api.state import AppState
 from etl.pipeline import Processed
 

@@ -13,138 +13,74 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from api.deps import State
+from api.deps import Read, State
+from api.encoding import json_response, round_volume
 from api.errors import BadRequest
+from api.params import check_interval, parse_bool, parse_limit, parse_range, require_coin
+from api.reader import Con
 from api.state import AppState
-from etl.candles import INTERVALS
+from etl.candles import shift_open_ms
 from etl.config import Settings
 from etl.filters import RulesError, rules_to_dict
-from etl.history import HistoryError, parse_time_ms, read_candles, watermark_and_holes
+from etl.history import HistoryError, open_time_of, read_candles, watermark_and_holes
 
 router = APIRouter()
 
-MAX_LIMIT = 5000
 CANDLE_FIELDS = ("t", "T", "o", "h", "l", "c", "v", "vq", "n", "vwap", "filled")
-DEFAULT_CANDLES = 500  # without `start`, this many intervals before `end`
-_WIDTH_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000,
-             "M": 31 * 86_400_000}
-
-
-def json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content, default=str), status_code=status_code,
-                    media_type="application/json")
-
-
-# ------------------------------------------------------------------ params
-# the times Python's datetime can hold (years 1 to 9999), in epoch ms: anything beyond is a typo
-MIN_TIME_MS = -62_135_596_800_000
-MAX_TIME_MS = 253_402_300_799_999
-
-
-def parse_time(raw: str | None, name: str) -> int | None:
-    """Epoch milliseconds from `raw` (epoch ms or ISO 8601, UTC without a zone); None if absent."""
-    example = f"e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z"
-    try:
-        value = parse_time_ms(raw, name)
-    except HistoryError as err:
-        raise BadRequest(f"{err} ({example})") from None
-    except (OverflowError, ValueError):
-        raise BadRequest(f"{name}: {raw!r} is not a time between the years 1 and 9999 ({example})") from None
-    if value is not None and not MIN_TIME_MS <= value <= MAX_TIME_MS:
-        raise BadRequest(f"{name}: {raw} is out of range: epoch milliseconds from {MIN_TIME_MS} to "
-                         f"{MAX_TIME_MS} (years 1 to 9999; {example})")
-    return value
-
-
-def parse_limit(raw: str | None, default: int = 100, most: int = MAX_LIMIT) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"limit must be an integer from 1 to {most}, not {raw!r}") from None
-    if not 1 <= value <= most:
-        raise BadRequest(f"limit must be from 1 to {most}, not {value}")
-    return value
-
-
-def parse_bool(raw: str | None, name: str, default: bool) -> bool:
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise BadRequest(f"{name} must be true or false, not {raw!r}")
-
-
-def check_interval(interval: str, settings: Settings, stored_only: bool = True) -> str:
-    """A valid interval; with `stored_only`, one the store computes (exports of the table)."""
-    if interval not in INTERVALS:
-        raise BadRequest(f"unknown interval {interval!r}; valid intervals: {' '.join(INTERVALS)}")
-    if stored_only and interval not in settings.candle_intervals:
-        raise BadRequest(f"interval {interval!r} is not computed here (setting candle_intervals: "
-                         f"{' '.join(settings.candle_intervals)})")
-    return interval
-
-
-def require_coin(coin: str | None) -> str:
-    if not coin:
-        raise BadRequest("coin is required, as a query parameter (e.g. ?coin=BTC, ?coin=PURR%2FUSDC)")
-    return coin
+DEFAULT_CANDLES = 500  # without `start`, the candle holding `end` and the 499 before it
 
 
 # ------------------------------------------------------------------ candles
 @router.get("/v1/candles")
-async def candles(state: State, coin: str | None = None, interval: str | None = None,
+async def candles(state: State, read: Read, coin: str | None = None, interval: str | None = None,
                   start: str | None = None, end: str | None = None, fill: str | None = None) -> Response:
     """Candles of one coin and interval with `start <= t <= end`, oldest first. Without `end`:
-    up to the trades' watermark; without `start`: the 500 intervals before `end`. With `fill`
-    (default true) empty intervals are forward-filled up to the watermark, never across a gap."""
+    up to the trades' watermark; without `start`: the 500 intervals up to `end`. With `fill`
+    (default true) empty intervals are forward-filled up to the watermark, never across a gap.
+    Volumes are rounded as the live feed rounds them (8 decimals)."""
     coin = require_coin(coin)
     # every interval: those not stored are derived on read (etl.history.read_candles)
     interval = check_interval(interval or next(iter(state.settings.candle_intervals), "1m"), state.settings,
                               stored_only=False)
-    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
+    start_ms, end_ms = parse_range(start, end)
     do_fill = parse_bool(fill, "fill", True)
-    if start_ms is not None and end_ms is not None and end_ms < start_ms:
-        raise BadRequest(f"end ({end}) is before start ({start})")
-    rows = await asyncio.to_thread(_candles, state, coin, interval, start_ms, end_ms, do_fill)
-    return json_response(rows)
+    settings = state.settings
+    return json_response(await read(lambda con: _candles(con, settings, coin, interval, start_ms, end_ms,
+                                                         do_fill)))
 
 
-def _candles(state: AppState, coin: str, interval: str, start_ms: int | None, end_ms: int | None,
-             fill: bool) -> list[dict[str, Any]]:
-    con = state.reader()
+def _candles(con: Con, settings: Settings, coin: str, interval: str, start_ms: int | None,
+             end_ms: int | None, fill: bool) -> list[dict[str, Any]]:
     try:
         if end_ms is None:
             wm, _ = watermark_and_holes(con)
             end_ms = wm if wm is not None else int(time.time() * 1000)
         if start_ms is None:
-            start_ms = end_ms - DEFAULT_CANDLES * int(interval[:-1]) * _WIDTH_MS[interval[-1]]
-        frame = read_candles(con, coin, interval, start_ms, end_ms, fill,
-                             stored=state.settings.candle_intervals)
+            start_ms = shift_open_ms(open_time_of(end_ms, interval), interval, 1 - DEFAULT_CANDLES)
+        frame = read_candles(con, coin, interval, start_ms, end_ms, fill, stored=settings.candle_intervals)
     except HistoryError as err:
         raise BadRequest(str(err)) from None
-    finally:
-        con.close()
+    frame = frame.with_columns(round_volume(frame["v"]), round_volume(frame["vq"]))
     return frame.select(CANDLE_FIELDS).to_dicts()
 
 
 # ------------------------------------------------------------------ trades, orders
 @router.get("/v1/trades")
-async def trades(state: State, coin: str | None = None, limit: str | None = None) -> Response:
-    """The most recent trades (of `coin`, or of every coin), newest first; `time` in epoch ms."""
+async def trades(read: Read, coin: str | None = None, limit: str | None = None) -> Response:
+    """The most recent trades (of `coin`, or of every coin), newest first: by time, and trades of
+    the same millisecond in reverse file order (the order the node wrote them, newest first);
+    `time` in epoch ms."""
     n = parse_limit(limit)
     params: list[object] = [coin] if coin else []
     where = "WHERE coin = $1" if coin else ""
+    # rowid is arrival order: the store appends each stream's rows in file order
     sql = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM main.trades {where} "
-           f"ORDER BY time DESC, tid DESC LIMIT {n}")
-    return json_response(await asyncio.to_thread(_rows, state, sql, params))
+           f"ORDER BY trades.time DESC, rowid DESC LIMIT {n}")
+    return json_response(await read(lambda con: rows_of(con, sql, params)))
 
 
 @router.get("/v1/orders")
-async def orders(state: State, coin: str | None = None, status: str | None = None,
+async def orders(read: Read, coin: str | None = None, status: str | None = None,
                  user: str | None = None, limit: str | None = None) -> Response:
     """The most recent order statuses the rules kept, newest first, filtered by `coin`,
     `status` and `user`; times in epoch ms."""
@@ -159,31 +95,32 @@ async def orders(state: State, coin: str | None = None, status: str | None = Non
     sql = ("SELECT * REPLACE (epoch_ms(time) AS time, epoch_ms(block_time) AS block_time, "
            f"epoch_ms(order_time) AS order_time) FROM main.orders {clause} "
            f"ORDER BY orders.time DESC, rowid DESC LIMIT {n}")
-    return json_response(await asyncio.to_thread(_rows, state, sql, params))
+    return json_response(await read(lambda con: rows_of(con, sql, params)))
 
 
-def _rows(state: AppState, sql: str, params: list[object]) -> list[dict[str, Any]]:
-    con = state.reader()
-    try:
-        cur = con.execute(sql, params)
-        names = [d[0] for d in cur.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    finally:
-        con.close()
+def rows_of(con: Con, sql: str, params: list[object]) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# DuckDB and the lake, as candleSnapshot reads them: a coin stays listed after retention
+# removes its rows from DuckDB (setting retain_hours)
+COINS_SQL = """
+    WITH t AS (
+        SELECT coin, first(px ORDER BY time DESC, tid DESC) AS last_px,
+               epoch_ms(max(time)) AS last_time, count(*) AS trades
+        FROM history.trades GROUP BY coin)
+    SELECT coin, t.last_px, t.last_time, coalesce(t.trades, 0) AS trades
+    FROM (SELECT coin FROM t UNION SELECT DISTINCT coin FROM history.orders WHERE coin IS NOT NULL) c
+    LEFT JOIN t USING (coin) ORDER BY coin"""
 
 
 @router.get("/v1/coins")
-async def coins(state: State) -> Response:
-    """Every coin seen in trades or kept orders, with its last trade (px, time in ms) and trade count."""
-    sql = """
-        WITH t AS (
-            SELECT coin, first(px ORDER BY time DESC, tid DESC) AS last_px,
-                   epoch_ms(max(time)) AS last_time, count(*) AS trades
-            FROM main.trades GROUP BY coin)
-        SELECT coin, t.last_px, t.last_time, coalesce(t.trades, 0) AS trades
-        FROM (SELECT coin FROM t UNION SELECT DISTINCT coin FROM main.orders WHERE coin IS NOT NULL) c
-        LEFT JOIN t USING (coin) ORDER BY coin"""
-    return json_response(await asyncio.to_thread(_rows, state, sql, []))
+async def coins(read: Read) -> Response:
+    """Every coin seen in trades or kept orders (DuckDB and the lake), with its last trade
+    (px, time in ms) and trade count."""
+    return json_response(await read(lambda con: rows_of(con, COINS_SQL, [])))
 
 
 # ------------------------------------------------------------------ status

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,17 +31,16 @@ from fastapi.responses import StreamingResponse
 
 from api import sqlguard
 from api.deps import State
+from api.encoding import MEDIA_TYPES, encode, json_bytes
 from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
-from api.readonly import sql_cursor
-from api.routes.exports import MEDIA_TYPES, encode, json_bytes
+from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, run_limited
 from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
+from etl.config import Settings
 
 router = APIRouter()
 log = logging.getLogger("nodetap.sql")
 
-# how long past sql_timeout_s the answer may wait for DuckDB to return from an interrupt
-ANSWER_GRACE_S = 0.8
 SQL_FORMATS = ("json", *MEDIA_TYPES)
 
 
@@ -59,7 +57,8 @@ class Result:
 @router.post("/v1/sql")
 async def run_sql(state: State, request: Request, format: str | None = None) -> Response:
     """Run one read-only query. Body: `{"sql": "...", "format": "json|csv|ndjson|parquet"}`
-    (or the SQL as plain text); `?format=` overrides the body's format."""
+    (read as JSON whatever the Content-Type), or the SQL as plain text; `?format=` overrides
+    the body's format."""
     sql, body_format = await _read_body(request)
     fmt = format or body_format or "json"
     if fmt not in SQL_FORMATS:
@@ -78,8 +77,12 @@ async def run_sql(state: State, request: Request, format: str | None = None) -> 
 
 
 async def _read_body(request: Request) -> tuple[str, str | None]:
+    """(sql, format) of the body. A body that is a JSON object is read as JSON whatever its
+    Content-Type says (`curl -d '{"sql": ...}'` sends a form type; no SQL starts with `{`);
+    any other body is the SQL itself, unless it is declared JSON."""
     raw = await request.body()
-    if "json" not in request.headers.get("content-type", "application/json"):
+    declared_json = "json" in request.headers.get("content-type", "application/json")
+    if not declared_json and not raw.lstrip().startswith(b"{"):
         sql = raw.decode("utf-8", "replace")
         fmt = None
     else:
@@ -128,43 +131,18 @@ async def _run(state: AppState, sql: str) -> Result:
             log.warning("event=sql_overran_limit elapsed_s=%.1f timeout_s=%s error=%r",
                         elapsed, s.sql_timeout_s, str(error) if error else None)
 
-    task = asyncio.ensure_future(asyncio.to_thread(execute, state, sql))
-    task.add_done_callback(release)
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), s.sql_timeout_s + ANSWER_GRACE_S)
-    except TimeoutError:
-        raise _timeout(s.sql_timeout_s) from None
+    return await in_thread(lambda: run_limited(state, lambda con, limit: execute(con, limit, s, sql)),
+                           s.sql_timeout_s, lambda: _timeout(s.sql_timeout_s), on_done=release)
 
 
-def execute(state: AppState, sql: str) -> Result:
-    """Check and run `sql` in a read-only transaction, interrupting it after `sql_timeout_s`;
+def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
+    """Check and run `sql` on `con` (read-only, interrupted by `limit` after `sql_timeout_s`);
     at most `sql_max_rows` rows are kept (one more is fetched to tell whether there were more)."""
-    s = state.settings
     cap = s.sql_max_rows
-    con = sql_cursor(state.store)
-    lock = threading.Lock()
-    finished = False
-    fired = False
-
-    def interrupt() -> None:
-        nonlocal fired
-        with lock:
-            if not finished:
-                fired = True
-                con.interrupt()
-
-    def interrupt_memory() -> None:
-        with lock:
-            if not finished:
-                con.interrupt()
-
-    timer = threading.Timer(s.sql_timeout_s, interrupt)
-    timer.daemon = True
-    watch = MemoryWatch(interrupt_memory, query_memory_budget(s.db_memory_limit))
+    watch = MemoryWatch(limit.interrupt, query_memory_budget(s.db_memory_limit))
     t0 = time.perf_counter()
     try:
         sqlguard.check(con, sql)
-        timer.start()
         watch.begin()
         rel = con.sql(sql)
         if rel is None:  # the guard only lets queries through; this is a belt to its braces
@@ -187,13 +165,9 @@ def execute(state: AppState, sql: str) -> Result:
     except (duckdb.Error, pa.ArrowException, MemoryError) as err:
         if watch.tripped:
             raise _memory_error(watch.budget, s.db_memory_limit) from None
-        raise _error(err, fired, s.sql_timeout_s, s.db_memory_limit) from None
+        raise _error(err, limit.fired, s.sql_timeout_s, s.db_memory_limit) from None
     finally:
-        with lock:
-            finished = True
-        timer.cancel()
         watch.end()
-        con.close()
     if watch.tripped:  # over the budget in its last step, and done before the interrupt landed
         raise _memory_error(watch.budget, s.db_memory_limit)
     truncated = rows > cap

@@ -11,6 +11,7 @@ from typing import Any
 
 from etl.cli.output import FORMATS
 from etl.config import SettingSpec, canonical_choice, setting_specs, show_default
+from etl.schema import TABLES
 
 VARIANTS = ("plain", "by_block", "streaming")
 Command = Callable[[argparse.Namespace], int]
@@ -127,7 +128,7 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     _output(p)
 
     p = command("export", "write rows of a table (DuckDB + lake) to a Parquet file")
-    p.add_argument("table", choices=["orders", "fills", "trades", "candles"])
+    p.add_argument("table", choices=TABLES)
     p.add_argument("--coin")
     p.add_argument("--interval", help="candles only")
     _time(p, "--start", ", included")

@@ -56,11 +56,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+    from etl.store import stream_rows
     from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
 
-    cur = con.execute("SELECT * FROM cursors ORDER BY stream")
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    rows: list[dict[str, Any]] = stream_rows(con)
     streams = {
         name: Stream(name, kind, variant, s.node_dir / name / "hourly")
         for name, (kind, variant) in STREAM_DIRS.items()
