@@ -98,6 +98,7 @@ def install_signals(stop: threading.Event) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from etl.pipeline import Pipeline
+    from etl.status import status_rows
     from etl.store import Store
 
     s = _node_settings(args)
@@ -109,12 +110,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             pipe.run_once()
             pipe.flush()
             pipe.lake().seal()
-            print(_fmt_status(pipe.status()))
+            print(_fmt_status(status_rows(pipe.snapshot())))
         else:
             pipe.run()
     finally:
-        pipe.close()
-        pipe.write_status_file(force=True)
+        pipe.stop()
         store.close()
     return 0
 
@@ -220,6 +220,7 @@ def _fmt_status(rows: list[dict[str, Any]]) -> str:
         "stream",
         "file",
         "offset",
+        "mode",
         "lag_bytes",
         "lag_seconds",
         "lines",
@@ -272,29 +273,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
-    from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
+    from etl.pipeline import catching_up_bytes
+    from etl.status import status_rows, stored_snapshot
 
     cur = con.execute("SELECT * FROM cursors ORDER BY stream")
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    streams = {
-        name: Stream(name, kind, variant, s.node_dir / name / "hourly")
-        for name, (kind, variant) in STREAM_DIRS.items()
-    }
-    now = datetime.now(UTC).replace(tzinfo=None)
-    for r in rows:
-        st = streams.get(r["stream"])
-        r["lag_bytes"] = None
-        if st is not None:
-            batch = Tailer(st, batch_max_bytes=1, max_backlog_bytes=None).unread_after(
-                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0))
-            )
-            r["lag_bytes"] = batch
-        r["lag_seconds"] = (now - r["last_time"]).total_seconds() if r["last_time"] else None
-        for k, v in list(r.items()):
-            if isinstance(v, datetime):
-                r[k] = v.isoformat()
-    return rows
+    return status_rows(stored_snapshot(rows, s.node_dir, datetime.now(UTC).timestamp(),
+                                       catching_up_bytes(s)))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
