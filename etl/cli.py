@@ -273,8 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
-    from etl.pipeline import catching_up_bytes
-    from etl.status import status_rows, stored_snapshot
+    from etl.status import catching_up_bytes, status_rows, stored_snapshot
 
     cur = con.execute("SELECT * FROM cursors ORDER BY stream")
     names = [d[0] for d in cur.description]

@@ -1,8 +1,11 @@
-"""The ingest loop: startup -> (lanes run) -> shutdown.
+"""The ingest loop: startup (`open`) -> lanes run (`run`, or `start` for a thread of its own)
+-> shutdown (`stop`, the one shutdown order for `ingest`, `serve` and tests).
 
 Each stream runs in its own lane (etl/lanes.py): tail, parse, shape, commit and publish on
 a thread of its own, concurrently with the other streams. `watchfiles` (or polling) wakes
-the lane whose files changed; the lake's sealer runs on a thread beside them.
+the lane whose files changed, and each wake-up checks the rules file; the lake's sealer runs
+on a thread beside them and reports its health (`sealer_health`). `snapshot()` is every
+stream's status (etl/status.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed, dedup_for
 from etl.nodefiles import wait_for_dir
 from etl.shaping import find_silences, shape
-from etl.status import ArrivalMeter, SealerHealth, StreamStatus, scan_files, status_rows, stream_status
+from etl.status import ArrivalMeter, SealerHealth, StreamStatus, lane_statuses, status_rows
 from etl.store import BatchResult, Store
 from etl.tail import discover, initial_cursor
 from etl.units import Unit
@@ -79,6 +82,7 @@ class Pipeline:
         self._last_sealed_hour: str | None = None
         self._close_lock = threading.Lock()
         self._closed = False
+        self._clean = False  # every lane stopped in time
         self._stopped = threading.Event()  # set when the shutdown is done
 
     # ------------------------------------------------------------ startup
@@ -188,12 +192,12 @@ class Pipeline:
     def run(self) -> None:
         """Run the lanes until `stop_event` is set, then shut down (`stop`'s order): each lane
         finishes and commits its unit in flight."""
-        self.open()
-        if self._closed:
-            return
-        log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
         self._running = True
         try:
+            self.open()
+            if self._closed:  # stopped before it ran
+                return
+            log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
             self.write_status_file(force=True)  # `nodetap status` works from the start
             self._sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
             self._sealer.start()
@@ -253,13 +257,13 @@ class Pipeline:
 
     def _shutdown(self, timeout: float) -> bool:
         with self._close_lock:
-            if self._closed:
-                return True
-            try:
-                return self._shutdown_once(timeout)
-            finally:
-                self._closed = True
-                self._stopped.set()
+            if not self._closed:
+                try:
+                    self._clean = self._shutdown_once(timeout)
+                finally:
+                    self._closed = True
+                    self._stopped.set()
+            return self._clean
 
     def _shutdown_once(self, timeout: float) -> bool:
         self._signal_stop()
@@ -326,20 +330,8 @@ class Pipeline:
     def snapshot(self) -> list[StreamStatus]:
         """Every stream's status now: its files are stat'ed, its counters read (etl/status.py)."""
         stored: dict[str, dict[str, Any]] = {str(r["stream"]): r for r in self.store.status()}
-        now, wall = self.clock(), self.wall_clock()
-        out = []
-        for name, lane in sorted(dict(self.states).items()):
-            cursor = lane.cursor
-            scan = scan_files(lane.stream.root, cursor)
-            arrival = self._meters.setdefault(name, ArrivalMeter()).observe(now, scan.sizes)
-            last = lane.last_batch_at
-            out.append(stream_status(
-                stream=name, kind=lane.stream.kind, variant=lane.stream.variant, cursor=cursor,
-                scan=scan, stored=stored.get(name, {}), arrival_bytes_per_s=arrival,
-                capacity_lines_per_s=lane.rate, wall=wall,
-                catching_up_bytes=catching_up_bytes(self.settings),
-                last_batch_age_s=round(now - last, 3) if last else None))
-        return out
+        return lane_statuses(sorted(dict(self.states).items()), stored, self._meters,
+                             now=self.clock(), wall=self.wall_clock(), settings=self.settings)
 
     def write_status_file(self, force: bool = False) -> None:
         """A JSON copy of `snapshot()` beside the DB, for `nodetap status` while we hold the lock."""
@@ -354,12 +346,6 @@ class Pipeline:
             os.replace(tmp, path)
         except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience
             log.debug("event=status_file_error error=%r", str(err))
-
-
-def catching_up_bytes(s: Settings) -> int:
-    """Unread bytes past which a stream is "catching_up": where its lane turns from
-    publishing every row at once to reading whole row groups (etl/lanes.py)."""
-    return s.batch_max_bytes // 4
 
 
 def status_file(db: Path) -> Path:

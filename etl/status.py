@@ -21,9 +21,13 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from etl.tail import Cursor, hour_files
+from etl.config import Settings
+from etl.tail import Cursor
+
+if TYPE_CHECKING:
+    from etl.lanes import Lane
 
 Mode = Literal["live", "catching_up", "archive"]
 
@@ -82,7 +86,7 @@ class FileScan:
 
 
 def scan_files(root: Path, cursor: Cursor) -> FileScan:
-    files = hour_files(root)
+    files = _hour_files_from(root, cursor.file.split("/")[0] if cursor.file else "")
     later = [f for f in files if not cursor.file or _key(f) >= _key(cursor.file)]
     sizes: dict[str, int] = {}
     newest: float | None = None
@@ -94,8 +98,8 @@ def scan_files(root: Path, cursor: Cursor) -> FileScan:
     if newest is None and files:
         st = _stat(root / files[-1])
         newest = st.st_mtime if st else None
-    lag = sum(size - cursor.offset if f == cursor.file else size for f, size in sizes.items())
-    return FileScan(max(0, lag), sizes, newest)
+    lag = sum(max(0, size - cursor.offset) if f == cursor.file else size for f, size in sizes.items())
+    return FileScan(lag, sizes, newest)
 
 
 class ArrivalMeter:
@@ -120,6 +124,12 @@ class ArrivalMeter:
                 self._samples.popleft()
             t0, grown0 = self._samples[0]
             return (self._grown - grown0) / (now - t0) if now > t0 else 0.0
+
+
+def catching_up_bytes(s: Settings) -> int:
+    """Unread bytes past which a stream is "catching_up": where its lane turns from
+    publishing every row at once to reading whole row groups (etl/lanes.py)."""
+    return s.batch_max_bytes // 4
 
 
 def mode_of(lag_bytes: int, newest_mtime: float | None, wall: float, catching_up_bytes: int) -> Mode:
@@ -153,9 +163,50 @@ def stream_status(*, stream: str, kind: str, variant: str, cursor: Cursor, scan:
     )
 
 
+def lane_statuses(lanes: list[tuple[str, Lane]], stored: dict[str, dict[str, Any]],
+                  meters: dict[str, ArrivalMeter], *, now: float, wall: float,
+                  settings: Settings) -> list[StreamStatus]:
+    """The running lanes' status: `now` on the pipeline's interval clock, `wall` epoch seconds."""
+    out = []
+    for name, lane in lanes:
+        cursor = lane.cursor
+        scan = scan_files(lane.stream.root, cursor)
+        arrival = meters.setdefault(name, ArrivalMeter()).observe(now, scan.sizes)
+        last = lane.last_batch_at
+        out.append(stream_status(
+            stream=name, kind=lane.stream.kind, variant=lane.stream.variant, cursor=cursor,
+            scan=scan, stored=stored.get(name, {}), arrival_bytes_per_s=arrival,
+            capacity_lines_per_s=lane.rate, wall=wall, catching_up_bytes=catching_up_bytes(settings),
+            last_batch_age_s=round(now - last, 3) if last else None))
+    return out
+
+
 def status_rows(streams: list[StreamStatus]) -> list[dict[str, Any]]:
     """The JSON form (the status file, `nodetap status --json`, `/v1/status`'s `streams`)."""
     return [s.as_dict() for s in streams]
+
+
+def _hour_files_from(root: Path, first_day: str) -> list[str]:
+    """The stream's hour files (as `hour_files` in etl/tail.py names them, "YYYYMMDD/H") of
+    the day `first_day` and later, oldest first: a snapshot is taken every second, and a node
+    keeps months of day directories behind the cursor."""
+    try:
+        days = [d for d in os.listdir(root) if _digits(d, 8, 8) and d >= first_day]
+    except FileNotFoundError:
+        return []
+    out: list[tuple[str, int, str]] = []
+    for day in days:
+        try:
+            names = os.listdir(root / day)
+        except FileNotFoundError:
+            continue
+        out += [(day, int(n), f"{day}/{n}") for n in names if _digits(n, 1, 2)]
+    out.sort()
+    return [rel for _, _, rel in out]
+
+
+def _digits(name: str, least: int, most: int) -> bool:
+    return least <= len(name) <= most and name.isascii() and name.isdigit()
 
 
 def _key(rel: str) -> tuple[str, int]:

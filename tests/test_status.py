@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl.config import Settings
 from etl.pipeline import Pipeline, status_file
-from etl.status import StreamStatus
+from etl.status import FileScan, StreamStatus, scan_files
 from etl.store import Store
+from etl.tail import Cursor
 from tests.conftest import ServerThread, hour_file, run_cli, wait_for
 from tests.test_lake import Node, order_line
 
@@ -83,6 +84,22 @@ def test_lag_bytes_is_what_the_files_hold_after_the_cursor_when_asked(tmp_path: 
     finally:
         assert pipe.stop() is True
         store.close()
+
+
+def test_the_scan_counts_every_later_file_and_dates_the_newest(tmp_path: Path) -> None:
+    root = tmp_path / ORDERS / "hourly"
+    sizes = {("20260104", 23): 700, ("20260105", 9): 500, ("20260105", 10): 300, ("20260105", 11): 200,
+             ("20260106", 0): 100}
+    for (day, hour), size in sizes.items():
+        hour_file(tmp_path, ORDERS, day, hour).write_bytes(b"x" * size)
+    (root / "20260106" / "1.lz4").write_bytes(b"x" * 50)  # not the tailer's: not counted
+    newest = datetime(2026, 1, 6, 0, 30, tzinfo=UTC).timestamp()
+    os.utime(root / "20260106" / "0", (newest, newest))
+    scan = scan_files(root, Cursor("20260105/10", 0, 120))
+    assert scan == FileScan(180 + 200 + 100, {"20260105/10": 300, "20260105/11": 200, "20260106/0": 100},
+                            newest)
+    assert scan_files(root, Cursor("", 0, 0)).lag_bytes == 1800
+    assert scan_files(root, Cursor("20260105/10", 0, 400)).lag_bytes == 300  # truncated under the cursor
 
 
 def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None:
