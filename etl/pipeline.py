@@ -319,8 +319,10 @@ class Pipeline:
                           "the lake; restart nodetap)", self._sealer_error)
 
     def _newest_sealed_hour(self) -> str | None:
-        row = self.lake().con.execute("SELECT max(hour) FROM lake_hours WHERE NOT dirty").fetchone()
-        return row[0].isoformat() if row and row[0] is not None else None
+        # fetchall: a result left unread keeps its transaction open, and with it every row
+        # version committed since (memory; checkpoints wait)
+        ((hour,),) = self.lake().con.execute("SELECT max(hour) FROM lake_hours WHERE NOT dirty").fetchall()
+        return hour.isoformat() if hour is not None else None
 
     def sealer_health(self) -> SealerHealth:
         return SealerHealth(alive=self._sealer is not None and self._sealer.is_alive(),
