@@ -83,6 +83,7 @@ class Pipeline:
         self._close_lock = threading.Lock()
         self._closed = False
         self._clean = False  # every lane stopped in time
+        self._stop_timeout = SHUTDOWN_TIMEOUT_S
         self._stopped = threading.Event()  # set when the shutdown is done
 
     # ------------------------------------------------------------ startup
@@ -209,9 +210,12 @@ class Pipeline:
                 if self.stop_event.is_set():
                     break
                 self._tick(changes)
+        except Exception:
+            log.exception("event=pipeline_error (the lanes stop; /healthz says so)")
+            raise
         finally:
             self._running = False
-            self._shutdown(SHUTDOWN_TIMEOUT_S)
+            self._shutdown(self._stop_timeout)
 
     def _tick(self, changes: set[tuple[Any, str]]) -> None:
         """One wake-up: new streams, a changed rules file, the lanes whose files changed."""
@@ -234,6 +238,7 @@ class Pipeline:
         write the status file; the one shutdown order, whoever runs the loop. A unit read but
         not committed is read again on the next start. True when all stopped within `timeout`
         seconds; the store stays open (its owner closes it)."""
+        self._stop_timeout = timeout
         self._signal_stop()
         if self._thread is not None:
             self._thread.join(timeout)
