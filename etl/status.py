@@ -9,7 +9,9 @@
   to a pipeline that could take 20 K is caught up, not slow.
 - `mode` is "archive" when everything is read and the stream's newest file has not grown for
   over an hour (a backfilled or stopped node): its `lag_seconds` is null, as the node is not
-  writing and the age of its last event is not lag.
+  writing and the age of its last event is not lag. A node writes the file of the current
+  hour, so a newest file named for an hour that ended over an hour ago, not seen growing,
+  also means an archive (old hour files copied just now have a fresh mtime).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class FileScan:
     lag_bytes: int
     sizes: dict[str, int]  # hour file -> size, for the cursor's file and later ones
     newest_mtime: float | None  # of the stream's newest hour file
+    newest_hour_end: float | None = None  # epoch seconds at the end of the hour it is named for
 
 
 def scan_files(root: Path, cursor: Cursor) -> FileScan:
@@ -99,7 +102,7 @@ def scan_files(root: Path, cursor: Cursor) -> FileScan:
         st = _stat(root / files[-1])
         newest = st.st_mtime if st else None
     lag = sum(max(0, size - cursor.offset) if f == cursor.file else size for f, size in sizes.items())
-    return FileScan(lag, sizes, newest)
+    return FileScan(lag, sizes, newest, _hour_end(files[-1]) if files else None)
 
 
 class ArrivalMeter:
@@ -110,6 +113,7 @@ class ArrivalMeter:
         self._lock = threading.Lock()
         self._sizes: dict[str, int] | None = None
         self._grown = 0  # bytes appended since the first scan
+        self.grew_at: float | None = None  # when a scan last saw the files grow
         self._samples: deque[tuple[float, int]] = deque()
 
     def observe(self, now: float, sizes: dict[str, int]) -> float:
@@ -117,7 +121,9 @@ class ArrivalMeter:
         with self._lock:
             if self._sizes is not None:
                 # a file that is new since the last scan grew from nothing
-                self._grown += sum(max(0, size - self._sizes.get(f, 0)) for f, size in sizes.items())
+                grown = sum(max(0, size - self._sizes.get(f, 0)) for f, size in sizes.items())
+                self._grown += grown
+                self.grew_at = now if grown else self.grew_at
             self._sizes = dict(sizes)
             self._samples.append((now, self._grown))
             while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
@@ -132,17 +138,21 @@ def catching_up_bytes(s: Settings) -> int:
     return s.batch_max_bytes // 4
 
 
-def mode_of(lag_bytes: int, newest_mtime: float | None, wall: float, catching_up_bytes: int) -> Mode:
-    if lag_bytes == 0 and newest_mtime is not None and wall - newest_mtime > ARCHIVE_AFTER_S:
+def mode_of(lag_bytes: int, scan: FileScan, wall: float, grew_recently: bool,
+            catching_up_bytes: int) -> Mode:
+    old = [t for t in (scan.newest_mtime, scan.newest_hour_end)
+           if t is not None and wall - t > ARCHIVE_AFTER_S]
+    if lag_bytes == 0 and old and not grew_recently:
         return "archive"
     return "catching_up" if lag_bytes > catching_up_bytes else "live"
 
 
 def stream_status(*, stream: str, kind: str, variant: str, cursor: Cursor, scan: FileScan,
                   stored: dict[str, Any], arrival_bytes_per_s: float, capacity_lines_per_s: float,
-                  wall: float, catching_up_bytes: int, last_batch_age_s: float | None) -> StreamStatus:
+                  wall: float, catching_up_bytes: int, last_batch_age_s: float | None,
+                  grew_recently: bool = False) -> StreamStatus:
     """A stream's status from its cursor, a scan of its files and its stored counters."""
-    mode = mode_of(scan.lag_bytes, scan.newest_mtime, wall, catching_up_bytes)
+    mode = mode_of(scan.lag_bytes, scan, wall, grew_recently, catching_up_bytes)
     last_time: datetime | None = stored.get("last_time")
     updated_at: datetime | None = stored.get("updated_at")
     lines, nbytes = int(stored.get("lines") or 0), int(stored.get("bytes") or 0)
@@ -171,13 +181,15 @@ def lane_statuses(lanes: list[tuple[str, Lane]], stored: dict[str, dict[str, Any
     for name, lane in lanes:
         cursor = lane.cursor
         scan = scan_files(lane.stream.root, cursor)
-        arrival = meters.setdefault(name, ArrivalMeter()).observe(now, scan.sizes)
+        meter = meters.setdefault(name, ArrivalMeter())
+        arrival = meter.observe(now, scan.sizes)
+        grew_recently = meter.grew_at is not None and now - meter.grew_at <= ARCHIVE_AFTER_S
         last = lane.last_batch_at
         out.append(stream_status(
             stream=name, kind=lane.stream.kind, variant=lane.stream.variant, cursor=cursor,
             scan=scan, stored=stored.get(name, {}), arrival_bytes_per_s=arrival,
             capacity_lines_per_s=lane.rate, wall=wall, catching_up_bytes=catching_up_bytes(settings),
-            last_batch_age_s=round(now - last, 3) if last else None))
+            last_batch_age_s=round(now - last, 3) if last else None, grew_recently=grew_recently))
     return out
 
 
@@ -207,6 +219,11 @@ def _hour_files_from(root: Path, first_day: str) -> list[str]:
 
 def _digits(name: str, least: int, most: int) -> bool:
     return least <= len(name) <= most and name.isascii() and name.isdigit()
+
+
+def _hour_end(rel: str) -> float:
+    day, hour = _key(rel)
+    return datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() + (hour + 1) * 3600.0
 
 
 def _key(rel: str) -> tuple[str, int]:

@@ -64,8 +64,9 @@ def test_lag_bytes_is_what_the_files_hold_after_the_cursor_when_asked(tmp_path: 
     try:
         pipe.run_once()
         st = only(pipe)
+        # all read, the file of an hour long gone, not seen growing: an archive
         assert (st.file, st.offset, st.lag_bytes, st.mode, st.lines) == (
-            "20260105/10", f10.stat().st_size, 0, "live", 50)
+            "20260105/10", f10.stat().st_size, 0, "archive", 50)
         # the node writes on while the pipeline does not run: the lag grows at once, not at a commit
         more = orders(100_050, 10)
         with open(f10, "ab") as f:
@@ -80,7 +81,8 @@ def test_lag_bytes_is_what_the_files_hold_after_the_cursor_when_asked(tmp_path: 
         (row,) = orjson.loads(status_file(s.db).read_bytes())
         assert (row["lag_bytes"], row["mode"]) == (st.lag_bytes, "catching_up")
         pipe.run_once()
-        assert (only(pipe).lag_bytes, only(pipe).file, only(pipe).lines) == (0, "20260105/11", 260)
+        st = only(pipe)
+        assert (st.lag_bytes, st.file, st.lines, st.mode) == (0, "20260105/11", 260, "live")  # it grew
     finally:
         assert pipe.stop() is True
         store.close()
@@ -97,7 +99,7 @@ def test_the_scan_counts_every_later_file_and_dates_the_newest(tmp_path: Path) -
     os.utime(root / "20260106" / "0", (newest, newest))
     scan = scan_files(root, Cursor("20260105/10", 0, 120))
     assert scan == FileScan(180 + 200 + 100, {"20260105/10": 300, "20260105/11": 200, "20260106/0": 100},
-                            newest)
+                            newest, datetime(2026, 1, 6, 1, 0, tzinfo=UTC).timestamp())
     assert scan_files(root, Cursor("", 0, 0)).lag_bytes == 1800
     assert scan_files(root, Cursor("20260105/10", 0, 400)).lag_bytes == 300  # truncated under the cursor
 
@@ -127,6 +129,28 @@ def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None
         # a quiet node: after the window, the arrival rate falls to what was written in it
         clock.now += 10.0
         assert only(pipe).arrival_lines_per_s == 0.0
+    finally:
+        pipe.stop()
+        store.close()
+
+
+def test_a_current_hour_file_unchanged_for_an_hour_is_an_archive(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    f10 = hour_file(node, ORDERS, "20260105", 10)
+    f10.write_bytes(orders(100_000, 5))
+    s = Settings(node_dir=node, db=tmp_path / "s.duckdb", start_from="start", keep_all=True)
+    store = Store.from_settings(s)
+    wall = FakeClock()
+    wall.now = datetime(2026, 1, 5, 10, 50, tzinfo=UTC).timestamp()  # in the file's own hour
+    pipe = Pipeline(s, store, wall_clock=wall)
+    try:
+        pipe.run_once()
+        last = datetime(2026, 1, 5, 10, 0, 4)  # the fifth line's time
+        os.utime(f10, (wall.now - 3000, wall.now - 3000))  # written 50 min ago
+        st = only(pipe)
+        assert (st.mode, st.lag_seconds) == ("live", (datetime(2026, 1, 5, 10, 50) - last).total_seconds())
+        os.utime(f10, (wall.now - 3700, wall.now - 3700))  # 61 min ago
+        assert (only(pipe).mode, only(pipe).lag_seconds) == ("archive", None)
     finally:
         pipe.stop()
         store.close()
@@ -162,10 +186,7 @@ def test_a_backfilled_archive_is_shown_as_an_archive_not_as_lag(
     node = make_node_dir(lines=500)
     db = tmp_path / "archive.duckdb"
     run_cli("backfill", str(node), "--db", str(db), "--quiet")
-    # a stopped node: its newest file last grew on the day of its events
-    written = datetime(2026, 1, 5, 11, 0, tzinfo=UTC).timestamp()
-    for f in node.glob("*/hourly/*/*"):
-        os.utime(f, (written, written))
+    # old hour files copied just now (fresh mtimes): the node that wrote them has moved on
     with serve(node, db=db) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         wait_for(lambda: all(s["last_batch_age_s"] is not None
                              for s in client.get("/v1/status").json()["streams"]), timeout=30)
