@@ -1,10 +1,9 @@
-"""The FastAPI app: the pipeline runs in a thread started and stopped by the lifespan."""
+"""The FastAPI app: the lifespan starts the pipeline (on its own thread) and stops it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         rules = rules_file_for(settings)
         hub = Hub(asyncio.get_running_loop(), settings)
         pipeline = Pipeline(settings, store, rules=rules, listeners=[hub.publish])
+        pipeline.open()
         # the history views exist now: from here on no SQL reaches files outside the lake,
         # nor changes a setting (see api/readonly.py)
         lock_instance(store.con, pipeline.lake_root, settings.db_memory_limit)
@@ -41,17 +41,14 @@ def create_app(settings: Settings) -> FastAPI:
         store.on_reopen.append(lambda con: lock_instance(con, pipeline.lake_root, settings.db_memory_limit))
         state = AppState(settings, store, pipeline, rules, hub, started_at=time.time())
         app.state.nodetap = state
-        state.thread = threading.Thread(target=pipeline.run, name="nodetap-pipeline", daemon=True)
-        state.thread.start()
+        pipeline.start()
         log.info("event=serve_start node_dir=%s db=%s", settings.node_dir, settings.db)
         try:
             yield
         finally:
-            pipeline.stop()
+            stopping = asyncio.create_task(asyncio.to_thread(pipeline.stop))
             await hub.close()
-            await asyncio.to_thread(state.thread.join, 30)
-            pipeline.close()
-            pipeline.write_status_file(force=True)
+            await stopping
             store.close()
             log.info("event=serve_stop")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,6 @@ class AppState:
     pipeline: Pipeline
     rules: RulesFile
     hub: Hub
-    thread: threading.Thread | None = None
     started_at: float = 0.0
     node_info: NodeInfo | None = None  # the node's info server; made on first use (api.infoapi)
     coins_seen: set[str] = field(default_factory=set)  # coins known to exist (api.infoapi.known_coin)

@@ -322,6 +322,7 @@ class RulesFile:
         self._stats: dict[str, dict[str, int]] = {}
         self._sig = _signature(path) if path is not None else None
         self._rules = self._effective(load_rules(path) if path is not None else Rules())
+        self.error: str | None = None  # the last change's error while the previous rules stay
 
     def _effective(self, rules: Rules) -> Rules:
         return replace(rules, keep_all=True) if self._force_keep_all else rules
@@ -346,9 +347,12 @@ class RulesFile:
             try:
                 rules = load_rules(self.path)
             except RulesError as err:
-                log.error("event=rules_error path=%s error=%r", self.path, str(err))
+                self.error = str(err)
+                log.error("event=rules_error path=%s error=%r (the previous rules stay in effect)",
+                          self.path, str(err))
                 return False
             self._rules = self._effective(rules)
+            self.error = None
             log.info("event=rules_reload path=%s", self.path)
             return True
 
@@ -372,6 +376,7 @@ class RulesFile:
                     raise
                 self._sig = _signature(self.path)  # our own write is not a change to reload
             self._rules = self._effective(rules)
+            self.error = None
             log.info("event=rules_replace path=%s", self.path)
             return self._rules
 

@@ -1,12 +1,16 @@
-"""The ingest loop: startup -> (lanes run) -> shutdown.
+"""The ingest loop: startup (`open`) -> lanes run (`run`, or `start` for a thread of its own)
+-> shutdown (`stop`, the one shutdown order for `ingest`, `serve` and tests).
 
 Each stream runs in its own lane (etl/lanes.py): tail, parse, shape, commit and publish on
 a thread of its own, concurrently with the other streams. `watchfiles` (or polling) wakes
-the lane whose files changed; the lake's sealer runs on a thread beside them.
+the lane whose files changed, and each wake-up checks the rules file; the lake's sealer runs
+on a thread beside them and reports its health (`sealer_health`). `snapshot()` is every
+stream's status (etl/status.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,13 +33,17 @@ from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed, dedup_for
 from etl.nodefiles import wait_for_dir
 from etl.shaping import find_silences, shape
-from etl.store import BatchResult, Store, utcnow
+from etl.status import ArrivalMeter, SealerHealth, StreamStatus, lane_statuses, status_rows
+from etl.store import BatchResult, Store
 from etl.tail import discover, initial_cursor
 from etl.units import Unit
 
 log = logging.getLogger("nodetap.pipeline")
 
-__all__ = ["Pipeline", "Processed", "Shaping", "commit_unit", "find_silences", "rules_file_for"]
+SHUTDOWN_TIMEOUT_S = 30.0  # for the lanes to commit their unit in flight and the sealer its hour
+
+__all__ = ["Pipeline", "Processed", "Shaping", "StreamStatus", "commit_unit", "find_silences",
+           "rules_file_for"]
 
 
 @dataclass
@@ -48,29 +56,62 @@ class Shaping:
 
 @dataclass
 class Pipeline:
+    """startup (`open`) -> lanes run (`run`, or `start` for a thread of its own) -> shutdown
+    (`stop`). Constructing one opens nothing and starts nothing."""
+
     settings: Settings
     store: Store
     listeners: list[Listener] = field(default_factory=list)
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.monotonic  # intervals: rates, ages
     rules: RulesFile | None = None
+    wall_clock: Callable[[], float] = time.time  # epoch seconds: lag behind events, archives
 
     def __post_init__(self) -> None:
-        if self.rules is None:
-            self.rules = rules_file_for(self.settings)
-        s = self.settings
-        bind_node(self.store.con, s.db, s.node_dir)  # refuses another node's database
-        self.lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
-            "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
-        self.lake().refresh_views()  # history.* views exist from the first start
         self.states: dict[str, Lane] = {}
         self.stop_event = threading.Event()
         self.disk_alarm = DiskAlarm()  # one disk_full error for all lanes
         self.gate = Gate()  # order statuses give way to fills and trades
+        self._lake_root: Path | None = None
+        self._lake: Lake | None = None
+        self._open_lock = threading.Lock()
         self._last_status_write = float("-inf")
-        self._running = False
-        self.refresh_streams()
+        self._meters: dict[str, ArrivalMeter] = {}
+        self._thread: threading.Thread | None = None  # start()'s
+        self._running = False  # the loop runs (or start() is starting it)
+        self._lanes_started = False
+        self._sealer: threading.Thread | None = None
+        self._sealer_error: str | None = None
+        self._last_sealed_hour: str | None = None
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._clean = False  # every lane stopped in time
+        self._stop_timeout = SHUTDOWN_TIMEOUT_S
+        self._stopped = threading.Event()  # set when the shutdown is done
 
     # ------------------------------------------------------------ startup
+    def open(self) -> None:
+        """Check that the database is this node's and the lake this database's, create the
+        history views, find the streams. Idempotent: `start`, `run`, `run_once` and `lake`
+        call it."""
+        with self._open_lock:
+            if self._lake_root is None:
+                if self.rules is None:
+                    self.rules = rules_file_for(self.settings)
+                s = self.settings
+                bind_node(self.store.con, s.db, s.node_dir)  # refuses another node's database
+                self._lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
+                    "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
+        self.lake()  # history.* views exist from the first start
+        self.refresh_streams()
+
+    @property
+    def lake_root(self) -> Path:
+        """The lake this database claimed (opens the pipeline if it is not open yet)."""
+        if self._lake_root is None:
+            self.open()
+        assert self._lake_root is not None
+        return self._lake_root
+
     def refresh_streams(self) -> None:
         """Pick up stream directories that appeared since the last look."""
         stored = self.store.cursors()
@@ -86,12 +127,13 @@ class Pipeline:
             self.states[stream.name] = lane
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
                      stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)
-            if self._running:
+            if self._lanes_started:
                 lane.start()
 
     # --------------------------------------------------------------- tick
     def run_once(self, max_batches: int = 1_000_000) -> int:
         """Drain every stream, the lanes side by side; returns the units committed."""
+        self.open()
         self.refresh_streams()
         lanes = list(self.states.values())
         done = [0] * len(lanes)
@@ -137,102 +179,172 @@ class Pipeline:
             ignore_permission_denied=True,
         )
 
-    def run(self) -> None:
-        """Run the lanes until `stop_event` is set; each finishes and commits its unit in flight."""
-        log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
-        self.write_status_file(force=True)  # `nodetap status` works from the start
-        sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
-        sealer.start()
+    def start(self) -> None:
+        """Open, then run the lanes on a thread of the pipeline's own until `stop`."""
+        if self._thread is not None:
+            raise RuntimeError("the pipeline was started already; a stopped one cannot start again")
+        self.open()
         self._running = True
-        for lane in self.states.values():
-            lane.start()
-        roots = {}
+        self._thread = threading.Thread(target=self.run, name="nodetap-pipeline", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """True while the ingest loop runs (started and not stopped or crashed)."""
+        return self._running
+
+    def run(self) -> None:
+        """Run the lanes until `stop_event` is set, then shut down (`stop`'s order): each lane
+        finishes and commits its unit in flight."""
+        self._running = True
         try:
+            self.open()
+            if self._closed:  # stopped before it ran
+                return
+            log.info("event=pipeline_start node_dir=%s db=%s", self.settings.node_dir, self.settings.db)
+            self.write_status_file(force=True)  # `nodetap status` works from the start
+            self._sealer = threading.Thread(target=self._seal_loop, name="nodetap-seal", daemon=True)
+            self._sealer.start()
+            self._lanes_started = True
+            for lane in list(self.states.values()):
+                if lane.thread is None:
+                    lane.start()
             for changes in self._wakeups():
                 if self.stop_event.is_set():
                     break
-                try:
-                    self.refresh_streams()
-                except duckdb.Error as err:  # e.g. a full disk: the lanes pause, retry, reopen
-                    log.debug("event=refresh_streams_error error=%r", str(err))
-                roots = {str(lane.stream.root.parent): lane for lane in self.states.values()}
-                woken = {lane for _, path in changes for root, lane in roots.items()
-                         if path.startswith(root)} if changes else set(self.states.values())
-                for lane in woken:
-                    lane.wake.set()
-                self.write_status_file()
+                self._tick(changes)
+        except Exception:
+            log.exception("event=pipeline_error (the lanes stop; /healthz says so)")
+            raise
         finally:
-            self.stop()
-            for lane in self.states.values():
-                if lane.thread is not None:
-                    lane.thread.join(timeout=30)
-            sealer.join(timeout=30)
-            log.info("event=pipeline_stop")
+            self._running = False
+            self._shutdown(self._stop_timeout)
 
-    def lake(self) -> Lake:
-        """The Parquet lake, on its own DuckDB cursor (so it can work beside ingestion)."""
-        s = self.settings
-        return Lake(self.store.con.cursor(), self.lake_root, grace_s=s.seal_grace_s,
-                    retain_hours=s.retain_hours or None)
+    def _tick(self, changes: set[tuple[Any, str]]) -> None:
+        """One wake-up: new streams, a changed rules file, the lanes whose files changed."""
+        if self.rules is not None:
+            self.rules.check()  # a bad edit is reported now, not when the next order batch comes
+        try:
+            self.refresh_streams()
+        except duckdb.Error as err:  # e.g. a full disk: the lanes pause, retry, reopen
+            log.debug("event=refresh_streams_error error=%r", str(err))
+        roots = {str(lane.stream.root.parent): lane for lane in self.states.values()}
+        woken = {lane for _, path in changes for root, lane in roots.items()
+                 if path.startswith(root)} if changes else set(self.states.values())
+        for lane in woken:
+            lane.wake.set()
+        self.write_status_file()
 
-    def _seal_loop(self) -> None:
-        lake: Lake | None = None
-        while not self.stop_event.wait(self.settings.seal_interval_s):
-            try:
-                lake = lake or self.lake()
-                lake.seal()
-            except (duckdb.Error, OSError) as err:  # a write conflict, a full disk: next round
-                lake = None  # on a fresh cursor (the database may have been reopened)
-                log.warning("event=lake_seal_error error=%r", str(err))
+    # ------------------------------------------------------------- shutdown
+    def stop(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Stop the lanes and the sealer, commit the rows held back, stop the parse workers and
+        write the status file; the one shutdown order, whoever runs the loop. A unit read but
+        not committed is read again on the next start. True when all stopped within `timeout`
+        seconds; the store stays open (its owner closes it)."""
+        self._stop_timeout = timeout
+        self._signal_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("event=pipeline_stop_timeout timeout_s=%g", timeout)
+                return False
+        elif self._running and not self._stopped.wait(timeout):  # run() on a caller's thread
+            log.warning("event=pipeline_stop_timeout timeout_s=%g", timeout)
+            return False
+        return self._shutdown(timeout)  # nothing left to do when run() has shut down
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """`stop()` (for a pipeline used through `run_once`)."""
+        self.stop()
+
+    def _signal_stop(self) -> None:
         self.stop_event.set()
-        for lane in self.states.values():
+        for lane in list(self.states.values()):
             lane.stop_event.set()
             lane.wake.set()
 
-    def close(self) -> None:
-        """Commit what is held back, then stop the parse workers; a unit read but not
-        committed is read again on the next start."""
-        self.stop()
-        for lane in self.states.values():
-            if lane.thread is not None and lane.thread.is_alive():
-                lane.thread.join(timeout=30)
-            lane.flush()
-            lane.close()
+    def _shutdown(self, timeout: float) -> bool:
+        with self._close_lock:
+            if not self._closed:
+                try:
+                    self._clean = self._shutdown_once(timeout)
+                finally:
+                    self._closed = True
+                    self._stopped.set()
+            return self._clean
+
+    def _shutdown_once(self, timeout: float) -> bool:
+        self._signal_stop()
+        deadline = time.monotonic() + timeout
+        lanes = list(self.states.values())
+        for lane in lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+        if self._sealer is not None:
+            self._sealer.join(max(0.0, deadline - time.monotonic()))
+        clean = True
+        for lane in lanes:
+            if lane.thread is not None and lane.thread.is_alive():  # its unit is read again next start
+                log.warning("event=lane_stop_timeout stream=%s timeout_s=%g", lane.stream.name, timeout)
+                clean = False
+                continue
+            try:
+                lane.flush()
+            finally:
+                lane.close()
+        self.write_status_file(force=True)
+        log.info("event=pipeline_stop clean=%s", clean)
+        return clean
+
+    # ---------------------------------------------------------------- lake
+    def lake(self) -> Lake:
+        """The Parquet lake, on a DuckDB cursor of its own (so it can work beside ingestion);
+        made once, and again after a database error."""
+        if self._lake is None:
+            s = self.settings
+            self._lake = Lake(self.store.con.cursor(), self.lake_root, grace_s=s.seal_grace_s,
+                              retain_hours=s.retain_hours or None)
+        return self._lake
+
+    def _seal_loop(self) -> None:
+        """Seal complete hours every `seal_interval_s`. A database or disk error is retried
+        next round; anything else stops the sealer, visibly (`sealer_health`)."""
+        try:
+            with contextlib.suppress(duckdb.Error, OSError):
+                self._last_sealed_hour = self._newest_sealed_hour()
+            while not self.stop_event.wait(self.settings.seal_interval_s):
+                try:
+                    self.lake().seal()
+                    self._last_sealed_hour = self._newest_sealed_hour()
+                    self._sealer_error = None
+                except (duckdb.Error, OSError) as err:  # a write conflict, a full disk: next round
+                    self._lake = None  # on a fresh cursor (the database may have been reopened)
+                    self._sealer_error = f"{type(err).__name__}: {err}"
+                    log.warning("event=lake_seal_error error=%r", str(err))
+        except Exception as err:  # a bug: say so everywhere instead of dying quietly
+            self._sealer_error = f"{type(err).__name__}: {err}"
+            log.exception("event=sealer_died error=%r (complete hours are no longer sealed into "
+                          "the lake; restart nodetap)", self._sealer_error)
+
+    def _newest_sealed_hour(self) -> str | None:
+        # fetchall: a result left unread keeps its transaction open, and with it every row
+        # version committed since (memory; checkpoints wait)
+        ((hour,),) = self.lake().con.execute("SELECT max(hour) FROM lake_hours WHERE NOT dirty").fetchall()
+        return hour.isoformat() if hour is not None else None
+
+    def sealer_health(self) -> SealerHealth:
+        return SealerHealth(alive=self._sealer is not None and self._sealer.is_alive(),
+                            last_error=self._sealer_error, last_sealed_hour=self._last_sealed_hour)
 
     # ------------------------------------------------------------- status
-    def status(self) -> list[dict[str, object]]:
-        """Per-stream position and counters, as served by `status` and the API."""
+    def snapshot(self) -> list[StreamStatus]:
+        """Every stream's status now: its files are stat'ed, its counters read (etl/status.py)."""
         stored: dict[str, dict[str, Any]] = {str(r["stream"]): r for r in self.store.status()}
-        out = []
-        now_wall = utcnow()
-        for name, st in sorted(self.states.items()):
-            row = stored.get(name, {})
-            last_time = row.get("last_time")
-            out.append(
-                {
-                    "stream": name,
-                    "kind": st.stream.kind,
-                    "variant": st.stream.variant,
-                    "file": st.cursor.file,
-                    "offset": st.cursor.offset,
-                    "lag_bytes": st.unread,
-                    "lag_seconds": (now_wall - last_time).total_seconds() if last_time else None,
-                    "lines_per_s": round(st.rate, 1),
-                    "lines": row.get("lines", 0),
-                    "rows": row.get("rows", 0),
-                    "rejects": row.get("rejects", 0),
-                    "gaps": row.get("gaps", 0),
-                    "skipped_bytes": row.get("skipped_bytes", 0),
-                    "last_time": last_time.isoformat() if last_time else None,
-                    "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
-                }
-            )
-        return out
+        return lane_statuses(sorted(dict(self.states).items()), stored, self._meters,
+                             now=self.clock(), wall=self.wall_clock(), settings=self.settings)
 
     def write_status_file(self, force: bool = False) -> None:
-        """A JSON copy of `status()` beside the DB, for `nodetap status` while we hold the lock."""
+        """A JSON copy of `snapshot()` beside the DB, for `nodetap status` while we hold the lock."""
         now = self.clock()
         if not force and now - self._last_status_write < 1.0:
             return
@@ -240,7 +352,7 @@ class Pipeline:
         path = status_file(self.settings.db)
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+            tmp.write_bytes(orjson.dumps(status_rows(self.snapshot()), option=orjson.OPT_INDENT_2))
             os.replace(tmp, path)
         except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience
             log.debug("event=status_file_error error=%r", str(err))

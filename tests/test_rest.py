@@ -121,7 +121,9 @@ def test_trades_orders_coins_and_status_match_the_source(
             assert (st["file"], st["offset"], st["lag_bytes"]) == ("20260105/10", f.stat().st_size, 0)
             assert st["lines"] == f.read_bytes().count(b"\n")
             assert (st["rejects"], st["gaps"], st["skipped_bytes"]) == (0, 0, 0)
-            assert st["last_batch_age_s"] >= 0 and st["lines_per_s"] > 0
+            assert st["last_batch_age_s"] >= 0 and st["capacity_lines_per_s"] > 0
+            # the files of an hour long gone, all read: an archive, whose events' age is not lag
+            assert (st["mode"], st["lag_seconds"]) == ("archive", None)
         assert streams["node_order_statuses"]["rows"] == len(orders)
         assert streams["node_fills"]["rows"] == streams["node_fills"]["lines"] + len(trades)
         assert status["rules"]["stats"]["total"] == {"seen": len(orders), "kept": len(orders)}
@@ -364,8 +366,10 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
         expected = {"nodetap_lines_read", "nodetap_bytes_read", "nodetap_rows", "nodetap_rejects",
                     "nodetap_gaps", "nodetap_skipped_bytes", "nodetap_lag_bytes", "nodetap_lag_seconds",
-                    "nodetap_lines_per_second", "nodetap_batch_duration_seconds", "nodetap_pipeline_up",
-                    "nodetap_rules_rows_seen", "nodetap_rules_rows_kept"}
+                    "nodetap_arrival_lines_per_second", "nodetap_capacity_lines_per_second",
+                    "nodetap_stream_mode", "nodetap_batch_duration_seconds", "nodetap_pipeline_up",
+                    "nodetap_sealer_up", "nodetap_rules_rows_seen", "nodetap_rules_rows_kept",
+                    "nodetap_rules_file_valid"}
         assert expected <= set(families)
         # the live hub's numbers, each as its own family with its own help text
         hub_stats = srv.state.hub.stats()
@@ -395,6 +399,7 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
             assert value("nodetap_rejects", "nodetap_rejects_total", stream) == 0
             assert value("nodetap_lag_bytes", "nodetap_lag_bytes", stream) == 0
         assert families["nodetap_pipeline_up"].samples[0].value == 1
+        assert families["nodetap_sealer_up"].samples[0].value == 1
 
         # the node writes half a line and stops: unread bytes, no commit for longer than the bound
         line = order_line("2026-01-05T11:00:00", 42)
@@ -416,8 +421,7 @@ def test_metrics_health_and_readiness(make_node_dir: Callable[..., Path],
                      "node_order_statuses") >= 1
 
         # the ingest thread stops: not alive, not ready
-        srv.state.pipeline.stop()
-        srv.state.thread.join(30)
+        assert srv.state.pipeline.stop() is True
         r = client.get("/healthz")
         assert r.status_code == 503
         assert r.json() == {"status": "down", "reason": "the pipeline thread has stopped"}

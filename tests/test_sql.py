@@ -298,7 +298,7 @@ def test_bombs_fail_within_a_second_of_the_limit(server: ServerThread, client: h
     assert message in r.json()["error"]
     assert elapsed < TIMEOUT_S + 1.0
     assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
-    assert server.state.thread.is_alive()
+    assert server.state.pipeline.alive
 
 
 def test_result_size_cap(client: httpx.Client) -> None:
@@ -319,7 +319,7 @@ def test_the_time_limit_interrupts_a_running_query(server: ServerThread, client:
     assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + 3
     # the server, its readers and the ingest thread are unharmed
     assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
-    assert server.state.thread.is_alive()
+    assert server.state.pipeline.alive
     assert client.get("/v1/status").status_code == 200
 
 

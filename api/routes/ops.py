@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -20,6 +20,7 @@ from api.deps import State
 from api.encoding import json_response
 from api.state import AppState
 from etl.pipeline import Processed
+from etl.status import Mode, SealerHealth
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -50,8 +51,7 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
-        stored = {str(r["stream"]): r for r in state.store.status()}
-        rows = state.pipeline.status()
+        streams = state.pipeline.snapshot()
         labels = ["stream", "kind"]
 
         def family(kind: type, name: str, doc: str) -> Any:
@@ -63,24 +63,38 @@ class StateCollector:
         rejects = family(CounterMetricFamily, "nodetap_rejects", "Malformed lines quarantined in `rejects`.")
         gaps = family(CounterMetricFamily, "nodetap_gaps", "Ranges skipped or lost, recorded in `gaps`.")
         skipped = family(CounterMetricFamily, "nodetap_skipped_bytes", "Bytes skipped by the backlog limit.")
-        lag_bytes = family(GaugeMetricFamily, "nodetap_lag_bytes", "Bytes the node wrote, not yet committed.")
+        lag_bytes = family(GaugeMetricFamily, "nodetap_lag_bytes",
+                           "Bytes in the node's files after the cursor, measured when scraped.")
         lag_seconds = family(GaugeMetricFamily, "nodetap_lag_seconds",
-                             "Wall clock minus the stream's last event time.")
-        rate = family(GaugeMetricFamily, "nodetap_lines_per_second", "Recent ingest rate.")
-        for row in rows:
-            values = [str(row["stream"]), str(row["kind"])]
-            db = stored.get(str(row["stream"]), {})
-            lines.add_metric(values, _num(row.get("lines")))
-            nbytes.add_metric(values, _num(db.get("bytes")))
-            stored_rows.add_metric(values, _num(row.get("rows")))
-            rejects.add_metric(values, _num(row.get("rejects")))
-            gaps.add_metric(values, _num(row.get("gaps")))
-            skipped.add_metric(values, _num(row.get("skipped_bytes")))
-            lag_bytes.add_metric(values, _num(row.get("lag_bytes")))
-            if row.get("lag_seconds") is not None:
-                lag_seconds.add_metric(values, _num(row["lag_seconds"]))
-            rate.add_metric(values, _num(row.get("lines_per_s")))
-        yield from (lines, nbytes, stored_rows, rejects, gaps, skipped, lag_bytes, lag_seconds, rate)
+                             "Wall clock minus the stream's last event time; absent in archive mode "
+                             "(the node is not writing).")
+        arrival = family(GaugeMetricFamily, "nodetap_arrival_lines_per_second",
+                         "How fast the node writes lines: file growth over the last ~10 s divided by "
+                         "the mean bytes per line seen.")
+        capacity = family(GaugeMetricFamily, "nodetap_capacity_lines_per_second",
+                          "How fast nodetap processes: lines per second of lane busy time "
+                          "(parse+shape+commit), over the last batches.")
+        mode = GaugeMetricFamily(
+            "nodetap_stream_mode", "1 for the stream's mode: live (caught up or near), catching_up "
+            "(behind, node still writing), archive (everything read, newest file unchanged > 1 h).",
+            labels=[*labels, "mode"])
+        for st in streams:
+            values = [st.stream, st.kind]
+            lines.add_metric(values, st.lines)
+            nbytes.add_metric(values, st.bytes)
+            stored_rows.add_metric(values, st.rows)
+            rejects.add_metric(values, st.rejects)
+            gaps.add_metric(values, st.gaps)
+            skipped.add_metric(values, st.skipped_bytes)
+            lag_bytes.add_metric(values, st.lag_bytes)
+            if st.lag_seconds is not None:
+                lag_seconds.add_metric(values, st.lag_seconds)
+            arrival.add_metric(values, st.arrival_lines_per_s)
+            capacity.add_metric(values, st.capacity_lines_per_s)
+            for m in get_args(Mode):
+                mode.add_metric([*values, m], int(st.mode == m))
+        yield from (lines, nbytes, stored_rows, rejects, gaps, skipped, lag_bytes, lag_seconds,
+                    arrival, capacity, mode)
 
         seen = CounterMetricFamily("nodetap_rules_rows_seen", "Order rows each filter rule examined.",
                                    labels=["rule"])
@@ -90,14 +104,16 @@ class StateCollector:
             seen.add_metric([rule], counts.get("seen", 0))
             kept.add_metric([rule], counts.get("kept", 0))
         yield from (seen, kept)
+        yield GaugeMetricFamily("nodetap_rules_file_valid", "0 while the rules file's last change "
+                                "is invalid (the previous rules stay in effect; see /v1/status).",
+                                value=int(state.rules.error is None))
 
-        alive = state.thread is None or state.thread.is_alive()
-        yield GaugeMetricFamily("nodetap_pipeline_up", "1 while the ingest thread runs.", value=int(alive))
+        yield GaugeMetricFamily("nodetap_pipeline_up", "1 while the ingest thread runs.",
+                                value=int(state.pipeline.alive))
+        yield GaugeMetricFamily("nodetap_sealer_up", "1 while the lake sealer runs (it seals "
+                                "complete hours into Parquet).",
+                                value=int(state.pipeline.sealer_health().alive))
         yield from _hub_metrics(state)
-
-
-def _num(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
 
 
 # the live hub's numbers (`Hub.stats()`): help text, and whether each is a running total
@@ -157,35 +173,39 @@ async def metrics(request: Request) -> Response:
 @router.get("/healthz")
 async def healthz(state: State) -> Response:
     """200 while the process serves and its ingest thread runs."""
-    if state.thread is not None and not state.thread.is_alive():
+    if not state.pipeline.alive:
         return json_response({"status": "down", "reason": "the pipeline thread has stopped"}, 503)
     return json_response({"status": "ok"})
 
 
 @router.get("/readyz")
 async def readyz(state: State) -> Response:
-    """200 when every stream is caught up: a stream with unread bytes whose last commit is older
-    than `ready_max_lag_s` makes it 503, with the reason."""
-    reasons, streams = await asyncio.to_thread(_readiness, state)
+    """200 when the sealer runs and every stream is caught up: a stream with unread bytes whose
+    last commit is older than `ready_max_lag_s`, or a stopped sealer, makes it 503, with the
+    reason."""
+    reasons, streams, sealer = await asyncio.to_thread(_readiness, state)
+    body: dict[str, Any] = {"streams": streams, "sealer": sealer.as_dict()}
     if reasons:
-        return json_response({"status": "not ready", "reasons": reasons, "streams": streams}, 503)
-    return json_response({"status": "ready", "streams": streams})
+        return json_response({"status": "not ready", "reasons": reasons, **body}, 503)
+    return json_response({"status": "ready", **body})
 
 
-def _readiness(state: AppState) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def _readiness(state: AppState) -> tuple[list[str], dict[str, dict[str, Any]], SealerHealth]:
     bound = state.settings.ready_max_lag_s
     pipeline = state.pipeline
     reasons: list[str] = []
-    if state.thread is not None and not state.thread.is_alive():
+    if not pipeline.alive:
         reasons.append("the pipeline thread has stopped")
-    now = pipeline.clock()
+    sealer = pipeline.sealer_health()
+    if not sealer.alive:
+        reasons.append(f"the lake sealer has stopped ({sealer.last_error or 'not running'}): complete "
+                       "hours are no longer sealed into the lake; restart nodetap")
     streams: dict[str, dict[str, Any]] = {}
-    for name, st in sorted(pipeline.states.items()):
-        unread = st.tailer.unread_after(st.cursor)  # fresh from the files, not the last batch's view
-        age = now - st.last_batch_at if st.last_batch_at else None
-        streams[name] = {"unread_bytes": unread, "last_commit_age_s": None if age is None else round(age, 3)}
+    for st in pipeline.snapshot():
+        unread, age = st.lag_bytes, st.last_batch_age_s
+        streams[st.stream] = {"unread_bytes": unread, "last_commit_age_s": age}
         if unread > 0 and (age is None or age > bound):
             since = "no commit yet" if age is None else f"last commit {age:.1f} s ago"
-            reasons.append(f"{name}: {unread} unread bytes and {since} "
+            reasons.append(f"{st.stream}: {unread} unread bytes and {since} "
                            f"(over ready_max_lag_s = {bound:g} s)")
-    return reasons, streams
+    return reasons, streams, sealer

@@ -23,6 +23,7 @@ from etl.candles import shift_open_ms
 from etl.config import Settings
 from etl.filters import RulesError, rules_to_dict
 from etl.history import HistoryError, open_time_of, read_candles, watermark_and_holes
+from etl.status import status_rows
 
 router = APIRouter()
 
@@ -126,28 +127,23 @@ async def coins(read: Read) -> Response:
 # ------------------------------------------------------------------ status
 @router.get("/v1/status")
 async def status(state: State) -> Response:
-    """Per stream: file, offset, lag (bytes, seconds), lines/s, rows, rejects, gaps, skipped bytes,
-    time of the last commit; the orders rules' counts; the live hub's counters."""
+    """Per stream (etl/status.py): file, offset, mode, lag (bytes, seconds), arrival and capacity
+    lines/s, rows, rejects, gaps, skipped bytes, last event and commit; the sealer; the orders
+    rules' counts and error; the live hub's counters."""
     return json_response(await asyncio.to_thread(_status, state))
 
 
 def _status(state: AppState) -> dict[str, Any]:
     pipeline = state.pipeline
-    now = pipeline.clock()
-    streams = pipeline.status()
-    for row in streams:
-        st = pipeline.states.get(str(row["stream"]))
-        last = st.last_batch_at if st is not None else 0.0
-        row["last_batch_age_s"] = round(now - last, 3) if last else None
-    out: dict[str, Any] = {
+    return {
         "uptime_s": round(time.time() - state.started_at, 3) if state.started_at else None,
-        "pipeline_alive": state.thread.is_alive() if state.thread is not None else None,
-        "streams": streams,
+        "pipeline_alive": pipeline.alive,
+        "sealer": pipeline.sealer_health().as_dict(),
+        "streams": status_rows(pipeline.snapshot()),
         "rules": {"file": str(state.rules.path) if state.rules.path else None,
-                  "stats": state.rules.stats()},
+                  "error": state.rules.error, "stats": state.rules.stats()},
         "hub": state.hub.stats(),
     }
-    return out
 
 
 # ------------------------------------------------------------------ rules

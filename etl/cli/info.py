@@ -15,7 +15,7 @@ from etl.cli.common import CliError, settings_from
 from etl.cli.output import table
 from etl.config import Settings, lake_root, setting_specs, settings_table
 
-STATUS_COLUMNS = ("stream", "file", "offset", "lag_bytes", "lag_seconds", "lines", "rows",
+STATUS_COLUMNS = ("stream", "file", "offset", "mode", "lag_bytes", "lag_seconds", "lines", "rows",
                   "rejects", "gaps", "skipped_bytes", "last_time")
 STATUS_HELP = "per stream: " + ", ".join(c.replace("_", " ") for c in STATUS_COLUMNS[1:])
 
@@ -56,27 +56,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+    from etl.status import catching_up_bytes, status_rows, stored_snapshot
     from etl.store import stream_rows
-    from etl.tail import STREAM_DIRS, Cursor, Stream, Tailer
 
-    rows: list[dict[str, Any]] = stream_rows(con)
-    streams = {
-        name: Stream(name, kind, variant, s.node_dir / name / "hourly")
-        for name, (kind, variant) in STREAM_DIRS.items()
-    }
-    now = datetime.now(UTC).replace(tzinfo=None)
-    for r in rows:
-        st = streams.get(r["stream"])
-        r["lag_bytes"] = None
-        if st is not None:
-            r["lag_bytes"] = Tailer(st, batch_max_bytes=1, max_backlog_bytes=None).unread_after(
-                Cursor(r["file"] or "", int(r["inode"] or 0), int(r["offset"] or 0))
-            )
-        r["lag_seconds"] = (now - r["last_time"]).total_seconds() if r["last_time"] else None
-        for k, v in list(r.items()):
-            if isinstance(v, datetime):
-                r[k] = v.isoformat()
-    return rows
+    return status_rows(stored_snapshot(stream_rows(con), s.node_dir, datetime.now(UTC).timestamp(),
+                                       catching_up_bytes(s)))
 
 
 def _effective_lake(s: Settings) -> Path:

@@ -51,6 +51,7 @@ def pipeline_settings(args: argparse.Namespace, *, must_exist: bool, port: bool 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from etl.pipeline import Pipeline
+    from etl.status import status_rows
     from etl.store import Store
 
     s = pipeline_settings(args, must_exist=args.once)
@@ -62,12 +63,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             pipe.run_once()
             pipe.flush()
             pipe.lake().seal()
-            print(format_status(pipe.status()))
+            print(format_status(status_rows(pipe.snapshot())))
         else:
             pipe.run()
     finally:
-        pipe.close()
-        pipe.write_status_file(force=True)
+        pipe.stop()
         store.close()
     return 0
 
