@@ -11,11 +11,13 @@ from api.state import AppState
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.nodetap
+    state: AppState = request.app.state.nodetap
+    return state
 
 
 def _ws_state(websocket: WebSocket) -> AppState:
-    return websocket.app.state.nodetap
+    state: AppState = websocket.app.state.nodetap
+    return state
 
 
 def _reader(request: Request) -> Reader:

@@ -27,7 +27,8 @@ from api.wire import CandleSub
 from etl.candles import CANDLE_SCHEMA, candles, open_time_ms
 from etl.history import open_time_of, roll_up, source_interval
 from etl.pipeline import Processed
-from etl.store import CANDLE_DB_NAMES_BACK, fetch_pl
+from etl.schema import CANDLE_DB_NAMES_BACK
+from etl.store import fetch_pl
 
 TRADE_COLUMNS = ("time", "px", "sz", "tid")
 

@@ -180,7 +180,7 @@ def _single_query(sql: str) -> str:
     if stmt.type != _T.SELECT:
         word = _first_words(stmt.query)
         raise SqlRefused(f"{word}: {_reason(stmt, word)} ({ONLY})")
-    return stmt.query
+    return str(stmt.query)
 
 
 def _parse(sql: str) -> list[Any]:

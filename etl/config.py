@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from etl.candles import DEFAULT_INTERVALS, validate_intervals
 
@@ -27,7 +27,10 @@ DB = ("ingest", "serve", "demo", "backfill", "status", "sql", "export", "candles
 PIPELINE = ("ingest", "serve")  # run the tailing pipeline
 SHAPING = ("ingest", "serve", "backfill")  # parse and filter node lines
 SERVER = ("serve", "demo")  # listen for HTTP and WebSocket clients
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+Backlog = Literal["drop", "keep"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+BACKLOG: tuple[str, ...] = get_args(Backlog)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 def _s(default: Any, doc: str, *, flag: str = "", on: tuple[str, ...] = (),
@@ -42,7 +45,7 @@ class Settings:
     node_dir: Path = _s(Path("data/demo-node"), "The node's data dir, usually `~/hl/data`: it holds `node_order_statuses*`, `node_fills*` or `node_trades`, each laid out `hourly/YYYYMMDD/H`. A dir that does not exist yet is waited for; one that holds none of them is refused.", flag="--node-dir", on=NODE)
     db: Path = _s(Path("data/nodetap.duckdb"), "The DuckDB file: rows, cursors, gaps and rejects.", flag="--db", on=DB)
     start_from: str = _s("end", "First-run start per stream: `end` (new data only), `start` (oldest file) or `YYYYMMDD[/H]`. Later runs resume from stored cursors.", flag="--from", on=PIPELINE)
-    backlog: str = _s("drop", "`drop`: skip the oldest unread data past `max_backlog_bytes` (recorded in `gaps`); `keep`: process everything.", flag="--backlog", on=PIPELINE, choices=("drop", "keep"))
+    backlog: Backlog = _s("drop", "`drop`: skip the oldest unread data past `max_backlog_bytes` (recorded in `gaps`); `keep`: process everything.", flag="--backlog", on=PIPELINE, choices=BACKLOG)
     max_backlog_bytes: int = _s(2 << 30, 'Unread bytes per stream above which the oldest are skipped (with `backlog = "drop"`).', flag="--max-backlog-bytes", on=PIPELINE)
     batch_max_bytes: int = _s(64 << 20, "Most bytes read and parsed in one micro-batch; bounds memory (peak RSS 0.7 GB at 64 MiB while catching up; see docs/benchmarks.md). Batches over ~123K rows skip DuckDB's WAL, which is why 64 MiB beats 32 MiB by ~20%.", flag="--batch-max-bytes", on=SHAPING)
     max_line_bytes: int = _s(1 << 20, "A line longer than this is rejected (recorded in `rejects`).", flag="--max-line-bytes", on=SHAPING)
@@ -77,7 +80,7 @@ class Settings:
     http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.")
     node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
-    log_level: str = _s("INFO", "Logging level. Logs go to standard error, one line per event, `key=value`.", flag="--log-level", on=DB, choices=LOG_LEVELS)
+    log_level: LogLevel = _s("INFO", "Logging level. Logs go to standard error, one line per event, `key=value`.", flag="--log-level", on=DB, choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -115,6 +118,8 @@ class SettingSpec:
 
 def _kind(f: Field[Any]) -> str:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.startswith("Literal") or kind in ("Backlog", "LogLevel"):
+        return "str"  # one of its `choices`
     return "tuple" if kind.startswith("tuple") else kind
 
 

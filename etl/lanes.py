@@ -266,7 +266,7 @@ class Lane:
         self.last_batch_at = self.clock()
         if result.rejects:
             log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
-                        self.stream.name, unit.file, len(result.rejects), result.rejects[0][2])
+                        self.stream.name, unit.file, len(result.rejects), result.rejects[0].reason)
         for g in result.gaps:
             log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
                         self.stream.name, g.file, g.start, g.end, g.reason)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -34,10 +34,18 @@ from etl.columns import (
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
 
+class BadLine(NamedTuple):
+    """A line of a batch that did not become a row."""
+
+    offset: int  # where the line starts in the batch
+    reason: str
+    head: bytes  # its first REJECT_LINE_BYTES bytes
+
+
 @dataclass
 class Parsed:
     frame: pl.DataFrame  # with `_line`: the index in `starts` of each row's line
-    rejects: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, reason, head)
+    rejects: list[BadLine] = field(default_factory=list)
     starts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # every line's start
 
     @property
@@ -328,23 +336,24 @@ def _slow_parse(
     plain_fills: bool,
 ) -> Parsed:
     """Find the bad lines one by one, then decode the good ones together."""
-    rejects: list[tuple[int, str, bytes]] = []
+    rejects: list[BadLine] = []
     good: list[int] = []
     for i in range(len(ends)):
         s, e = int(starts[i]), int(ends[i])
         if blank[i]:
             continue
         if long[i]:
-            rejects.append((s, f"line of {e - s} bytes over max_line_bytes", buf[s : s + REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, f"line of {e - s} bytes over max_line_bytes",
+                                   buf[s : s + REJECT_LINE_BYTES]))
             continue
         line = buf[s:e]
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as err:
-            rejects.append((s, f"invalid JSON: {err}", line[:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, f"invalid JSON: {err}", line[:REJECT_LINE_BYTES]))
             continue
         if not isinstance(value, fmt.top):
-            rejects.append((s, f"expected a JSON {fmt.top.__name__}", line[:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, f"expected a JSON {fmt.top.__name__}", line[:REJECT_LINE_BYTES]))
             continue
         good.append(i)
     frames = _decode_isolating(fmt, buf, starts, ends, good, plain_fills, rejects)
@@ -353,7 +362,7 @@ def _slow_parse(
     if bad is not None:
         for i in sorted(set(bad.to_list())):
             s, e = int(starts[i]), int(ends[i])
-            rejects.append((s, "missing required field", buf[s:e][:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, "missing required field", buf[s:e][:REJECT_LINE_BYTES]))
         flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
     rejects.sort()
     return Parsed(flat, rejects, starts)
@@ -366,7 +375,7 @@ def _decode_isolating(
     ends: np.ndarray,
     idx: list[int],
     plain_fills: bool,
-    rejects: list[tuple[int, str, bytes]],
+    rejects: list[BadLine],
 ) -> list[pl.DataFrame]:
     """Decode lines `idx` together; when the decoder refuses, bisect to find the line."""
     if not idx:
@@ -378,7 +387,7 @@ def _decode_isolating(
         if len(idx) == 1:
             s, e = int(starts[idx[0]]), int(ends[idx[0]])
             reason = f"wrong shape: {str(err).splitlines()[0][:200]}"
-            rejects.append((s, reason, buf[s:e][:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, reason, buf[s:e][:REJECT_LINE_BYTES]))
             return []
         mid = len(idx) // 2
         return _decode_isolating(fmt, buf, starts, ends, idx[:mid], plain_fills, rejects) + _decode_isolating(

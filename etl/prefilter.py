@@ -33,10 +33,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
 from etl.parse import (
-    ORDERS_REQUIRED,
-    ORDERS_SCHEMA,
+    BadLine,
     Format,
     Parsed,
     _decode,
@@ -130,7 +130,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     sure = ~in_cand
     counts = mask_counts(masks.filter(sure))
     times = light.filter(sure).select("time", "_line")
-    rejects: list[tuple[int, str, bytes]] = []
+    rejects: list[BadLine] = []
     frame = pl.DataFrame(schema={**ORDERS_SCHEMA, "_line": pl.UInt32})
     if len(cand_lines):
         sub, sub_starts = take_lines(buf, starts, ends, cand_lines)
@@ -142,9 +142,9 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
         kept, sub_counts = apply_rules(decoded, rules)
         counts = add_counts(counts, sub_counts)
         times = pl.concat([times, decoded.select("time", "_line")])
-        k = np.searchsorted(sub_starts, [o for o, _, _ in full.rejects], "right") - 1
+        k = np.searchsorted(sub_starts, [r.offset for r in full.rejects], "right") - 1
         moved = starts[cand_lines][k] - sub_starts[k]  # sub-buffer offset -> offset in `buf`
-        rejects = [(o + int(d), why, head) for (o, why, head), d in zip(full.rejects, moved, strict=True)]
+        rejects = [r._replace(offset=r.offset + int(d)) for r, d in zip(full.rejects, moved, strict=True)]
         frame = kept
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from etl.tail import STREAM_DIRS, hour_files
+from etl.hourfiles import hour_files
+from etl.tail import STREAM_DIRS
 
 TAIL_BYTES = 1 << 20  # of each stream's newest file: enough for the last blocks
 

@@ -205,7 +205,7 @@ class Simulator:
 
     def blocks(
         self, events_per_block: float | Callable[[], float]
-    ) -> Iterator[tuple[dict[str, object], list, list, list]]:
+    ) -> Iterator[tuple[dict[str, object], list[Any], list[Any], list[Any]]]:
         """Yield (envelope, order events, fill events, trade lines) per block, forever.
         `events_per_block` may be a function, asked once a block (bursts)."""
         rate = events_per_block if callable(events_per_block) else (lambda: events_per_block)
@@ -233,7 +233,7 @@ class Simulator:
             yield env, orders, fills, trades
 
 
-def render(stream: str, variant: str, env: dict[str, object], events: list) -> list[bytes]:
+def render(stream: str, variant: str, env: dict[str, object], events: list[Any]) -> list[bytes]:
     """Lines of one block for a stream in a variant (no trailing newline)."""
     if variant == "by_block":
         return [orjson.dumps({**env, "events": events})]
@@ -328,9 +328,9 @@ def _write_block(
     variant: str,
     now: datetime,
     env: dict[str, object],
-    orders: list,
-    fills: list,
-    trades: list,
+    orders: list[Any],
+    fills: list[Any],
+    trades: list[Any],
 ) -> None:
     events = {"orders": orders, "fills": fills}
     for kind, name in dirs.items():

@@ -27,7 +27,7 @@ from etl.schema import (
     ROW_TABLES,
     hour_expr,
 )
-from etl.tail import Cursor, Gap
+from etl.tail import Cursor, Gap, Reject
 
 log = logging.getLogger("nodetap.store")
 
@@ -41,7 +41,7 @@ class BatchResult:
     file: str
     lines: int
     nbytes: int
-    rejects: list[tuple[str, int, str, bytes]]  # (file, offset, reason, head of line)
+    rejects: list[Reject]
     gaps: list[Gap]
     est_line_bytes: float
     last_time: datetime | None
@@ -193,8 +193,8 @@ class Store:
                 con.executemany(
                     "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
                     [
-                        (batch.stream, f, off, reason, head.decode("utf-8", "replace"), now)
-                        for f, off, reason, head in batch.rejects
+                        (batch.stream, r.file, r.offset, r.reason, r.head.decode("utf-8", "replace"), now)
+                        for r in batch.rejects
                     ],
                 )
             if batch.gaps:

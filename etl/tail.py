@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from etl.hourfiles import (
     DAY,
@@ -28,8 +29,14 @@ from etl.nodefiles import FP_BYTES, EmptyIndex, FileIndex, fingerprint_at, finge
 
 log = logging.getLogger("nodetap.tail")
 
+Kind = Literal["orders", "fills", "trades"]
+Variant = Literal["plain", "by_block", "streaming"]
+# backlog | missing: bytes not read; truncated | replaced | rewritten | overlap: the file is read
+# again from its start, and its rows are checked against the stored ones
+GapReason = Literal["backlog", "missing", "truncated", "replaced", "rewritten", "overlap"]
+
 # directory name -> (kind, variant)
-STREAM_DIRS: dict[str, tuple[str, str]] = {
+STREAM_DIRS: dict[str, tuple[Kind, Variant]] = {
     "node_order_statuses": ("orders", "plain"),
     "node_order_statuses_by_block": ("orders", "by_block"),
     "node_order_statuses_streaming": ("orders", "streaming"),
@@ -43,8 +50,8 @@ STREAM_DIRS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class Stream:
     name: str  # directory name, e.g. node_fills_by_block
-    kind: str  # orders | fills | trades
-    variant: str  # plain | by_block | streaming
+    kind: Kind
+    variant: Variant
     root: Path  # <node-dir>/<name>/hourly
 
 
@@ -64,13 +71,20 @@ class Gap:
     file: str
     start: int
     end: int
-    # backlog | missing: bytes not read; truncated | replaced | rewritten | overlap: the file
-    # is read again from its start, and its rows are checked against the stored ones
+    reason: GapReason
+
+
+class Reject(NamedTuple):
+    """A line that did not become a row, stored in `rejects`."""
+
+    file: str
+    offset: int  # where the line starts in the file
     reason: str
+    head: bytes  # its first bytes
 
 
 # gap reasons after which a file is re-read from 0 with identity checks (etl/dedup.py)
-REREAD = ("truncated", "replaced", "rewritten", "overlap")
+REREAD: tuple[GapReason, ...] = ("truncated", "replaced", "rewritten", "overlap")
 
 
 @dataclass
@@ -263,7 +277,7 @@ class Tailer:
 
     def _checked(self, cur: Cursor, st: os.stat_result, gaps: list[Gap]) -> Cursor:
         """`cur`, or the file's start when the file is not the one the cursor was in."""
-        reason = ""
+        reason: GapReason | None = None
         if cur.inode and st.st_ino != cur.inode:
             reason = "replaced"
         elif st.st_size < cur.offset:

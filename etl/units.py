@@ -17,7 +17,7 @@ import polars as pl
 from etl.filters import Rules, add_counts
 from etl.parse import parse
 from etl.prefilter import OrdersFilter
-from etl.tail import Batch, Cursor, Gap, Stream
+from etl.tail import Batch, Cursor, Gap, Reject, Stream
 
 ROW_GROUP = 122_880  # DuckDB's default row group size
 
@@ -30,7 +30,7 @@ class Unit:
     cursor: Cursor  # where the line after the last one starts
     frame: pl.DataFrame | None  # rows of the stream's kind, with `_offset` (their line's start)
     line_offsets: np.ndarray  # start of every line, good or bad, ascending
-    rejects: list[tuple[str, int, str, bytes]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     unread: int = 0  # bytes the node had written past this unit when it was read
     dropped_lines: int = 0  # lines given up on by the tailer (in rejects too)
@@ -56,7 +56,7 @@ def unit_of(batch: Batch, max_line_bytes: int, rules: Rules | None = None,
             orders_filter: OrdersFilter | None = None) -> Unit:
     """Parse a batch into a unit (on a worker thread). With `rules`, order statuses are filtered
     here, decoding whole only the lines that can pass (etl/prefilter.py)."""
-    rejects: list[tuple[str, int, str, bytes]] = []
+    rejects: list[Reject] = []
     frame = times = counts = None
     offsets = np.empty(0, np.int64)
     if batch.data:
@@ -70,10 +70,10 @@ def unit_of(batch: Batch, max_line_bytes: int, rules: Rules | None = None,
         frame = _with_offsets(parsed.frame, offsets)
         if counts is not None:
             times = _with_offsets(filtered.times, offsets)
-        rejects = [(batch.file, batch.start + o, why, head) for o, why, head in parsed.rejects]
+        rejects = [Reject(batch.file, batch.start + r.offset, r.reason, r.head) for r in parsed.rejects]
     dropped = 0
     if batch.dropped:
-        rejects.append((batch.file, batch.start, batch.dropped_reason, batch.dropped))
+        rejects.append(Reject(batch.file, batch.start, batch.dropped_reason, batch.dropped))
         dropped = 1
     start = batch.start if batch.data or batch.dropped else batch.cursor.offset
     file = batch.file if batch.data or batch.dropped else batch.cursor.file
@@ -137,7 +137,7 @@ def split_whole_row_groups(u: Unit) -> tuple[Unit, Unit | None]:
         cursor=Cursor(u.file, u.cursor.inode, cut),
         frame=u.frame.filter(in_head),
         line_offsets=u.line_offsets[:n_lines],
-        rejects=[r for r in u.rejects if r[1] < cut],
+        rejects=[r for r in u.rejects if r.offset < cut],
         unread=u.unread + (u.cursor.offset - cut),
         times=None if u.times is None else u.times.filter(pl.col("_offset") < cut),
     )
@@ -146,7 +146,7 @@ def split_whole_row_groups(u: Unit) -> tuple[Unit, Unit | None]:
         start=cut,
         frame=u.frame.filter(~in_head),
         line_offsets=u.line_offsets[n_lines:],
-        rejects=[r for r in u.rejects if r[1] >= cut],
+        rejects=[r for r in u.rejects if r.offset >= cut],
         gaps=[],
         times=None if u.times is None else u.times.filter(pl.col("_offset") >= cut),
         # the rules' counts are running totals for /v1/status: the head carries them all

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import Any
 
 from etl.simulate import BLOCK_S, FILL_STREAM, ORDER_STREAM, NodeWriter, Simulator, iso, render
 
@@ -66,7 +67,7 @@ def stamp(block: Block, now_iso: bytes, now_ms: bytes, replay: int) -> tuple[byt
 
 
 def write(node: str, order_rate: float, fill_rate: float, seconds: float, burst_ms: float,
-          notes: Queue) -> None:
+          notes: Queue[Any]) -> None:
     """Append the blocks for `seconds`, a burst at a time; notes ("start", wall ms) then
     ("done", lines, seconds, most seconds behind the rate, trades written)."""
     rate = order_rate + fill_rate
