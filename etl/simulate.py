@@ -322,16 +322,8 @@ def _ends_mid_line(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
-def _write_block(
-    writer: NodeWriter,
-    dirs: dict[str, str],
-    variant: str,
-    now: datetime,
-    env: dict[str, object],
-    orders: list[Any],
-    fills: list[Any],
-    trades: list[Any],
-) -> None:
+def _write_block(writer: NodeWriter, dirs: dict[str, str], variant: str, now: datetime,
+                 env: dict[str, object], orders: list[Any], fills: list[Any], trades: list[Any]) -> None:
     events = {"orders": orders, "fills": fills}
     for kind, name in dirs.items():
         if kind == "trades":
@@ -340,17 +332,9 @@ def _write_block(
             writer.write(name, now, render(name, variant, env, events[kind]))
 
 
-def generate(
-    out: Path,
-    *,
-    lines: int,
-    variant: str = "plain",
-    kinds: tuple[str, ...] = ("orders", "fills"),
-    seed: int = 7,
-    start: datetime | None = None,
-    events_per_block: float = 20.0,
-    malformed_share: float = 0.0,
-) -> int:
+def generate(out: Path, *, lines: int, variant: str = "plain", kinds: tuple[str, ...] = ("orders", "fills"),
+             seed: int = 7, start: datetime | None = None, events_per_block: float = 20.0,
+             malformed_share: float = 0.0) -> int:
     """Write about `lines` lines over all streams, on a simulated clock, as fast as
     possible; returns the number of lines written."""
     sim = Simulator(seed=seed, start=start) if start else Simulator(seed=seed)
