@@ -27,8 +27,12 @@ def _naive(ms: int) -> datetime:
 
 def recent_trades(con: duckdb.DuckDBPyConnection, coin: str) -> list[dict[str, Any]]:
     """The coin's latest trades in the `trades` channel's shape, oldest first."""
-    sel = fetch_pl(con, f"""SELECT * FROM (SELECT * FROM main.trades WHERE coin = $1
-                            ORDER BY time DESC, tid DESC LIMIT {RECENT_TRADES}) ORDER BY time, tid""", [coin])
+    for source in ("main", "history"):  # DuckDB, then the lake: a coin whose hours were pruned
+        sel = fetch_pl(con, f"""SELECT * FROM (SELECT * FROM {source}.trades WHERE coin = $1
+                                ORDER BY time DESC, tid DESC LIMIT {RECENT_TRADES}) ORDER BY time, tid""",
+                       [coin])
+        if not sel.is_empty():
+            break
     if sel.is_empty():
         return []
     return pl.DataFrame({
@@ -92,10 +96,16 @@ def order_status(con: duckdb.DuckDBPyConnection, user: str, oid: int | str) -> A
 
 
 def all_mids(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """Every coin's last trade price (the trades in DuckDB: the retained hours)."""
+    """Every coin's last trade price: from the trades in DuckDB (the retained hours), and for a
+    coin whose trades were all pruned into the lake, the close of its latest stored candle (the
+    same price, read from a table far smaller than the trades)."""
     rows = fetch_pl(con, """SELECT coin, px, time, tid FROM main.trades
                             QUALIFY row_number() OVER (PARTITION BY coin ORDER BY time DESC, tid DESC) = 1""")
-    return last_prices(rows) if rows.height else {}
+    mids = last_prices(rows) if rows.height else {}
+    older = con.execute("""SELECT coin, arg_max(c, t_last) FROM history.candles
+                           WHERE NOT filled AND coin NOT IN (SELECT DISTINCT coin FROM main.trades)
+                           GROUP BY coin""").fetchall()
+    return {**{str(c): float(px) for c, px in older if px is not None}, **mids}
 
 
 def coin_seen(con: duckdb.DuckDBPyConnection, coin: str) -> bool:

@@ -32,6 +32,7 @@ import duckdb
 
 from api import sqllimits
 from api.errors import SqlError, SqlRefused
+from etl.schema import TABLES
 
 ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
 FILE = "file access is not allowed from SQL"
@@ -343,7 +344,7 @@ def _check_table(node: dict[str, Any], relations: set[tuple[str, str, str]], cte
         if rel == lowered and (not schema or sch == schema) and (not catalog or database == catalog):
             return
     qualified = ".".join(p for p in (catalog, schema, name) if p)
+    tables = ", ".join((*TABLES, "gaps", "rejects", "cursors"))
     raise SqlRefused(
-        f"{qualified!r}: no such table or view (tables: orders, fills, trades, candles, gaps, rejects, "
-        "cursors; history views over DuckDB and the lake: history.orders, history.fills, "
-        "history.trades, history.candles)")
+        f"{qualified!r}: no such table or view (tables: {tables}; "
+        f"history views over DuckDB and the lake: {', '.join(f'history.{t}' for t in TABLES)})")

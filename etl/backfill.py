@@ -13,16 +13,18 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import lz4.frame
 
 from etl.filecursors import BACKFILL_PREFIX, file_key
+from etl.lanes import dedup_for
 from etl.nodefiles import FP_BYTES, fingerprint_of
-from etl.pipeline import Shaping, commit_unit
-from etl.store import Store
+from etl.pipeline import Shaping
+from etl.shaping import shape
+from etl.store import BatchResult, Store
 from etl.tail import STREAM_DIRS, Batch, Cursor, Gap, Stream
-from etl.units import unit_of
+from etl.units import Unit, unit_of
 
 log = logging.getLogger("nodetap.backfill")
 
@@ -187,3 +189,27 @@ def backfill(
         log.info("event=backfill_file path=%s stream=%s file=%s", f, source, rel)
     bar.close()
     return totals
+
+
+def commit_unit(
+    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = 480.0
+) -> tuple[BatchResult, dict[str, Any], Any]:
+    """Shape a unit's rows (orders by the rules; trades from fills; candles from trades), then
+    commit them with the unit's rejects, gaps and cursor (one unit at a time, no lane)."""
+    from etl.candles import merge as merge_candles
+
+    shaping = shaping or Shaping()
+    watermark = store.last_time(unit.stream.name)
+    shaped = shape(unit, rules=shaping.rules, intervals=shaping.intervals,
+                   stall_after_s=store.stall_after_s, watermark=watermark, dedup=dedup_for(store, unit))
+    result = BatchResult(
+        stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
+        lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
+        est_line_bytes=line_bytes, last_time=shaped.last_time,
+        first_time=shaped.first_time,
+        stalls=shaped.stalls, watermark_before=watermark)
+    candles = None
+    if shaped.candles is not None and shaped.candles.height:
+        candles = merge_candles(store.stored_candles(shaped.candles), shaped.candles)
+    store.commit(result, shaped.rows, candles, shaped.trade_users)
+    return result, shaped.rows, candles

@@ -30,20 +30,26 @@ from etl.filters import RulesFile
 from etl.gate import Gate
 from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
-from etl.lanes import Lane, Listener, Processed, dedup_for
+from etl.lanes import Lane, Listener, Processed
 from etl.nodefiles import wait_for_dir
-from etl.shaping import find_silences, shape
-from etl.status import ArrivalMeter, SealerHealth, StreamStatus, lane_statuses, status_rows
-from etl.store import BatchResult, Store
+from etl.shaping import find_silences
+from etl.status import (
+    ArrivalMeter,
+    SealerHealth,
+    StreamStatus,
+    catching_up_bytes,
+    lane_statuses,
+    status_rows,
+    stored_snapshot,
+)
+from etl.store import Store
 from etl.tail import discover, initial_cursor
-from etl.units import Unit
 
 log = logging.getLogger("nodetap.pipeline")
 
 SHUTDOWN_TIMEOUT_S = 30.0  # for the lanes to commit their unit in flight and the sealer its hour
 
-__all__ = ["Pipeline", "Processed", "Shaping", "StreamStatus", "commit_unit", "find_silences",
-           "rules_file_for"]
+__all__ = ["Pipeline", "Processed", "Shaping", "StreamStatus", "find_silences", "rules_file_for"]
 
 
 @dataclass
@@ -340,8 +346,13 @@ class Pipeline:
     def snapshot(self) -> list[StreamStatus]:
         """Every stream's status now: its files are stat'ed, its counters read (etl/status.py)."""
         stored: dict[str, dict[str, Any]] = {str(r["stream"]): r for r in self.store.status()}
-        return lane_statuses(sorted(dict(self.states).items()), stored, self._meters,
-                             now=self.clock(), wall=self.wall_clock(), settings=self.settings)
+        lanes = sorted(dict(self.states).items())
+        live = lane_statuses(lanes, stored, self._meters, now=self.clock(), wall=self.wall_clock(),
+                             settings=self.settings)
+        # streams stored without a lane now (`backfill:*`, another variant read before)
+        rest = [r for name, r in stored.items() if name not in self.states]
+        return sorted(live + stored_snapshot(rest, self.settings.node_dir, self.wall_clock(),
+                                             catching_up_bytes(self.settings)), key=lambda st: st.stream)
 
     def write_status_file(self, force: bool = False) -> None:
         """A JSON copy of `snapshot()` beside the DB, for `nodetap status` while we hold the lock."""
@@ -372,27 +383,3 @@ def rules_file_for(s: Settings) -> RulesFile:
         else:
             raise FileNotFoundError(f"rules file {path} does not exist (setting rules_file)")
     return RulesFile(path, keep_all=s.keep_all)
-
-
-def commit_unit(
-    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = 480.0
-) -> tuple[BatchResult, dict[str, Any], Any]:
-    """Shape a unit's rows (orders by the rules; trades from fills; candles from trades), then
-    commit them with the unit's rejects, gaps and cursor (one unit at a time, no lane)."""
-    from etl.candles import merge as merge_candles
-
-    shaping = shaping or Shaping()
-    watermark = store.last_time(unit.stream.name)
-    shaped = shape(unit, rules=shaping.rules, intervals=shaping.intervals,
-                   stall_after_s=store.stall_after_s, watermark=watermark, dedup=dedup_for(store, unit))
-    result = BatchResult(
-        stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
-        lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
-        est_line_bytes=line_bytes, last_time=shaped.last_time,
-        first_time=shaped.first_time,
-        stalls=shaped.stalls, watermark_before=watermark)
-    candles = None
-    if shaped.candles is not None and shaped.candles.height:
-        candles = merge_candles(store.stored_candles(shaped.candles), shaped.candles)
-    store.commit(result, shaped.rows, candles, shaped.trade_users)
-    return result, shaped.rows, candles

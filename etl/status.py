@@ -154,6 +154,9 @@ def stream_status(*, stream: str, kind: str, variant: str, cursor: Cursor, scan:
     """A stream's status from its cursor, a scan of its files and its stored counters."""
     mode = mode_of(scan.lag_bytes, scan, wall, grew_recently, catching_up_bytes)
     last_time: datetime | None = stored.get("last_time")
+    if (mode == "live" and scan.lag_bytes == 0 and last_time is not None
+            and scan.newest_mtime is None and scan.newest_hour_end is None):
+        mode = "archive"  # stored data and no file of it in the node dir: a backfill, an old DB
     updated_at: datetime | None = stored.get("updated_at")
     lines, nbytes = int(stored.get("lines") or 0), int(stored.get("bytes") or 0)
     line_bytes = nbytes / lines if lines and nbytes else DEFAULT_LINE_BYTES

@@ -112,6 +112,7 @@ class Batch:
 
 
 _PREFERENCE = {"streaming": 0, "by_block": 1, "plain": 2}
+_WARNED: set[tuple[Path, tuple[str, ...]]] = set()
 
 
 def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
@@ -136,7 +137,8 @@ def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
     if "fills" in chosen:
         chosen.pop("trades", None)
     ignored = [s.name for s in present if s not in chosen.values()]
-    if ignored:
+    if ignored and (node_dir, tuple(ignored)) not in _WARNED:  # once per process, not per rescan
+        _WARNED.add((node_dir, tuple(ignored)))
         log.warning(
             "event=streams_ignored streams=%s reason=one_variant_per_kind (set `streams` to choose)",
             ",".join(ignored),

@@ -491,3 +491,11 @@ def test_coins_and_meta_keep_coins_whose_rows_retention_moved_to_the_lake(
         snap = client.post("/info", json={"type": "candleSnapshot", "req": {
             "coin": "OLD", "interval": "1m", "startTime": T0, "endTime": T0 + MIN}}).json()
         assert [(c["t"], c["c"]) for c in snap] == [(T0, "5.0"), (T0 + MIN, "6.0")]
+        # the latest state of a pruned coin still answers, from the lake
+        recent = client.post("/info", json={"type": "recentTrades", "coin": "OLD"}).json()
+        assert [(t["px"], t["sz"], t["time"]) for t in recent] == [
+            ("5.0", "0.25", T0 + 30_000), ("6.0", "0.5", T0 + MIN + 30_000)]
+        assert client.post("/info", json={"type": "allMids"}).json() == {"BTC": "102.0", "OLD": "6.0"}
+        assert [(t["px"], t["time"]) for t in client.get("/v1/trades", params={"coin": "OLD"}).json()] == [
+            (6.0, T0 + MIN + 30_000), (5.0, T0 + 30_000)]
+        assert [o["coin"] for o in client.get("/v1/orders", params={"coin": "ORD"}).json()] == ["ORD"]

@@ -74,10 +74,13 @@ async def trades(read: Read, coin: str | None = None, limit: str | None = None) 
     n = parse_limit(limit)
     params: list[object] = [coin] if coin else []
     where = "WHERE coin = $1" if coin else ""
-    # rowid is arrival order: the store appends each stream's rows in file order
+    # rowid is arrival order: the store appends each stream's rows in file order; trades only
+    # in the lake (pruned from DuckDB after retain_hours) are ordered by time and tid
     sql = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM main.trades {where} "
            f"ORDER BY trades.time DESC, rowid DESC LIMIT {n}")
-    return json_response(await read(lambda con: rows_of(con, sql, params)))
+    lake = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM history.trades {where} "
+            f"ORDER BY time DESC, tid DESC LIMIT {n}")
+    return json_response(await read(lambda con: rows_of(con, sql, params) or rows_of(con, lake, params)))
 
 
 @router.get("/v1/orders")
@@ -93,10 +96,11 @@ async def orders(read: Read, coin: str | None = None, status: str | None = None,
             params.append(value)
             where.append(f'"{column}" = ${len(params)}')
     clause = "WHERE " + " AND ".join(where) if where else ""
-    sql = ("SELECT * REPLACE (epoch_ms(time) AS time, epoch_ms(block_time) AS block_time, "
-           f"epoch_ms(order_time) AS order_time) FROM main.orders {clause} "
-           f"ORDER BY orders.time DESC, rowid DESC LIMIT {n}")
-    return json_response(await read(lambda con: rows_of(con, sql, params)))
+    select = ("SELECT * REPLACE (epoch_ms(time) AS time, epoch_ms(block_time) AS block_time, "
+              "epoch_ms(order_time) AS order_time) FROM {} " + clause)
+    sql = select.format("main.orders") + f" ORDER BY orders.time DESC, rowid DESC LIMIT {n}"
+    lake = select.format("history.orders") + f" ORDER BY time DESC LIMIT {n}"  # pruned from DuckDB
+    return json_response(await read(lambda con: rows_of(con, sql, params) or rows_of(con, lake, params)))
 
 
 def rows_of(con: Con, sql: str, params: list[object]) -> list[dict[str, Any]]:
