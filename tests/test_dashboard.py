@@ -293,6 +293,11 @@ def test_dashboard_reconnects_and_shows_errors(session: Session) -> None:
 
 
 # ------------------------------------------------------------------ archives (backfilled, not live)
+def row_last_times(rows: list[dict[str, list[str]]], stream: str) -> str:
+    """The "last event" cell of a stream's status row."""
+    return next(r["last_time"][0] for r in rows if r["stream"][0] == stream)
+
+
 @pytest.fixture
 def archive_server(tmp_path: Path, serve: Callable[..., ServerThread]) -> Callable[..., ServerThread]:
     """archive_server(node, *more) -> a server over a DB `nodetap backfill` filled from those dirs,
@@ -378,8 +383,13 @@ def test_dashboard_shows_a_backfilled_archive_of_real_node_lines(
                 c => [c.dataset.col, [c.textContent, c.className]])))})""")
             status = {s["stream"]: s for s in shown["body"]["streams"]}
             rows = shown["rows"]
+            # the node's streams, and what `backfill` stored (archives, with their event times)
             assert sorted(r["stream"][0] for r in rows) == sorted(status) == [
-                "node_fills_streaming", "node_order_statuses_streaming"]
+                "backfill:node_fills_by_block", "backfill:node_fills_streaming",
+                "backfill:node_order_statuses_streaming", "node_fills_streaming",
+                "node_order_statuses_streaming"]
+            assert {status[n]["mode"] for n in status if n.startswith("backfill:")} == {"archive"}
+            assert row_last_times(rows, "backfill:node_fills_streaming") == "2026-05-05 17:39:16"
             for row in rows:
                 s = status[row["stream"][0]]
                 assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|–", row["last_time"][0]), row

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -188,9 +189,17 @@ def test_a_backfilled_archive_is_shown_as_an_archive_not_as_lag(
     run_cli("backfill", str(node), "--db", str(db), "--quiet")
     # old hour files copied just now (fresh mtimes): the node that wrote them has moved on
     with serve(node, db=db) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
-        wait_for(lambda: all(s["last_batch_age_s"] is not None
-                             for s in client.get("/v1/status").json()["streams"]), timeout=30)
-        streams = {s["stream"]: s for s in client.get("/v1/status").json()["streams"]}
+        def lanes() -> dict[str, Any]:  # the streams read from the node dir by this server
+            return {s["stream"]: s for s in client.get("/v1/status").json()["streams"]
+                    if not s["stream"].startswith("backfill:")}
+
+        wait_for(lambda: all(s["last_batch_age_s"] is not None for s in lanes().values()), timeout=30)
+        everything = {s["stream"]: s for s in client.get("/v1/status").json()["streams"]}
+        # what `backfill` stored is listed too, as archives with its counts
+        assert {n: (s["mode"], s["lag_seconds"], s["lines"] > 0) for n, s in everything.items()
+                if n.startswith("backfill:")} == {
+            f"backfill:{ORDERS}": ("archive", None, True), "backfill:node_fills": ("archive", None, True)}
+        streams = lanes()
         assert set(streams) == {ORDERS, "node_fills"}
         for name, st in streams.items():
             size = (node / name / "hourly" / "20260105" / "10").stat().st_size
@@ -203,8 +212,8 @@ def test_a_backfilled_archive_is_shown_as_an_archive_not_as_lag(
         # the node writes again: live, and its lag is the age of its last event
         with open(node / ORDERS / "hourly" / "20260105" / "10", "ab") as f:
             f.write(order_line("2026-01-05T10:59:00", 999_999) + b"\n")
-        wait_for(lambda: client.get("/v1/status").json()["streams"][1]["lines"] == 1, timeout=30)
-        st = client.get("/v1/status").json()["streams"][1]
+        wait_for(lambda: lanes()[ORDERS]["lines"] == 1, timeout=30)
+        st = lanes()[ORDERS]
         assert (st["stream"], st["mode"], st["last_time"]) == (ORDERS, "live", "2026-01-05T10:59:00")
         age = datetime.now(UTC).timestamp() - datetime(2026, 1, 5, 10, 59, tzinfo=UTC).timestamp()
         assert age - 60 < st["lag_seconds"] <= age
