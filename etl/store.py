@@ -172,90 +172,77 @@ class Store:
             return
         con.execute("BEGIN TRANSACTION")
         try:
-            for table, frame in rows.items():
-                if frame.height:
-                    con.register("_batch", frame.select(list(ROW_TABLES[table])))
-                    con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
-                    con.unregister("_batch")
-                    self._mark_late(table, frame)
+            self._insert_rows(rows)
             if trade_users is not None and trade_users.height:
                 self._complete_trades(trade_users)
             if candles is not None and candles.height:
                 self._upsert_candles(candles)
             now = utcnow()
-            if batch.stalls:
-                # the stream said nothing for a while: candles must not be filled across it
-                con.executemany(
-                    "INSERT INTO gaps VALUES (?, ?, ?, ?, 0, 0, 'stall', ?, ?, ?)",
-                    [[batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, t0, t1, now]
-                     for t0, t1 in batch.stalls])
-            if batch.rejects:
-                con.executemany(
-                    "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (batch.stream, r.file, r.offset, r.reason, r.head.decode("utf-8", "replace"), now)
-                        for r in batch.rejects
-                    ],
-                )
-            if batch.gaps:
-                con.executemany(
-                    "INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                    [
-                        (
-                            batch.stream,
-                            g.file,
-                            g.start,
-                            g.end,
-                            g.end - g.start,
-                            round((g.end - g.start) / max(batch.est_line_bytes, 1.0)),
-                            g.reason,
-                            batch.watermark_before,
-                            now,
-                        )
-                        for g in batch.gaps
-                    ],
-                )
-            if batch.first_time is not None:
-                # the first event after a gap closes the gap's time range
-                con.execute(
-                    "UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
-                    [batch.first_time, batch.stream],
-                )
+            self._record_stalls(batch, now)
+            self._record_rejects(batch, now)
+            self._record_gaps(batch, now)
             files = self.files.advance(con, batch.stream, batch.cursor, batch.gaps)
-            skipped = sum(g.end - g.start for g in batch.gaps)
-            c = batch.cursor
-            con.execute(
-                """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
-                    inode = excluded.inode, "offset" = excluded."offset",
-                    lines = cursors.lines + excluded.lines, bytes = cursors.bytes + excluded.bytes,
-                    rows = cursors.rows + excluded.rows,
-                    rejects = cursors.rejects + excluded.rejects,
-                    gaps = cursors.gaps + excluded.gaps,
-                    skipped_bytes = cursors.skipped_bytes + excluded.skipped_bytes,
-                    last_time = greatest(cursors.last_time, excluded.last_time),
-                    updated_at = excluded.updated_at""",
-                [
-                    batch.stream,
-                    batch.kind,
-                    c.file,
-                    c.inode,
-                    c.offset,
-                    batch.lines,
-                    batch.nbytes,
-                    sum(f.height for f in rows.values()),
-                    len(batch.rejects),
-                    len(batch.gaps),
-                    skipped,
-                    batch.last_time,
-                    now,
-                ],
-            )
+            self._advance_cursor(batch, sum(f.height for f in rows.values()), now)
             con.execute("COMMIT")
         except BaseException:
             rollback(con)
             raise
         self.files.remember(files)
+
+    def _insert_rows(self, rows: dict[str, pl.DataFrame]) -> None:
+        for table, frame in rows.items():
+            if frame.height:
+                self.con.register("_batch", frame.select(list(ROW_TABLES[table])))
+                self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+                self.con.unregister("_batch")
+                self._mark_late(table, frame)
+
+    def _record_stalls(self, batch: BatchResult, now: datetime) -> None:
+        """The stream said nothing for a while: candles must not be filled across it."""
+        if batch.stalls:
+            self.con.executemany(
+                "INSERT INTO gaps VALUES (?, ?, ?, ?, 0, 0, 'stall', ?, ?, ?)",
+                [[batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, t0, t1, now]
+                 for t0, t1 in batch.stalls])
+
+    def _record_rejects(self, batch: BatchResult, now: datetime) -> None:
+        if batch.rejects:
+            self.con.executemany(
+                "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
+                [(batch.stream, r.file, r.offset, r.reason, r.head.decode("utf-8", "replace"), now)
+                 for r in batch.rejects])
+
+    def _record_gaps(self, batch: BatchResult, now: datetime) -> None:
+        """Ranges not read (with an estimate of their lines); the first event after a gap
+        closes its time range."""
+        if batch.gaps:
+            line_bytes = max(batch.est_line_bytes, 1.0)
+            self.con.executemany(
+                "INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                [(batch.stream, g.file, g.start, g.end, g.end - g.start,
+                  round((g.end - g.start) / line_bytes), g.reason, batch.watermark_before, now)
+                 for g in batch.gaps])
+        if batch.first_time is not None:
+            self.con.execute("UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
+                             [batch.first_time, batch.stream])
+
+    def _advance_cursor(self, batch: BatchResult, rows: int, now: datetime) -> None:
+        """The stream's cursor after the batch, and its running counters."""
+        c = batch.cursor
+        self.con.execute(
+            """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
+                inode = excluded.inode, "offset" = excluded."offset",
+                lines = cursors.lines + excluded.lines, bytes = cursors.bytes + excluded.bytes,
+                rows = cursors.rows + excluded.rows,
+                rejects = cursors.rejects + excluded.rejects,
+                gaps = cursors.gaps + excluded.gaps,
+                skipped_bytes = cursors.skipped_bytes + excluded.skipped_bytes,
+                last_time = greatest(cursors.last_time, excluded.last_time),
+                updated_at = excluded.updated_at""",
+            [batch.stream, batch.kind, c.file, c.inode, c.offset, batch.lines, batch.nbytes, rows,
+             len(batch.rejects), len(batch.gaps), sum(g.end - g.start for g in batch.gaps),
+             batch.last_time, now])
 
     def _mark_late(self, table: str, rows: pl.DataFrame) -> None:
         """Rows (in the store's names) for an hour the lake has sealed already: have it sealed again."""
