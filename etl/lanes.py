@@ -33,6 +33,7 @@ from etl.candles import merge as merge_candles
 from etl.config import Settings
 from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
+from etl.faults import fault_point
 from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
@@ -207,6 +208,7 @@ class Lane:
     def _commit(self, unit: Unit, t0: float) -> None:
         if self.halted:
             return
+        fault_point(f"lane_commit_{self.stream.kind}")
         shaped = shape(unit, rules=self.rules, intervals=self.settings.candle_intervals,
                        stall_after_s=self.settings.stall_after_s, watermark=self.watermark,
                        matcher=self.matcher, dedup=dedup_for(self.store, unit))
@@ -296,9 +298,9 @@ class Lane:
                 self.release_held()
                 if self.wake.wait(min(idle, self.matcher.hold_s if self.matcher else idle)):
                     self.wake.clear()
-        except Exception:
-            log.exception("event=lane_error stream=%s", self.stream.name)
-            raise
+        except Exception:  # the thread ends; the pipeline reports the lane dead (dead_lanes)
+            log.exception("event=lane_error stream=%s (this stream is no longer read; restart "
+                          "nodetap)", self.stream.name)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name=f"nodetap-lane-{self.stream.name}", daemon=True)

@@ -196,8 +196,18 @@ class Pipeline:
 
     @property
     def alive(self) -> bool:
-        """True while the ingest loop runs (started and not stopped or crashed)."""
-        return self._running
+        """True while the ingest loop runs (started and not stopped or crashed) and every lane
+        with it."""
+        return self._running and not self.dead_lanes()
+
+    def dead_lanes(self) -> list[str]:
+        """Streams whose lane thread ended of an unexpected error (logged as `event=lane_error`)
+        while the pipeline runs: that stream is no longer read."""
+        if not self._running:
+            return []
+        return sorted(name for name, lane in self.states.items()
+                      if lane.thread is not None and not lane.thread.is_alive()
+                      and not lane.stop_event.is_set())
 
     def run(self) -> None:
         """Run the lanes until `stop_event` is set, then shut down (`stop`'s order): each lane

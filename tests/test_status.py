@@ -270,3 +270,25 @@ def test_a_bad_live_edit_of_the_rules_is_reported_when_the_file_changes(
         wait_for(lambda: client.get("/v1/status").json()["rules"]["error"] is None, timeout=10)
         assert client.get("/v1/rules").json()["orders"]["min_notional"] == 75.0
         assert metric(client.get("/metrics").text, "nodetap_rules_file_valid") == [1.0]
+
+
+def test_a_lane_that_dies_of_an_error_shows_in_healthz_and_readyz(
+        tmp_path: Path, serve: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:00", 1)
+    node.add_trade("2026-01-05T10:00:01", 1)
+    monkeypatch.setenv("NODETAP_FAULT", "raise:lane_commit_orders")
+    caplog.set_level(logging.ERROR, logger="nodetap.lanes")
+    with serve(node.root, keep_all=True) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        wait_for(lambda: client.get("/healthz").status_code == 503, timeout=30)
+        reason = (f"the lane of {ORDERS} has stopped on an error (event=lane_error in the log): "
+                  "that stream is no longer read; restart nodetap")
+        assert client.get("/healthz").json() == {"status": "down", "reason": reason}
+        assert reason in client.get("/readyz").json()["reasons"]
+        assert metric(client.get("/metrics").text, "nodetap_pipeline_up") == [0.0]
+        # the other lanes go on
+        wait_for(lambda: {s["stream"]: s["lines"] for s in client.get("/v1/status").json()["streams"]}
+                 .get("node_fills") == 2, timeout=30)  # a trade is two fill lines
+    (died,) = [r for r in caplog.records if "event=lane_error" in r.getMessage()]
+    assert died.exc_info is not None and f"stream={ORDERS}" in died.getMessage()

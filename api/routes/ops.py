@@ -108,7 +108,8 @@ class StateCollector:
                                 "is invalid (the previous rules stay in effect; see /v1/status).",
                                 value=int(state.rules.error is None))
 
-        yield GaugeMetricFamily("nodetap_pipeline_up", "1 while the ingest thread runs.",
+        yield GaugeMetricFamily("nodetap_pipeline_up",
+                                "1 while the ingest thread and every stream's lane run.",
                                 value=int(state.pipeline.alive))
         yield GaugeMetricFamily("nodetap_sealer_up", "1 while the lake sealer runs (it seals "
                                 "complete hours into Parquet).",
@@ -174,8 +175,16 @@ async def metrics(request: Request) -> Response:
 async def healthz(state: State) -> Response:
     """200 while the process serves and its ingest thread runs."""
     if not state.pipeline.alive:
-        return json_response({"status": "down", "reason": "the pipeline thread has stopped"}, 503)
+        return json_response({"status": "down", "reason": _down(state)}, 503)
     return json_response({"status": "ok"})
+
+
+def _down(state: AppState) -> str:
+    dead = state.pipeline.dead_lanes()
+    if dead:
+        return (f"the lane of {', '.join(dead)} has stopped on an error (event=lane_error in the log): "
+                "that stream is no longer read; restart nodetap")
+    return "the pipeline thread has stopped"
 
 
 @router.get("/readyz")
@@ -195,7 +204,7 @@ def _readiness(state: AppState) -> tuple[list[str], dict[str, dict[str, Any]], S
     pipeline = state.pipeline
     reasons: list[str] = []
     if not pipeline.alive:
-        reasons.append("the pipeline thread has stopped")
+        reasons.append(_down(state))
     sealer = pipeline.sealer_health()
     if not sealer.alive:
         reasons.append(f"the lake sealer has stopped ({sealer.last_error or 'not running'}): complete "
