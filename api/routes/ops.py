@@ -73,7 +73,8 @@ class StateCollector:
                          "the mean bytes per line seen.")
         capacity = family(GaugeMetricFamily, "nodetap_capacity_lines_per_second",
                           "How fast nodetap processes: lines per second of lane busy time "
-                          "(parse+shape+commit), over the last batches.")
+                          "(parse+shape+commit), over the last batches, at the batch sizes in use "
+                          "(small while caught up, so far below what a lane behind reaches).")
         mode = GaugeMetricFamily(
             "nodetap_stream_mode", "1 for the stream's mode: live (caught up or near), catching_up "
             "(behind, node still writing), archive (everything read, newest file unchanged > 1 h).",
