@@ -1,6 +1,8 @@
 """The WebSocket hub under load (marked `load`, not run by default: `pytest -m load -s`).
 
-`nodetap serve` and `nodetap simulate --rate 100000` run as subprocesses; this process holds
+`nodetap serve` runs as a subprocess, and the latency benchmark's writer (etl/bench/writer.py:
+pre-rendered simulator blocks, replayed and stamped with the wall clock; the simulator alone
+cannot write 100K lines/s) in a process of its own, at 100K lines/s; this process holds
 500 WebSocket clients on mixed channels (trades, candles, filtered and whole order feeds), 20
 of them raw sockets that never read. It samples the server's RSS every second and measures, for
 the reading clients, the delay from a trade's time to its arrival. Results go to stdout as JSON
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -26,6 +29,7 @@ import psutil
 import pytest
 from websockets.asyncio.client import connect
 
+from etl.bench.writer import FILL_SHARE, write
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.load
@@ -92,10 +96,12 @@ def test_500_clients_while_ingesting_100k_lines_per_second(tmp_path: Path) -> No
     port = free_port()
     node, db = tmp_path / "node", tmp_path / "load.duckdb"
     env = {**os.environ, "NODETAP_WS_MAX_LAG_S": "5", "NODETAP_SEAL_INTERVAL_S": "3600"}
-    writer = subprocess.Popen([sys.executable, "-m", "etl.cli", "simulate", "--out", str(node),
-                               "--rate", str(RATE), "--duration", str(DURATION_S + 60)], cwd=ROOT, env=env)
-    while not node.is_dir():
-        time.sleep(0.1)
+    ctx = multiprocessing.get_context("spawn")
+    notes: Any = ctx.Queue()
+    writer = ctx.Process(target=write, args=(str(node), RATE * (1 - FILL_SHARE), RATE * FILL_SHARE,
+                                             DURATION_S + 15, 70.0, notes))
+    writer.start()
+    assert notes.get(timeout=120)[0] == "start"
     server = subprocess.Popen([sys.executable, "-m", "etl.cli", "serve", "--node-dir", str(node),
                                "--db", str(db), "--port", str(port),
                                "--rules", str(ROOT / "data" / "rules.toml"), "--log-level", "WARNING"],
@@ -117,18 +123,22 @@ def test_500_clients_while_ingesting_100k_lines_per_second(tmp_path: Path) -> No
         result["hub"] = hub["hub"]
         result["streams"] = [{k: s.get(k) for k in ("stream", "lines", "lag_bytes", "skipped_bytes", "gaps")}
                              for s in hub["streams"]]
+        writer.join(120)
+        _, lines, seconds, behind, _ = notes.get(timeout=10)
+        result["writer"] = {"lines": lines, "lines_per_s": round(lines / seconds),
+                            "most_behind_s": round(behind, 2)}
         print(json.dumps(result, indent=1))
         assert server.poll() is None
         assert result["hub"]["lagged_disconnects"] >= STALLED
         assert result["trade_delays"] > 1000
     finally:
-        for p in (server, writer):
-            p.send_signal(signal.SIGINT)
-        for p in (server, writer):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if writer.is_alive():
+            writer.terminate()
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 async def _run(url: str, port: int, proc: psutil.Process) -> dict[str, Any]:
