@@ -214,9 +214,6 @@ def order_message(orders: pl.DataFrame, sub: OrdersSub) -> list[Message]:
     return [(sub, _message("orders", _orders_json(orders_wire(sel))))] if sel.height else []
 
 
-def order_messages(orders: pl.DataFrame, subs: Iterable[OrdersSub]) -> list[Message]:
-    """One `orders` message per subscription with at least one matching order."""
-    return [m for sub in subs for m in order_message(orders, sub)]
 
 
 class FeedErrors:

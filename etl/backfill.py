@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import lz4.frame
 
+from etl.columns import DEFAULT_LINE_BYTES
 from etl.filecursors import BACKFILL_PREFIX, file_key
 from etl.lanes import dedup_for
 from etl.nodefiles import FP_BYTES, fingerprint_of
@@ -192,7 +193,7 @@ def backfill(
 
 
 def commit_unit(
-    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = 480.0
+    store: Store, unit: Unit, shaping: Shaping | None = None, line_bytes: float = DEFAULT_LINE_BYTES
 ) -> tuple[BatchResult, dict[str, Any], Any]:
     """Shape a unit's rows (orders by the rules; trades from fills; candles from trades), then
     commit them with the unit's rejects, gaps and cursor (one unit at a time, no lane)."""

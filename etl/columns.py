@@ -145,3 +145,6 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
 ORDERS_REQUIRED = ["time", "user", "status", "coin", "side", "limit_px", "oid"]
 FILLS_REQUIRED = ["time", "user", "coin", "side", "px", "sz", "tid"]
 TRADES_REQUIRED = ["time", "coin", "side", "px", "sz"]
+
+# bytes per line assumed until a stream's own mean is known (order statuses run 477-615)
+DEFAULT_LINE_BYTES = 480.0

@@ -14,11 +14,12 @@ DAY = re.compile(r"^\d{8}$")
 HOUR = re.compile(r"^(\d{1,2})(\.lz4)?$")
 
 
-def hour_files(root: Path) -> list[str]:
-    """Every hour file of a stream as "YYYYMMDD/H", oldest first."""
+def hour_files(root: Path, from_day: str = "") -> list[str]:
+    """Every hour file of a stream as "YYYYMMDD/H" (of the day `from_day` and later), oldest
+    first."""
     out: list[tuple[str, int, str]] = []
     try:
-        days = [d for d in os.listdir(root) if DAY.match(d)]
+        days = [d for d in os.listdir(root) if DAY.match(d) and d >= from_day]
     except FileNotFoundError:
         return []
     for day in days:

@@ -30,6 +30,7 @@ import duckdb
 import polars as pl
 
 from etl.candles import merge as merge_candles
+from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
 from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
@@ -39,13 +40,13 @@ from etl.gate import Gate
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
+from etl.status import catching_up_bytes
 from etl.store import BatchResult, Store
 from etl.tail import REREAD, Batch, Cursor, Stream, Tailer
 from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.lanes")
 
-DEFAULT_LINE_BYTES = 480.0
 MIN_LIVE_BATCH = 256 << 10
 COMMIT_RETRIES = 20  # a commit that conflicts with the lake's sealer is tried again
 
@@ -123,12 +124,9 @@ class Lane:
         self.thread: threading.Thread | None = None
         # counters, for status
         self.line_bytes = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
-        self.lines = 0  # committed since start
-        self.unread = 0
         self.last_batch_at = 0.0
         self.rate = 0.0  # lines/s while processing (capacity)
         self.bytes_per_s = 0.0  # bytes/s while processing
-        self.busy_s = 0.0
         self.behind = False
 
     # ------------------------------------------------------------ reading
@@ -166,7 +164,6 @@ class Lane:
         if not self._pending:
             self._read_ahead()
         if not self._pending:
-            self.unread = 0
             self.behind = False
             if self.carry is not None:
                 self._commit(self.carry, t0)
@@ -185,7 +182,7 @@ class Lane:
                 self._commit(self.carry, t0)
             self.carry = None
         self.behind = unit.unread > 4 * self._live_batch_bytes()
-        if unit.unread > self.settings.batch_max_bytes // 4 and not self.stop_event.is_set():
+        if unit.unread > catching_up_bytes(self.settings) and not self.stop_event.is_set():
             # behind: throughput first, whole row groups; otherwise publish every row at once
             unit, self.carry = split_whole_row_groups(unit)
         self._commit(unit, t0)
@@ -257,9 +254,6 @@ class Lane:
         return None  # unreachable
 
     def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:
-        self.lines += result.lines
-        self.unread = unit.unread
-        self.busy_s += seconds
         if result.lines and seconds > 0:
             inst, inst_b = result.lines / seconds, result.nbytes / seconds
             self.rate = inst if not self.rate else 0.8 * self.rate + 0.2 * inst

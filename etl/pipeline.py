@@ -32,7 +32,6 @@ from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed
 from etl.nodefiles import wait_for_dir
-from etl.shaping import find_silences
 from etl.status import (
     ArrivalMeter,
     SealerHealth,
@@ -49,7 +48,7 @@ log = logging.getLogger("nodetap.pipeline")
 
 SHUTDOWN_TIMEOUT_S = 30.0  # for the lanes to commit their unit in flight and the sealer its hour
 
-__all__ = ["Pipeline", "Processed", "Shaping", "StreamStatus", "find_silences", "rules_file_for"]
+__all__ = ["Pipeline", "Processed", "Shaping", "rules_file_for"]  # Processed: what listeners get
 
 
 @dataclass

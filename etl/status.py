@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
-from etl.tail import Cursor
+from etl.hourfiles import hour_files, hour_key, stat_or_none
+from etl.tail import STREAM_DIRS, Cursor
 
 if TYPE_CHECKING:
     from etl.lanes import Lane
@@ -35,7 +36,6 @@ Mode = Literal["live", "catching_up", "archive"]
 
 ARCHIVE_AFTER_S = 3600.0  # a stream whose newest file is older than this, all read, is an archive
 ARRIVAL_WINDOW_S = 10.0
-DEFAULT_LINE_BYTES = 480.0  # until a line of the stream has been committed
 
 
 @dataclass(frozen=True)
@@ -89,17 +89,17 @@ class FileScan:
 
 
 def scan_files(root: Path, cursor: Cursor) -> FileScan:
-    files = _hour_files_from(root, cursor.file.split("/")[0] if cursor.file else "")
-    later = [f for f in files if not cursor.file or _key(f) >= _key(cursor.file)]
+    files = hour_files(root, cursor.file.split("/")[0] if cursor.file else "")
+    later = [f for f in files if not cursor.file or hour_key(f) >= hour_key(cursor.file)]
     sizes: dict[str, int] = {}
     newest: float | None = None
     for f in later:
-        st = _stat(root / f)
+        st = stat_or_none(root / f)
         sizes[f] = st.st_size if st else 0
         if st is not None and f == files[-1]:
             newest = st.st_mtime
     if newest is None and files:
-        st = _stat(root / files[-1])
+        st = stat_or_none(root / files[-1])
         newest = st.st_mtime if st else None
     lag = sum(max(0, size - cursor.offset) if f == cursor.file else size for f, size in sizes.items())
     return FileScan(lag, sizes, newest, _hour_end(files[-1]) if files else None)
@@ -139,10 +139,13 @@ def catching_up_bytes(s: Settings) -> int:
 
 
 def mode_of(lag_bytes: int, scan: FileScan, wall: float, grew_recently: bool,
-            catching_up_bytes: int) -> Mode:
+            catching_up_bytes: int, stored_data: bool = False) -> Mode:
+    """"archive" when everything is read and the stream's files are old (or, with data stored,
+    there is no file of it in the node dir: a backfill, an old DB); else by how much is unread."""
     old = [t for t in (scan.newest_mtime, scan.newest_hour_end)
            if t is not None and wall - t > ARCHIVE_AFTER_S]
-    if lag_bytes == 0 and old and not grew_recently:
+    no_files = scan.newest_mtime is None and scan.newest_hour_end is None
+    if lag_bytes == 0 and not grew_recently and (old or (no_files and stored_data)):
         return "archive"
     return "catching_up" if lag_bytes > catching_up_bytes else "live"
 
@@ -152,11 +155,9 @@ def stream_status(*, stream: str, kind: str, variant: str, cursor: Cursor, scan:
                   wall: float, catching_up_bytes: int, last_batch_age_s: float | None,
                   grew_recently: bool = False) -> StreamStatus:
     """A stream's status from its cursor, a scan of its files and its stored counters."""
-    mode = mode_of(scan.lag_bytes, scan, wall, grew_recently, catching_up_bytes)
     last_time: datetime | None = stored.get("last_time")
-    if (mode == "live" and scan.lag_bytes == 0 and last_time is not None
-            and scan.newest_mtime is None and scan.newest_hour_end is None):
-        mode = "archive"  # stored data and no file of it in the node dir: a backfill, an old DB
+    mode = mode_of(scan.lag_bytes, scan, wall, grew_recently, catching_up_bytes,
+                   stored_data=last_time is not None)
     updated_at: datetime | None = stored.get("updated_at")
     lines, nbytes = int(stored.get("lines") or 0), int(stored.get("bytes") or 0)
     line_bytes = nbytes / lines if lines and nbytes else DEFAULT_LINE_BYTES
@@ -201,51 +202,14 @@ def status_rows(streams: list[StreamStatus]) -> list[dict[str, Any]]:
     return [s.as_dict() for s in streams]
 
 
-def _hour_files_from(root: Path, first_day: str) -> list[str]:
-    """The stream's hour files (as `hour_files` in etl/tail.py names them, "YYYYMMDD/H") of
-    the day `first_day` and later, oldest first: a snapshot is taken every second, and a node
-    keeps months of day directories behind the cursor."""
-    try:
-        days = [d for d in os.listdir(root) if _digits(d, 8, 8) and d >= first_day]
-    except FileNotFoundError:
-        return []
-    out: list[tuple[str, int, str]] = []
-    for day in days:
-        try:
-            names = os.listdir(root / day)
-        except FileNotFoundError:
-            continue
-        out += [(day, int(n), f"{day}/{n}") for n in names if _digits(n, 1, 2)]
-    out.sort()
-    return [rel for _, _, rel in out]
-
-
-def _digits(name: str, least: int, most: int) -> bool:
-    return least <= len(name) <= most and name.isascii() and name.isdigit()
-
-
 def _hour_end(rel: str) -> float:
-    day, hour = _key(rel)
+    day, hour = hour_key(rel)
     return datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() + (hour + 1) * 3600.0
-
-
-def _key(rel: str) -> tuple[str, int]:
-    day, hour = rel.split("/")
-    return day, int(hour)
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        return None
 
 
 def stored_snapshot(rows: list[dict[str, Any]], node_dir: Path, wall: float,
                     catching_up_bytes: int) -> list[StreamStatus]:
     """Status from the stored cursors alone (no pipeline running): speeds are 0."""
-    from etl.tail import STREAM_DIRS
-
     out = []
     for row in sorted(rows, key=lambda r: str(r["stream"])):
         name = str(row["stream"])

@@ -198,13 +198,6 @@ class Tailer:
         self._passed: set[str] = set()  # files this tailer has been in or skipped
         self._settled: set[str] = set()  # older files known to be read (or before the floor)
 
-    def unread_after(self, cur: Cursor) -> int:
-        """Bytes the node has written after `cur`: the rest of its file and all later files."""
-        files = hour_files(self.stream.root)
-        later = [f for f in files if not cur.file or hour_key(f) > hour_key(cur.file)]
-        rest = max(0, size_of(self.stream.root / cur.file) - cur.offset) if cur.file else 0
-        return rest + sum(size_of(self.stream.root / f) for f in later)
-
     def _enter(self, rel: str, gaps: list[Gap], at: Cursor | None = None) -> Cursor:
         """Where to read `rel` from: its stored cursor when further than `at` (checked by the
         caller like any cursor), else `at`, else its start."""
