@@ -384,16 +384,17 @@ class Hub:
                 task.cancel()
 
     def stats(self) -> dict[str, int]:
-        """Counters for /metrics."""
+        """Counters for /metrics and /v1/status; read from other threads, so clients are copied."""
+        clients = tuple(self.clients)  # one C call under the GIL, unlike iterating the set
         return {
-            "clients_connected": len(self.clients),
-            "subscriptions": sum(len(c.subs) for c in self.clients),
+            "clients_connected": len(clients),
+            "subscriptions": sum(len(c.subs) for c in clients),
             "messages_sent": self.messages_sent,
             "messages_dropped": self.messages_dropped,
             "lagged_disconnects": self.lagged_disconnects,
             "aborted_disconnects": self.aborted_disconnects,
             "subscriptions_refused_total": self.subscriptions_refused,
-            "unsent_bytes": sum(c.unsent_bytes() + c.queued_bytes for c in self.clients),
+            "unsent_bytes": sum(c.unsent_bytes() + c.queued_bytes for c in clients),
             "batches_published": self.batches_published,
             "feed_errors_total": self.feed_errors.count,
         }

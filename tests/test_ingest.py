@@ -91,7 +91,7 @@ def test_pipeline_follows_a_growing_node_dir_with_rotation(
     counts = [0]
 
     def caught_up() -> bool:
-        counts[0] = sum(st.lines for st in pipe.states.values())
+        counts[0] = sum(st.lines for st in pipe.snapshot())  # committed, as stored
         return counts[0] >= len(oids) + len(fills)
 
     wait_for(caught_up)

@@ -359,7 +359,8 @@ def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_pa
                     send(stalled[-1], {"method": "subscribe", "subscription": sub})
             wait_for(lambda: hub.stats()["subscriptions"] == 100 * len(HEAVY), what="the subscriptions")
             # every client stalled: socket buffers full, queue full, dropping the oldest
-            wait_for(lambda: all(c.full_since is not None for c in hub.clients), what="every queue full")
+            wait_for(lambda: all(c.full_since is not None for c in tuple(hub.clients)),  # a copy: see stats
+                     what="every queue full")
             # warm-up: the allocators reach their working size while batches go on
             batches = hub.stats()["batches_published"]
             wait_for(lambda: hub.stats()["batches_published"] - batches >= 10, what="10 warm-up batches")
