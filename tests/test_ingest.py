@@ -84,20 +84,21 @@ def test_pipeline_follows_a_growing_node_dir_with_rotation(
                  debounce_ms=5, poll_interval_ms=50, batch_max_bytes=1 << 16, keep_all=True)
     store = Store(s.db)
     pipe = Pipeline(s, store)
-    runner = threading.Thread(target=pipe.run)
+    runner = threading.Thread(target=pipe.run, daemon=True)
     runner.start()
-    writer = replay(node, content)
-    writer.join()
     counts = [0]
 
     def caught_up() -> bool:
         counts[0] = sum(st.lines for st in pipe.snapshot())  # committed, as stored
         return counts[0] >= len(oids) + len(fills)
 
-    wait_for(caught_up)
-    t = time.monotonic()
-    pipe.stop()
-    runner.join(5)
+    try:
+        replay(node, content).join()
+        wait_for(caught_up)
+    finally:  # a failure above must not leave the pipeline running (pytest would not exit)
+        t = time.monotonic()
+        pipe.stop()
+        runner.join(5)
     assert not runner.is_alive() and time.monotonic() - t < 2
     pipe.close()
     got = [r[0] for r in store.con.execute("SELECT oid FROM orders ORDER BY oid").fetchall()]
