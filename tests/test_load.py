@@ -11,12 +11,10 @@ the reading clients, the delay from a trade's time to its arrival. Results go to
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from websockets.asyncio.client import connect
 
 from etl.bench.writer import FILL_SHARE, write
 from tests.conftest import ROOT, free_port
+from tests.test_ws_limits import raw_client
 
 pytestmark = pytest.mark.load
 
@@ -69,22 +68,6 @@ async def reader(url: str, i: int, stop: asyncio.Event, delays: list[float], cou
             counts[channel] = counts.get(channel, 0) + 1
             if channel == "trades":
                 delays.extend(now_ms - t["time"] for t in message["data"])
-
-
-def stalled_socket(port: int, i: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    payload = orjson.dumps({"method": "subscribe", "subscription": {"type": "orders", "coin": "*"}})
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[j % 4] for j, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-    return sock
 
 
 def pct(values: list[float], q: float) -> float:
@@ -151,7 +134,7 @@ async def _run(url: str, port: int, proc: psutil.Process) -> dict[str, Any]:
         readers.append(asyncio.create_task(reader(ws_url, i, stop, delays, counts)))
         if i % 50 == 49:
             await asyncio.sleep(0.2)
-    stalled = [stalled_socket(port, i) for i in range(STALLED)]
+    stalled = [raw_client(port, [{"type": "orders", "coin": "*"}]) for _ in range(STALLED)]
     rss: list[tuple[float, int]] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < DURATION_S:
