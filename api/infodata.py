@@ -12,7 +12,7 @@ import orjson
 import polars as pl
 
 from api.userwire import aggregate_by_time, fill_rows, frontend_orders_json, last_prices
-from api.wire import decimal_str
+from api.wire import trade_wire
 from etl.store import fetch_pl
 
 RECENT_TRADES = 100  # trades a `recentTrades` answer holds at most, newest last
@@ -35,11 +35,7 @@ def recent_trades(con: duckdb.DuckDBPyConnection, coin: str) -> list[dict[str, A
             break
     if sel.is_empty():
         return []
-    return pl.DataFrame({
-        "coin": sel["coin"], "side": sel["side"], "px": decimal_str(sel["px"]), "sz": decimal_str(sel["sz"]),
-        "hash": sel["hash"], "time": sel["time"].dt.epoch("ms"), "tid": sel["tid"],
-        "users": sel.select(pl.concat_list("buyer", "seller").alias("u"))["u"],
-    }).to_dicts()
+    return trade_wire(sel).to_dicts()
 
 
 def user_fills(con: duckdb.DuckDBPyConnection, user: str, aggregate: bool = False,

@@ -122,24 +122,21 @@ def _message(channel: str, data_json: str) -> str:
     return f'{{"channel":"{channel}","data":{data_json}}}'
 
 
+def trade_wire(trades: pl.DataFrame) -> pl.DataFrame:
+    """Trades (TRADES_SCHEMA) in the public API's shape: the `trades` channel, `recentTrades`."""
+    return pl.DataFrame({
+        "coin": trades["coin"], "side": trades["side"], "px": decimal_str(trades["px"]),
+        "sz": decimal_str(trades["sz"]), "hash": trades["hash"], "time": trades["time"].dt.epoch("ms"),
+        "tid": trades["tid"], "users": trades.select(pl.concat_list("buyer", "seller").alias("u"))["u"],
+    })
+
+
 def trade_messages(trades: pl.DataFrame, coins: Iterable[str]) -> list[Message]:
     """One `trades` message per coin of `coins` present in `trades` (TRADES_SCHEMA), in row order."""
     sel = trades.filter(pl.col("coin").is_in(list(coins)))
     if sel.is_empty():
         return []
-    wire = pl.DataFrame(
-        {
-            "coin": sel["coin"],
-            "side": sel["side"],
-            "px": decimal_str(sel["px"]),
-            "sz": decimal_str(sel["sz"]),
-            "hash": sel["hash"],
-            "time": sel["time"].dt.epoch("ms"),
-            "tid": sel["tid"],
-            "users": sel.select(pl.concat_list("buyer", "seller").alias("users"))["users"],
-        }
-    )
-    parts = wire.partition_by("coin", as_dict=True, maintain_order=True)
+    parts = trade_wire(sel).partition_by("coin", as_dict=True, maintain_order=True)
     return [(TradesSub(str(coin)), _message("trades", part.write_json())) for (coin,), part in parts.items()]
 
 

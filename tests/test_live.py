@@ -62,6 +62,17 @@ def node_writer(node: Path, rate: float) -> Iterator[Callable[[], None]]:
         stop()
 
 
+def busiest_user(server: ServerThread, least: int = 5) -> str | None:
+    """The user with the most stored fills, once one has at least `least`."""
+    con = server.state.reader()
+    try:
+        row = con.execute('SELECT "user", count(*) n FROM fills GROUP BY 1 ORDER BY n DESC LIMIT 1'
+                          ).fetchone()
+    finally:
+        con.close()
+    return str(row[0]) if row and row[1] >= least else None
+
+
 @contextmanager
 def live_server(serve: Serve, tmp_path: Path, rate: float = 2000, **settings: Any) -> Iterator[ServerThread]:
     settings.setdefault("rules_file", "")  # the built-in rules, whatever data/rules.toml says

@@ -53,22 +53,13 @@ def nktkas() -> tuple[list[str], Path]:
 
 
 def test_typescript_sdk_over_http_and_websocket(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
-    from tests.test_live import live_server
+    from tests.test_live import busiest_user, live_server
 
     command, cache = nktkas()
     with live_server(serve, tmp_path, rate=3000, keep_all=True) as server:
-        def busiest() -> str | None:
-            con = server.state.reader()
-            try:
-                row = con.execute('SELECT "user", count(*) n FROM fills GROUP BY 1 ORDER BY n DESC LIMIT 1'
-                                  ).fetchone()
-            finally:
-                con.close()
-            return row[0] if row and row[1] >= 5 else None
-
-        wait_for(lambda: busiest() is not None)
-        proc = subprocess.run([*command, server.url, str(busiest())], capture_output=True, text=True,
-                              timeout=90, cwd=cache)
+        wait_for(lambda: busiest_user(server) is not None)
+        proc = subprocess.run([*command, server.url, str(busiest_user(server))], capture_output=True,
+                              text=True, timeout=90, cwd=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out: dict[str, Any] = orjson.loads(proc.stdout)
     for via in ("http", "post"):

@@ -197,20 +197,11 @@ def test_aggregate_by_time_and_twap_slice_fills(tmp_path: Path, serve: Serve) ->
 def test_user_subscriptions_through_the_official_sdk(serve: Serve, tmp_path: Path) -> None:
     from hyperliquid.info import Info
 
-    from tests.test_live import live_server
+    from tests.test_live import busiest_user, live_server
 
     with live_server(serve, tmp_path, rate=3000, keep_all=True) as server:
-        def busiest() -> str | None:
-            con = server.state.reader()
-            try:
-                row = con.execute('SELECT "user", count(*) n FROM fills GROUP BY 1 ORDER BY n DESC LIMIT 1'
-                                  ).fetchone()
-            finally:
-                con.close()
-            return row[0] if row and row[1] >= 5 else None
-
-        wait_for(lambda: busiest() is not None)
-        user = busiest()
+        wait_for(lambda: busiest_user(server) is not None)
+        user = busiest_user(server)
         assert user is not None
         info = Info(base_url=server.url, skip_ws=False)
         got: dict[str, list[Any]] = {"userFills": [], "orderUpdates": [], "user": [], "allMids": []}
