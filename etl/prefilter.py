@@ -1,74 +1,53 @@
 """Decode only the order-status lines that can pass the rules.
 
 Most order statuses fail the rules (data/rules.toml keeps ~2%), and decoding a line whole
-costs twice as much as reading the few fields the rules and the watermark need. So a batch
-is read twice, both times vectorised over the whole buffer:
+costs several times as much as reading the few fields the rules and the watermark need. So a
+batch is read twice, both times vectorised over the whole buffer:
 
-1. a *light* decode: the same NDJSON decoder, with a schema of only the required fields
-   and the rule fields (time, user, status, coin, side, limitPx, origSz, oid, isTrigger,
+1. a *light* read by DuckDB's JSON reader (etl/lightscan.py) of only the required fields and
+   the rule fields (time, user, status, coin, side, limitPx, origSz, oid, isTrigger,
    orderType); the rules run on that frame, which gives the exact per-rule counts and the
    event times of every line (the watermark and stall detection);
-2. a full decode of the *candidate* lines only: those with a row the rules keep, or a row
-   missing a required field (so that it reaches `rejects` exactly as without pre-filtering).
-   The rules run again on the decoded rows, which are what is stored.
+2. a full decode (`etl.parse.parse`) of the *candidate* lines only: those with a row the rules
+   keep, a row missing a required field (so that it reaches `rejects` exactly as without
+   pre-filtering), or a value the light read is not sure the full decoder reads the same
+   (an escape, a field of another JSON type: see etl/lightscan.py). The rules run again on
+   the decoded rows, which are what is stored.
 
-A batch the light decoder refuses (a line that is not JSON, or of the wrong shape in a field
-it reads), or that holds a blank or over-long line, is decoded whole as without pre-filtering:
-every such line reaches `rejects`. What pre-filtering changes for `rejects`: a line whose
-*other* fields (the ones the rules do not read, e.g. `tif`, `children`) have the wrong JSON type
-is a reject only when it passes the rules; otherwise it is counted and dropped like any other
-line the rules drop.
+A batch the light read refuses (a line that is not JSON), or that holds a blank or over-long
+line, is decoded whole as without pre-filtering: every such line reaches `rejects`. What
+pre-filtering changes for `rejects`: a line whose *other* fields (the ones the rules do not
+read, e.g. `tif`, `children`) have the wrong JSON type is a reject only when it passes the
+rules; otherwise it is counted and dropped like any other line the rules drop.
 
-Decoding only these fields with the JSON decoder beat Polars string kernels (find + slice per
-field, a uniqueness count, a backslash check) measured on the same 64 MiB batch: 83 ms against
-150 ms (docs/benchmarks.md).
+The light read costs about half of Polars' NDJSON decoder on the same fields (100 against
+200 ms of CPU on a 64 MiB batch), which in turn beat Polars string kernels (find + slice per
+field; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
+from etl.lightscan import scan_orders
 from etl.parse import (
     BadLine,
-    Format,
     Parsed,
-    _decode,
-    _flatten,
     _orders_flat,
     line_bounds,
     parse,
 )
 
-LIGHT_ORDER = pl.Struct(
-    {
-        "coin": pl.String,
-        "side": pl.String,
-        "limitPx": pl.String,
-        "oid": pl.Int64,
-        "isTrigger": pl.Boolean,
-        "orderType": pl.String,
-        "origSz": pl.String,
-    }
-)
-LIGHT_EVENT: dict[str, Any] = {
-    "time": pl.String, "user": pl.String, "status": pl.String, "order": LIGHT_ORDER}
 # every required column, and every column a rule reads (filters._rule_exprs)
 LIGHT_COLUMNS = ("time", "user", "status", "coin", "side", "limit_px", "orig_sz", "oid", "is_trigger",
                  "order_type")
-LIGHT = {
-    "plain": Format(LIGHT_EVENT, None, lambda d: _orders_flat(d, False, LIGHT_COLUMNS), ORDERS_REQUIRED,
-                    dict, {}),
-    "block": Format({"events": pl.List(pl.Struct(LIGHT_EVENT))}, "events",
-                    lambda d: _orders_flat(d.unnest("events"), False, LIGHT_COLUMNS), ORDERS_REQUIRED,
-                    dict, {}),
-}
 
 
 @dataclass
@@ -107,24 +86,24 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     pass; None when the batch must be decoded whole (see the module's docstring)."""
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
-    fmt = LIGHT["plain" if variant == "plain" else "block"]
     starts, ends = line_bounds(buf)
     if not len(ends):
         return None
     lengths = ends - starts
     if (lengths == 0).any() or (lengths > max_line_bytes).any():
         return None
-    try:
-        light = _flatten(fmt, _decode(fmt, buf, False))
-    except Exception:  # noqa: BLE001 - a line the light decoder refuses: decode the batch whole
+    read = _light(variant, buf, starts, ends)
+    if read is None:
         return None
+    light, unsure = read
     masks = rule_masks(light, rules)
     if masks is None:
         return None  # the rules keep everything: nothing to save
     whole = ~pl.any_horizontal(pl.col(c).is_null() for c in ORDERS_REQUIRED)
     line = light.get_column("_line")
     need = light.select(line=line, need=masks.get_column("__keep") | ~light.select(whole).to_series())
-    cand_lines = need.filter(pl.col("need")).get_column("line").unique().sort().to_numpy()
+    cand_lines = need.filter(pl.col("need")).get_column("line").unique().to_numpy()
+    cand_lines = np.union1d(cand_lines, unsure).astype(cand_lines.dtype)
     in_cand = line.is_in(pl.Series(cand_lines, dtype=line.dtype).implode())
     # rows of lines not decoded again: their light values are exact
     sure = ~in_cand
@@ -147,6 +126,17 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
         rejects = [r._replace(offset=r.offset + int(d)) for r, d in zip(full.rejects, moved, strict=True)]
         frame = kept
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
+
+
+def _light(variant: str, buf: bytes, starts: np.ndarray,
+           ends: np.ndarray) -> tuple[pl.DataFrame, np.ndarray] | None:
+    """The light rows of a batch and the lines to decode whole whatever the rules say
+    (etl/lightscan.py); None when DuckDB cannot read the batch (a line not JSON or not UTF-8)."""
+    try:
+        events, unsure = scan_orders(variant, buf, starts, ends)
+    except (duckdb.Error, UnicodeDecodeError):
+        return None
+    return _orders_flat(events, False, LIGHT_COLUMNS).with_columns(events.get_column("_line")), unsure
 
 
 class OrdersFilter:
