@@ -71,6 +71,7 @@ class Settings:
     ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.")
     ws_max_lag_s: float = _s(10.0, "A client whose queue stays full (or whose untaken bytes stay over `ws_max_lag_bytes`) this long is disconnected: close code 1008, and the connection is aborted if the close frame cannot go out within 2 s.")
     ws_max_lag_bytes: int = _s(4 << 20, "Bytes a WebSocket client has not taken yet (the kernel's send queue, the transport's buffer and nodetap's queue) above which its oldest messages are dropped (it gets a `lagged` notice); a client above it for `ws_max_lag_s` is disconnected.")
+    ws_compression: bool = _s(False, "Compress WebSocket messages (permessage-deflate) for clients that ask for it. Off: compression costs CPU for every message and every client, on the server's event loop and in the client (at 315K lines/s on 2 cores, one client: trades' p50 325 ms with it, 210 ms without, docs/benchmarks.md); turn it on for clients on slow links.")
     ws_max_subscriptions: int = _s(1000, "Subscriptions one WebSocket connection may hold; the next one is refused with an error message.")
     sql_timeout_s: float = _s(5.0, "`POST /v1/sql`, and every other read of DuckDB by the API (REST, `/info`, WebSocket snapshots, each batch of an export): a query running longer is interrupted; the 408 goes out within a second of the limit.")
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")

@@ -95,12 +95,11 @@ class ServerThread:
         import uvicorn
 
         from api.app import create_app
+        from etl.cli.run import server_config
 
         self.port = settings.port
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws_max_size=1 << 20, timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(self.app, settings, "warning", graceful_s=5))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

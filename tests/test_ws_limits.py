@@ -199,3 +199,16 @@ def test_a_subscription_that_fails_to_build_is_counted_in_metrics_and_logged_onc
     assert errors.documentation.startswith("Live messages not built because building them failed")
     logged = [r.getMessage() for r in caplog.records if "event=feed_build_error" in r.getMessage()]
     assert len(logged) == 1 and logged[0].startswith("event=feed_build_error channel=orders error=")
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_messages_are_compressed_only_when_the_setting_is_on(serve: Serve, tmp_path: Path,
+                                                             compression: bool) -> None:
+    """permessage-deflate costs the server CPU per client: off unless `ws_compression`, even
+    for a client that asks for it (the websockets client does by default)."""
+    with live_server(serve, tmp_path, ws_compression=compression) as server, client(server) as ws:
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        assert ("permessage-deflate" in extensions) is compression
+        send(ws, {"method": "subscribe", "subscription": {"type": "trades", "coin": "BTC"}})
+        got = collect(ws, lambda ms: len(of(ms, "trades")) >= 1)
+        assert of(got, "trades")[0]["data"][0]["coin"] == "BTC"

@@ -95,9 +95,15 @@ def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
                 for sig, h in old.items():
                     signal.signal(sig, h)
 
-    config = uvicorn.Config(app, host=s.host, port=s.port, log_level=log_level,
-                            ws_max_size=1 << 20, timeout_graceful_shutdown=10)
-    Server(config).run()
+    Server(server_config(app, s, log_level)).run()
+
+
+def server_config(app: Any, s: Settings, log_level: str, graceful_s: int = 10) -> Any:
+    """uvicorn's settings for `serve` (the tests' servers use them too)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=s.host, port=s.port, log_level=log_level, ws_max_size=1 << 20,
+                          ws_per_message_deflate=s.ws_compression, timeout_graceful_shutdown=graceful_s)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
