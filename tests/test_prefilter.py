@@ -16,7 +16,7 @@ from etl.columns import ORDERS_REQUIRED
 from etl.filters import Rules, load_rules
 from etl.lightscan import scan_orders
 from etl.parse import _orders_flat, line_bounds, parse
-from etl.prefilter import OrdersFilter, filter_parsed, prefilter, take_lines
+from etl.prefilter import MIN_LINES, OrdersFilter, filter_parsed, prefilter, take_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -165,7 +165,7 @@ def test_prefilter_keeps_exactly_what_full_decoding_keeps(variant: str, data: st
     r = data.draw(rules())
     buf = b"\n".join(lines) + b"\n"
     full = filter_parsed(parse("orders", variant, buf), r)
-    fast = prefilter(variant, buf, r)
+    fast = prefilter(variant, buf, r, min_lines=1)
     event("prefiltered" if fast is not None else "decoded whole")
     if fast is None:
         return
@@ -227,7 +227,7 @@ def test_prefilter_decodes_only_candidates_and_maps_rejects_back() -> None:
              node_line("95000", 4).replace(b'"reduceOnly":false', b'"reduceOnly":"yes"'),
              node_line("99999", 5)]
     buf = b"\n".join(lines) + b"\n"
-    out = prefilter("plain", buf, Rules(min_notional=50_000.0))
+    out = prefilter("plain", buf, Rules(min_notional=50_000.0), min_lines=1)
     assert out is not None
     assert out.decoded == 3
     assert out.parsed.frame["oid"].to_list() == [2, 5]
@@ -248,7 +248,7 @@ def test_take_lines() -> None:
 
 def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
     line = node_line() + b"\n"
-    f = OrdersFilter(threshold=0.35, probe_every=3)
+    f = OrdersFilter(threshold=0.35, probe_every=3, min_lines=1)
     keep_most = Rules()  # the built-in statuses: every line here passes
     for _ in range(5):
         out = f("plain", line * 10, keep_most, 1 << 20)
@@ -259,12 +259,24 @@ def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
     assert out.parsed.frame.height == 0 and out.decoded == 0
 
 
+def test_small_batches_are_decoded_whole() -> None:
+    """Below MIN_LINES lines the pre-filter's fixed cost (a DuckDB query) exceeds what it saves."""
+    f = OrdersFilter()
+    rules = Rules(min_notional=1e9)
+    out = f("plain", (node_line() + b"\n") * (MIN_LINES - 1), rules, 1 << 20)
+    assert (f.prefiltered, f.whole) == (0, 1)
+    assert out.parsed.frame.height == 0 and out.decoded == MIN_LINES - 1
+    out = f("plain", (node_line() + b"\n") * MIN_LINES, rules, 1 << 20)
+    assert (f.prefiltered, f.whole) == (1, 1)
+    assert out.parsed.frame.height == 0 and out.decoded == 0
+
+
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
 def test_prefilter_on_real_node_lines() -> None:
     buf = (SAMPLES / "node_order_statuses_streaming.jsonl").read_bytes()
     r = load_rules(ROOT / "data" / "rules.toml")
     for rule_set in (r, Rules(coins=("BTC",), min_notional=100.0), Rules(statuses=("badAloPxRejected",))):
-        fast = prefilter("streaming", buf, rule_set)
+        fast = prefilter("streaming", buf, rule_set, min_lines=1)
         full = filter_parsed(parse("orders", "streaming", buf), rule_set)
         assert fast is not None
         assert fast.parsed.frame.equals(full.parsed.frame)
