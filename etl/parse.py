@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import duckdb
 import numpy as np
 import orjson
 import polars as pl
@@ -30,6 +31,7 @@ from etl.columns import (
     TRADES_SCHEMA,
     TS,
 )
+from etl.duckscan import FULL, MIN_LINES, scan_orders
 
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
@@ -287,9 +289,12 @@ def _flatten(fmt: Format, raw: pl.DataFrame) -> pl.DataFrame:
     return fmt.flatten(raw).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_line"))
 
 
-def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) -> Parsed:
+def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
+          scan_min_lines: int = MIN_LINES) -> Parsed:
     """Parse whole lines of one stream into its flat frame (plus `_line`, the line index
-    within `buf` of each row), quarantining bad lines."""
+    within `buf` of each row), quarantining bad lines. Batches of order statuses of at least
+    `scan_min_lines` lines are read by DuckDB (etl/duckscan.py); the others, and the lines
+    DuckDB is not sure of, by Polars."""
     fmt = FORMATS[(kind, "plain" if variant == "plain" else "block")]
     plain_fills = kind == "fills" and variant == "plain"
     starts, ends = line_bounds(buf)
@@ -299,6 +304,10 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) ->
     long = (ends - starts) > max_line_bytes
     blank = (ends - starts) == 0
     if not long.any() and not blank.any():
+        if kind == "orders" and n >= scan_min_lines:
+            scanned = _scan_orders(variant, buf, starts, ends, max_line_bytes)
+            if scanned is not None:
+                return scanned
         if kind == "fills":
             paired = PAIRED["plain" if plain_fills else "block"]
             try:
@@ -317,6 +326,54 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20) ->
         except Exception:  # noqa: BLE001 - any decode error sends the batch to the slow path
             pass
     return _slow_parse(fmt, buf, starts, ends, long, blank, plain_fills)
+
+
+def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
+                 max_line_bytes: int) -> Parsed | None:
+    """Order statuses read by DuckDB, the lines it is not sure of (and those missing a required
+    field, for the reject's reason) by Polars; None when DuckDB cannot read the batch."""
+    try:
+        events, unsure = scan_orders(variant, buf, starts, ends, FULL)
+    except (duckdb.Error, UnicodeDecodeError):
+        return None
+    flat = _orders_flat(events, variant != "plain").with_columns(events.get_column("_line"))
+    missing = _missing(flat, ORDERS_REQUIRED)
+    if missing is not None:
+        unsure = np.union1d(unsure, missing.to_numpy()).astype(np.uint32)
+    if not len(unsure):
+        return Parsed(flat, [], starts)
+    sure = flat.filter(~pl.col("_line").is_in(pl.Series(unsure).implode()))
+    no_scan = len(ends) + 1  # every line again would loop
+    part = parse_lines("orders", variant, buf, starts, ends, unsure, max_line_bytes, no_scan)
+    return Parsed(pl.concat([sure, part.frame]).sort("_line", maintain_order=True), part.rejects, starts)
+
+
+def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The lines `idx` of `buf` (with their newlines) as one buffer, and where each starts in it."""
+    offsets = np.empty(len(starts) + 1, np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = ends[-1] + 1 if len(ends) else 0
+    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts),
+                                             [None, pa.py_buffer(offsets), pa.py_buffer(buf)])
+    picked = lines.take(pa.array(idx, pa.int64()))
+    pos = np.frombuffer(picked.buffers()[1], np.int64)[picked.offset: picked.offset + len(idx) + 1]
+    data = picked.buffers()[2]
+    out = data.to_pybytes()[pos[0]: pos[-1]] if data is not None else b""
+    return out, (pos[:-1] - pos[0])
+
+
+def parse_lines(kind: str, variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray,
+                max_line_bytes: int, scan_min_lines: int = MIN_LINES) -> Parsed:
+    """`parse` of the lines `idx` (ascending) of `buf` only, with `_line` and the rejects'
+    offsets those of `buf`."""
+    sub, sub_starts = take_lines(buf, starts, ends, idx)
+    part = parse(kind, variant, sub, max_line_bytes, scan_min_lines)
+    lines = idx.astype(np.uint32)[part.frame["_line"].to_numpy()]
+    frame = part.frame.with_columns(pl.Series("_line", lines, dtype=pl.UInt32))
+    k = np.searchsorted(sub_starts, [r.offset for r in part.rejects], "right") - 1
+    moved = starts[idx][k] - sub_starts[k]  # sub-buffer offset -> offset in `buf`
+    rejects = [r._replace(offset=r.offset + int(d)) for r, d in zip(part.rejects, moved, strict=True)]
+    return Parsed(frame, rejects, starts)
 
 
 def _missing(flat: pl.DataFrame, required: list[str]) -> pl.Series | None:

@@ -4,14 +4,14 @@ Most order statuses fail the rules (data/rules.toml keeps ~2%), and decoding a l
 costs several times as much as reading the few fields the rules and the watermark need. So a
 batch is read twice, both times vectorised over the whole buffer:
 
-1. a *light* read by DuckDB's JSON reader (etl/lightscan.py) of only the required fields and
+1. a *light* read by DuckDB's JSON reader (etl/duckscan.py) of only the required fields and
    the rule fields (time, user, status, coin, side, limitPx, origSz, oid, isTrigger,
    orderType); the rules run on that frame, which gives the exact per-rule counts and the
    event times of every line (the watermark and stall detection);
 2. a full decode (`etl.parse.parse`) of the *candidate* lines only: those with a row the rules
    keep, a row missing a required field (so that it reaches `rejects` exactly as without
    pre-filtering), or a value the light read is not sure the full decoder reads the same
-   (an escape, a field of another JSON type: see etl/lightscan.py). The rules run again on
+   (an escape, a field of another JSON type: see etl/duckscan.py). The rules run again on
    the decoded rows, which are what is stored.
 
 A batch the light read refuses (a line that is not JSON), or that holds a blank or over-long
@@ -32,22 +32,12 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
+from etl.duckscan import MIN_LINES, scan_orders
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
-from etl.lightscan import scan_orders
-from etl.parse import (
-    BadLine,
-    Parsed,
-    _orders_flat,
-    line_bounds,
-    parse,
-)
+from etl.parse import BadLine, Parsed, _orders_flat, line_bounds, parse, parse_lines
 
-# A DuckDB query costs ~5 ms whatever its size, and the pre-filter ~10 ms in all; decoding
-# whole costs ~2.5 us a line: below this many lines, decoding whole is cheaper
-MIN_LINES = 8192
 # every required column, and every column a rule reads (filters._rule_exprs)
 LIGHT_COLUMNS = ("time", "user", "status", "coin", "side", "limit_px", "orig_sz", "oid", "is_trigger",
                  "order_type")
@@ -68,20 +58,6 @@ def filter_parsed(parsed: Parsed, rules: Rules) -> Filtered:
     kept, counts = apply_rules(parsed.frame, rules)
     times = parsed.frame.select("time", "_line")
     return Filtered(Parsed(kept, parsed.rejects, parsed.starts), times, counts, parsed.lines)
-
-
-def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """The lines `idx` of `buf` (with their newlines) as one buffer, and where each starts in it."""
-    offsets = np.empty(len(starts) + 1, np.int64)
-    offsets[:-1] = starts
-    offsets[-1] = ends[-1] + 1 if len(ends) else 0
-    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts),
-                                             [None, pa.py_buffer(offsets), pa.py_buffer(buf)])
-    picked = lines.take(pa.array(idx, pa.int64()))
-    pos = np.frombuffer(picked.buffers()[1], np.int64)[picked.offset: picked.offset + len(idx) + 1]
-    data = picked.buffers()[2]
-    out = data.to_pybytes()[pos[0]: pos[-1]] if data is not None else b""
-    return out, (pos[:-1] - pos[0])
 
 
 def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 << 20,
@@ -117,26 +93,18 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     rejects: list[BadLine] = []
     frame = pl.DataFrame(schema={**ORDERS_SCHEMA, "_line": pl.UInt32})
     if len(cand_lines):
-        sub, sub_starts = take_lines(buf, starts, ends, cand_lines)
-        full = parse("orders", variant, sub, max_line_bytes)
-        # back to line numbers and offsets of `buf`
-        lines = cand_lines.astype(np.uint32)[full.frame["_line"].to_numpy()]
-        back = pl.Series("_line", lines, dtype=pl.UInt32)
-        decoded = full.frame.with_columns(back)
-        kept, sub_counts = apply_rules(decoded, rules)
+        full = parse_lines("orders", variant, buf, starts, ends, cand_lines, max_line_bytes)
+        kept, sub_counts = apply_rules(full.frame, rules)
         counts = add_counts(counts, sub_counts)
-        times = pl.concat([times, decoded.select("time", "_line")])
-        k = np.searchsorted(sub_starts, [r.offset for r in full.rejects], "right") - 1
-        moved = starts[cand_lines][k] - sub_starts[k]  # sub-buffer offset -> offset in `buf`
-        rejects = [r._replace(offset=r.offset + int(d)) for r, d in zip(full.rejects, moved, strict=True)]
-        frame = kept
+        times = pl.concat([times, full.frame.select("time", "_line")])
+        rejects, frame = full.rejects, kept
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray,
            ends: np.ndarray) -> tuple[pl.DataFrame, np.ndarray] | None:
     """The light rows of a batch and the lines to decode whole whatever the rules say
-    (etl/lightscan.py); None when DuckDB cannot read the batch (a line not JSON or not UTF-8)."""
+    (etl/duckscan.py); None when DuckDB cannot read the batch (a line not JSON or not UTF-8)."""
     try:
         events, unsure = scan_orders(variant, buf, starts, ends)
     except (duckdb.Error, UnicodeDecodeError):

@@ -1,4 +1,5 @@
-"""The pre-filtered path keeps exactly what full decoding plus the rules keep."""
+"""The pre-filtered path keeps exactly what full decoding plus the rules keep, and DuckDB's
+reading of order statuses (etl/duckscan.py) gives exactly the rows and rejects of Polars'."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from etl.columns import ORDERS_REQUIRED
+from etl.duckscan import FULL, scan_orders
 from etl.filters import Rules, load_rules
-from etl.lightscan import scan_orders
-from etl.parse import _orders_flat, line_bounds, parse
-from etl.prefilter import MIN_LINES, OrdersFilter, filter_parsed, prefilter, take_lines
+from etl.parse import _orders_flat, line_bounds, parse, take_lines
+from etl.prefilter import MIN_LINES, OrdersFilter, filter_parsed, prefilter
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -208,6 +209,28 @@ def test_duckdb_scan_agrees_with_full_decoding(variant: str, data: st.DataObject
     assert got.equals(want)
 
 
+POLARS_ONLY = 1 << 62  # scan_min_lines: never DuckDB
+
+
+@pytest.mark.parametrize("variant", ["plain", "streaming"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_parse_by_duckdb_gives_polars_rows_and_rejects(variant: str, data: st.DataObject) -> None:
+    lines = data.draw(st.lists(line(variant), min_size=1, max_size=20))
+    buf = b"\n".join(lines) + b"\n"
+    try:
+        _, unsure = scan_orders(variant, buf, *line_bounds(buf), FULL)
+        event(f"DuckDB read the batch, {'some' if len(unsure) else 'no'} lines to Polars")
+    except (duckdb.Error, UnicodeDecodeError):
+        event("DuckDB refused the batch")
+    polars = parse("orders", variant, buf, scan_min_lines=POLARS_ONLY)
+    both = parse("orders", variant, buf, scan_min_lines=1)
+    assert both.frame.schema == polars.frame.schema
+    assert both.frame.equals(polars.frame)
+    assert both.rejects == polars.rejects
+    assert (both.starts == polars.starts).all()
+
+
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
 @pytest.mark.parametrize(("name", "variant"), [("node_order_statuses_streaming.jsonl", "streaming"),
                                                ("node_order_statuses_by_block__btc_filtered.jsonl", "block")])
@@ -219,6 +242,9 @@ def test_duckdb_scan_reads_real_node_lines(name: str, variant: str) -> None:
     assert len(unsure) == 0 and not full.rejects
     light = _orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
     assert light.select(*LIGHT_CHECKED, "_line").equals(full.frame.select(*LIGHT_CHECKED, "_line"))
+    # every field, as stored
+    assert len(scan_orders(variant, buf, starts, ends, FULL)[1]) == 0
+    assert parse("orders", variant, buf, scan_min_lines=1).frame.equals(full.frame)
 
 
 def test_prefilter_decodes_only_candidates_and_maps_rejects_back() -> None:

@@ -1,0 +1,200 @@
+"""Order-status lines read by DuckDB's JSON reader.
+
+DuckDB's `json_transform` (yyjson) reads the fields of a batch's lines in about half the CPU
+time of Polars' NDJSON decoder (100 against 200 ms for the pre-filter's ten fields of a 64 MiB
+batch, 160 against 350 ms for every field), and spreads the batch over the cores
+(docs/benchmarks.md). The batch is handed over without a copy: an Arrow string array whose
+offsets are the lines' starts in the read buffer.
+
+Two sets of fields are read: `LIGHT`, what the rules and the watermark need
+(etl/prefilter.py), and `FULL`, every field of a row (etl/parse.py). The values must be what
+Polars' decoder (`etl.parse.parse`) makes of the same line, because rows are stored or
+dropped on them. Where DuckDB converts what Polars refuses or renders otherwise, the line is
+returned as `unsure`, and the caller decodes it with Polars:
+
+- any backslash in the line (an escape: the two decoders treat bad ones differently);
+- an integer field (`oid`, `timestamp`, `block_number`) not a JSON integer (DuckDB casts
+  `"5"`, `5.0` and `3e11`; Polars refuses them);
+- a boolean field not `true`, `false` or `null` (DuckDB casts `"true"` and `1`);
+- a text field (not `time`, nor the decimals, which are parsed afterwards into the same
+  timestamp or float from either) holding a float, an object or an array: DuckDB writes
+  `1e-07` and `{"a":1}` where Polars writes `0.0000001` and `{"a": 1}`;
+- `children` that is not `[]` or `null` (Polars keeps it as its own rendering of the JSON);
+- in block envelopes, `events` present but not a list, or a line that is not an object.
+
+A batch DuckDB cannot read at all (a line that is not JSON, or not UTF-8) raises; the caller
+then decodes it with Polars.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+# A query costs ~5 ms whatever its size (the pre-filter ~10 ms in all), and Polars decodes a
+# line whole in ~2.5 us: below this many lines, Polars alone is cheaper
+MIN_LINES = 8192
+# a float, an object or an array as DuckDB renders it into a VARCHAR
+_NOT_A_STRING = r"^(?:[{\[]|-?[0-9]+[.e]|-?inf|nan)"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The fields read from an order-status event, by the JSON type the node writes."""
+
+    strings: tuple[str, ...]  # the event's
+    order_strings: tuple[str, ...]
+    order_ints: tuple[str, ...]
+    order_bools: tuple[str, ...]
+    texts: tuple[str, ...]  # strings kept as text (`order.` for the order's): checked for floats
+    children: bool = False
+
+
+LIGHT = Fields(("time", "user", "status"), ("coin", "side", "limitPx", "origSz", "orderType"),
+               ("oid",), ("isTrigger",), ("user", "status", "order.coin", "order.side", "order.orderType"))
+FULL = Fields(("time", "user", "hash", "builder", "status"),
+              ("coin", "side", "limitPx", "sz", "triggerCondition", "triggerPx", "orderType", "origSz", "tif",
+               "cloid"),
+              ("oid", "timestamp"), ("isTrigger", "isPositionTpsl", "reduceOnly"),
+              ("user", "hash", "builder", "status", "order.coin", "order.side", "order.triggerCondition",
+               "order.orderType", "order.tif", "order.cloid"),
+              children=True)
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _int(raw: str) -> tuple[str, str]:
+    """The value of a JSON-typed leaf as BIGINT, and when it is not a plain JSON integer."""
+    text = f"CAST({raw} AS VARCHAR)"
+    return (f"TRY_CAST({text} AS BIGINT)",
+            f"({text} <> 'null' AND CAST(TRY_CAST({text} AS BIGINT) AS VARCHAR) IS DISTINCT FROM {text})")
+
+
+def _bool(raw: str) -> tuple[str, str]:
+    text = f"CAST({raw} AS VARCHAR)"
+    return (f"CASE {text} WHEN 'true' THEN true WHEN 'false' THEN false END",
+            f"{text} NOT IN ('null', 'true', 'false')")
+
+
+def _structure(f: Fields) -> str:
+    raw = f.order_ints + f.order_bools + (("children",) if f.children else ())
+    order = [f'"{k}":"VARCHAR"' for k in f.order_strings] + [f'"{k}":"JSON"' for k in raw]
+    return "{" + ",".join(f'"{k}":"VARCHAR"' for k in f.strings) + ',"order":{' + ",".join(order) + "}}"
+
+
+def _select(f: Fields, *also_odd: str) -> str:
+    """The event's columns as `etl.parse` names them in its raw frame, and `odd` (`also_odd`,
+    or a value DuckDB could read otherwise than Polars)."""
+    o = 'e."order".'
+    members = [f"{_q(k)} := {o}{_q(k)}" for k in f.order_strings]
+    odd = list(also_odd)
+    for k in f.order_ints:
+        value, bad = _int(o + _q(k))
+        members.append(f"{_q(k)} := {value}")
+        odd.append(bad)
+    for k in f.order_bools:
+        value, bad = _bool(o + _q(k))
+        members.append(f"{_q(k)} := {value}")
+        odd.append(bad)
+    if f.children:
+        text = f'CAST({o}"children" AS VARCHAR)'
+        members.append(f'"children" := CASE WHEN {text} = \'[]\' THEN \'[]\' END')
+        odd.append(f"{text} NOT IN ('[]', 'null')")
+    cols = [f"e.{_q(k)}" for k in f.strings] + [f'struct_pack({", ".join(members)}) AS "order"']
+    return ", ".join(cols) + ", " + " OR ".join(odd) + " AS odd"
+
+
+@cache
+def _sql(f: Fields, plain: bool) -> tuple[str, str | None]:
+    """The query of every event of the batch, and (block envelopes) that of the odd lines."""
+    if plain:
+        return (f"SELECT i AS _line, {_select(f)}, contains(line, '\\') AS escaped "
+                f"FROM (SELECT i, line, json_transform(line, '{_structure(f)}') AS e FROM lines)"), None
+    envelope = f'{{"block_time":"VARCHAR","block_number":"JSON","events":[{_structure(f)}]}}'
+    number, bad_number = _int("b.block_number")
+    events = (f"WITH b AS (SELECT i, json_transform(line, '{envelope}') AS b FROM lines) "
+              f"SELECT i AS _line, b.block_time AS block_time, {number} AS block_number, "
+              f"{bad_number} AS odd_block, unnest(b.events) AS e FROM b")
+    query = (f"SELECT _line, block_time, block_number, {_select(f, 'odd_block')}, false AS escaped "
+             f"FROM ({events})")
+    odd_lines = ("SELECT i FROM (SELECT i, line, json_type(line, '$.events') AS t FROM lines) "
+                 "WHERE contains(line, '\\') OR (t IS NOT NULL AND t NOT IN ('ARRAY', 'NULL')) "
+                 "OR (t IS NULL AND json_type(line) IS DISTINCT FROM 'OBJECT')")
+    return query, odd_lines
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Scanner:
+    """One in-memory DuckDB for the process; one cursor per thread (a cursor is not shared)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._local = threading.local()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        con: duckdb.DuckDBPyConnection | None = getattr(self._local, "con", None)
+        if con is None:
+            with self._lock:
+                if self._db is None:
+                    self._db = duckdb.connect(":memory:", config={"threads": cores()})
+                con = self._db.cursor()
+            self._local.con = con
+        return con
+
+
+_SCANNER = _Scanner()
+
+
+def lines_table(buf: bytes, starts: np.ndarray, ends: np.ndarray, chunks: int) -> pa.Table:
+    """The lines of `buf` (newline included) as a string column `line` beside their index `i`,
+    without copying `buf`, in `chunks` record batches (DuckDB scans one batch per thread)."""
+    n = len(starts)
+    offsets = np.empty(n + 1, np.int64)
+    offsets[:-1], offsets[-1] = starts, ends[-1] + 1
+    line = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
+    table = pa.table({"i": pa.array(np.arange(n, dtype=np.uint32)), "line": line})
+    return pa.Table.from_batches(table.to_batches(max_chunksize=max(1, -(-n // chunks))))
+
+
+def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
+                fields: Fields = LIGHT) -> tuple[pl.DataFrame, np.ndarray]:
+    """Every order-status event of the batch with `fields`, shaped as `etl.parse`'s raw frame
+    (`_line`, the event's fields, an `order` struct, and for block envelopes `block_time` and
+    `block_number`), and the sorted indexes of the lines to decode with Polars (the module's
+    docstring). Raises `duckdb.Error` or `UnicodeDecodeError` when the batch cannot be read."""
+    if not buf.isascii():
+        buf.decode()  # DuckDB takes the strings as they are: invalid UTF-8 raises here instead
+    query, odd_query = _sql(fields, variant == "plain")
+    con = _SCANNER.cursor()
+    con.register("lines", lines_table(buf, starts, ends, 4 * cores()))
+    try:
+        events = con.sql(query).pl()
+        odd_lines = (con.sql(odd_query).pl().get_column("i").to_numpy() if odd_query is not None
+                     else np.empty(0, np.uint32))
+    finally:
+        con.unregister("lines")
+    if not events.get_column("_line").is_sorted():
+        events = events.sort("_line", maintain_order=True)
+    order = pl.col("order").struct
+    texts = [order.field(k[6:]) if k.startswith("order.") else pl.col(k) for k in fields.texts]
+    not_a_string = pl.any_horizontal(t.str.contains(_NOT_A_STRING) for t in texts)
+    unsure = events.filter(pl.col("odd").fill_null(False) | pl.col("escaped") | not_a_string.fill_null(False))
+    odd = np.union1d(unsure.get_column("_line").to_numpy(), odd_lines).astype(np.uint32)
+    return events.drop("odd", "escaped"), odd
