@@ -29,9 +29,9 @@ from etl.columns import (
     ORDERS_SCHEMA,
     TRADES_REQUIRED,
     TRADES_SCHEMA,
-    TS,
 )
 from etl.duckscan import FULL, MIN_LINES, scan_orders
+from etl.flatten import fills_flat, node_trades_flat, orders_flat
 
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
 
@@ -54,125 +54,6 @@ class Parsed:
     def lines(self) -> int:
         """Lines seen, good and bad."""
         return len(self.starts)
-
-
-def _iso(col: pl.Expr) -> pl.Expr:
-    # node times have no zone and 0-9 fractional digits; they are UTC
-    return col.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
-
-
-def _ms(col: pl.Expr) -> pl.Expr:
-    return pl.from_epoch(col, time_unit="ms").cast(TS)
-
-
-def _num(col: pl.Expr) -> pl.Expr:
-    return col.cast(pl.Float64, strict=False)
-
-
-# ----------------------------------------------------- per-stream flatteners
-def _order_columns(block: bool) -> dict[str, pl.Expr]:
-    """Each output column of an order-status row, from a decoded event (`order` a struct)."""
-    o = pl.col("order").struct
-    return {
-        "time": _iso(pl.col("time")),
-        "block_number": pl.col("block_number") if block else pl.lit(None, pl.Int64),
-        "block_time": _iso(pl.col("block_time")) if block else pl.lit(None, TS),
-        "user": pl.col("user"),
-        "status": pl.col("status"),
-        "coin": o.field("coin"),
-        "side": o.field("side"),
-        "limit_px": _num(o.field("limitPx")),
-        "sz": _num(o.field("sz")),
-        "orig_sz": _num(o.field("origSz")),
-        "oid": o.field("oid"),
-        "order_time": _ms(o.field("timestamp")),
-        "order_type": o.field("orderType"),
-        "tif": o.field("tif"),
-        "reduce_only": o.field("reduceOnly"),
-        "is_trigger": o.field("isTrigger"),
-        "trigger_condition": o.field("triggerCondition"),
-        "trigger_px": _num(o.field("triggerPx")),
-        "is_position_tpsl": o.field("isPositionTpsl"),
-        "children": o.field("children"),
-        "cloid": o.field("cloid"),
-        "hash": pl.col("hash"),
-        "builder": pl.col("builder"),
-    }
-
-
-def _orders_flat(events: pl.DataFrame, block: bool, columns: tuple[str, ...] = ()) -> pl.DataFrame:
-    exprs = _order_columns(block)
-    return events.select(exprs[c].alias(c) for c in (columns or exprs))
-
-
-
-def _fills_flat(events: pl.DataFrame, block: bool, paired: bool = False) -> pl.DataFrame:
-    # events: one row per fill, either `ev` = [user, "{...fill json...}"], or (paired, see
-    # `pairs_to_objects`) `user` and `f`, the fill already decoded
-    if paired:
-        f, user = pl.col("f").struct, pl.col("user")
-    else:
-        f = pl.col("ev").list.get(1, null_on_oob=True).str.json_decode(pl.Struct(FILL)).struct
-        user = pl.col("ev").list.get(0, null_on_oob=True)
-    env = (
-        [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
-        if block
-        else [pl.lit(None, pl.Int64).alias("block_number"), pl.lit(None, TS).alias("block_time")]
-    )
-    liq = f.field("liquidation").struct
-    return events.select(
-        _ms(f.field("time")).alias("time"),
-        *env,
-        user.alias("user"),
-        f.field("coin"),
-        f.field("side"),
-        _num(f.field("px")).alias("px"),
-        _num(f.field("sz")).alias("sz"),
-        f.field("dir"),
-        _num(f.field("startPosition")).alias("start_position"),
-        _num(f.field("closedPnl")).alias("closed_pnl"),
-        f.field("crossed"),
-        _num(f.field("fee")).alias("fee"),
-        f.field("feeToken").alias("fee_token"),
-        _num(f.field("builderFee")).alias("builder_fee"),
-        _num(f.field("deployerFee")).alias("deployer_fee"),
-        f.field("oid"),
-        f.field("tid"),
-        f.field("hash"),
-        f.field("cloid"),
-        f.field("twapId").alias("twap_id"),
-        liq.field("liquidatedUser").alias("liquidated_user"),
-        _num(liq.field("markPx")).alias("liquidation_mark_px"),
-        liq.field("method").alias("liquidation_method"),
-        f.field("builder"),
-    )
-
-
-def _synthetic_tid() -> pl.Expr:
-    """`node_trades` lines carry no trade id; the feed's `tid` is an int: derive a stable one
-    from the transaction hash (48 bits) and the two orders' ids, which differ between the
-    trades of one transaction."""
-    info = pl.col("side_info")
-    h48 = pl.col("hash").str.slice(2, 12).str.to_integer(base=16, strict=False)
-    oid_b = info.list.get(0, null_on_oob=True).struct.field("oid")
-    oid_s = info.list.get(1, null_on_oob=True).struct.field("oid")
-    return (h48.cast(pl.Int64) ^ (oid_b * 2) ^ (oid_s * 4)).alias("tid")
-
-
-def _node_trades_flat(lines: pl.DataFrame) -> pl.DataFrame:
-    info = pl.col("side_info")
-    return lines.select(
-        _iso(pl.col("time")).alias("time"),
-        pl.col("coin"),
-        pl.col("side"),
-        _num(pl.col("px")).alias("px"),
-        _num(pl.col("sz")).alias("sz"),
-        pl.col("hash"),
-        _synthetic_tid(),
-        info.list.get(0, null_on_oob=True).struct.field("user").alias("buyer"),
-        info.list.get(1, null_on_oob=True).struct.field("user").alias("seller"),
-        pl.lit(None, pl.Int64).alias("block_number"),
-    )
 
 
 # ------------------------------------------------------------ line handling
@@ -205,26 +86,26 @@ def _envelope(event: pl.DataType) -> dict[str, Any]:
 
 FORMATS: dict[tuple[str, str], Format] = {
     ("orders", "plain"): Format(
-        ORDER_EVENT, None, lambda d: _orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA
+        ORDER_EVENT, None, lambda d: orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA
     ),
     ("orders", "block"): Format(_envelope(pl.Struct(ORDER_EVENT)), "events",
-                                lambda d: _orders_flat(d.unnest("events"), True), ORDERS_REQUIRED, dict,
+                                lambda d: orders_flat(d.unnest("events"), True), ORDERS_REQUIRED, dict,
                                 ORDERS_SCHEMA),
-    ("fills", "plain"): Format({"ev": pl.List(pl.String)}, None, lambda d: _fills_flat(d, False),
+    ("fills", "plain"): Format({"ev": pl.List(pl.String)}, None, lambda d: fills_flat(d, False),
                                FILLS_REQUIRED, list, FILLS_SCHEMA),
     ("fills", "block"): Format(_envelope(pl.List(pl.String)), "events",
-                               lambda d: _fills_flat(d.rename({"events": "ev"}), True), FILLS_REQUIRED, dict,
+                               lambda d: fills_flat(d.rename({"events": "ev"}), True), FILLS_REQUIRED, dict,
                                FILLS_SCHEMA),
-    ("trades", "plain"): Format(NODE_TRADE, None, _node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA),
+    ("trades", "plain"): Format(NODE_TRADE, None, node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA),
 }
 
 
 # fills decoded as `user` and `f` (the fill object) in one pass, see _decode_plain_fills
 PAIRED: dict[str, Format] = {
     "plain": Format({"user": pl.String, "f": pl.Struct(FILL)}, None,
-                    lambda d: _fills_flat(d, False, paired=True), FILLS_REQUIRED, dict, FILLS_SCHEMA),
+                    lambda d: fills_flat(d, False, paired=True), FILLS_REQUIRED, dict, FILLS_SCHEMA),
     "block": Format(_envelope(pl.Struct({"user": pl.String, "f": pl.Struct(FILL)})), "events",
-                    lambda d: _fills_flat(d.unnest("events"), True, paired=True), FILLS_REQUIRED, dict,
+                    lambda d: fills_flat(d.unnest("events"), True, paired=True), FILLS_REQUIRED, dict,
                     FILLS_SCHEMA),
 }
 
@@ -336,7 +217,7 @@ def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
         events, unsure = scan_orders(variant, buf, starts, ends, FULL)
     except (duckdb.Error, UnicodeDecodeError):
         return None
-    flat = _orders_flat(events, variant != "plain").with_columns(events.get_column("_line"))
+    flat = orders_flat(events, variant != "plain").with_columns(events.get_column("_line"))
     missing = _missing(flat, ORDERS_REQUIRED)
     if missing is not None:
         unsure = np.union1d(unsure, missing.to_numpy()).astype(np.uint32)

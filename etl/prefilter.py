@@ -36,7 +36,8 @@ import polars as pl
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
 from etl.duckscan import MIN_LINES, scan_orders
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
-from etl.parse import BadLine, Parsed, _orders_flat, line_bounds, parse, parse_lines
+from etl.flatten import orders_flat
+from etl.parse import BadLine, Parsed, line_bounds, parse, parse_lines
 
 # every required column, and every column a rule reads (filters._rule_exprs)
 LIGHT_COLUMNS = ("time", "user", "status", "coin", "side", "limit_px", "orig_sz", "oid", "is_trigger",
@@ -109,7 +110,7 @@ def _light(variant: str, buf: bytes, starts: np.ndarray,
         events, unsure = scan_orders(variant, buf, starts, ends)
     except (duckdb.Error, UnicodeDecodeError):
         return None
-    return _orders_flat(events, False, LIGHT_COLUMNS).with_columns(events.get_column("_line")), unsure
+    return orders_flat(events, False, LIGHT_COLUMNS).with_columns(events.get_column("_line")), unsure
 
 
 class OrdersFilter:

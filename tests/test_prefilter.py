@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from etl.columns import ORDERS_REQUIRED
 from etl.duckscan import FULL, scan_orders
 from etl.filters import Rules, load_rules
-from etl.parse import _orders_flat, line_bounds, parse, take_lines
+from etl.flatten import orders_flat
+from etl.parse import line_bounds, parse, take_lines
 from etl.prefilter import MIN_LINES, OrdersFilter, filter_parsed, prefilter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +198,7 @@ def test_duckdb_scan_agrees_with_full_decoding(variant: str, data: st.DataObject
         event("DuckDB refused the batch")
         return
     event("scanned")
-    light = _orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
+    light = orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
     whole = ~pl.any_horizontal(pl.col(c).is_null() for c in ORDERS_REQUIRED)
     incomplete = set(light.filter(~whole)["_line"].to_list())
     sure = set(range(len(lines))) - set(unsure.tolist()) - incomplete
@@ -240,7 +241,7 @@ def test_duckdb_scan_reads_real_node_lines(name: str, variant: str) -> None:
     events, unsure = scan_orders(variant, buf, starts, ends)
     full = parse("orders", variant, buf)
     assert len(unsure) == 0 and not full.rejects
-    light = _orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
+    light = orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
     assert light.select(*LIGHT_CHECKED, "_line").equals(full.frame.select(*LIGHT_CHECKED, "_line"))
     # every field, as stored
     assert len(scan_orders(variant, buf, starts, ends, FULL)[1]) == 0
