@@ -5,8 +5,9 @@ pre-rendered simulator blocks, replayed and stamped with the wall clock; the sim
 cannot write 100K lines/s) in a process of its own, at 100K lines/s; this process holds
 500 WebSocket clients on mixed channels (trades, candles, filtered and whole order feeds), 20
 of them raw sockets that never read. It samples the server's RSS every second and measures, for
-the reading clients, the delay from a trade's time to its arrival. Results go to stdout as JSON
-(and into docs/reliability.md by hand)."""
+the reading clients, the delay from a trade's time to its arrival, then how long ingest takes
+to have nothing unread once the writer stops. Results go to stdout as JSON (and into
+docs/reliability.md by hand)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,12 @@ def test_500_clients_while_ingesting_100k_lines_per_second(tmp_path: Path) -> No
         _, lines, seconds, behind, _ = notes.get(timeout=10)
         result["writer"] = {"lines": lines, "lines_per_s": round(lines / seconds),
                             "most_behind_s": round(behind, 2)}
+        # ingest catches up once the writer stops: how long until nothing is left unread
+        stopped = time.monotonic()
+        while any(s["lag_bytes"] for s in httpx.get(url + "/v1/status", timeout=30).json()["streams"]):
+            assert time.monotonic() - stopped < 60, "ingest did not catch up within 60 s of the writer's end"
+            time.sleep(0.2)
+        result["caught_up_s_after_writer"] = round(time.monotonic() - stopped, 1)
         print(json.dumps(result, indent=1))
         assert server.poll() is None
         assert result["hub"]["lagged_disconnects"] >= STALLED
