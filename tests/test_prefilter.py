@@ -40,10 +40,11 @@ def node_line(limit_px: str = "1", oid: int = 1) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+BIG = "__a number out of a double's range__"  # json.dumps cannot write one: put in by hand
 # values of other JSON types than the node writes; DuckDB renders floats, objects and arrays as
 # text otherwise than Polars ("1e-07" against "0.0000001"), and casts "5", 5.0 and "true"
 ODD_VALUES = st.sampled_from(["5", "true", 5, 5.0, 3e11, 2**70, -3, 1e-7, 1.5e300, True, None,
-                              {"a": 1}, [1], "\\u00e9", "\ud800"])
+                              {"a": 1}, [1], "\\u00e9", "\ud800", BIG])
 ODD_TEXTS = ["1e-07", "0.0000001", '{"a":1}', '{"a": 1}', "5", "5.0", "true", "[1]"]
 
 
@@ -124,9 +125,15 @@ def line(draw: st.DrawFn, variant: str) -> bytes:
         elif draw(st.integers(0, 30)) == 0:
             del env["events"]
         text = json.dumps(env, ensure_ascii=draw(st.booleans()))
+    text = text.replace(json.dumps(BIG), draw(st.sampled_from(["1e400", "-1e400", "9" * 400])))
     # now and then a broken line (a batch holding one is decoded whole)
     broken = (draw(st.sampled_from(["cut", "garbage", "array", "string", "number"]))
               if draw(st.integers(0, 60)) == 0 else "")
+    # now and then what DuckDB's reader takes and Polars' refuses, anywhere in the line: NaN,
+    # Infinity, a trailing comma (the line then goes to Polars, and becomes a reject)
+    if not broken and draw(st.integers(0, 30)) == 0:
+        lax = draw(st.sampled_from(["NaN", "-Infinity", "inf", "nan", "[1,]", '{"a":1,}', "[1, ]"]))
+        text = text[:-1] + ', "x": ' + lax + "}" if draw(st.booleans()) else text[:-1] + ",}"
     if broken == "cut":
         text = text[: draw(st.integers(1, max(1, len(text) - 1)))]
     elif broken == "garbage":
@@ -230,6 +237,17 @@ def test_parse_by_duckdb_gives_polars_rows_and_rejects(variant: str, data: st.Da
     assert both.frame.equals(polars.frame)
     assert both.rejects == polars.rejects
     assert (both.starts == polars.starts).all()
+
+
+@pytest.mark.parametrize("extra", [b'"x":1e400', b'"x":' + b"9" * 400, b'"x":' + b"[" * 1100 + b"]" * 1100])
+def test_what_duckdb_reads_that_polars_refuses_in_a_key_nodetap_does_not_read(extra: bytes) -> None:
+    """The two differences left (etl/duckscan.py): the line becomes a row, not a reject."""
+    line = node_line()[:-1] + b"," + extra + b"}"
+    buf = b"\n".join([node_line(), line]) + b"\n"
+    polars = parse("orders", "plain", buf, scan_min_lines=POLARS_ONLY)
+    both = parse("orders", "plain", buf, scan_min_lines=1)
+    assert [r.offset for r in polars.rejects] == [len(node_line()) + 1]
+    assert not both.rejects and both.frame["_line"].to_list() == [0, 1]
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
