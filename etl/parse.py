@@ -162,7 +162,12 @@ def _decode(fmt: Format, buf: bytes, plain_fills: bool) -> pl.DataFrame:
     return pl.read_ndjson(buf, schema=fmt.raw)
 
 
-def _flatten(fmt: Format, raw: pl.DataFrame) -> pl.DataFrame:
+def _flatten(fmt: Format, raw: pl.DataFrame, lines: int) -> pl.DataFrame:
+    """The rows of `raw`, one decoded line per row, with `_line`. Raises when the decoder gave
+    another number of rows than `lines` (it skips a line of whitespace only): the row numbers
+    would be wrong, so the caller decodes line by line."""
+    if raw.height != lines:
+        raise ValueError(f"{raw.height} rows decoded from {lines} lines")
     if fmt.explode:
         raw = raw.with_row_index("_line").explode(fmt.explode).drop_nulls(fmt.explode)
         flat = fmt.flatten(raw)
@@ -194,13 +199,13 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
             try:
                 raw = (_decode_plain_fills(buf, starts, ends) if plain_fills
                        else pl.read_ndjson(_block_pairs_to_objects(buf), schema=paired.raw))
-                flat = None if raw is None else _flatten(paired, raw)
+                flat = None if raw is None else _flatten(paired, raw, n)
                 if flat is not None and len(flat) and _missing(flat, fmt.required) is None:
                     return Parsed(flat, [], starts)
             except Exception:  # noqa: BLE001 - laid out otherwise: the generic decode below
                 pass
         try:
-            flat = _flatten(fmt, _decode(fmt, buf, plain_fills))
+            flat = _flatten(fmt, _decode(fmt, buf, plain_fills), n)
             bad = _missing(flat, fmt.required)
             if bad is None:
                 return Parsed(flat, [], starts)
@@ -320,7 +325,7 @@ def _decode_isolating(
         return []
     chunk = b"".join(buf[int(starts[i]) : int(ends[i]) + 1] for i in idx)
     try:
-        flat = _flatten(fmt, _decode(fmt, chunk, plain_fills))
+        flat = _flatten(fmt, _decode(fmt, chunk, plain_fills), len(idx))
     except Exception as err:  # noqa: BLE001
         if len(idx) == 1:
             s, e = int(starts[idx[0]]), int(ends[idx[0]])

@@ -158,12 +158,19 @@ def good(oid: int) -> bytes:
         (b'{"time":"x"}', "missing required field"),
         (good(9).replace(b'"oid":9', b'"oid":"nine"'), "wrong shape"),
         (b'{"status":"open","order":5}', "wrong shape"),
+        # whitespace only: the decoder skips it, which would shift the next rows' line numbers
+        (b"   ", "invalid JSON"),
+        (b"\t", "invalid JSON"),
+        # what DuckDB's reader takes and Polars' refuses
+        (good(9)[:-1] + b',"x":NaN}', "invalid JSON"),
+        (good(9)[:-1] + b",}", "invalid JSON"),
     ],
 )
-def test_bad_line_is_rejected_and_neighbours_kept(bad: bytes, reason: str) -> None:
+@pytest.mark.parametrize("scan_min_lines", [1, 1 << 62], ids=["duckdb", "polars"])
+def test_bad_line_is_rejected_and_neighbours_kept(bad: bytes, reason: str, scan_min_lines: int) -> None:
     lines = [good(1), good(2), bad, good(3)]
     buf = b"\n".join(lines) + b"\n"
-    parsed = parse("orders", "plain", buf)
+    parsed = parse("orders", "plain", buf, scan_min_lines=scan_min_lines)
     assert parsed.frame["oid"].to_list() == [1, 2, 3]
     assert parsed.frame["_line"].to_list() == [0, 1, 3]
     assert len(parsed.rejects) == 1
