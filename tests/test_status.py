@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,15 +107,25 @@ def test_the_scan_counts_every_later_file_and_dates_the_newest(tmp_path: Path) -
     assert scan_files(root, Cursor("20260105/10", 0, 400)).lag_bytes == 300  # truncated under the cursor
 
 
-def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None:
-    node = tmp_path / "node"
-    f10 = hour_file(node, ORDERS, "20260105", 10)
-    f10.write_bytes(orders(100_000, 100))
-    s = Settings(node_dir=node, db=tmp_path / "s.duckdb", start_from="start", keep_all=True)
+@contextmanager
+def one_hour_file(tmp_path: Path, lines: int, clock: Callable[[], float] = time.monotonic,
+                  wall_clock: Callable[[], float] = time.time) -> Iterator[tuple[Path, Pipeline]]:
+    """An order-status hour file of `lines` lines, and a keep-all pipeline over it (not started)."""
+    f10 = hour_file(tmp_path / "node", ORDERS, "20260105", 10)
+    f10.write_bytes(orders(100_000, lines))
+    s = Settings(node_dir=tmp_path / "node", db=tmp_path / "s.duckdb", start_from="start", keep_all=True)
     store = Store.from_settings(s)
-    clock = FakeClock()
-    pipe = Pipeline(s, store, clock=clock)
+    pipe = Pipeline(s, store, clock=clock, wall_clock=wall_clock)
     try:
+        yield f10, pipe
+    finally:
+        pipe.stop()
+        store.close()
+
+
+def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with one_hour_file(tmp_path, 100, clock=clock) as (f10, pipe):
         pipe.run_once()
         assert only(pipe).arrival_lines_per_s == 0.0  # the first look: nothing to compare with
         # a slow writer: 4 lines every 2 s, each batch committed as it comes
@@ -130,21 +142,12 @@ def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None
         # a quiet node: after the window, the arrival rate falls to what was written in it
         clock.now += 10.0
         assert only(pipe).arrival_lines_per_s == 0.0
-    finally:
-        pipe.stop()
-        store.close()
 
 
 def test_a_current_hour_file_unchanged_for_an_hour_is_an_archive(tmp_path: Path) -> None:
-    node = tmp_path / "node"
-    f10 = hour_file(node, ORDERS, "20260105", 10)
-    f10.write_bytes(orders(100_000, 5))
-    s = Settings(node_dir=node, db=tmp_path / "s.duckdb", start_from="start", keep_all=True)
-    store = Store.from_settings(s)
     wall = FakeClock()
     wall.now = datetime(2026, 1, 5, 10, 50, tzinfo=UTC).timestamp()  # in the file's own hour
-    pipe = Pipeline(s, store, wall_clock=wall)
-    try:
+    with one_hour_file(tmp_path, 5, wall_clock=wall) as (f10, pipe):
         pipe.run_once()
         last = datetime(2026, 1, 5, 10, 0, 4)  # the fifth line's time
         os.utime(f10, (wall.now - 3000, wall.now - 3000))  # written 50 min ago
@@ -152,9 +155,6 @@ def test_a_current_hour_file_unchanged_for_an_hour_is_an_archive(tmp_path: Path)
         assert (st.mode, st.lag_seconds) == ("live", (datetime(2026, 1, 5, 10, 50) - last).total_seconds())
         os.utime(f10, (wall.now - 3700, wall.now - 3700))  # 61 min ago
         assert (only(pipe).mode, only(pipe).lag_seconds) == ("archive", None)
-    finally:
-        pipe.stop()
-        store.close()
 
 
 def test_a_pipeline_opens_nothing_until_asked_and_stops_once(tmp_path: Path) -> None:
