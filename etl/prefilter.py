@@ -69,7 +69,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
     starts, ends = line_bounds(buf)
-    if not len(ends) or len(ends) < min_lines:
+    if len(ends) < max(min_lines, 1):
         return None
     lengths = ends - starts
     if (lengths == 0).any() or (lengths > max_line_bytes).any():
