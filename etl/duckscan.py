@@ -48,6 +48,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from etl.priority import lowering_new_threads
+
 # A query costs ~5 ms whatever its size (the pre-filter ~10 ms in all), and Polars decodes a
 # line whole in ~2.5 us: below this many lines, Polars alone is cheaper
 MIN_LINES = 8192
@@ -174,7 +176,9 @@ class _Scanner:
         if con is None:
             with self._lock:
                 if self._db is None:
-                    self._db = duckdb.connect(":memory:", config={"threads": cores()})
+                    # only order statuses come here in bulk: its workers yield to fills and trades
+                    with lowering_new_threads():
+                        self._db = duckdb.connect(":memory:", config={"threads": cores()})
                 con = self._db.cursor()
             self._local.con = con
         return con
