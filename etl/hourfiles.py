@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 DAY = re.compile(r"^\d{8}$")
@@ -34,6 +36,77 @@ def hour_files(root: Path, from_day: str = "") -> list[str]:
     out.sort()
     return [rel for _, _, rel in out]
 
+
+
+class HourListing:
+    """`hour_files(root)` kept between calls, for a tailer that asks before every batch.
+
+    A node that keeps its files holds thousands of them (24 a day per stream), and listing
+    them all before each batch cost 4 ms at 90 days and 20 ms at a year. So a day directory
+    is listed again only when its modification time moved (a file was added, renamed or
+    removed in it), or is too recent to trust: a file created within the same timestamp tick
+    as the last listing would not move it. The two newest days are checked on every call,
+    older ones once a second (an hour file that appears late in an old day is seen within a
+    second). `keys` are the files' `hour_key`s, for bisection; `version` changes whenever the
+    list does."""
+
+    RACY_NS = 2_000_000_000
+    OLD_DAYS_EVERY_NS = 1_000_000_000
+
+    def __init__(self, root: Path, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.root = root
+        self.clock_ns = clock_ns  # wall clock, as file times are
+        self.files: list[str] = []
+        self.keys: list[tuple[str, int]] = []
+        self.version = 0
+        self._root_mtime: int | None = None
+        self._day_names: list[str] = []
+        self._days: dict[str, tuple[int, list[tuple[int, str]]]] = {}  # day: (mtime, hours)
+        self._old_days_at = 0
+
+    def refresh(self) -> list[str]:
+        now = self.clock_ns()
+        try:
+            st = os.stat(self.root)
+            changed = False
+            if st.st_mtime_ns != self._root_mtime or now - st.st_mtime_ns < self.RACY_NS:
+                names = sorted(d for d in os.listdir(self.root) if DAY.match(d))
+                self._root_mtime = st.st_mtime_ns
+                if names != self._day_names:
+                    self._day_names = names
+                    self._days = {d: v for d, v in self._days.items() if d in names}
+                    changed = True
+        except FileNotFoundError:
+            names, changed = [], bool(self._day_names)
+            self._day_names, self._days, self._root_mtime = [], {}, None
+        days = self._day_names
+        if now - self._old_days_at >= self.OLD_DAYS_EVERY_NS:
+            self._old_days_at = now
+        else:
+            days = days[-2:]
+        for day in days:
+            changed = self._refresh_day(day, now) or changed
+        if changed:
+            self.files = [rel for day in self._day_names if day in self._days
+                          for _, rel in self._days[day][1]]
+            self.keys = [hour_key(f) for f in self.files]
+            self.version += 1
+        return self.files
+
+    def _refresh_day(self, day: str, now: int) -> bool:
+        """List one day again if it may have changed; whether its hours changed."""
+        cached = self._days.get(day)
+        try:
+            mtime = os.stat(self.root / day).st_mtime_ns
+            if cached is not None and cached[0] == mtime and now - mtime >= self.RACY_NS:
+                return False
+            names = os.listdir(self.root / day)
+        except FileNotFoundError:
+            return self._days.pop(day, None) is not None
+        hours = sorted((int(m.group(1)), f"{day}/{name}") for name in names
+                       if (m := HOUR.match(name)) and not m.group(2))
+        self._days[day] = (mtime, hours)
+        return cached is None or cached[1] != hours
 
 def stat_or_none(path: Path) -> os.stat_result | None:
     try:

@@ -7,6 +7,7 @@ same transaction as the rows it produced.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Literal, NamedTuple
 
 from etl.hourfiles import (
     DAY,
+    HourListing,
     hour_files,
     hour_key,
     line_start_at_or_after,
@@ -197,6 +199,8 @@ class Tailer:
         self._entered = ""  # the file whose stored cursor was last consulted
         self._passed: set[str] = set()  # files this tailer has been in or skipped
         self._settled: set[str] = set()  # older files known to be read (or before the floor)
+        self.listing = HourListing(stream.root)
+        self._no_stray: tuple[int, str] | None = None  # (listing version, current) scanned clean
 
     def _enter(self, rel: str, gaps: list[Gap], at: Cursor | None = None) -> Cursor:
         """Where to read `rel` from: its stored cursor when further than `at` (checked by the
@@ -218,37 +222,40 @@ class Tailer:
         st = stat_or_none(self.stream.root / rel)
         return Cursor(rel, st.st_ino if st else 0, 0)
 
-    def _stray(self, files: list[str], current: str) -> str | None:
+    def _stray(self, current: str) -> str | None:
         """An hour file older than `current` that appeared late and nothing has read."""
+        listing = self.listing
+        if self._no_stray == (listing.version, current):
+            return None  # the same files as at the last scan, which found none
         floor = hour_key(self.index.floor) if self.index.floor else None
-        for f in files:
-            if hour_key(f) >= hour_key(current):
-                return None
+        older = bisect.bisect_left(listing.keys, hour_key(current))
+        for f in listing.files[:older]:
             if f in self._passed or f in self._settled:
                 continue
             if (floor is not None and hour_key(f) < floor) or self.index.get(f) is not None:
                 self._settled.add(f)
                 continue
             return f
+        self._no_stray = (listing.version, current)
         return None
 
     def next_batch(self, cur: Cursor) -> Batch | None:
         """The next batch after `cur`, or None when there is nothing new to commit."""
         gaps: list[Gap] = []
-        files = hour_files(self.stream.root)
+        files = self.listing.refresh()
         if not cur.file:
             if not files:
                 return None
             cur = self._enter(files[0], gaps)
         elif cur.file != self._entered:
             cur = self._enter(cur.file, gaps, at=cur)
-        stray = self._stray(files, cur.file)
+        stray = self._stray(cur.file)
         if stray is not None:
             log.warning("event=file_out_of_order stream=%s file=%s current=%s",
                         self.stream.name, stray, cur.file)
             return Batch.move(self.stream, self._enter(stray, gaps), gaps)
         for _ in range(len(files) + 2):
-            later = [f for f in files if hour_key(f) > hour_key(cur.file)]
+            later = files[bisect.bisect_right(self.listing.keys, hour_key(cur.file)):]
             st = stat_or_none(self.stream.root / cur.file)
             if st is None:  # the file was deleted under us: record it, move on to the next one
                 if not later:

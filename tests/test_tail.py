@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from etl.hourfiles import HourListing
 from etl.tail import Cursor, Stream, Tailer, discover, hour_files, initial_cursor
 
 
@@ -69,6 +72,47 @@ def test_hour_files_sort_numerically_across_days(tmp_path: Path) -> None:
     for rel in ["20260105/10", "20260105/9", "20260106/0", "20260105/23", "20260105/x"]:
         write(st, rel, b"")
     assert hour_files(st.root) == ["20260105/9", "20260105/10", "20260105/23", "20260106/0"]
+
+
+def test_hour_listing_sees_every_change_while_listing_only_what_moved(tmp_path: Path) -> None:
+    st = stream(tmp_path)
+    now = [time.time_ns()]
+    listing = HourListing(st.root, clock_ns=lambda: now[0])
+    hour_ago = now[0] // 1_000_000_000 - 3600
+    for day in ("20260101", "20260102", "20260103", "20260104"):
+        for h in range(0, 24, 6):
+            write(st, f"{day}/{h}", b"")
+        os.utime(st.root / day, (hour_ago, hour_ago))
+    assert listing.refresh() == hour_files(st.root)
+    version = listing.version
+    assert listing.refresh() == hour_files(st.root) and listing.version == version
+
+    # in the newest days, a file is seen at once, a second one within the same tick too
+    write(st, "20260104/19", b"")
+    assert listing.refresh()[-1] == "20260104/19"
+    tick = (st.root / "20260104").stat().st_mtime_ns
+    write(st, "20260104/20", b"")
+    os.utime(st.root / "20260104", ns=(tick, tick))  # a file system with coarse timestamps
+    assert listing.refresh()[-2:] == ["20260104/19", "20260104/20"]
+    write(st, "20260105/0", b"")  # a new day, and a late file in the day before it
+    write(st, "20260104/21", b"")
+    assert listing.refresh()[-3:] == ["20260104/20", "20260104/21", "20260105/0"]
+    assert listing.keys == [(f.split("/")[0], int(f.split("/")[1])) for f in listing.files]
+
+    # in an older day, within a second
+    write(st, "20260101/7", b"")
+    (st.root / "20260102" / "6").unlink()
+    assert "20260101/7" not in listing.refresh()
+    now[0] += 1_000_000_000
+    assert listing.refresh() == hour_files(st.root)
+    assert "20260101/7" in listing.files and "20260102/6" not in listing.files
+
+    shutil.rmtree(st.root / "20260105")  # a day removed
+    assert listing.refresh() == hour_files(st.root)
+    shutil.rmtree(st.root)  # everything removed
+    assert listing.refresh() == [] and listing.keys == []
+    write(st, "20260106/3", b"")
+    assert listing.refresh() == ["20260106/3"]
 
 
 def test_rotation_reads_old_tail_then_next_file_and_never_skips(tmp_path: Path) -> None:
