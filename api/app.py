@@ -40,6 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
         # a database reopened after a full disk is a new instance: lock it the same way
         store.on_reopen.append(lambda con: lock_instance(con, pipeline.lake_root, settings.db_memory_limit))
         state = AppState(settings, store, pipeline, rules, hub, started_at=time.time())
+        # a commit short of DuckDB memory interrupts the API's reads: ingestion comes first
+        store.memory_relief.append(state.reads.relieve)
         app.state.nodetap = state
         pipeline.start()
         log.info("event=serve_start node_dir=%s db=%s", settings.node_dir, settings.db)

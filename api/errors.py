@@ -52,6 +52,14 @@ class SqlBusy(ApiError):
     status = 429
 
 
+class ServerBusy(ApiError):
+    """DuckDB's memory (`db_memory_limit`) is in use, or ingestion needed it and stopped this
+    read: retry in a moment (503 with Retry-After)."""
+
+    status = 503
+    retry_after_s = 1
+
+
 class SqlError(ApiError):
     """DuckDB could not run the query (syntax, unknown column, type error): its message is passed on."""
 
@@ -63,4 +71,5 @@ def install(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         # `code`/`msg`/`data` as well: the official SDK turns exactly those into its ClientError
         body = {"error": exc.message, "code": type(exc).__name__, "msg": exc.message, "data": None}
-        return JSONResponse(body, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServerBusy) else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)

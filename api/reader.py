@@ -22,14 +22,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-from api.errors import ReadTimeout
-from api.readonly import sql_cursor
-from api.state import AppState
+from api.errors import ReadTimeout, ServerBusy
+from api.readonly import memory_busy, sql_cursor
+
+if TYPE_CHECKING:
+    from api.state import AppState
 
 T = TypeVar("T")
 Con = duckdb.DuckDBPyConnection
@@ -44,13 +46,62 @@ def read_timeout(limit_s: float) -> ReadTimeout:
                        "(setting sql_timeout_s); ask for a shorter time range or fewer rows")
 
 
+class ActiveReads:
+    """The API's reads running now (their `TimeLimit`s), so that ingestion can stop them when a
+    commit runs out of DuckDB memory (`Store.relieve_memory`): ingestion comes first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._limits: set[TimeLimit] = set()
+        self.relieved_total = 0
+
+    def add(self, limit: TimeLimit) -> None:
+        with self._lock:
+            self._limits.add(limit)
+
+    def discard(self, limit: TimeLimit) -> None:
+        with self._lock:
+            self._limits.discard(limit)
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._limits)
+
+    def relieve(self) -> int:
+        """Interrupt every read running now; returns how many."""
+        with self._lock:
+            limits = list(self._limits)
+        done = sum(limit.relieve() for limit in limits)
+        if done:
+            self.relieved_total += done
+            log.warning("event=reads_interrupted_for_ingest count=%d", done)
+        return done
+
+
+def ingest_first() -> ServerBusy:
+    return ServerBusy("the query was stopped: ingestion needed the server's database memory "
+                      "(setting db_memory_limit); retry in a moment")
+
+
+def busy_or_none(err: BaseException, limit: TimeLimit) -> ServerBusy | None:
+    """The 503 for a read that ingestion stopped, or that found no memory; None otherwise."""
+    if limit.relieved:
+        return ingest_first()
+    if isinstance(err, duckdb.OutOfMemoryException):
+        return memory_busy()
+    return None
+
+
 class TimeLimit:
     """Interrupts `con` once `seconds` have passed inside the `with` block; `fired` tells
-    whether it did (DuckDB then raises an InterruptException, or an error of the call it was in)."""
+    whether it did (DuckDB then raises an InterruptException, or an error of the call it was in).
+    Registered in `reads` while it runs, where ingestion can interrupt it (`relieved`)."""
 
-    def __init__(self, con: Con, seconds: float) -> None:
+    def __init__(self, con: Con, seconds: float, reads: ActiveReads | None = None) -> None:
         self.con = con
         self.fired = False
+        self.relieved = False
+        self.reads = reads
         self._done = False
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._interrupt)
@@ -68,7 +119,18 @@ class TimeLimit:
             if not self._done:
                 self.con.interrupt()
 
+    def relieve(self) -> bool:
+        """Interrupt now because ingestion needs the memory; False if the read was done."""
+        with self._lock:
+            if self._done:
+                return False
+            self.relieved = True
+            self.con.interrupt()
+            return True
+
     def __enter__(self) -> TimeLimit:
+        if self.reads is not None:
+            self.reads.add(self)
         self._timer.start()
         return self
 
@@ -77,6 +139,8 @@ class TimeLimit:
         with self._lock:
             self._done = True
         self._timer.cancel()
+        if self.reads is not None:
+            self.reads.discard(self)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -102,7 +166,7 @@ def run_limited(state: AppState, work: Callable[[Con, TimeLimit], T]) -> T:
     `sql_timeout_s`; `work` maps DuckDB's errors (`limit.fired`: they are the interrupt's)."""
     con = sql_cursor(state.store)
     try:
-        with TimeLimit(con, state.settings.sql_timeout_s) as limit:
+        with TimeLimit(con, state.settings.sql_timeout_s, state.reads) as limit:
             return work(con, limit)
     finally:
         con.close()
@@ -116,6 +180,9 @@ def read_now(state: AppState, query: Callable[[Con], T]) -> T:
         try:
             return query(con)
         except (duckdb.Error, pa.ArrowException) as err:
+            busy = busy_or_none(err, limit)
+            if busy is not None:
+                raise busy from None
             if limit.fired or isinstance(err, duckdb.InterruptException):
                 raise read_timeout(limit_s) from None
             raise
@@ -147,19 +214,24 @@ class Batches:
     """The record batches of one query, fetched one at a time (in the thread that iterates),
     each within the time limit. Iterating to the end, or `close`, ends the read."""
 
-    def __init__(self, con: Con, reader: pa.RecordBatchReader, limit_s: float) -> None:
-        self.con, self.reader, self.limit_s = con, reader, limit_s
+    def __init__(self, con: Con, reader: pa.RecordBatchReader, limit_s: float,
+                 reads: ActiveReads | None = None) -> None:
+        self.con, self.reader, self.limit_s, self.reads = con, reader, limit_s, reads
         self.schema = reader.schema
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
             while True:
-                with TimeLimit(self.con, self.limit_s) as limit:
+                with TimeLimit(self.con, self.limit_s, self.reads) as limit:
                     try:
                         batch = self.reader.read_next_batch()
                     except StopIteration:
                         return
                     except (duckdb.Error, pa.ArrowException) as err:
+                        busy = busy_or_none(err, limit)
+                        if busy is not None:
+                            log.warning("event=stream_interrupted reason=%r", busy.message)
+                            raise busy from None
                         if limit.fired or isinstance(err, duckdb.InterruptException):
                             log.warning("event=stream_interrupted limit_s=%s (setting sql_timeout_s)",
                                         self.limit_s)
@@ -182,17 +254,20 @@ async def open_batches(state: AppState, sql: str, params: list[object], rows: in
     def start() -> Batches:
         con = sql_cursor(state.store)
         try:
-            with TimeLimit(con, limit_s) as limit:
+            with TimeLimit(con, limit_s, state.reads) as limit:
                 try:
                     reader = con.sql(sql, params=params or None).to_arrow_reader(rows)
                 except (duckdb.Error, pa.ArrowException) as err:
+                    busy = busy_or_none(err, limit)
+                    if busy is not None:
+                        raise busy from None
                     if limit.fired or isinstance(err, duckdb.InterruptException):
                         raise read_timeout(limit_s) from None
                     raise
         except BaseException:
             con.close()
             raise
-        return Batches(con, reader, limit_s)
+        return Batches(con, reader, limit_s, state.reads)
 
     abandoned = False
 

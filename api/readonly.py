@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from api.errors import ServerBusy
 from etl.store import Store
 
 log = logging.getLogger("nodetap.sql")
@@ -55,11 +56,23 @@ def lock_instance(con: duckdb.DuckDBPyConnection, lake_root: Path, memory_limit:
     log.info("event=duckdb_locked allowed_dir=%s memory_limit=%s", root, memory_limit)
 
 
+def memory_busy() -> ServerBusy:
+    return ServerBusy("the server's database memory (setting db_memory_limit) is in use by "
+                      "ingestion or other queries; retry in a moment")
+
+
 def sql_cursor(store: Store) -> duckdb.DuckDBPyConnection:
-    """A new cursor inside a read-only transaction; closing it ends the transaction."""
-    con = store.reader()
+    """A new cursor inside a read-only transaction; closing it ends the transaction. 503 when
+    DuckDB has no memory left even for that."""
+    try:
+        con = store.reader()
+    except duckdb.OutOfMemoryException:
+        raise memory_busy() from None
     try:
         con.execute("BEGIN TRANSACTION READ ONLY")
+    except duckdb.OutOfMemoryException:
+        con.close()
+        raise memory_busy() from None
     except BaseException:
         con.close()
         raise

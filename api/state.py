@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from api.reader import ActiveReads
 from etl.config import Settings
 from etl.filters import RulesFile
 from etl.pipeline import Pipeline
@@ -27,6 +28,7 @@ class AppState:
     started_at: float = 0.0
     node_info: NodeInfo | None = None  # the node's info server; made on first use (api.infoapi)
     coins_seen: set[str] = field(default_factory=set)  # coins known to exist (api.infoapi.known_coin)
+    reads: ActiveReads = field(default_factory=ActiveReads)  # what ingestion may interrupt
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection of its own (never the pipeline's writer), for tests and tools;

@@ -77,7 +77,7 @@ class Settings:
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
     sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.")
     sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.")
-    db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting.")
+    db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting. Ingestion comes first: a commit that finds it full interrupts the running reads (503 with Retry-After) and is committed again.")
     http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.")
     node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")

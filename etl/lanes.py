@@ -82,6 +82,52 @@ def dedup_for(store: Store, unit: Unit) -> Callable[[str, pl.DataFrame], pl.Data
 
 
 
+class MemoryFullError(RuntimeError):
+    """Ingestion stopped while waiting for DuckDB memory; the unit is read again on the next start."""
+
+
+class MemoryWait:
+    """A commit that ran out of DuckDB's memory (`db_memory_limit`, which SQL queries and
+    exports share) waits and is tried again, instead of ending the lane: the transaction
+    stored nothing, so the same unit commits later, exactly once. Before each wait the store
+    asks the API to interrupt its reads (`Store.relieve_memory`): ingestion comes first, and
+    a reader gets a 503 that says so. One warning says what happened; one more every
+    `LOG_EVERY_S` while it lasts (a `db_memory_limit` too small for one batch never passes:
+    the warning names the settings), and one when the commit went through."""
+
+    LOG_EVERY_S = 60.0
+    MAX_PAUSE_S = 1.0
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.tries = 0
+        self.started = 0.0
+        self.logged = float("-inf")
+
+    def wait(self, err: duckdb.OutOfMemoryException) -> None:
+        lane = self.lane
+        now = time.monotonic()
+        if not self.tries:
+            self.started = now
+        self.tries += 1
+        lane.memory_waits += 1
+        relieved = lane.store.relieve_memory()
+        if now - self.logged >= self.LOG_EVERY_S:
+            self.logged = now
+            log.warning(
+                "event=commit_out_of_memory stream=%s tries=%d waited_s=%.1f reads_interrupted=%d "
+                "error=%r (nothing lost: the batch is committed again once memory is free; if this "
+                "lasts, raise db_memory_limit or lower batch_max_bytes)", lane.stream.name,
+                self.tries, now - self.started, relieved, str(err).splitlines()[0][:200])
+        if lane.stop_event.wait(min(self.MAX_PAUSE_S, 0.05 * 2 ** min(self.tries - 1, 5))):
+            raise MemoryFullError(f"stopped while {lane.stream.name} waited for memory") from err
+
+    def done(self) -> None:
+        if self.tries:
+            log.warning("event=commit_memory_back stream=%s tries=%d waited_s=%.1f",
+                        self.lane.stream.name, self.tries, time.monotonic() - self.started)
+
+
 class Lane:
     """A stream's lane. `drain` commits until the stream has nothing new; `run` drains on
     every wake-up until `stop` is set."""
@@ -131,6 +177,7 @@ class Lane:
         self.rate = 0.0  # lines/s while processing (capacity)
         self.bytes_per_s = 0.0  # bytes/s while processing
         self.behind = False
+        self.memory_waits = 0  # commits that ran out of DuckDB memory and were tried again
 
     # ------------------------------------------------------------ reading
     def _live_batch_bytes(self) -> int:
@@ -223,8 +270,9 @@ class Lane:
         except BaseException as err:
             self.halted = True
             self.carry = None
-            if isinstance(err, DiskFullError):  # stopped while paused: read again next start
-                log.warning("event=stop_while_disk_full stream=%s file=%s", self.stream.name, unit.file)
+            if isinstance(err, DiskFullError | MemoryFullError):  # stopped while paused: read again
+                log.warning("event=stop_while_paused stream=%s file=%s reason=%r",
+                            self.stream.name, unit.file, str(err))
                 return
             raise
         seconds = time.perf_counter() - t0
@@ -239,22 +287,29 @@ class Lane:
 
     def _store(self, result: BatchResult, shaped: Shaped) -> pl.DataFrame | None:
         """Merge the unit's candles with the stored ones and commit everything, retrying a
-        transaction that conflicts with the lake's sealer."""
-        for attempt in range(COMMIT_RETRIES):
+        transaction that conflicts with the lake's sealer, and one that ran out of memory."""
+        conflicts = 0
+        memory = MemoryWait(self)
+        while True:
             candles = None
-            if shaped.candles is not None and shaped.candles.height:
-                # this lane is the only writer of candles: the stored ones cannot move under it
-                candles = merge_candles(self.store.stored_candles(shaped.candles), shaped.candles)
             try:
+                if shaped.candles is not None and shaped.candles.height:
+                    # this lane is the only writer of candles: the stored ones cannot move under it
+                    candles = merge_candles(self.store.stored_candles(shaped.candles), shaped.candles)
                 self.store.commit(result, shaped.rows, candles, shaped.trade_users)
-                return candles
             except duckdb.TransactionException as err:
-                if attempt == COMMIT_RETRIES - 1:
+                conflicts += 1
+                if conflicts == COMMIT_RETRIES:
                     raise
                 log.info("event=commit_conflict stream=%s attempt=%d error=%r",
-                         self.stream.name, attempt + 1, str(err))
-                self.stop_event.wait(0.01 * (attempt + 1))
-        return None  # unreachable
+                         self.stream.name, conflicts, str(err))
+                self.stop_event.wait(0.01 * conflicts)
+                continue
+            except duckdb.OutOfMemoryException as err:
+                memory.wait(err)  # nothing was stored: the same unit is committed again
+                continue
+            memory.done()
+            return candles
 
     def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:
         if result.lines and seconds > 0:

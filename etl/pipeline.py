@@ -227,7 +227,12 @@ class Pipeline:
             for changes in self._wakeups():
                 if self.stop_event.is_set():
                     break
-                self._tick(changes)
+                try:
+                    self._tick(changes)
+                except duckdb.OutOfMemoryException as err:  # SQL queries hold DuckDB's memory
+                    log.warning("event=tick_out_of_memory error=%r (tried again at the next "
+                                "wake-up; if this lasts, raise db_memory_limit)",
+                                str(err).splitlines()[0][:200])
         except Exception:
             log.exception("event=pipeline_error (the lanes stop; /healthz says so)")
             raise

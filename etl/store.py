@@ -82,6 +82,8 @@ class Store:
         self._reopen_lock = threading.Lock()
         self.generation = 0  # reopens of the database this connection belongs to
         self.on_reopen: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+        # what frees DuckDB memory when a commit runs out of it (the API stops its reads)
+        self.memory_relief: list[Callable[[], int]] = []
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
@@ -303,12 +305,21 @@ class Store:
             root._views.append(view)
         return view
 
+    def relieve_memory(self) -> int:
+        """Ask whoever else uses this database's memory to let go of it (the API interrupts
+        its reads); returns how many did."""
+        return sum(hook() for hook in list(self._root.memory_relief))
+
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the same database, for another thread."""
         con = self.con.cursor()
-        con.execute("SET TimeZone = 'UTC'")
-        # nothing here scans Python variables (all goes through `register`): close that door
-        con.execute("SET python_enable_replacements = false")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            # nothing here scans Python variables (all goes through `register`): close that door
+            con.execute("SET python_enable_replacements = false")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def status(self) -> list[dict[str, object]]:

@@ -3,6 +3,7 @@ trade whose two fills land in different batches still carries both users."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -10,7 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import orjson
+import pytest
 
 from etl.config import Settings
 from etl.lanes import Processed
@@ -190,3 +193,71 @@ def test_threads_started_in_a_lowering_block_run_at_lower_priority() -> None:
         release.set()
         inside.join(30)
         outside.join(30)
+
+
+def stored(store: Store) -> dict[str, int]:
+    con = store.reader()
+    try:
+        return {kind: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                for kind, table in (("order_statuses", "orders"), ("fills", "fills"))}
+    finally:
+        con.close()
+
+
+def take_memory(store: Store) -> None:
+    """Lower DuckDB's memory limit to just above what it uses (a block of 256 KiB no longer
+    fits), trying again while the pipeline's own queries move what it uses."""
+    for _ in range(100):
+        used = store.con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()
+        try:
+            store.con.execute(f"SET memory_limit = '{int(used[0]) + (32 << 10)}B'")  # type: ignore[index]
+            return
+        except duckdb.OutOfMemoryException:
+            continue
+    raise AssertionError("could not lower DuckDB's memory limit")
+
+
+def test_a_commit_out_of_memory_waits_and_commits_once_memory_is_back(
+        make_node_dir: Callable[..., Path], settings_for: Callable[..., Settings],
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = make_node_dir(lines=2000, kinds=("orders", "fills"), name="src")
+    files = {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    lines = {kind: sum(data.count(b"\n") for rel, data in files.items() if rel.parts[0] == f"node_{kind}")
+             for kind in ("order_statuses", "fills")}
+    node = tmp_path / "node"
+    for rel in files:  # the hour files, empty for now
+        (node / rel).parent.mkdir(parents=True, exist_ok=True)
+        (node / rel).write_bytes(b"")
+    s = settings_for(node, keep_all=True)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store, listeners=[])
+    relieved: list[int] = []
+    store.memory_relief.append(lambda: relieved.append(1) or 0)
+    thread = threading.Thread(target=pipe.run, daemon=True)
+    caplog.set_level(logging.WARNING)
+    thread.start()
+    try:
+        lanes = pipe.states
+        wait_for(lambda: len(lanes) == 2 and all(lane.thread is not None for lane in lanes.values()),
+                 timeout=60)
+        # DuckDB's memory is taken (as by SQL queries): every commit runs out of it
+        take_memory(store)
+        for rel, data in files.items():
+            (node / rel).write_bytes(data)
+        wait_for(lambda: all(lane.memory_waits >= 2 for lane in lanes.values()), timeout=60)
+        assert all(lane.cursor.offset == 0 for lane in lanes.values())  # nothing stored yet
+        assert all(lane.thread is not None and lane.thread.is_alive() for lane in lanes.values())
+        assert relieved  # the API's reads would have been interrupted
+        store.con.execute("SET memory_limit = '1GB'")  # the queries are over
+        wait_for(lambda: stored(store) == lines, timeout=60)
+    finally:
+        pipe.stop()
+        thread.join(30)
+        pipe.close()
+        store.close()
+    events = [r.getMessage().split()[0] for r in caplog.records]
+    assert "event=commit_out_of_memory" in events and "event=commit_memory_back" in events
+    assert "event=lane_error" not in events and "event=pipeline_error" not in events
+    # every line once
+    assert query(s.db, "SELECT count(*) = count(DISTINCT (user, oid, status, time)) FROM orders") == [(True,)]
+    assert query(s.db, "SELECT count(*) = count(DISTINCT (tid, user)) FROM fills") == [(True,)]

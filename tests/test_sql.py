@@ -392,3 +392,35 @@ def test_every_route_reads_on_a_read_only_connection_within_the_time_limit(serve
     with pytest.raises(duckdb.Error, match="read-only"):
         asyncio.run(read(state, lambda con: con.execute("DELETE FROM cursors")))
     assert direct(server, "SELECT count(*) FROM cursors") == before != [(0,)]
+
+
+def test_ingestion_short_of_memory_stops_running_reads_with_a_503(tmp_path: Path) -> None:
+    """What a lane does when its commit runs out of DuckDB memory (`Store.relieve_memory`,
+    etl/lanes.py): the API's running reads stop at once, each answered 503 with Retry-After,
+    and the server goes on answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etl.config import Settings
+
+    written = generate(tmp_path / "node", lines=500, start=datetime(2026, 1, 5, 10, 59, tzinfo=UTC))
+    settings = Settings(node_dir=tmp_path / "node", db=tmp_path / "api.duckdb", start_from="start",
+                        debounce_ms=5, poll_interval_ms=50, port=free_port(), sql_timeout_s=60.0,
+                        sql_max_concurrent=4)
+    slow = "SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b"
+    with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, timeout=90) as client, \
+            ThreadPoolExecutor(2) as pool:
+        wait_for(lambda: sum(s["lines"] for s in client.get("/v1/status").json()["streams"]) == written)
+        pending = [pool.submit(sql, client, slow) for _ in range(2)]
+        wait_for(lambda: srv.state.reads.running() == 2, timeout=30)
+        t0 = time.monotonic()
+        assert srv.state.store.relieve_memory() == 2
+        answers = [f.result(timeout=30) for f in pending]
+        assert time.monotonic() - t0 < 10  # not the 60 s time limit
+        for r in answers:
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"] == ("the query was stopped: ingestion needed the server's database "
+                                         "memory (setting db_memory_limit); retry in a moment")
+        assert srv.state.reads.running() == 0
+        assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
+        assert srv.state.pipeline.alive

@@ -33,7 +33,7 @@ from api import sqlguard
 from api.deps import State
 from api.encoding import MEDIA_TYPES, encode, json_bytes
 from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
-from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, run_limited
+from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, ingest_first, run_limited
 from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
 from etl.config import Settings
@@ -163,6 +163,8 @@ def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
                 break
         reader.close()
     except (duckdb.Error, pa.ArrowException, MemoryError) as err:
+        if limit.relieved:
+            raise ingest_first() from None
         if watch.tripped:
             raise _memory_error(watch.budget, s.db_memory_limit) from None
         raise _error(err, limit.fired, s.sql_timeout_s, s.db_memory_limit) from None
