@@ -142,7 +142,9 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     ctes = {name.lower() for name in _cte_names(tree)}
     table_calls = {id(node["function"]) for node in _nodes(tree)
                    if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict)}
-    for node in _nodes(tree):
+    nodes = list(_nodes(tree))
+    sqllimits.check_growth(nodes, _nodes)
+    for node in nodes:
         kind = node.get("type")
         if isinstance(kind, str) and kind.endswith("_NODE") and kind not in QUERY_NODES:
             _refuse_query_node(kind)

@@ -9,6 +9,13 @@ starts), `range(50000000)` builds a 50M-element list, and a value of 1 MB repeat
 literals here, and build at most `GENERATE_MAX` bytes or elements per value; inside a lambda
 (run once per list element) they are refused. The table functions `range`, `generate_series`
 and `repeat` in FROM stream their rows and are not limited here.
+
+The functions whose result can be several times their input (`replace` and `regexp_replace`
+with a longer replacement, `||`, `concat`, `list_concat` of several values) are bounded as a
+whole (`check_growth`): the product of their factors over the statement is at most
+`GROWTH_MAX`, whatever CTE or subquery they sit in (a chain of `s || s` doubles per level, in
+one call per row); over the result of an aggregate that builds one value from many rows
+(`string_agg`, `list`, ...) or inside a recursive CTE, none may grow its input at all.
 """
 
 from __future__ import annotations
@@ -196,3 +203,92 @@ class MemoryWatch:
                             now - start, self.budget)
                 self.interrupt()
                 return
+
+
+# ------------------------------------------------------------------ growth across calls
+GROWTH_MAX = 256
+GROWTH_WHY = ("one call per row would build values many times larger than the data, which the "
+              "server cannot stop before they exhaust its memory")
+CONCATS = frozenset({"||", "concat", "concat_ws", "list_concat", "list_cat", "array_concat",
+                     "array_cat", "list_value", "list_pack", "array_value"})
+BIG_AGGREGATES = frozenset({"string_agg", "group_concat", "listagg", "list", "array_agg",
+                            "histogram", "map_agg", "json_group_array", "json_group_object"})
+_BACKREF = re.compile(r"\\[0-9]")
+
+
+def _growth(node: dict[str, Any]) -> float:
+    """How many times larger than its largest input a call's result can be (1: not larger)."""
+    name = str(node.get("function_name", "")).lower()
+    args = _args(node)
+    if name in CONCATS:  # at most the sum of its inputs: as many times the largest
+        return float(max(1, _concat_inputs(node)))
+    if name == "replace" and len(args) == 3:
+        old, new = _literal(args[1]), _literal(args[2])
+        if new is None:
+            raise _growth_refused(name, "takes a literal replacement here")
+        width = len(old[1]) if old is not None and old[1] else 1
+        return max(1.0, len(new[1]) / width)
+    if name == "regexp_replace" and len(args) >= 3:
+        new = _literal(args[2])
+        if new is None:
+            raise _growth_refused(name, "takes a literal replacement here")
+        options = _literal(args[3]) if len(args) > 3 else ("STRING", "")
+        every = options is None or "g" in options[1]
+        # an empty match may sit between every two characters; a back-reference copies a match
+        return float(1 + len(new[1]) if every else 1 + len(_BACKREF.findall(new[1])))
+    return 1.0
+
+
+def _is_concat(node: dict[str, Any]) -> bool:
+    return str(node.get("function_name", "")).lower() in CONCATS
+
+
+def _concat_inputs(node: dict[str, Any]) -> int:
+    """The inputs that are not literals of a concatenation, nested ones flattened
+    (`a || b || c` is one call of three)."""
+    return sum(_concat_inputs(a) if _is_concat(a) else int(_literal(a) is None) for a in _args(node))
+
+
+def _growth_refused(name: str, what: str) -> SqlRefused:
+    return SqlRefused(f"{name}: {what} ({GROWTH_WHY})")
+
+
+def _subtree_ids(nodes: Iterator[dict[str, Any]]) -> set[int]:
+    return {id(n) for n in nodes}
+
+
+def check_growth(nodes: list[dict[str, Any]], walk: Callable[[Any], Iterator[dict[str, Any]]]) -> None:
+    """Refuse a statement whose calls can multiply the size of values past `GROWTH_MAX`, or
+    grow a value built by an aggregate over many rows, or grow one in a recursive CTE.
+    `nodes` are every object of the statement's syntax tree; `walk(x)` lists those under x."""
+    inside_big: set[int] = set()  # calls inside a big aggregate's arguments: they grow rows
+    big: list[str] = []
+    for node in nodes:
+        name = str(node.get("function_name", "")).lower()
+        if name in BIG_AGGREGATES and node.get("class") in ("FUNCTION", "AGGREGATE", "WINDOW"):
+            big.append(name)
+            for key in ("arguments", "children"):
+                inside_big |= _subtree_ids(walk(node.get(key)))
+    recursive = any(node.get("type") == "RECURSIVE_CTE_NODE" for node in nodes)
+    # a concatenation inside another is counted with it
+    nested = {id(a) for node in nodes if _is_concat(node) for a in _args(node) if _is_concat(a)}
+    total = 1.0
+    for node in nodes:
+        if "function_name" not in node or id(node) in nested:
+            continue
+        factor = _growth(node)
+        if factor <= 1:
+            continue
+        name = str(node["function_name"]).lower()
+        if recursive:
+            raise _growth_refused(name, "may not grow a value inside a recursive CTE, which "
+                                        "applies it once per step")
+        if big and id(node) not in inside_big:
+            raise _growth_refused(name, f"may not grow the result of {big[0]}(...), one value "
+                                        "built from many rows; apply it to the rows before "
+                                        "aggregating")
+        total *= factor
+        if total > GROWTH_MAX:
+            raise _growth_refused(name, f"with the statement's other calls, could make a value "
+                                        f"{total:.0f} times larger than its input (at most "
+                                        f"{GROWTH_MAX} here)")

@@ -280,7 +280,10 @@ BOMBS = [
      "the query needs more memory than the server allows (512MB, setting db_memory_limit)"),
     ("SELECT string_agg(repeat('x', 1000), ',') FROM range(10000000)", 400, "setting db_memory_limit"),
     ("WITH RECURSIVE r(s, i) AS (SELECT 'x', 0 UNION ALL SELECT s || s, i + 1 FROM r WHERE i < 40) "
-     "SELECT max(length(s)) FROM r", 400, "setting db_memory_limit"),
+     "SELECT max(length(s)) FROM r", 400, "||: may not grow a value inside a recursive CTE"),
+    ("SELECT length(regexp_replace(regexp_replace(s, '.', 'xxxxxxxxxx', 'g'), '.', 'yyyyyyyyyy', 'g')) "
+     "FROM (SELECT string_agg(user, '') AS s FROM orders)", 400,
+     "regexp_replace: may not grow the result of string_agg(...)"),
     ("SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b", 408,
      "query interrupted after 1 s (setting sql_timeout_s)"),
     ("SELECT count(DISTINCT range) FROM range(3000000000)", 408, "setting sql_timeout_s"),

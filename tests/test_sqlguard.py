@@ -142,6 +142,23 @@ WHY = sqllimits.WHY
      "INSERT inside the query: the SQL endpoint is read-only"),
     ("WITH x AS (COPY orders TO 'x.csv') SELECT 1", "COPY inside the query: file access is not allowed"),
     ("SELECT * FROM histogram(orders, oid)", "histogram: it runs SQL given as a string"),
+    # growth: literal replacements, a bounded product, none over an aggregate's one value
+    ("SELECT replace(coin, 'a', coin) FROM orders", "replace: takes a literal replacement here"),
+    ("SELECT regexp_replace(coin, 'a', coin, 'g') FROM orders", "regexp_replace: takes a literal"),
+    ("SELECT regexp_replace(regexp_replace(regexp_replace(coin, '.', 'xxxxxxxxxx', 'g'), '.', 'yyyyyyyyyy', "
+     "'g'), '.', 'zzzzzzzzzz', 'g') FROM orders", "could make a value 1331 times larger than its input"),
+    ("WITH a AS (SELECT coin || coin AS s FROM orders), b AS (SELECT s || s AS s FROM a), "
+     "c AS (SELECT s || s AS s FROM b), d AS (SELECT concat(s, s) AS s FROM c), "
+     "e AS (SELECT list_concat([s], [s], [s], [s]) AS l FROM d), f AS (SELECT l || l AS l FROM e), "
+     "g AS (SELECT l || l AS l FROM f), h AS (SELECT l || l AS l FROM g) SELECT len(l) FROM h",
+     "could make a value 512 times larger"),
+    ("WITH x AS (SELECT string_agg(coin, '') AS s FROM orders) SELECT replace(s, 'a', 'aa') FROM x",
+     "replace: may not grow the result of string_agg(...)"),
+    ("SELECT list_concat(list(oid), list(oid)) FROM orders", "may not grow the result of list(...)"),
+    ("SELECT string_agg(coin, ',') OVER () || string_agg(coin, ';') OVER () FROM orders",
+     "||: may not grow the result of string_agg(...)"),
+    ("WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) SELECT 1",
+     "||: may not grow a value inside a recursive CTE"),
     ("SELECT * FROM seq_scan()", "seq_scan: it is DuckDB's internal table scan"),
 ])
 def test_guard_refusals(query: str, message: str) -> None:
@@ -160,6 +177,13 @@ def test_guard_refusals(query: str, message: str) -> None:
     "SELECT list_resize([1, 2], 10, 0), histogram(oid) FROM orders GROUP BY ALL",
     "SELECT count(*) FROM range(1000000000), repeat(1, 3), generate_series(1, 5)",
     "SELECT list_transform([1, 2], x -> x + 1)",
+    "SELECT coin || '-' || coin, replace(coin, '/', '-'), regexp_replace(coin, '[^A-Z]', '', 'g'), "
+    "concat(coin, ':', oid), regexp_replace(coin, '(a)', '\\1\\1') FROM orders",
+    "SELECT coin || oid || coin || oid || coin || oid || coin || oid || coin || oid || coin || oid || coin "
+    "|| oid || coin || oid || coin || oid || coin || oid FROM orders",
+    "SELECT string_agg(coin || ':' || oid, ','), 'coins: ' || string_agg(DISTINCT coin, ','), "
+    "list(replace(coin, 'a', 'aa')) FROM orders",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT 'n' || n FROM r",
 ])
 def test_guard_accepts_bounded_uses(query: str) -> None:
     con = duckdb.connect()
