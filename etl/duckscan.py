@@ -187,13 +187,22 @@ class _Scanner:
 _SCANNER = _Scanner()
 
 
+LINES = pa.large_string()
+
+
+def line_array(buf: bytes, starts: np.ndarray, ends: np.ndarray, kind: pa.DataType = LINES) -> pa.Array:
+    """The lines of `buf` (each with its newline) as one Arrow array over `buf`, without a copy."""
+    offsets = np.empty(len(starts) + 1, np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = ends[-1] + 1 if len(ends) else 0
+    return pa.Array.from_buffers(kind, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(buf)])
+
+
 def lines_table(buf: bytes, starts: np.ndarray, ends: np.ndarray, chunks: int) -> pa.Table:
     """The lines of `buf` (newline included) as a string column `line` beside their index `i`,
     without copying `buf`, in `chunks` record batches (DuckDB scans one batch per thread)."""
     n = len(starts)
-    offsets = np.empty(n + 1, np.int64)
-    offsets[:-1], offsets[-1] = starts, ends[-1] + 1
-    line = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
+    line = line_array(buf, starts, ends)
     table = pa.table({"i": pa.array(np.arange(n, dtype=np.uint32)), "line": line})
     return pa.Table.from_batches(table.to_batches(max_chunksize=max(1, -(-n // chunks))))
 

@@ -30,7 +30,7 @@ from etl.columns import (
     TRADES_REQUIRED,
     TRADES_SCHEMA,
 )
-from etl.duckscan import FULL, MIN_LINES, scan_orders
+from etl.duckscan import FULL, MIN_LINES, line_array, scan_orders
 from etl.flatten import fills_flat, node_trades_flat, orders_flat
 
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
@@ -236,11 +236,7 @@ def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
 
 def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray) -> tuple[bytes, np.ndarray]:
     """The lines `idx` of `buf` (with their newlines) as one buffer, and where each starts in it."""
-    offsets = np.empty(len(starts) + 1, np.int64)
-    offsets[:-1] = starts
-    offsets[-1] = ends[-1] + 1 if len(ends) else 0
-    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts),
-                                             [None, pa.py_buffer(offsets), pa.py_buffer(buf)])
+    lines = line_array(buf, starts, ends, pa.large_binary())
     picked = lines.take(pa.array(idx, pa.int64()))
     pos = np.frombuffer(picked.buffers()[1], np.int64)[picked.offset: picked.offset + len(idx) + 1]
     data = picked.buffers()[2]
