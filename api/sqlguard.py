@@ -30,7 +30,7 @@ from typing import Any
 
 import duckdb
 
-from api import sqllimits
+from api import sqlgrowth, sqllimits
 from api.errors import SqlError, SqlRefused
 from etl.schema import TABLES
 
@@ -72,6 +72,8 @@ _FUNCTIONS: dict[str, str] = {
         FILE,
     ),
     **dict.fromkeys(("query", "query_table", "json_execute_serialized_sql"), EXEC),
+    "bitstring_agg": ("it builds one bit per value in its input's range (a range of order ids is "
+                      "billions of bits), which can exhaust the server's memory"),
     **dict.fromkeys(
         ("checkpoint", "force_checkpoint", "enable_logging", "disable_logging", "truncate_duckdb_logs",
          "write_log", "enable_profiling", "disable_profiling", "enable_profile", "disable_profile",
@@ -142,9 +144,8 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     ctes = {name.lower() for name in _cte_names(tree)}
     table_calls = {id(node["function"]) for node in _nodes(tree)
                    if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict)}
-    nodes = list(_nodes(tree))
-    sqllimits.check_growth(nodes, _nodes)
-    for node in nodes:
+    sqlgrowth.check_growth(tree)
+    for node in _nodes(tree):
         kind = node.get("type")
         if isinstance(kind, str) and kind.endswith("_NODE") and kind not in QUERY_NODES:
             _refuse_query_node(kind)
