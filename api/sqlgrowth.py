@@ -17,9 +17,13 @@ select-list alias (or CTE column) to the columns that name it:
   large (joining a list with a short separator makes it at most a little larger: its elements
   take at least 16 bytes each in DuckDB's memory).
 
-A call that grows a value inside a recursive CTE (applied once per step, without end) is
-refused too. Names are matched without their scope (a column named like a grown alias
-anywhere counts as grown): that errs on the side of refusing.
+A call that can double a value inside a recursive CTE (applied once per step, without end) or
+a lambda (once per element; `list_reduce` on its own result) is refused too. Names are matched
+without their scope (a column named like a grown alias anywhere counts as grown), a struct
+field is as large as its struct, and a name this check cannot trace (`#1`, `COLUMNS(*)`, a
+name DuckDB made up for an expression) counts as the largest value in the statement: that
+errs on the side of refusing. Growth through such a name is not traced (only whether it may
+hold a value built from many rows).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from api.errors import SqlRefused
 
-GROWTH_MAX = 256
+GROWTH_MAX = 64  # DuckDB keeps each step of `a || b || c ...`: n inputs hold about n²/2 of them
 WHY = ("one call would build a value many times larger than the data, which the server cannot "
        "interrupt before it exhausts its memory")
 CONCATS = frozenset({"||", "concat", "concat_ws", "list_concat", "list_cat", "array_concat",
@@ -40,15 +44,22 @@ CONCATS = frozenset({"||", "concat", "concat_ws", "list_concat", "list_cat", "ar
 ENCODERS = {"bin": 8.0, "to_binary": 8.0, "hex": 2.0, "to_hex": 2.0, "url_encode": 3.0,
             "to_base64": 2.0, "base64": 2.0, "to_json": 6.0, "json_quote": 6.0, "json_object": 6.0,
             "json_array": 6.0, "row_to_json": 6.0, "array_to_json": 6.0}
+SCALARS = frozenset({"length", "len", "strlen", "octet_length", "bit_length", "array_length",
+                     "cardinality", "length_grapheme", "hash", "md5", "md5_number", "sha1", "sha256",
+                     "count", "list_count", "array_position", "list_position", "contains",
+                     "list_contains", "array_contains", "starts_with", "ends_with", "instr", "strpos"})
+SPLITS = frozenset({"string_split", "str_split", "string_to_array", "split", "regexp_split_to_array",
+                    "string_split_regex", "str_split_regex", "regexp_split_to_table"})
 # list-to-string joins: the argument holding the separator
 JOINS = {"array_to_string": 1, "array_join": 1, "list_to_string": 1}
 BIG_AGGREGATES = frozenset({"string_agg", "group_concat", "listagg", "list", "array_agg",
                             "histogram", "map_agg", "json_group_array", "json_group_object",
-                            "json_group_structure", "bitstring_agg", "reservoir_quantile",
-                            "quantile", "quantile_disc", "quantile_cont", "mode"})
+                            "json_group_structure"})
+TOP_N_MAX = 10_000  # max(x, n) with a literal n up to this is a short list
 # aggregates that return a list of n values when given n
 TOP_N = frozenset({"max", "min", "arg_max", "arg_min", "max_by", "min_by", "argmax", "argmin"})
 TOP_N_ARGS = {"max": 1, "min": 1}  # arguments without n (the others: 2)
+UNNAMED = "\x00unnamed"
 _BACKREF = re.compile(r"\\[0-9]")
 _PLACEHOLDER = re.compile(r"%[^%]|\{")
 
@@ -57,9 +68,14 @@ _PLACEHOLDER = re.compile(r"%[^%]|\{")
 class Size:
     growth: float = 1.0
     big: str | None = None  # the aggregate that built one value from many rows
+    named: bool = False  # that value came through a column (not built by this query node)
 
     def join(self, other: Size) -> Size:
-        return Size(max(self.growth, other.growth), self.big or other.big)
+        return Size(max(self.growth, other.growth), self.big or other.big,
+                    self.named or other.named)
+
+    def through_name(self) -> Size:
+        return Size(self.growth, self.big, self.big is not None)
 
 
 def _literal(expr: dict[str, Any]) -> str | None:
@@ -95,6 +111,14 @@ def _concat_inputs(node: dict[str, Any]) -> int:
                for a in _args(node))
 
 
+def _concat_literal_bytes(node: dict[str, Any]) -> int:
+    total = 0
+    for a in _args(node):
+        text = _literal(a)
+        total += _concat_literal_bytes(a) if _name(a) in CONCATS else len(text.encode()) if text else 0
+    return total
+
+
 def _refused(name: str, what: str) -> SqlRefused:
     return SqlRefused(f"{name}: {what} ({WHY})")
 
@@ -102,11 +126,13 @@ def _refused(name: str, what: str) -> SqlRefused:
 def factor(node: dict[str, Any]) -> float:
     """How many times larger than its largest input one call's result can be."""
     name, args = _name(node), _args(node)
-    if name in CONCATS:
+    if name in CONCATS:  # the inputs, and the literals' bytes against a value's 16 at least
         inputs = _concat_inputs(node)
         if name == "concat_ws" and args and _literal(args[0]) is None:
             inputs += len(args) - 2  # a separator that is not a literal sits between every two
-        return float(max(1, inputs))
+        return max(1, inputs) + _concat_literal_bytes(node) / 16
+    if name in SPLITS:  # every piece takes 16 bytes in DuckDB's memory, even one character
+        return 16.0
     if name in ENCODERS:
         return ENCODERS[name]
     if name == "replace" and len(args) == 3:
@@ -141,26 +167,49 @@ def _big(node: dict[str, Any]) -> bool:
         return False
     if name in BIG_AGGREGATES:
         return True
-    return name in TOP_N and len(_args(node) or node.get("children", [])) > TOP_N_ARGS.get(name, 2)
+    args = _args(node) or node.get("children", [])
+    if name not in TOP_N or len(args) <= TOP_N_ARGS.get(name, 2):
+        return False
+    n = _literal(args[-1])
+    return n is None or not n.isdigit() or int(n) > TOP_N_MAX
 
 
 class Growth:
     """One pass over a statement's syntax tree; `check` runs passes until the sizes known for
     the column names settle."""
 
-    def __init__(self) -> None:
+    def __init__(self, columns: set[str] | frozenset[str] = frozenset()) -> None:
+        self.columns = {c.lower() for c in columns}  # the stored tables' and views' columns
+        self.lambdas = 0  # depth of lambdas around the expression being sized
+        self.joined = False  # the expression is evaluated on the rows of a join
         self.names: dict[str, Size] = {}
         self.tables: dict[str, list[str]] = {}  # CTE name: the names holding its columns' sizes
         self.changed = False
 
-    def check(self, tree: dict[str, Any]) -> None:
+    def check(self, tree: dict[str, Any]) -> bool:
+        """Whether the result may hold a value built from many rows (refusals raise)."""
         for _ in range(50):
             self.changed = False
+            big = False
             for statement in tree.get("statements", []):
-                self.query(statement.get("node"), recursive=False)
+                big |= any(size.big for size in self.query(statement.get("node"), recursive=False))
             if not self.changed:
-                return
+                return big
         raise SqlRefused("the query's columns are defined in too deep a chain to be checked here")
+
+    def _lambda_params(self, node: dict[str, Any], size: Size) -> None:
+        """Name a lambda's parameters (`x`, or `(a, b)`) as large as the lists it runs over."""
+        lhs = node.get("lhs") or {}
+        params = [lhs] if lhs.get("class") == "COLUMN_REF" else _args(lhs)
+        for param in params:
+            for part in param.get("column_names", []):
+                self._name_size(str(part), size)
+
+    def untraced(self) -> Size:
+        """What a column this check cannot trace may hold: a value built from many rows if any
+        column may hold one (its growth is not traced: taking the largest would feed on itself
+        from pass to pass)."""
+        return Size(1.0, next((one.big for one in self.names.values() if one.big), None)).through_name()
 
     def _cte_size(self, cte: str, sizes: list[Size], aliases: list[str]) -> None:
         """Remember the size of a CTE's whole row under a name of its own, for `*` over it."""
@@ -174,7 +223,7 @@ class Growth:
     def _name_size(self, name: str, size: Size) -> None:
         name = name.lower()
         old = self.names.get(name, Size())
-        new = old.join(Size(min(size.growth, 2 * GROWTH_MAX), size.big))
+        new = old.join(Size(min(size.growth, 2 * GROWTH_MAX), size.big))  # as built
         if new != old:
             self.names[name] = new
             self.changed = True
@@ -200,6 +249,15 @@ class Growth:
             self.query(node.get("query"), recursive)
             return self.query(node.get("child"), recursive)
         sources = self.table(node.get("from_table"), recursive)
+        from_table = node.get("from_table")
+        outer_join, self.joined = self.joined, (isinstance(from_table, dict)
+                                                and from_table.get("type") == "JOIN")
+        try:
+            return self._select(node, sources, recursive)
+        finally:
+            self.joined = outer_join
+
+    def _select(self, node: dict[str, Any], sources: list[Size], recursive: bool) -> list[Size]:
         out = []
         star = False
         for item in node.get("select_list", []):
@@ -216,6 +274,8 @@ class Growth:
                 self._name_size(str(item["alias"]), size)
             elif item.get("class") == "COLUMN_REF":
                 self._name_size(str(item["column_names"][-1]), size)
+            else:  # DuckDB names it after its text: an untraced name may refer to it
+                self._name_size(UNNAMED, size)
         for key in ("where_clause", "having", "qualify"):
             if isinstance(node.get(key), dict):
                 self.expr(node[key], recursive)
@@ -246,7 +306,10 @@ class Growth:
         if isinstance(ref.get("condition"), dict):
             self.expr(ref["condition"], recursive)
         if ref.get("type") == "TABLE_FUNCTION" and isinstance(ref.get("function"), dict):
-            out.append(self.expr(ref["function"], recursive))
+            size = self.expr(ref["function"], recursive)
+            out.append(size)
+            for alias in ref.get("column_name_alias", []):
+                self._name_size(str(alias), size)
         return out
 
     def expr(self, node: dict[str, Any], recursive: bool, in_concat: bool = False) -> Size:
@@ -255,8 +318,20 @@ class Growth:
         cls = node.get("class")
         if cls == "CONSTANT":
             return Size()
-        if cls == "COLUMN_REF":
-            return self.names.get(str(node["column_names"][-1]).lower(), Size())
+        if cls == "COLUMN_REF":  # a struct field is as large as its struct
+            parts = [str(p).lower() for p in node.get("column_names", [])]
+            known = [self.names[p] for p in parts if p in self.names]
+            if not known:
+                return Size() if parts and parts[-1] in self.columns else self.untraced()
+            size = Size()
+            for one in known:
+                size = size.join(one)
+            if size.big and self.joined:
+                raise _refused(size.big, "its one value, built from many rows, may not be used "
+                                         "beside a join, which repeats it on every joined row")
+            return size.through_name()
+        if cls == "POSITIONAL_REFERENCE" or (cls == "STAR" and node.get("columns")):
+            return self.untraced()  # `#1`, COLUMNS(*): any column
         if cls == "SUBQUERY":
             sizes = self.query((node.get("subquery") or {}).get("node"), recursive)
             inner = Size()
@@ -266,34 +341,50 @@ class Growth:
                 inner = inner.join(self.expr(child, recursive))
             return inner
         concat = _name(node) in CONCATS
+        children = list(_children(node))
         inner = Size()
-        for child in _children(node):
-            inner = inner.join(self.expr(child, recursive, concat))
-        if cls == "LAMBDA":
-            return inner
+        for child in children:  # the lists first: a lambda's parameters are their elements
+            if child.get("class") != "LAMBDA":
+                inner = inner.join(self.expr(child, recursive, concat))
+        for child in children:
+            if child.get("class") == "LAMBDA":
+                self._lambda_params(child, inner)
+                self.lambdas += 1
+                try:
+                    inner = inner.join(self.expr(child.get("expr") or {}, recursive))
+                finally:
+                    self.lambdas -= 1
         if "function_name" not in node:
             return inner
+        if _name(node) in SCALARS:
+            return Size()  # a number or a fixed-size digest, whatever the input
         grow = 1.0 if concat and in_concat else factor(node)
         if _big(node):
-            return Size(inner.growth, _name(node))
+            return Size(inner.growth, _name(node))  # built here
         if grow <= 1:
             return inner
         name = _name(node)
         if inner.big and grow >= 2:  # less than twice its size: within the memory watch's reach
             raise _refused(name, f"may not grow the result of {inner.big}(...), one value built "
                                  "from many rows; apply it to the rows before aggregating")
-        if recursive:
+        if recursive and grow >= 2:  # adding a little per step is linear; doubling is not
             raise _refused(name, "may not grow a value inside a recursive CTE, which applies it "
                                  "once per step")
+        if self.lambdas and grow >= 2:
+            raise _refused(name, "may not grow a value inside a lambda, which runs it once per "
+                                 "element (and list_reduce on its own result)")
         growth = grow * inner.growth
         if growth > GROWTH_MAX:
             raise _refused(name, f"could make a value {growth:.0f} times larger than the data "
                                  f"(at most {GROWTH_MAX} here, over every call and CTE on its way)")
-        return Size(growth, inner.big)
+        return Size(growth, inner.big, inner.named)
 
 
-def check_growth(tree: dict[str, Any]) -> None:
+def check_growth(tree: dict[str, Any], columns: set[str] | frozenset[str] = frozenset()) -> bool:
     """Refuse a statement (its `json_serialize_sql` tree) that could build a value more than
     `GROWTH_MAX` times larger than the stored data, grow one built by an aggregate from many
-    rows, or grow one inside a recursive CTE."""
-    Growth().check(tree)
+    rows, or grow one inside a recursive CTE or a lambda. `columns`: the stored tables' column
+    names; any other name the check cannot trace to an alias counts as the largest value.
+    Returns whether a column of the result may hold such a value (the caller then converts
+    the result a row at a time)."""
+    return Growth(columns).check(tree)

@@ -133,9 +133,10 @@ _URL_SCHEMES = ("http://", "https://", "s3://", "s3a://", "s3n://", "gs://", "gc
                 "az://", "azure://", "abfss://", "hf://", "ftp://")
 
 
-def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+def check(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
     """Raise `SqlRefused` unless `sql` is one read-only query that stays inside the database;
-    `SqlError` when DuckDB cannot parse it. `con` is only used to ask DuckDB (parser, catalog)."""
+    `SqlError` when DuckDB cannot parse it. `con` is only used to ask DuckDB (parser, catalog).
+    Returns whether a result column may hold a value built from many rows (api/sqlgrowth.py)."""
     query = _single_query(sql)
     tree = _syntax_tree(con, query)
     functions = _names(con, "SELECT DISTINCT function_name FROM duckdb_functions()")
@@ -144,7 +145,8 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     ctes = {name.lower() for name in _cte_names(tree)}
     table_calls = {id(node["function"]) for node in _nodes(tree)
                    if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict)}
-    sqlgrowth.check_growth(tree)
+    columns = _names(con, "SELECT DISTINCT column_name FROM duckdb_columns()")
+    big_result = sqlgrowth.check_growth(tree, columns)
     for node in _nodes(tree):
         kind = node.get("type")
         if isinstance(kind, str) and kind.endswith("_NODE") and kind not in QUERY_NODES:
@@ -163,6 +165,7 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if (node.get("type") in ("BASE_TABLE", "SHOW_REF") and node.get("table_name")
                 and node.get("show_type") != "SHOW_SPECIAL"):
             _check_table(node, relations, ctes)
+    return big_result
 
 
 def _single_query(sql: str) -> str:

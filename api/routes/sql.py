@@ -104,6 +104,7 @@ async def _read_body(request: Request) -> tuple[str, str | None]:
     return sql, fmt
 
 
+ARROW_BATCH_ROWS = 256
 _running: dict[int, int] = {}  # queries in flight per app state (event loop only)
 
 
@@ -142,13 +143,16 @@ def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
     watch = MemoryWatch(limit.interrupt, query_memory_budget(s.db_memory_limit))
     t0 = time.perf_counter()
     try:
-        sqlguard.check(con, sql)
+        big_values = sqlguard.check(con, sql)
         watch.begin()
         rel = con.sql(sql)
         if rel is None:  # the guard only lets queries through; this is a belt to its braces
             raise SqlError("the statement returned no result")
         types = [str(t) for t in rel.types]
-        reader = rel.to_arrow_reader(max(1, min(cap + 1, 65_536)))
+        # small batches: a row may hold a large value, and a batch is built whole before the
+        # result's size is checked
+        # a row at a time where a column may hold a value built from many rows
+        reader = rel.to_arrow_reader(1 if big_values else max(1, min(cap + 1, ARROW_BATCH_ROWS)))
         schema = reader.schema
         batches: list[pa.RecordBatch] = []
         rows = nbytes = 0
@@ -162,7 +166,7 @@ def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
             if rows > cap:
                 break
         reader.close()
-    except (duckdb.Error, pa.ArrowException, MemoryError) as err:
+    except (duckdb.Error, pa.ArrowException, MemoryError, OSError) as err:  # Arrow: OSError too
         if limit.relieved:
             raise ingest_first() from None
         if watch.tripped:
