@@ -39,7 +39,9 @@ GROWTH_MAX = 64  # DuckDB keeps each step of `a || b || c ...`: n inputs hold ab
 WHY = ("one call would build a value many times larger than the data, which the server cannot "
        "interrupt before it exhausts its memory")
 CONCATS = frozenset({"||", "concat", "concat_ws", "list_concat", "list_cat", "array_concat",
-                     "array_cat", "list_value", "list_pack", "array_value"})
+                     "array_cat", "list_value", "list_pack", "array_value", "row", "struct_pack",
+                     "list_zip", "array_zip", "map", "map_from_entries", "list_append", "list_prepend",
+                     "array_append", "array_prepend", "array_push_back", "array_push_front"})
 # the largest output per input byte
 ENCODERS = {"bin": 8.0, "to_binary": 8.0, "hex": 2.0, "to_hex": 2.0, "url_encode": 3.0,
             "to_base64": 2.0, "base64": 2.0, "to_json": 6.0, "json_quote": 6.0, "json_object": 6.0,
@@ -54,11 +56,12 @@ SPLITS = frozenset({"string_split", "str_split", "string_to_array", "split", "re
 JOINS = {"array_to_string": 1, "array_join": 1, "list_to_string": 1}
 BIG_AGGREGATES = frozenset({"string_agg", "group_concat", "listagg", "list", "array_agg",
                             "histogram", "map_agg", "json_group_array", "json_group_object",
-                            "json_group_structure"})
+                            "json_group_structure", "histogram_exact"})
 TOP_N_MAX = 10_000  # max(x, n) with a literal n up to this is a short list
 # aggregates that return a list of n values when given n
-TOP_N = frozenset({"max", "min", "arg_max", "arg_min", "max_by", "min_by", "argmax", "argmin"})
-TOP_N_ARGS = {"max": 1, "min": 1}  # arguments without n (the others: 2)
+TOP_N = frozenset({"max", "min", "arg_max", "arg_min", "max_by", "min_by", "argmax", "argmin",
+                   "arg_max_nulls_last", "arg_min_nulls_last", "approx_top_k", "lttb"})
+TOP_N_ARGS = {"max": 1, "min": 1, "approx_top_k": 1}  # arguments without n (the others: 2)
 UNNAMED = "\x00unnamed"
 _BACKREF = re.compile(r"\\[0-9]")
 _PLACEHOLDER = re.compile(r"%[^%]|\{")
@@ -69,13 +72,14 @@ class Size:
     growth: float = 1.0
     big: str | None = None  # the aggregate that built one value from many rows
     named: bool = False  # that value came through a column (not built by this query node)
+    repeated: bool = False  # that one value is on every row (a window, a scalar subquery)
 
     def join(self, other: Size) -> Size:
         return Size(max(self.growth, other.growth), self.big or other.big,
-                    self.named or other.named)
+                    self.named or other.named, self.repeated or other.repeated)
 
     def through_name(self) -> Size:
-        return Size(self.growth, self.big, self.big is not None)
+        return Size(self.growth, self.big, self.big is not None, self.repeated)
 
 
 def _literal(expr: dict[str, Any]) -> str | None:
@@ -106,6 +110,13 @@ def _children(expr: dict[str, Any]) -> Iterator[dict[str, Any]]:
             stack.extend(item)
 
 
+def _walk(expr: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`expr` and every expression under it (not into subqueries)."""
+    yield expr
+    for child in _children(expr):
+        yield from _walk(child)
+
+
 def _concat_inputs(node: dict[str, Any]) -> int:
     return sum(_concat_inputs(a) if _name(a) in CONCATS else int(_literal(a) is None)
                for a in _args(node))
@@ -117,6 +128,10 @@ def _concat_literal_bytes(node: dict[str, Any]) -> int:
         text = _literal(a)
         total += _concat_literal_bytes(a) if _name(a) in CONCATS else len(text.encode()) if text else 0
     return total
+
+
+def _call(big: str) -> str:
+    return big if big.endswith((" OVER", ")")) else f"{big}(...)"
 
 
 def _refused(name: str, what: str) -> SqlRefused:
@@ -133,6 +148,9 @@ def factor(node: dict[str, Any]) -> float:
         return max(1, inputs) + _concat_literal_bytes(node) / 16
     if name in SPLITS:  # every piece takes 16 bytes in DuckDB's memory, even one character
         return 16.0
+    if name in ("list_resize", "array_resize") and len(args) > 2:  # the fill value, n times
+        n = _literal(args[1])
+        return float(int(n)) if n is not None and n.isdigit() else float(GROWTH_MAX + 1)
     if name in ENCODERS:
         return ENCODERS[name]
     if name == "replace" and len(args) == 3:
@@ -223,7 +241,7 @@ class Growth:
     def _name_size(self, name: str, size: Size) -> None:
         name = name.lower()
         old = self.names.get(name, Size())
-        new = old.join(Size(min(size.growth, 2 * GROWTH_MAX), size.big))  # as built
+        new = old.join(Size(min(size.growth, 2 * GROWTH_MAX), size.big, False, size.repeated))
         if new != old:
             self.names[name] = new
             self.changed = True
@@ -242,16 +260,22 @@ class Growth:
         kind = node.get("type")
         if kind in ("SET_OPERATION_NODE", "RECURSIVE_CTE_NODE"):
             inner = recursive or kind == "RECURSIVE_CTE_NODE"
-            left = self.query(node.get("left"), recursive)
-            right = self.query(node.get("right"), inner)
-            return [a.join(b) for a, b in zip(left, right, strict=False)] or left or right
+            branches = [self.query(node.get("left"), recursive), self.query(node.get("right"), inner)]
+            # DuckDB 2.0 keeps a set operation's branches under `children`
+            branches += [self.query(child, recursive) for child in node.get("children") or []]
+            out: list[Size] = []
+            for sizes in branches:
+                out = [a.join(b) for a, b in zip(out, sizes, strict=False)] if out else list(sizes)
+            return out
         if kind == "CTE_NODE":
             self.query(node.get("query"), recursive)
             return self.query(node.get("child"), recursive)
         sources = self.table(node.get("from_table"), recursive)
         from_table = node.get("from_table")
-        outer_join, self.joined = self.joined, (isinstance(from_table, dict)
-                                                and from_table.get("type") == "JOIN")
+        multiplied = (isinstance(from_table, dict) and from_table.get("type") == "JOIN") or any(
+            _name(n) in ("unnest", "generate_subscripts") for item in node.get("select_list", [])
+            for n in _walk(item))  # more rows than the relation holds: each repeats its values
+        outer_join, self.joined = self.joined, multiplied
         try:
             return self._select(node, sources, recursive)
         finally:
@@ -337,6 +361,10 @@ class Growth:
             inner = Size()
             for size in sizes:
                 inner = inner.join(size)
+            if node.get("subquery_type") == "ARRAY":  # ARRAY(SELECT ...): a list of every row
+                inner = Size(inner.growth, "ARRAY(SELECT ...)")
+            if inner.big:  # one value for every row of the query around it
+                inner = Size(inner.growth, inner.big, True, True)
             for child in _children(node):  # the left side of IN / ANY
                 inner = inner.join(self.expr(child, recursive))
             return inner
@@ -360,12 +388,17 @@ class Growth:
             return Size()  # a number or a fixed-size digest, whatever the input
         grow = 1.0 if concat and in_concat else factor(node)
         if _big(node):
+            if cls == "WINDOW":  # the same value on every row of the window
+                return Size(inner.growth, f"{_name(node)}(...) OVER", True, True)
             return Size(inner.growth, _name(node))  # built here
+        name = _name(node)
+        if inner.big and inner.repeated:
+            raise _refused(name, f"may not be applied to {_call(inner.big)}, one value built from "
+                                 "many rows and repeated on every row: it would copy it on each")
         if grow <= 1:
             return inner
-        name = _name(node)
         if inner.big and grow >= 2:  # less than twice its size: within the memory watch's reach
-            raise _refused(name, f"may not grow the result of {inner.big}(...), one value built "
+            raise _refused(name, f"may not grow the result of {_call(inner.big)}, one value built "
                                  "from many rows; apply it to the rows before aggregating")
         if recursive and grow >= 2:  # adding a little per step is linear; doubling is not
             raise _refused(name, "may not grow a value inside a recursive CTE, which applies it "

@@ -427,3 +427,15 @@ def test_ingestion_short_of_memory_stops_running_reads_with_a_503(tmp_path: Path
         assert srv.state.reads.running() == 0
         assert sql(client, "SELECT 42 AS x").json()["rows"] == [[42]]
         assert srv.state.pipeline.alive
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT 'infinity'::TIMESTAMP AS v",
+    "SELECT '-infinity'::DATE AS v",
+    "SELECT '294247-01-10 04:00:54.775806'::TIMESTAMP AS v",
+])
+def test_values_python_cannot_hold_come_back_as_text(client: httpx.Client, query: str) -> None:
+    r = sql(client, query)  # a 500 before (found by review)
+    assert r.status_code == 200, r.text
+    (got,), = r.json()["rows"]
+    assert got.startswith("<value out of range: ")  # Arrow's text for it

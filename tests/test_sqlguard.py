@@ -160,7 +160,7 @@ ORDERS = ('CREATE TABLE orders (oid BIGINT, coin VARCHAR, "user" VARCHAR, hash V
      "replace: may not grow the result of string_agg(...)"),
     ("SELECT list_concat(list(oid), list(oid)) FROM orders", "may not grow the result of list(...)"),
     ("SELECT string_agg(coin, ',') OVER () || string_agg(coin, ';') OVER () FROM orders",
-     "||: may not grow the result of string_agg(...)"),
+     "||: may not be applied to string_agg(...) OVER"),
     ("WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) SELECT 1",
      "||: may not grow a value inside a recursive CTE"),
     # found by review: widths from arguments, encoders, aggregates behind a wrapper or a CTE,
@@ -182,6 +182,30 @@ ORDERS = ('CREATE TABLE orders (oid BIGINT, coin VARCHAR, "user" VARCHAR, hash V
      "array_to_string: may not grow the result of list(...)"),
     ("SELECT array_to_string(list(coin), coin) FROM orders", "array_to_string: takes a literal separator"),
     ("SELECT bitstring_agg(oid) FROM orders", "bitstring_agg: it builds one bit per value"),
+    # found by a third review: set operations' branches, fills and constructors, windows
+    ("SELECT 0 UNION ALL SELECT length(replace(s, ',', '" + "x" * 100 + "')) FROM (SELECT "
+     "string_agg(coin, ',') s FROM orders)", "replace: may not grow the result of string_agg(...)"),
+    ("SELECT length(list_resize([''], 100, s)::VARCHAR) FROM (SELECT string_agg(coin, ',') s FROM orders)",
+     "list_resize: may not grow the result of string_agg(...)"),
+    ("SELECT length(flatten(list_resize([[1]], 1000, list_resize([1], 10000, 1))))",
+     "list_resize: could make a value 10625 times larger"),
+    ("SELECT length(row(s, s, s)::VARCHAR) FROM (SELECT string_agg(coin, ',') s FROM orders)",
+     "row: may not grow the result of string_agg(...)"),
+    ("SELECT sum(length(upper(substr(s, (oid % 5)::INT + 1)))) FROM (SELECT oid, string_agg(coin, ',') "
+     "OVER () s FROM orders)", "substr: may not be applied to string_agg(...) OVER"),
+    ("SELECT sum(length(upper(substr(s, i::INT)))) FROM (SELECT s, unnest(range(1, 101)) i FROM "
+     "(SELECT string_agg(coin, ',') s FROM orders))", "string_agg: its one value, built from many rows, "
+     "may not be used beside a join"),
+    ("SELECT sum(length(upper(substr((SELECT string_agg(coin, ',') FROM orders), (oid % 5)::INT + 1)))) "
+     "FROM orders", "substr: may not be applied to string_agg(...), one value built from many rows and "
+     "repeated on every row"),
+    ("SELECT sum(length(upper(substr(s, (oid % 5)::INT + 1)))) FROM (SELECT oid, (SELECT string_agg(coin, "
+     "',') FROM orders) s FROM orders)", "substr: may not be applied to string_agg(...)"),
+    ("SELECT length(upper(array_to_string(ARRAY(SELECT hash FROM orders), ','))) FROM range(100)",
+     "array_to_string: may not be applied to array_agg(...)"),
+    ("SELECT sum(length(upper(substr(x, i::INT)))) FROM (SELECT array_to_string(arg_max_nulls_last(coin, "
+     "oid, 400000), ',') x FROM orders), range(1, 601) r(i)",
+     "arg_max_nulls_last: its one value, built from many rows, may not be used beside a join"),
     ("SELECT s AS a, s AS b FROM (SELECT string_agg(hash, '') AS s FROM orders) t, range(1000)",
      "string_agg: its one value, built from many rows, may not be used beside a join"),
     ("WITH g AS (SELECT coin, list(oid) AS oids FROM orders GROUP BY coin) SELECT g.coin, "

@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -214,10 +215,23 @@ def _head(batches: list[pa.RecordBatch], n: int) -> list[pa.RecordBatch]:
     return out
 
 
+def _pylist(col: pa.Array) -> list[Any]:
+    """A column's values for JSON; as text where Python cannot hold them (a timestamp of
+    'infinity' or past year 9999)."""
+    try:
+        values: list[Any] = col.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException):
+        try:
+            values = pa.compute.cast(col, pa.string()).to_pylist()
+        except pa.ArrowException:
+            values = [None if not v.is_valid else str(v) for v in col]
+    return values
+
+
 def _json(result: Result) -> bytes:
     rows: list[Any] = []
     for batch in result.batches:
-        values = [col.to_pylist() for col in batch.columns]
+        values = [_pylist(col) for col in batch.columns]
         rows.extend(list(r) for r in zip(*values, strict=True))
     return json_bytes({
         "columns": result.schema.names,
