@@ -21,7 +21,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -151,14 +150,10 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 async def in_thread(work: Callable[[], T], limit_s: float, timeout: Callable[[], Exception],
-                    on_done: Callable[[asyncio.Future[T]], None] | None = None,
-                    pool: Executor | None = None) -> T:
-    """`work()` in a worker thread (of `pool`, else asyncio's); raises `timeout()` at `limit_s +
-    ANSWER_GRACE_S` if it has not returned by then (its thread then finishes on its own)."""
-    if pool is None:
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-    else:
-        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, work))
+                    on_done: Callable[[asyncio.Future[T]], None] | None = None) -> T:
+    """`work()` in a worker thread; raises `timeout()` at `limit_s + ANSWER_GRACE_S` if it has
+    not returned by then (its thread then finishes on its own)."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
     task.add_done_callback(on_done or _retrieve)
     try:
         return await asyncio.wait_for(asyncio.shield(task), limit_s + ANSWER_GRACE_S)

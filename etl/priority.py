@@ -1,5 +1,4 @@
-"""Order statuses take the CPU only when fills, trades and the API leave it; SQL queries only
-when ingestion leaves it.
+"""Order statuses take the CPU only when fills, trades and the API leave it.
 
 The gate (etl/gate.py) makes the order-status lane wait at its checkpoints while an urgent
 lane is busy; between checkpoints, the kernel decides. So the threads that decode and store
@@ -22,7 +21,6 @@ import polars as pl
 log = logging.getLogger("nodetap.priority")
 
 BULK_NICENESS = 10  # CFS weight 110 against 1024 at nice 0: about 10 % of a contended core
-SQL_NICENESS = 19  # SQL queries: after ingestion of every kind
 _TASKS = "/proc/self/task"
 
 

@@ -439,14 +439,3 @@ def test_values_python_cannot_hold_come_back_as_text(client: httpx.Client, query
     assert r.status_code == 200, r.text
     (got,), = r.json()["rows"]
     assert got.startswith("<value out of range: ")  # Arrow's text for it
-
-
-def test_sql_queries_run_after_ingestion_for_the_cpu() -> None:
-    import os
-    import threading
-
-    from api.routes.sql import SQL_THREADS
-    from etl.priority import SQL_NICENESS
-
-    nice = SQL_THREADS.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
-    assert nice == max(SQL_NICENESS, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))

@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import duckdb
@@ -40,7 +38,6 @@ from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, ingest_first, 
 from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
 from etl.config import Settings
-from etl.priority import SQL_NICENESS, lower_thread
 
 router = APIRouter()
 log = logging.getLogger("nodetap.sql")
@@ -109,10 +106,6 @@ async def _read_body(request: Request) -> tuple[str, str | None]:
 
 
 ARROW_BATCH_ROWS = 256
-# queries run last for the CPU, after fills, trades, the API and order statuses (etl/priority.py);
-# at most sql_max_concurrent of them run at once
-SQL_THREADS = ThreadPoolExecutor(16, thread_name_prefix="nodetap-sql",
-                                 initializer=partial(lower_thread, None, SQL_NICENESS))
 _running: dict[int, int] = {}  # queries in flight per app state (event loop only)
 
 
@@ -141,8 +134,7 @@ async def _run(state: AppState, sql: str) -> Result:
                         elapsed, s.sql_timeout_s, str(error) if error else None)
 
     return await in_thread(lambda: run_limited(state, lambda con, limit: execute(con, limit, s, sql)),
-                           s.sql_timeout_s, lambda: _timeout(s.sql_timeout_s), on_done=release,
-                           pool=SQL_THREADS)
+                           s.sql_timeout_s, lambda: _timeout(s.sql_timeout_s), on_done=release)
 
 
 def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
