@@ -48,8 +48,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from etl.priority import lowering_new_threads
-
 # A query costs ~5 ms whatever its size (the pre-filter ~10 ms in all), and Polars decodes a
 # line whole in ~2.5 us: below this many lines, Polars alone is cheaper
 MIN_LINES = 8192
@@ -176,9 +174,7 @@ class _Scanner:
         if con is None:
             with self._lock:
                 if self._db is None:
-                    # only order statuses come here in bulk: its workers yield to fills and trades
-                    with lowering_new_threads():
-                        self._db = duckdb.connect(":memory:", config={"threads": cores()})
+                    self._db = duckdb.connect(":memory:", config={"threads": cores()})
                 con = self._db.cursor()
             self._local.con = con
         return con

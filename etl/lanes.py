@@ -39,7 +39,6 @@ from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
-from etl.priority import lower_thread
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes
 from etl.store import BatchResult, Store
@@ -149,10 +148,7 @@ class Lane:
         self.cursor = cursor  # committed: the first line not in the store
         self.read_cursor = cursor  # where the next read starts
         self.workers = s.parse_workers or default_parse_workers()
-        self.urgent = stream.kind != "orders"
-        # order statuses decode at a lower priority than fills and trades (etl/priority.py)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}",
-                                        initializer=None if self.urgent else lower_thread)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
         self._pending: deque[Future[Unit]] = deque()
         self.carry: Unit | None = None  # rows read but held back to fill a whole row group
         self.orders_filter = OrdersFilter()
@@ -169,6 +165,7 @@ class Lane:
         self.disk = DiskGuard(store, self.stop_event, alarm=alarm)
         # order statuses give way to fills and trades (etl/gate.py)
         self.gate = gate or Gate()
+        self.urgent = stream.kind != "orders"
         self.halted = False
         self.thread: threading.Thread | None = None
         # counters, for status
@@ -344,8 +341,6 @@ class Lane:
     def run(self) -> None:
         """Drain on every wake-up (and every `poll_interval_ms`) until `stop_event`."""
         idle = self.settings.poll_interval_ms / 1000
-        if not self.urgent:
-            lower_thread()
         try:
             while not self.stop_event.is_set():
                 self.drain()

@@ -4,7 +4,6 @@ trade whose two fills land in different batches still carries both users."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ import pytest
 from etl.config import Settings
 from etl.lanes import Processed
 from etl.pipeline import Pipeline
-from etl.priority import BULK_NICENESS, lowering_new_threads
 from etl.store import Store
 from tests.conftest import hour_file, query, wait_for
 
@@ -141,58 +139,6 @@ def test_a_fill_whose_maker_never_comes_goes_out_after_the_hold(tmp_path: Path) 
         stop(pipe, thread, store)
     ((_, trade),) = feed.trades()
     assert (trade["tid"], trade["buyer"], trade["seller"]) == (3, TAKER, None)
-
-
-def _niceness(tid: int) -> int:
-    return os.getpriority(os.PRIO_PROCESS, tid)
-
-
-def test_order_statuses_run_at_a_lower_cpu_priority_than_fills(tmp_path: Path) -> None:
-    node = tmp_path / "node"
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(b"")
-    hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True))
-    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", debounce_ms=5)
-    feed = Feed()
-    pipe, thread, store = running(s, feed)
-    try:
-        wait_for(lambda: feed.batches("node_fills") >= 1, timeout=30)
-        lanes = pipe.states
-        wait_for(lambda: all(lane.thread is not None and lane.thread.native_id is not None
-                             for lane in lanes.values()), timeout=30)
-        nice = {name: _niceness(lane.thread.native_id) for name, lane in lanes.items()
-                if lane.thread is not None and lane.thread.native_id is not None}
-        workers = {name: lane._pool.submit(lambda: _niceness(threading.get_native_id())).result()
-                   for name, lane in lanes.items()}
-    finally:
-        stop(pipe, thread, store)
-    base = _niceness(threading.get_native_id())  # the test run's own (e.g. under `nice`)
-    lowered = max(base, BULK_NICENESS)
-    assert nice == {"node_order_statuses": lowered, "node_fills": base}
-    assert workers == {"node_order_statuses": lowered, "node_fills": base}
-
-
-def test_threads_started_in_a_lowering_block_run_at_lower_priority() -> None:
-    release = threading.Event()
-    tids: dict[str, int] = {}
-
-    def park(name: str) -> None:
-        tids[name] = threading.get_native_id()
-        release.wait(30)
-
-    outside = threading.Thread(target=park, args=("outside",))
-    outside.start()
-    with lowering_new_threads():
-        inside = threading.Thread(target=park, args=("inside",))
-        inside.start()
-        wait_for(lambda: "inside" in tids and "outside" in tids, timeout=30)
-    try:
-        base = _niceness(threading.get_native_id())
-        assert _niceness(tids["inside"]) == max(base, BULK_NICENESS)
-        assert _niceness(tids["outside"]) == base
-    finally:
-        release.set()
-        inside.join(30)
-        outside.join(30)
 
 
 def stored(store: Store) -> dict[str, int]:
