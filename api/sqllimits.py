@@ -172,8 +172,12 @@ class MemoryWatch:
     thread samples every `period_s`; where /proc cannot be read the watch does nothing
     (DuckDB's memory_limit still holds)."""
 
-    def __init__(self, interrupt: Callable[[], None], budget: int, period_s: float = 0.005) -> None:
+    def __init__(self, interrupt: Callable[[], None], budget: int, period_s: float = 0.005,
+                 stop_when: Callable[[], bool] | None = None) -> None:
         self.interrupt = interrupt
+        # interrupted again each period while this holds (an interrupt sent while the
+        # connection was between statements is lost)
+        self.stop_when = stop_when
         self.budget = budget
         self.period_s = period_s
         self.tripped = False
@@ -194,6 +198,8 @@ class MemoryWatch:
     def _run(self) -> None:
         start = self.start or 0
         while not self._stop.wait(self.period_s):
+            if self.stop_when is not None and self.stop_when():
+                self.interrupt()
             now = rss_bytes()
             if now is None:
                 return

@@ -141,10 +141,13 @@ def execute(con: Con, limit: TimeLimit, s: Settings, sql: str) -> Result:
     """Check and run `sql` on `con` (read-only, interrupted by `limit` after `sql_timeout_s`);
     at most `sql_max_rows` rows are kept (one more is fetched to tell whether there were more)."""
     cap = s.sql_max_rows
-    watch = MemoryWatch(limit.interrupt, query_memory_budget(s.db_memory_limit))
+    watch = MemoryWatch(limit.interrupt, query_memory_budget(s.db_memory_limit),
+                        stop_when=lambda: limit.relieved)
     t0 = time.perf_counter()
     try:
         big_values = sqlguard.check(con, sql)
+        if limit.relieved:  # ingestion asked for the memory while the query was being checked
+            raise ingest_first()
         watch.begin()
         rel = con.sql(sql)
         if rel is None:  # the guard only lets queries through; this is a belt to its braces
