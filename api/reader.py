@@ -53,7 +53,6 @@ class ActiveReads:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._limits: set[TimeLimit] = set()
-        self.relieved_total = 0
 
     def add(self, limit: TimeLimit) -> None:
         with self._lock:
@@ -73,7 +72,6 @@ class ActiveReads:
             limits = list(self._limits)
         done = sum(limit.relieve() for limit in limits)
         if done:
-            self.relieved_total += done
             log.warning("event=reads_interrupted_for_ingest count=%d", done)
         return done
 
