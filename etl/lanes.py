@@ -352,8 +352,11 @@ class Lane:
                           "nodetap)", self.stream.name)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name=f"nodetap-lane-{self.stream.name}", daemon=True)
-        self.thread.start()
+        thread = threading.Thread(target=self.run, name=f"nodetap-lane-{self.stream.name}", daemon=True)
+        thread.start()
+        # set once it runs: a thread made but not yet started would count as a dead lane
+        # (Pipeline.dead_lanes), and /healthz would say so for an instant
+        self.thread = thread
 
     def flush(self) -> None:
         """Commit the rows held back for a whole row group (at shutdown)."""
