@@ -57,10 +57,25 @@ class Parsed:
 
 
 # ------------------------------------------------------------ line handling
+# Newlines are searched a slice at a time: a mask of the whole batch (64 MiB) was fresh memory
+# the kernel zero-filled at each batch, ~9 ms of CPU a batch in a `perf` profile of the pipeline
+_NEWLINE_SLICE = 1 << 20
+
+
 def line_bounds(buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive, without the newline) of every line in `buf`."""
     arr = np.frombuffer(buf, dtype=np.uint8)
-    ends = np.flatnonzero(arr == 10)
+    if len(arr) <= _NEWLINE_SLICE:
+        ends = np.flatnonzero(arr == 10)
+    else:
+        mask = np.empty(_NEWLINE_SLICE, np.bool_)
+        parts = []
+        for at in range(0, len(arr), _NEWLINE_SLICE):
+            part = arr[at:at + _NEWLINE_SLICE]
+            found = mask[:len(part)]
+            np.equal(part, 10, out=found)
+            parts.append(np.flatnonzero(found) + at)
+        ends = np.concatenate(parts)
     starts = np.empty_like(ends)
     if len(ends):
         starts[0] = 0

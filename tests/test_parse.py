@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import polars as pl
 import pytest
 
-from etl.parse import parse
+from etl.parse import _NEWLINE_SLICE, line_bounds, parse
 from etl.shaping import trades_from_fills
 
 SAMPLE_STREAMS = {
@@ -219,3 +220,20 @@ def test_empty_buffer() -> None:
     parsed = parse("fills", "by_block", b"")
     assert parsed.frame.height == 0 and parsed.lines == 0
     assert isinstance(parsed.frame, pl.DataFrame)
+
+
+def test_line_bounds_across_the_slices_it_searches() -> None:
+    """Newlines are searched a slice at a time: lines that cross a slice's end, a newline at
+    its last byte or its first, and a last line without a newline come out as one search."""
+    rng = np.random.default_rng(7)
+    n = 3 * _NEWLINE_SLICE + 123
+    buf = bytearray(rng.integers(32, 127, n, dtype=np.uint8).tobytes())
+    for at in [0, 5, _NEWLINE_SLICE - 1, _NEWLINE_SLICE, 2 * _NEWLINE_SLICE + 1, n - 2]:
+        buf[at] = 10
+    for at in rng.integers(0, n, 4000):
+        buf[at] = 10
+    data = bytes(buf)
+    want = np.array([i for i, b in enumerate(data) if b == 10])
+    starts, ends = line_bounds(data)
+    assert (ends == want).all()
+    assert starts[0] == 0 and (starts[1:] == want[:-1] + 1).all()
