@@ -253,6 +253,13 @@ def _rule_exprs(rules: Rules) -> dict[str, pl.Expr]:
     return exprs
 
 
+def rule_columns(rules: Rules) -> frozenset[str]:
+    """The columns whose values the active rules (and `watch_users`) compare."""
+    exprs = [] if rules.keep_all else list(_rule_exprs(rules).values())
+    names = {name for e in exprs for name in e.meta.root_names()}
+    return frozenset(names | ({"user"} if rules.watch_users and exprs else set()))
+
+
 def rule_masks(orders: pl.DataFrame, rules: Rules) -> pl.DataFrame | None:
     """One boolean column per active rule (and `watch_users`), plus `__keep`: whether each row
     is kept. None when the rules keep every row (`keep_all`, or no active rule)."""

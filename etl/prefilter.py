@@ -4,10 +4,10 @@ Most order statuses fail the rules (data/rules.toml keeps ~2%), and decoding a l
 costs several times as much as reading the few fields the rules and the watermark need. So a
 batch is read twice, both times vectorised over the whole buffer:
 
-1. a *light* read by DuckDB's JSON reader (etl/duckscan.py) of only the required fields and
-   the rule fields (time, user, status, coin, side, limitPx, origSz, oid, isTrigger,
-   orderType); the rules run on that frame, which gives the exact per-rule counts and the
-   event times of every line (the watermark and stall detection);
+1. a *light* read by DuckDB's JSON reader (etl/duckscan.py) of only the required fields (time,
+   user, status, coin, side, limitPx, oid) and those the active rules read (origSz for a
+   minimum notional, isTrigger, orderType); the rules run on that frame, which gives the exact
+   per-rule counts and the event times of every line (the watermark and stall detection);
 2. a full decode (`etl.parse.parse`) of the *candidate* lines only: those with a row the rules
    keep, a row missing a required field (so that it reaches `rejects` exactly as without
    pre-filtering), or a value the light read is not sure the full decoder reads the same
@@ -17,8 +17,9 @@ batch is read twice, both times vectorised over the whole buffer:
 A batch the light read refuses (a line that is not JSON), or that holds a blank or over-long
 line, is decoded whole as without pre-filtering: every such line reaches `rejects`. What
 pre-filtering changes for `rejects`: a line whose *other* fields (the ones the rules do not
-read, e.g. `tif`, `children`) have the wrong JSON type is a reject only when it passes the
-rules; otherwise it is counted and dropped like any other line the rules drop.
+read, e.g. `tif`, `children`, or `isTrigger` when no rule reads it) have the wrong JSON type is
+a reject only when it passes the rules; otherwise it is counted and dropped like any other line
+the rules drop.
 
 The light read costs about half of Polars' NDJSON decoder on the same fields (100 against
 200 ms of CPU on a 64 MiB batch), which in turn beat Polars string kernels (find + slice per
@@ -28,20 +29,48 @@ field; docs/benchmarks.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import duckdb
 import numpy as np
 import polars as pl
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
-from etl.duckscan import MIN_LINES, scan_orders
-from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_masks
+from etl.duckscan import MIN_LINES, Fields, scan_orders
+from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
 from etl.parse import BadLine, Parsed, line_bounds, parse, parse_lines
 
-# every required column, and every column a rule reads (filters._rule_exprs)
-LIGHT_COLUMNS = ("time", "user", "status", "coin", "side", "limit_px", "orig_sz", "oid", "is_trigger",
-                 "order_type")
+# every column the light read may read: its field in the node's line (`order.` for the order's)
+# and its JSON type there
+LIGHT_COLUMNS = {"time": ("time", "time"), "user": ("user", "text"), "status": ("status", "text"),
+                 "coin": ("order.coin", "text"), "side": ("order.side", "text"),
+                 "limit_px": ("order.limitPx", "decimal"), "orig_sz": ("order.origSz", "decimal"),
+                 "oid": ("order.oid", "int"), "is_trigger": ("order.isTrigger", "bool"),
+                 "order_type": ("order.orderType", "text")}
+
+
+@cache
+def light_fields(compared: frozenset[str]) -> tuple[Fields, tuple[str, ...]]:
+    """What the light read reads when the rules compare the values of the columns `compared`
+    (`filters.rule_columns`): the required columns and those, and the columns it returns.
+
+    A text is checked for a value DuckDB renders otherwise than Polars (etl/duckscan.py) only
+    where a rule compares it; a decimal always, as a number out of range makes the line a reject
+    for Polars. Each field less saves ~6 ms of CPU a 64 MiB batch (docs/benchmarks.md)."""
+    columns = tuple(c for c in LIGHT_COLUMNS if c in ORDERS_REQUIRED or c in compared)
+    path = {c: LIGHT_COLUMNS[c][0] for c in columns}
+    kind = {c: LIGHT_COLUMNS[c][1] for c in columns}
+
+    def named(*kinds: str, order: bool) -> tuple[str, ...]:
+        return tuple(path[c].removeprefix("order.") for c in columns
+                     if kind[c] in kinds and path[c].startswith("order.") == order)
+
+    fields = Fields(named("time", "text", order=False), named("text", "decimal", order=True),
+                    named("int", order=True), named("bool", order=True),
+                    tuple(path[c] for c in columns if kind[c] == "text" and c in compared),
+                    tuple(path[c] for c in columns if kind[c] == "decimal"))
+    return fields, columns
 
 
 @dataclass
@@ -74,7 +103,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     lengths = ends - starts
     if (lengths == 0).any() or (lengths > max_line_bytes).any():
         return None
-    read = _light(variant, buf, starts, ends)
+    read = _light(variant, buf, starts, ends, rules)
     if read is None:
         return None
     light, unsure = read
@@ -102,15 +131,16 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
-def _light(variant: str, buf: bytes, starts: np.ndarray,
-           ends: np.ndarray) -> tuple[pl.DataFrame, np.ndarray] | None:
+def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
+           rules: Rules) -> tuple[pl.DataFrame, np.ndarray] | None:
     """The light rows of a batch and the lines to decode whole whatever the rules say
     (etl/duckscan.py); None when DuckDB cannot read the batch (a line not JSON or not UTF-8)."""
+    fields, columns = light_fields(rule_columns(rules))
     try:
-        events, unsure = scan_orders(variant, buf, starts, ends)
+        events, unsure = scan_orders(variant, buf, starts, ends, fields)
     except (duckdb.Error, UnicodeDecodeError):
         return None
-    return orders_flat(events, False, LIGHT_COLUMNS).with_columns(events.get_column("_line")), unsure
+    return orders_flat(events, False, columns).with_columns(events.get_column("_line")), unsure
 
 
 class OrdersFilter:

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from etl.columns import ORDERS_REQUIRED
 from etl.duckscan import FULL, scan_orders
-from etl.filters import Rules, load_rules
+from etl.filters import Rules, load_rules, rule_columns
 from etl.flatten import orders_flat
 from etl.parse import line_bounds, parse, take_lines
-from etl.prefilter import MIN_LINES, OrdersFilter, filter_parsed, prefilter
+from etl.prefilter import LIGHT_COLUMNS, MIN_LINES, OrdersFilter, filter_parsed, light_fields, prefilter
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -57,8 +57,12 @@ def numbers() -> st.SearchStrategy[object]:
     )
 
 
+LIGHT_JSON = {c: path.removeprefix("order.") for c, (path, _) in LIGHT_COLUMNS.items()}
+LIGHT_KEYS = ("time", "user", "status", "coin", "side", "orderType", "oid", "isTrigger", "limitPx", "origSz")
+
+
 @st.composite
-def order_event(draw: st.DrawFn) -> dict[str, object]:
+def order_event(draw: st.DrawFn, odd_keys: tuple[str, ...] = LIGHT_KEYS) -> dict[str, object]:
     order: dict[str, object] = {
         "coin": draw(st.sampled_from(COINS)),
         "side": draw(st.sampled_from(["A", "B", "X"])),
@@ -97,8 +101,7 @@ def order_event(draw: st.DrawFn) -> dict[str, object]:
         event["extra"] = {"status": "open", "coin": "BTC", "limitPx": "1e9"}
     # now and then a value of another JSON type, where the decoders could differ
     if draw(st.integers(0, 8)) == 0:
-        key = draw(st.sampled_from(["time", "user", "status", "coin", "side", "orderType", "oid",
-                                    "isTrigger", "limitPx", "origSz"]))
+        key = draw(st.sampled_from(odd_keys))
         (event if key in ("time", "user", "status") else order)[key] = draw(ODD_VALUES)
     # keys in another order
     items = list(event.items())
@@ -113,13 +116,14 @@ def order_event(draw: st.DrawFn) -> dict[str, object]:
 
 
 @st.composite
-def line(draw: st.DrawFn, variant: str) -> bytes:
-    ev = draw(order_event())
+def line(draw: st.DrawFn, variant: str, odd_keys: tuple[str, ...] = LIGHT_KEYS) -> bytes:
+    ev = draw(order_event(odd_keys))
     if variant == "plain":
         text = json.dumps(ev, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from(SEPARATORS)))
     else:
         env = {"local_time": "2026-01-05T11:00:00.1", "block_time": "2026-01-05T11:00:00.05",
-               "block_number": 7, "events": [ev] + ([draw(order_event())] if draw(st.booleans()) else [])}
+               "block_number": 7,
+               "events": [ev] + ([draw(order_event(odd_keys))] if draw(st.booleans()) else [])}
         if draw(st.integers(0, 30)) == 0:
             env["events"] = draw(st.sampled_from([None, "x", 5, {"a": 1}, [1, None]]))
         elif draw(st.integers(0, 30)) == 0:
@@ -170,8 +174,12 @@ def by_line(frame: pl.DataFrame) -> pl.DataFrame:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_prefilter_keeps_exactly_what_full_decoding_keeps(variant: str, data: st.DataObject) -> None:
-    lines = data.draw(st.lists(line(variant), min_size=1, max_size=30))
+    """Values of other JSON types are drawn in the fields the light read reads under the drawn
+    rules: a line with such a value elsewhere is a reject only when it passes the rules
+    (etl/prefilter.py)."""
     r = data.draw(rules())
+    read = light_fields(rule_columns(r))[1]
+    lines = data.draw(st.lists(line(variant, tuple(LIGHT_JSON[c] for c in read)), min_size=1, max_size=30))
     buf = b"\n".join(lines) + b"\n"
     full = filter_parsed(parse("orders", variant, buf), r)
     fast = prefilter(variant, buf, r, min_lines=1)
@@ -326,3 +334,43 @@ def test_prefilter_on_real_node_lines() -> None:
         assert fast is not None
         assert fast.parsed.frame.equals(full.parsed.frame)
         assert fast.counts == full.counts
+
+
+def odd_line(oid: int, **changes: object) -> bytes:
+    """A node line with some fields' values replaced (`order.` for the order's)."""
+    event = json.loads(node_line(oid=oid))
+    for key, value in changes.items():
+        where = event["order"] if key.startswith("order_") else event
+        where[key.removeprefix("order_")] = value
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_a_value_a_rule_compares_is_read_as_polars_reads_it() -> None:
+    """A status written as the number 1e-07: DuckDB renders it "1e-07", Polars "0.0000001", so
+    the light read sends the line to Polars (etl/duckscan.py) and the rule sees Polars' value."""
+    buf = b"\n".join([node_line(oid=1), odd_line(2, status=1e-7)]) + b"\n"
+    for r in (Rules(statuses=("0.0000001",)), Rules(statuses=("1e-07",)), Rules(statuses=("open",))):
+        fast = prefilter("plain", buf, r, min_lines=1)
+        full = filter_parsed(parse("orders", "plain", buf), r)
+        assert fast is not None
+        assert fast.parsed.frame.equals(full.parsed.frame)
+        assert fast.counts == full.counts
+    assert full.parsed.frame["oid"].to_list() == [1]
+
+
+def test_a_field_no_rule_reads_is_not_checked_unless_the_line_passes() -> None:
+    """`isTrigger` of the wrong type makes a line a reject for Polars. When no rule reads it, a
+    line the rules drop is counted and dropped (not read, not a reject); one they keep is
+    decoded whole and rejected; when a rule reads it, the line is rejected either way."""
+    lines = [node_line(oid=1), odd_line(2, order_isTrigger="yes"),
+             odd_line(3, order_isTrigger="yes", order_limitPx="90000")]
+    buf = b"\n".join(lines) + b"\n"
+    offsets = [buf.index(line) for line in lines]
+    out = prefilter("plain", buf, Rules(min_notional=50_000.0), min_lines=1)
+    assert out is not None
+    assert [o for o, _, _ in out.parsed.rejects] == [offsets[2]]
+    assert out.counts["total"] == (2, 0)
+    read = prefilter("plain", buf, Rules(min_notional=50_000.0, trigger="exclude"), min_lines=1)
+    assert read is not None
+    assert [o for o, _, _ in read.parsed.rejects] == offsets[1:]
+    assert read.counts["total"] == (1, 0)
