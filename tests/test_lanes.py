@@ -207,3 +207,25 @@ def test_a_commit_out_of_memory_waits_and_commits_once_memory_is_back(
     # every line once
     assert query(s.db, "SELECT count(*) = count(DISTINCT (user, oid, status, time)) FROM orders") == [(True,)]
     assert query(s.db, "SELECT count(*) = count(DISTINCT (tid, user)) FROM fills") == [(True,)]
+
+
+def test_a_lane_reads_the_next_hour_file_before_committing_the_move_to_it(tmp_path: Path) -> None:
+    """The batch that moves the cursor to the next file holds no lines: the lane reads on past it,
+    so that the next file's lines parse while the last file's commit (etl/lanes.py)."""
+    node = tmp_path / "node"
+    hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True) + fill(MAKER, 1, False))
+    hour_file(node, "node_fills", "20260105", 11).write_bytes(
+        fill(TAKER, 2, True, "2026-01-05T11:00:01") + fill(MAKER, 2, False, "2026-01-05T11:00:01"))
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", parse_workers=1)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    try:
+        pipe.open()
+        lane = pipe.states["node_fills"]
+        assert lane.step()  # hour 10's lines, committed
+        assert lane.read_cursor.file == "20260105/11" and lane.read_cursor.offset > 0
+        assert lane.drain() == 2  # the move, then hour 11's lines
+        assert store.con.execute("SELECT count(*) FROM fills").fetchone() == (4,)
+    finally:
+        pipe.close()
+        store.close()
