@@ -121,3 +121,25 @@ def test_bench_rejects_bad_flags_before_running(tmp_path: Path, flags: list[str]
     assert proc.returncode == 2
     assert f"nodetap bench: {message}" in proc.stderr
     assert not (tmp_path / "work").exists()  # nothing generated, nothing measured
+
+
+def test_appends_bench_stores_every_unit_both_ways(tmp_path: Path) -> None:
+    """etl/bench/appends.py: side by side, every unit's rows are stored once, as one after another."""
+    from etl.bench.appends import one_after_another, side_by_side
+    from etl.schema import ROW_TABLES
+    from etl.store import Store
+
+    node = tmp_path / "node"
+    from etl.simulate import generate
+
+    generate(node, lines=2_000, kinds=("orders",))
+    buf = b"".join(p.read_bytes() for p in sorted((node / "node_order_statuses").rglob("*")) if p.is_file())
+    rows = parse("orders", "plain", buf).frame.select(list(ROW_TABLES["orders"]))
+    store = Store(tmp_path / "a.duckdb")
+    try:
+        one_after_another(store.con, [rows] * 2)
+        side_by_side(store.con, [rows] * 3)
+        (n,) = store.con.execute("SELECT count(*) FROM orders").fetchone() or (0,)
+    finally:
+        store.close()
+    assert n == 5 * rows.height > 0
