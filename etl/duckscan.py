@@ -6,8 +6,9 @@ batch, 160 against 350 ms for every field), and spreads the batch over the cores
 (docs/benchmarks.md). The batch is handed over without a copy: an Arrow string array whose
 offsets are the lines' starts in the read buffer.
 
-Two sets of fields are read: `LIGHT`, what the rules and the watermark need
-(etl/prefilter.py), and `FULL`, every field of a row (etl/parse.py). The values must be what
+Two sets of fields are read: the pre-filter's, what the rules and the watermark need (at
+most `LIGHT`; `etl.prefilter.light_fields` picks those the active rules read), and `FULL`,
+every field of a row (etl/parse.py). The values must be what
 Polars' decoder (`etl.parse.parse`) makes of the same line, because rows are stored or
 dropped on them. Where DuckDB converts what Polars refuses or renders otherwise, the line is
 returned as `unsure`, and the caller decodes it with Polars:
