@@ -194,7 +194,10 @@ class Store:
     def _insert_rows(self, rows: dict[str, pl.DataFrame]) -> None:
         for table, frame in rows.items():
             if frame.height:
-                self.con.register("_batch", frame.select(list(ROW_TABLES[table])))
+                # Arrow's string views are Polars' own strings: no copy. DuckDB, handed the frame,
+                # converts it to classic Arrow strings first (11 ms of a 122,880-row unit's ~150)
+                arrow = frame.select(list(ROW_TABLES[table])).to_arrow(compat_level=pl.CompatLevel.newest())
+                self.con.register("_batch", arrow)
                 self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                 self.con.unregister("_batch")
                 self._mark_late(table, frame)
