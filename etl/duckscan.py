@@ -20,7 +20,9 @@ returned as `unsure`, and the caller decodes it with Polars:
 - a text field (not `time`, nor the decimals, which are parsed afterwards into the same
   timestamp or float from either) holding a float, an object or an array: DuckDB writes
   `1e-07` and `{"a":1}` where Polars writes `0.0000001` and `{"a": 1}`;
-- a decimal (limitPx, sz, ...) that is a number out of a double's range (DuckDB reads inf);
+- a text field or a decimal (limitPx, sz, ...) that may be a number out of a double's range:
+  DuckDB keeps such a number's own text (`1E400`, `1e309`, 400 digits) where Polars refuses
+  the line. Matched loosely: an exponent of three digits, or 300 digits in a row;
 - `children` that is not `[]` or `null` (Polars keeps it as its own rendering of the JSON);
 - in block envelopes, `events` present but not a list, or a line that is not an object;
 - anywhere in the line, what DuckDB's reader takes and Polars' refuses: NaN or Infinity
@@ -52,10 +54,13 @@ import pyarrow as pa
 # A query costs ~5 ms whatever its size (the pre-filter ~10 ms in all), and Polars decodes a
 # line whole in ~2.5 us: below this many lines, Polars alone is cheaper
 MIN_LINES = 8192
-# a float, an object or an array as DuckDB renders it into a VARCHAR
-_NOT_A_STRING = r"^(?:[{\[]|-?[0-9]+[.e]|-?inf|nan)"
-# a decimal DuckDB read from a number out of a double's range (or NaN)
-_NOT_FINITE = r"^-?(?:inf|nan)"
+# a number out of a double's range as DuckDB renders it into a VARCHAR: its own text (loosely:
+# a number with a three-digit exponent, or of 300 digits)
+_HUGE = r"^-?[0-9.]+[eE][-+]?[0-9]{3}|^-?[0-9]{300}"
+# a float, an object or an array as DuckDB renders it into a VARCHAR, or a huge number
+_NOT_A_STRING = r"^(?:[{\[]|-?[0-9]+[.eE]|-?inf|nan)|" + _HUGE
+# a decimal DuckDB read from a number out of a double's range, or NaN
+_NOT_FINITE = r"^-?(?:inf|nan)|" + _HUGE
 # what DuckDB's reader (yyjson, with ALLOW_INF_AND_NAN and ALLOW_TRAILING_COMMAS) takes and
 # Polars' refuses, anywhere in a line: NaN or Infinity (any case), a trailing comma. Matched
 # loosely (inside strings too: such a line is only decoded by Polars), as literals the regex
