@@ -8,18 +8,32 @@ times and decimals.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import polars as pl
 
 from etl.columns import FILL, TS
 
+# Times a node's clock can write. Outside them a time is a corrupt value, read as null: a row
+# without its required `time` is a reject ("missing or out-of-range required field"), another
+# time is left empty. Python cannot hold some such times (year 318857 for 1e16 ms): converting
+# one, for the watermark, took the pipeline down.
+MIN_TIME = datetime(2000, 1, 1)
+MAX_TIME = datetime(2200, 1, 1)
+_MIN_MS = int(MIN_TIME.replace(tzinfo=UTC).timestamp() * 1000)
+_MAX_MS = int(MAX_TIME.replace(tzinfo=UTC).timestamp() * 1000)
+
 
 def _iso(col: pl.Expr) -> pl.Expr:
     # node times have no zone and 0-9 fractional digits; they are UTC
-    return col.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
+    t = col.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
+    return pl.when(t.is_between(MIN_TIME, MAX_TIME, closed="left")).then(t)
 
 
 def _ms(col: pl.Expr) -> pl.Expr:
-    return pl.from_epoch(col, time_unit="ms").cast(TS)
+    # checked before converting: a number of ms too large for microseconds wraps around
+    ok = col.is_between(_MIN_MS, _MAX_MS, closed="left")
+    return pl.when(ok).then(pl.from_epoch(col, time_unit="ms").cast(TS))
 
 
 def _num(col: pl.Expr) -> pl.Expr:

@@ -316,7 +316,8 @@ def _slow_parse(
     if bad is not None:
         for i in sorted(set(bad.to_list())):
             s, e = int(starts[i]), int(ends[i])
-            rejects.append(BadLine(s, "missing required field", buf[s:e][:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, "missing or out-of-range required field",
+                                   buf[s:e][:REJECT_LINE_BYTES]))
         flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
     rejects.sort()
     return Parsed(flat, rejects, starts)

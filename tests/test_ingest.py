@@ -299,3 +299,24 @@ def test_block_variants_end_to_end(make_node_dir: Callable[..., Path], tmp_path:
     assert query(db, "SELECT count(*) - count(buyer) - count(seller) + count(*) FROM trades") == [
         (0,)]
     assert os.path.exists(db)
+
+
+def test_a_fill_with_a_time_out_of_range_is_a_reject_not_the_end_of_the_lane(tmp_path: Path) -> None:
+    """A fill whose `time` is 1e16 ms (year 318857) took the pipeline down: Python cannot hold
+    that time, and the watermark converts it. Now the line is a reject and its neighbours are
+    stored."""
+    node = tmp_path / "node"
+    hour = node / "node_fills" / "hourly" / "20260105" / "10"
+    hour.parent.mkdir(parents=True)
+
+    def fill(tid: int, ms: int) -> bytes:
+        return orjson.dumps(["0x" + "1" * 40, {
+            "coin": "BTC", "px": "100.0", "sz": "1.0", "side": "B", "time": ms, "startPosition": "0.0",
+            "dir": "Open Long", "closedPnl": "0.0", "hash": "0x02", "oid": tid, "crossed": True,
+            "fee": "0.25", "tid": tid, "feeToken": "USDC", "twapId": None}])
+
+    hour.write_bytes(b"\n".join([fill(1, 1767607200000), fill(2, 10**16), fill(3, 1767607201000)]) + b"\n")
+    db = tmp_path / "f.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    assert query(db, "SELECT tid FROM fills ORDER BY tid") == [(1,), (3,)]
+    assert query(db, "SELECT reason FROM rejects") == [("missing or out-of-range required field",)]

@@ -156,7 +156,10 @@ def good(oid: int) -> bytes:
         (b'{"time":"2026-01-05T11:00:00","user":', "invalid JSON"),
         (b"\xff\xfe\x00garbage", "invalid JSON"),
         (b"[1, 2, 3]", "expected a JSON dict"),
-        (b'{"time":"x"}', "missing required field"),
+        (b'{"time":"x"}', "missing or out-of-range required field"),
+        # a time no node's clock writes (Python cannot hold year 10000)
+        (good(9).replace(b"2026-01-05", b"1999-12-31"), "missing or out-of-range required field"),
+        (good(9).replace(b"2026-01-05", b"0000-01-01"), "missing or out-of-range required field"),
         (good(9).replace(b'"oid":9', b'"oid":"nine"'), "wrong shape"),
         (b'{"status":"open","order":5}', "wrong shape"),
         # whitespace only: the decoder skips it, which would shift the next rows' line numbers
@@ -237,3 +240,25 @@ def test_line_bounds_across_the_slices_it_searches() -> None:
     starts, ends = line_bounds(data)
     assert (ends == want).all()
     assert starts[0] == 0 and (starts[1:] == want[:-1] + 1).all()
+
+
+def test_a_time_out_of_range_is_a_reject_or_left_empty() -> None:
+    """A fill's required `time` of 1e16 ms (year 318857) makes its line a reject; an order's
+    `timestamp` out of range, which no row needs, is left empty (etl/flatten.py)."""
+    def fill(tid: int, ms: int) -> bytes:
+        return orjson.dumps(["0xu", {"coin": "BTC", "px": "1.0", "sz": "1.0", "side": "B", "time": ms,
+                                     "startPosition": "0.0", "dir": "Open Long", "closedPnl": "0.0",
+                                     "hash": "0x02", "oid": tid, "crossed": True, "fee": "0.0", "tid": tid,
+                                     "feeToken": "USDC", "twapId": None}])
+    t = 1767607200000
+    for huge in (10**16, 10**18, -(10**16), 2**63 - 1, 0):
+        buf = b"\n".join([fill(1, t), fill(2, huge), fill(3, t + 1)]) + b"\n"
+        parsed = parse("fills", "plain", buf)
+        assert parsed.frame["tid"].to_list() == [1, 3]
+        assert [r.reason for r in parsed.rejects] == ["missing or out-of-range required field"]
+    late = good(2).replace(b'"timestamp":1', b'"timestamp":10000000000000000')
+    orders = b"\n".join([good(1), late]) + b"\n"
+    for scan_min_lines in (1, 1 << 62):
+        frame = parse("orders", "plain", orders, scan_min_lines=scan_min_lines).frame
+        assert frame["oid"].to_list() == [1, 2]
+        assert frame["order_time"].null_count() == 2  # `timestamp` 1 (1970) is out of range too
