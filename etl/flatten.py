@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from etl.columns import FILL, TS
+from etl.columns import TS
 
 # Times a node's clock can write. Outside them a time is a corrupt value, read as null: a row
 # without its required `time` is a reject ("missing or out-of-range required field"), another
@@ -76,14 +76,10 @@ def orders_flat(events: pl.DataFrame, block: bool, columns: tuple[str, ...] = ()
 
 
 
-def fills_flat(events: pl.DataFrame, block: bool, paired: bool = False) -> pl.DataFrame:
-    # events: one row per fill, either `ev` = [user, "{...fill json...}"], or (paired, see
-    # `pairs_to_objects`) `user` and `f`, the fill already decoded
-    if paired:
-        f, user = pl.col("f").struct, pl.col("user")
-    else:
-        f = pl.col("ev").list.get(1, null_on_oob=True).str.json_decode(pl.Struct(FILL)).struct
-        user = pl.col("ev").list.get(0, null_on_oob=True)
+def fills_flat(events: pl.DataFrame, block: bool) -> pl.DataFrame:
+    # events: one row per fill, the node's `[user, {fill}]` pair decoded as `user` and `f`, the
+    # fill object (etl/parse.py)
+    f, user = pl.col("f").struct, pl.col("user")
     env = (
         [pl.col("block_number"), _iso(pl.col("block_time")).alias("block_time")]
         if block

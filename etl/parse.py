@@ -93,6 +93,10 @@ class Format:
     required: list[str]
     top: type  # JSON type of a line's top level, for the slow-path check
     schema: dict[str, pl.DataType]
+    rewrite: Callable[[bytes], bytes] | None = None  # lines into what `raw` reads, before decoding
+
+
+PAIR: dict[str, pl.DataType] = {"user": pl.String(), "f": pl.Struct(FILL)}
 
 
 def _envelope(event: pl.DataType) -> dict[str, Any]:
@@ -106,23 +110,37 @@ FORMATS: dict[tuple[str, str], Format] = {
     ("orders", "block"): Format(_envelope(pl.Struct(ORDER_EVENT)), "events",
                                 lambda d: orders_flat(d.unnest("events"), True), ORDERS_REQUIRED, dict,
                                 ORDERS_SCHEMA),
-    ("fills", "plain"): Format({"ev": pl.List(pl.String)}, None, lambda d: fills_flat(d, False),
-                               FILLS_REQUIRED, list, FILLS_SCHEMA),
-    ("fills", "block"): Format(_envelope(pl.List(pl.String)), "events",
-                               lambda d: fills_flat(d.rename({"events": "ev"}), True), FILLS_REQUIRED, dict,
-                               FILLS_SCHEMA),
+    # fill lines hold `[user, {fill}]` pairs, decoded as objects `{"user": ..., "f": {fill}}`: the
+    # fast paths rewrite the pairs' text (`_decode_plain_fills`, `_block_pairs_to_objects`), the
+    # generic one each line with orjson (`_pairs`)
+    ("fills", "plain"): Format(PAIR, None, lambda d: fills_flat(d, False), FILLS_REQUIRED, list,
+                               FILLS_SCHEMA, rewrite=lambda b: _pairs(b, False)),
+    ("fills", "block"): Format(_envelope(pl.Struct(PAIR)), "events",
+                               lambda d: fills_flat(d.unnest("events"), True), FILLS_REQUIRED, dict,
+                               FILLS_SCHEMA, rewrite=lambda b: _pairs(b, True)),
     ("trades", "plain"): Format(NODE_TRADE, None, node_trades_flat, TRADES_REQUIRED, dict, TRADES_SCHEMA),
 }
 
 
-# fills decoded as `user` and `f` (the fill object) in one pass, see _decode_plain_fills
-PAIRED: dict[str, Format] = {
-    "plain": Format({"user": pl.String, "f": pl.Struct(FILL)}, None,
-                    lambda d: fills_flat(d, False, paired=True), FILLS_REQUIRED, dict, FILLS_SCHEMA),
-    "block": Format(_envelope(pl.Struct({"user": pl.String, "f": pl.Struct(FILL)})), "events",
-                    lambda d: fills_flat(d.unnest("events"), True, paired=True), FILLS_REQUIRED, dict,
-                    FILLS_SCHEMA),
-}
+def _pair(event: Any) -> Any:
+    """A node's `[user, {fill}]` as `{"user": user, "f": {fill}}`; anything else as it is (the
+    decoder then refuses it: a reject of the wrong shape)."""
+    return {"user": event[0], "f": event[1]} if isinstance(event, list) and len(event) == 2 else event
+
+
+def _pairs(buf: bytes, block: bool) -> bytes:
+    """Fill lines with their pairs as objects, line by line with orjson: what the fast paths do
+    over the text, for lines they cannot take (their text rewrite assumes the node's layout).
+    Raises on a line that is not JSON (the caller then finds it line by line)."""
+    out = []
+    for line in buf.splitlines():
+        value = orjson.loads(line)
+        if not block:
+            value = _pair(value)
+        elif isinstance(value, dict) and isinstance(value.get("events"), list):
+            value["events"] = [_pair(e) for e in value["events"]]
+        out.append(orjson.dumps(value))
+    return b"\n".join(out) + b"\n"
 
 
 USER_CHARS = 42  # "0x" and 40 hex digits
@@ -152,7 +170,9 @@ def _decode_plain_fills(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> pl.
     users = pc.binary_slice(lines, 2, u + 2).cast(pa.large_string())
     if pc.any(pc.match_substring_regex(users, r'["\\]')).as_py():
         return None  # a quote or an escape in a user: not the layout assumed
-    fills = pc.binary_slice(lines, u + 4)
+    # with a stop: without one, pyarrow 26 fails on an even number of lines ("Negative buffer
+    # resize"), which sent every such batch to the generic decode
+    fills = pc.binary_slice(lines, u + 4, int((ends - starts).max()) + 1)
     pos = np.frombuffer(fills.buffers()[1], np.int64)[fills.offset: fills.offset + n + 1]
     data = fills.buffers()[2]
     raw = pl.read_ndjson(memoryview(data)[pos[0]: pos[-1]].tobytes(), schema=FILL)
@@ -170,11 +190,8 @@ def _block_pairs_to_objects(buf: bytes) -> bytes:
     return out.replace(b'],["', b'},{"user":"').replace(b'[["', b'[{"user":"').replace(b'}]]', b'}}]')
 
 
-def _decode(fmt: Format, buf: bytes, plain_fills: bool) -> pl.DataFrame:
-    if plain_fills:
-        # a plain fill line is a top-level array `[user, {...}]`: give it a key
-        buf = b'{"ev":' + buf[:-1].replace(b"\n", b'}\n{"ev":') + b"}\n"
-    return pl.read_ndjson(buf, schema=fmt.raw)
+def _decode(fmt: Format, buf: bytes) -> pl.DataFrame:
+    return pl.read_ndjson(fmt.rewrite(buf) if fmt.rewrite else buf, schema=fmt.raw)
 
 
 def _flatten(fmt: Format, raw: pl.DataFrame, lines: int) -> pl.DataFrame:
@@ -210,23 +227,22 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
             if scanned is not None:
                 return scanned
         if kind == "fills":
-            paired = PAIRED["plain" if plain_fills else "block"]
             try:
                 raw = (_decode_plain_fills(buf, starts, ends) if plain_fills
-                       else pl.read_ndjson(_block_pairs_to_objects(buf), schema=paired.raw))
-                flat = None if raw is None else _flatten(paired, raw, n)
+                       else pl.read_ndjson(_block_pairs_to_objects(buf), schema=fmt.raw))
+                flat = None if raw is None else _flatten(fmt, raw, n)
                 if flat is not None and len(flat) and _missing(flat, fmt.required) is None:
                     return Parsed(flat, [], starts)
             except Exception:  # noqa: BLE001 - laid out otherwise: the generic decode below
                 pass
         try:
-            flat = _flatten(fmt, _decode(fmt, buf, plain_fills), n)
+            flat = _flatten(fmt, _decode(fmt, buf), n)
             bad = _missing(flat, fmt.required)
             if bad is None:
                 return Parsed(flat, [], starts)
         except Exception:  # noqa: BLE001 - any decode error sends the batch to the slow path
             pass
-    return _slow_parse(fmt, buf, starts, ends, long, blank, plain_fills)
+    return _slow_parse(fmt, buf, starts, ends, long, blank)
 
 
 def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
@@ -287,7 +303,6 @@ def _slow_parse(
     ends: np.ndarray,
     long: np.ndarray,
     blank: np.ndarray,
-    plain_fills: bool,
 ) -> Parsed:
     """Find the bad lines one by one, then decode the good ones together."""
     rejects: list[BadLine] = []
@@ -310,7 +325,7 @@ def _slow_parse(
             rejects.append(BadLine(s, f"expected a JSON {fmt.top.__name__}", line[:REJECT_LINE_BYTES]))
             continue
         good.append(i)
-    frames = _decode_isolating(fmt, buf, starts, ends, good, plain_fills, rejects)
+    frames = _decode_isolating(fmt, buf, starts, ends, good, rejects)
     flat = pl.concat(frames) if frames else pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32})
     bad = _missing(flat, fmt.required)
     if bad is not None:
@@ -329,7 +344,6 @@ def _decode_isolating(
     starts: np.ndarray,
     ends: np.ndarray,
     idx: list[int],
-    plain_fills: bool,
     rejects: list[BadLine],
 ) -> list[pl.DataFrame]:
     """Decode lines `idx` together; when the decoder refuses, bisect to find the line."""
@@ -337,7 +351,7 @@ def _decode_isolating(
         return []
     chunk = b"".join(buf[int(starts[i]) : int(ends[i]) + 1] for i in idx)
     try:
-        flat = _flatten(fmt, _decode(fmt, chunk, plain_fills), len(idx))
+        flat = _flatten(fmt, _decode(fmt, chunk), len(idx))
     except Exception as err:  # noqa: BLE001
         if len(idx) == 1:
             s, e = int(starts[idx[0]]), int(ends[idx[0]])
@@ -345,9 +359,8 @@ def _decode_isolating(
             rejects.append(BadLine(s, reason, buf[s:e][:REJECT_LINE_BYTES]))
             return []
         mid = len(idx) // 2
-        return _decode_isolating(fmt, buf, starts, ends, idx[:mid], plain_fills, rejects) + _decode_isolating(
-            fmt, buf, starts, ends, idx[mid:], plain_fills, rejects
-        )
+        return (_decode_isolating(fmt, buf, starts, ends, idx[:mid], rejects)
+                + _decode_isolating(fmt, buf, starts, ends, idx[mid:], rejects))
     # map chunk line numbers back to line numbers in `buf`
     lines = np.asarray(idx, dtype=np.uint32)[flat["_line"].to_numpy()]
     return [flat.with_columns(pl.Series("_line", lines, dtype=pl.UInt32))]

@@ -262,3 +262,40 @@ def test_a_time_out_of_range_is_a_reject_or_left_empty() -> None:
         frame = parse("orders", "plain", orders, scan_min_lines=scan_min_lines).frame
         assert frame["oid"].to_list() == [1, 2]
         assert frame["order_time"].null_count() == 2  # `timestamp` 1 (1970) is out of range too
+
+
+def fill_pair(tid: int, coin: str = "BTC") -> list[object]:
+    return ["0x" + "1" * 40, {"coin": coin, "px": "1.0", "sz": "1.0", "side": "B",
+                              "time": 1767607200000 + tid, "startPosition": "0.0", "dir": "Open Long",
+                              "closedPnl": "0.0", "hash": "0x02", "oid": tid, "crossed": True, "fee": "0.0",
+                              "tid": tid, "feeToken": "USDC", "twapId": None}]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_plain_fills_take_the_fast_path_whatever_their_number(n: int) -> None:
+    """pyarrow 26 failed to slice an even number of lines without a stop: such batches went to
+    the generic decode."""
+    from etl.parse import _decode_plain_fills
+
+    buf = b"".join(orjson.dumps(fill_pair(i)) + b"\n" for i in range(n))
+    raw = _decode_plain_fills(buf, *line_bounds(buf))
+    assert raw is not None and raw.height == n
+
+
+@pytest.mark.parametrize("variant", ["plain", "streaming"])
+def test_fills_with_escapes_beside_a_bad_line_are_kept(variant: str) -> None:
+    """A bad line sends the batch to the generic decode, which once rendered the fill as text and
+    decoded it again: an escape in a string (`\\`, a tab, a control character) made a good line a
+    reject."""
+    coins = ["BTC", "BTC\\x", "BTC\tx", "BTC\u0001x", 'B"C', "ETH"]
+    lines = []
+    for tid, coin in enumerate(coins, 1):
+        pair = fill_pair(tid, coin)
+        lines.append(orjson.dumps(pair if variant == "plain" else {
+            "local_time": "2026-01-05T10:00:00.1", "block_time": "2026-01-05T10:00:00.05",
+            "block_number": tid, "events": [pair]}))
+    lines.insert(3, b'["0xu", 5]' if variant == "plain" else b'{"block_number":1,"events":5}')
+    buf = b"\n".join(lines) + b"\n"
+    parsed = parse("fills", variant, buf)
+    assert parsed.frame["coin"].to_list() == coins
+    assert [r.offset for r in parsed.rejects] == [buf.index(lines[3])]
