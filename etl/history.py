@@ -21,6 +21,9 @@ from etl.schema import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, SOURCES, TABLES
 from etl.store import fetch_pl, gap_times, watermark
 
 TRADE_SOURCES = SOURCES["candles"]  # stream kinds whose watermark and gaps bound candles
+# candles one read may return with empty intervals filled (a year of 1m candles is 525,600): each
+# is a row in memory and ~150 bytes of JSON, and a filled stretch has no rows to bound it
+MAX_CANDLES = 1_000_000
 
 
 class HistoryError(ValueError):
@@ -160,7 +163,20 @@ def read_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start
     if not fill:
         return real.filter(pl.col("t").is_between(start_ms, end_ms)).sort("t")
     wm, holes = watermark_and_holes(con)
+    if wm is not None and real.height:
+        # filled candles run from the first real one to the watermark: bound them before making them
+        first, last = max(start_ms, int(real["t"].min())), min(end_ms, wm)  # type: ignore[arg-type]
+        slots = (last - first) // (fixed_width_ms(interval) or 28 * 86_400_000) + 1
+        if slots > MAX_CANDLES:
+            raise HistoryError(
+                f"{slots:,} {interval} candles from {_iso_ms(first)} to {_iso_ms(last)} (the first candle "
+                f"of {coin} in the range to the last trade): at most {MAX_CANDLES:,} a request. Ask a "
+                "shorter range (startTime, endTime) or a longer interval")
     return fill_forward(real, interval, start_ms, end_ms, wm, holes)
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | None,

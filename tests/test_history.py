@@ -6,9 +6,10 @@ from pathlib import Path
 
 import orjson
 import polars as pl
+import pytest
 
 from etl.config import Settings
-from etl.history import read_candles
+from etl.history import HistoryError, read_candles
 from etl.pipeline import Pipeline
 from etl.store import Store
 from tests.conftest import run_cli
@@ -184,3 +185,21 @@ def test_node_trades_get_a_stable_tid_and_a_trade_written_per_side_counts_once(
     backfill([hour], other, batch_max_bytes=1 << 20, max_line_bytes=1 << 20, progress=False)
     assert other.con.execute(trades).fetchall() == expected
     other.close()
+
+
+def test_a_read_that_would_fill_too_many_candles_is_refused_before_it_makes_them(tmp_path: Path) -> None:
+    """A trade years before the others, then candles from the start of time at 1s: filling every
+    empty second up to the watermark made ~1e8 rows and took 12 GB (found by fuzzing). The read
+    is refused with what to do; a shorter range is served."""
+    node = Node(tmp_path / "node")
+    store, pipe = pipeline(tmp_path, node, candle_intervals=("1s", "1m"), stall_after_s=10 ** 9)
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0")
+    pipe.run_once()
+    node.add_trade("2026-02-05T10:00:10", 2, px="101.0")  # 31 days of empty seconds after the first
+    pipe.run_once()
+    with pytest.raises(HistoryError, match=r"2,678,401 1s candles .* at most 1,000,000 a request"):
+        read_candles(store.con, "BTC", "1s", 0, 2**53)
+    month = read_candles(store.con, "BTC", "1m", 0, 2**53)  # 44,641 candles, most of them filled
+    assert month.height == 31 * 1440 + 1 and month["filled"].sum() == month.height - 2
+    pipe.close()
+    store.close()
