@@ -24,7 +24,9 @@ returned as `unsure`, and the caller decodes it with Polars:
   DuckDB keeps such a number's own text (`1E400`, `1e309`, 400 digits) where Polars refuses
   the line. Matched loosely: an exponent of three digits, or 300 digits in a row;
 - `children` that is not `[]` or `null` (Polars keeps it as its own rendering of the JSON);
-- in block envelopes, `events` present but not a list, or a line that is not an object;
+- in block envelopes, a line that is not an object, without an `events` list, with a block
+  number that is not an integer or has 19 digits or more, or a `block_time` that is not a
+  string (the envelope's text checked as the events' texts are);
 - anywhere in the line, what DuckDB's reader takes and Polars' refuses: NaN or Infinity
   literals, trailing commas.
 
@@ -61,6 +63,8 @@ _HUGE = r"^-?[0-9.]+[eE][-+]?[0-9]{3}|^-?[0-9]{300}"
 _NOT_A_STRING = r"^(?:[{\[]|-?[0-9]+[.eE]|-?inf|nan)|" + _HUGE
 # a decimal DuckDB read from a number out of a double's range, or NaN
 _NOT_FINITE = r"^-?(?:inf|nan)|" + _HUGE
+# a block number of 19 digits or more, which may not fit a BIGINT (block envelopes)
+_BIG_BLOCK = r'"block_number":\s*-?[0-9]{19}'
 # what DuckDB's reader (yyjson, with ALLOW_INF_AND_NAN and ALLOW_TRAILING_COMMAS) takes and
 # Polars' refuses, anywhere in a line: NaN or Infinity (any case), a trailing comma. Matched
 # loosely (inside strings too: such a line is only decoded by Polars), as literals the regex
@@ -154,9 +158,12 @@ def _sql(f: Fields, plain: bool) -> tuple[str, str | None]:
               f"{bad_number} AS odd_block, unnest(b.events) AS e FROM b")
     query = (f"SELECT _line, block_time, block_number, {_select(f, 'odd_block')}, false AS escaped "
              f"FROM ({events})")
-    odd_lines = ("SELECT i FROM (SELECT i, line, json_type(line, '$.events') AS t FROM lines) "
-                 "WHERE contains(line, '\\') OR (t IS NOT NULL AND t NOT IN ('ARRAY', 'NULL')) "
-                 "OR (t IS NULL AND json_type(line) IS DISTINCT FROM 'OBJECT')")
+    # a line that is not an object, without an `events` list, or whose block number is not an
+    # integer (its events checked each: those of an empty block too). A block number over
+    # BIGINT's range (19 digits) is found by `_BIG_BLOCK` over the lines
+    odd_lines = ("SELECT i FROM (SELECT i, line, json_type(line, ['$.events', '$.block_number']) AS t "
+                 "FROM lines) WHERE contains(line, '\\') OR t[1] IS DISTINCT FROM 'ARRAY' "
+                 "OR t[2] NOT IN ('UBIGINT', 'BIGINT', 'NULL')")
     return query, odd_lines
 
 
@@ -222,7 +229,10 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
     con = _SCANNER.cursor()
     lines = lines_table(buf, starts, ends, 4 * cores())
     text = pl.Series(lines.column("line")).str
-    lax = (text.contains(_LAX[0]) | text.contains(_LAX[1])).arg_true().to_numpy()
+    lax_mask = text.contains(_LAX[0]) | text.contains(_LAX[1])
+    if variant != "plain":
+        lax_mask |= text.contains(_BIG_BLOCK)
+    lax = lax_mask.arg_true().to_numpy()
     con.register("lines", lines)
     try:
         events = con.sql(query).pl()
@@ -237,7 +247,8 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
     def col(name: str) -> pl.Expr:
         return order.field(name[6:]) if name.startswith("order.") else pl.col(name)
 
-    other = pl.any_horizontal([col(k).str.contains(_NOT_A_STRING) for k in fields.texts]
+    texts = fields.texts + (("block_time",) if odd_query is not None else ())  # envelopes' too
+    other = pl.any_horizontal([col(k).str.contains(_NOT_A_STRING) for k in texts]
                               + [col(k).str.contains(_NOT_FINITE) for k in fields.decimals])
     unsure = events.filter(pl.col("odd").fill_null(False) | pl.col("escaped") | other.fill_null(False))
     odd = np.union1d(np.union1d(unsure.get_column("_line").to_numpy(), odd_lines), lax).astype(np.uint32)

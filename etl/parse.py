@@ -201,6 +201,8 @@ def _flatten(fmt: Format, raw: pl.DataFrame, lines: int) -> pl.DataFrame:
     if raw.height != lines:
         raise ValueError(f"{raw.height} rows decoded from {lines} lines")
     if fmt.explode:
+        if raw.get_column(fmt.explode).has_nulls():  # `[]` is an empty block; no list is no block
+            raise ValueError(f"a block line without an `{fmt.explode}` list")
         raw = raw.with_row_index("_line").explode(fmt.explode).drop_nulls(fmt.explode)
         flat = fmt.flatten(raw)
         return flat.with_columns(raw["_line"])

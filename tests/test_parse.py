@@ -299,3 +299,30 @@ def test_fills_with_escapes_beside_a_bad_line_are_kept(variant: str) -> None:
     parsed = parse("fills", variant, buf)
     assert parsed.frame["coin"].to_list() == coins
     assert [r.offset for r in parsed.rejects] == [buf.index(lines[3])]
+
+
+BLOCK_ORDER = orjson.dumps({"local_time": "2026-01-05T11:00:00.1", "block_time": "2026-01-05T11:00:00.05",
+                            "block_number": 7, "events": [orjson.loads(good(1))]})
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (b"{}", "a block line without an `events` list"),
+    (b'{"hello":"world"}', "a block line without an `events` list"),
+    (b'{"block_number":1,"events":null}', "a block line without an `events` list"),
+    (b'{"block_number":{"a":1},"events":[]}', "cannot parse"),
+    (b'{"block_number":"x","events":[]}', "cannot parse"),
+    (b'{"block_number":9223372036854775808,"events":[]}', "cannot parse"),
+    (BLOCK_ORDER.replace(b'"block_time":"2026-01-05T11:00:00.05"', b'"block_time":1e400'), "invalid JSON"),
+])
+@pytest.mark.parametrize("scan_min_lines", [1, 1 << 62], ids=["duckdb", "polars"])
+def test_a_block_line_that_is_no_block_is_a_reject(bad: bytes, reason: str, scan_min_lines: int) -> None:
+    """A block line leaves a row per event or a reject, whichever reader takes the batch: such
+    lines once left nothing (found by fuzzing). An empty block (`"events":[]`) is no reject."""
+    empty = b'{"block_number":8,"events":[]}'
+    buf = b"\n".join([BLOCK_ORDER, bad, empty, BLOCK_ORDER]) + b"\n"
+    parsed = parse("orders", "streaming", buf, scan_min_lines=scan_min_lines)
+    assert parsed.frame["_line"].to_list() == [0, 3]
+    assert [(r.offset, reason in r.reason) for r in parsed.rejects] == [(len(BLOCK_ORDER) + 1, True)]
+    fills = b'{"block_number":8,"events":[]}\n{}\n'
+    assert [r.reason for r in parse("fills", "streaming", fills).rejects] == [
+        "wrong shape: a block line without an `events` list"]
