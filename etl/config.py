@@ -52,7 +52,7 @@ class Settings:
     debounce_ms: int = _s(20, "watchfiles debounce: how long to gather file events before a batch.", flag="--debounce-ms", on=PIPELINE)
     poll: bool = _s(False, "Poll the files instead of using inotify (network filesystems, some containers).", flag="--poll", on=PIPELINE)
     poll_interval_ms: int = _s(200, "Polling period with `poll`, and the idle tick otherwise.")
-    rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists (from when nodetap saw it, or from the file's last write), before it is rejected.")
+    rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected.")
     streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`; comma-separated in a file or the environment, the flag repeated). Empty: one per kind, the lowest-latency variant found (`_streaming`, then `_by_block`, then plain), and `node_trades` only when there are no fills.", flag="--stream", on=PIPELINE)
     checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.")
     db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).")

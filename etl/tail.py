@@ -274,7 +274,7 @@ class Tailer:
             if batch is not None:
                 self._waiting_since = None
                 return batch
-            return self._leave(cur, st, later, gaps, unread)  # nothing whole left here
+            return self._leave(cur, st.st_size, later, gaps, unread)  # nothing whole left here
         return Batch.move(self.stream, cur, gaps) if gaps else None
 
     def _checked(self, cur: Cursor, st: os.stat_result, gaps: list[Gap]) -> Cursor:
@@ -296,21 +296,24 @@ class Tailer:
             return Cursor(cur.file, st.st_ino, cur.offset, cur.fp)
         return cur
 
-    def _leave(self, cur: Cursor, st: os.stat_result, later: list[str], gaps: list[Gap],
+    def rotation_wait_s(self) -> float | None:
+        """Seconds left before an unterminated last line of a file the node has left is given up
+        on; None when no such line waits."""
+        if self._waiting_since is None:
+            return None
+        return max(0.0, self.rotate_grace_s - (self.clock() - self._waiting_since))
+
+    def _leave(self, cur: Cursor, size: int, later: list[str], gaps: list[Gap],
                unread: int) -> Batch | None:
         """Nothing whole is left in the cursor's file: move to the next file, or wait."""
-        size = st.st_size
         if not later:  # the newest file: wait for more
             return Batch.move(self.stream, cur, gaps) if gaps else None
         if cur.offset < size:
-            # an unterminated last line, and the node has moved to the next hour: it waits
-            # `rotate_grace_s` from when this tailer saw it, or from the file's last write (a
-            # `--once` run would otherwise wait again at every run, and never get past it)
+            # an unterminated last line, and the node has moved to the next hour
             now = self.clock()
             if self._waiting_since is None:
                 self._waiting_since = now
-            written_since = time.time() - st.st_mtime
-            if now - self._waiting_since < self.rotate_grace_s and written_since < self.rotate_grace_s:
+            if now - self._waiting_since < self.rotate_grace_s:
                 return Batch.move(self.stream, cur, gaps) if gaps else None
             with open(self.stream.root / cur.file, "rb") as f:
                 f.seek(cur.offset)

@@ -320,3 +320,21 @@ def test_a_fill_with_a_time_out_of_range_is_a_reject_not_the_end_of_the_lane(tmp
     run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
     assert query(db, "SELECT tid FROM fills ORDER BY tid") == [(1,), (3,)]
     assert query(db, "SELECT reason FROM rejects") == [("missing or out-of-range required field",)]
+
+
+def test_ingest_once_waits_out_the_grace_of_a_rotated_files_unterminated_line(tmp_path: Path) -> None:
+    """`ingest --once` over an hour file whose last line is unterminated, with the next hour's
+    file there: the run waits `rotate_grace_s`, rejects the line and reads the next file. Each
+    run once waited anew and exited, so the next file was never read (found by fuzzing)."""
+    from tests.test_parse import good
+    node = tmp_path / "node"
+    first = node / ORDERS / "hourly" / "20260105" / "10"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(good(1) + b"\n" + good(2)[:40])
+    (first.parent / "11").write_bytes(good(3) + b"\n" + good(4) + b"\n")
+    db = tmp_path / "o.duckdb"
+    run_cli("ingest", "--keep-all", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once",
+            env={"NODETAP_ROTATE_GRACE_S": "0.5"})
+    assert query(db, "SELECT oid FROM orders ORDER BY oid") == [(1,), (3,), (4,)]
+    assert query(db, 'SELECT file, "offset", reason FROM rejects') == [
+        ("20260105/10", len(good(1)) + 1, "unterminated last line of a rotated file")]

@@ -154,19 +154,6 @@ def test_unterminated_tail_of_rotated_file_waits_then_is_rejected(tmp_path: Path
     assert dropped == [("20260105/23", 3, "unterminated last line of a rotated file", b"y2-partial")]
 
 
-def test_unterminated_tail_of_a_file_last_written_long_ago_is_rejected_at_once(tmp_path: Path) -> None:
-    """The grace runs from the file's last write too: `ingest --once` runs, each a new tailer,
-    waited anew at every run and never got past such a file (found by fuzzing)."""
-    st = stream(tmp_path)
-    old = write(st, "20260105/22", b"x1\nx2-unterminated")
-    write(st, "20260105/23", b"y1\n")
-    an_hour_ago = time.time() - 3600
-    os.utime(old, (an_hour_ago, an_hour_ago))
-    got, _, dropped = drain(tailer(st), Cursor("", 0, 0))  # its clock never moves
-    assert got == [b"x1\n", b"y1\n"]
-    assert dropped == [("20260105/22", 3, "unterminated last line of a rotated file", b"x2-unterminated")]
-
-
 def test_truncated_file_is_detected_and_read_from_start(tmp_path: Path) -> None:
     st = stream(tmp_path)
     write(st, "20260105/9", b"old-1\nold-2\n")

@@ -60,7 +60,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     install_signals(pipe.stop_event)
     try:
         if args.once:
-            pipe.run_once()
+            pipe.run_to_end()
             pipe.flush()
             pipe.lake().seal()
             print(format_status(status_rows(pipe.snapshot())))
