@@ -131,9 +131,13 @@ def _pair(event: Any) -> Any:
 def _pairs(buf: bytes, block: bool) -> bytes:
     """Fill lines with their pairs as objects, line by line with orjson: what the fast paths do
     over the text, for lines they cannot take (their text rewrite assumes the node's layout).
-    Raises on a line that is not JSON (the caller then finds it line by line)."""
+    Raises on a line that is not JSON (the caller then finds it line by line).
+
+    Two differences from the fast paths are left, in JSON no node writes: a key twice in a fill
+    (orjson keeps the last, Polars the first) and an integer over 64 bits in a text field
+    (orjson makes it a float, so its text changes)."""
     out = []
-    for line in buf.splitlines():
+    for line in buf.split(b"\n")[:-1]:  # lines end with a newline; a lone \r is JSON whitespace
         value = orjson.loads(line)
         if not block:
             value = _pair(value)

@@ -326,3 +326,13 @@ def test_a_block_line_that_is_no_block_is_a_reject(bad: bytes, reason: str, scan
     fills = b'{"block_number":8,"events":[]}\n{}\n'
     assert [r.reason for r in parse("fills", "streaming", fills).rejects] == [
         "wrong shape: a block line without an `events` list"]
+
+
+def test_a_fill_line_with_a_carriage_return_is_read_beside_a_bad_line() -> None:
+    r"""A lone \r is JSON whitespace: the generic decode, taken when a neighbour is bad, once
+    split lines on it too and made the line a reject (found by review)."""
+    line = orjson.dumps(fill_pair(1)).replace(b'"coin":', b'"coin":\r')
+    buf = b"\n".join([line, b'["0xu", 5]']) + b"\n"
+    parsed = parse("fills", "plain", buf)
+    assert parsed.frame["tid"].to_list() == [1]
+    assert [r.offset for r in parsed.rejects] == [len(line) + 1]
