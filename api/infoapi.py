@@ -18,6 +18,7 @@ import orjson
 from api import infodata, infometa
 from api.errors import ApiError, BadRequest, NotFound
 from api.nodeinfo import NodeInfo, NodeInfoUnavailable
+from api.params import MAX_TIME_MS
 from api.reader import read
 from api.state import AppState
 from api.userwire import in_dex, mids_json
@@ -125,7 +126,8 @@ def candle_request(req: object) -> tuple[str, str, int, int]:
     end = int(time.time() * 1000) if end_raw is None else _ms(end_raw, "req.endTime", kind)
     if end < start:
         raise BadRequest(f"{kind}: req.endTime ({end}) is before req.startTime ({start})")
-    return coin, interval, start, end
+    # times past the year 9999 hold no candle, and the calendar (1M, 1w) cannot place them
+    return coin, interval, min(start, MAX_TIME_MS), min(end, MAX_TIME_MS)
 
 
 async def candle_snapshot(state: AppState, body: dict[str, Any]) -> bytes:

@@ -138,6 +138,11 @@ def test_candle_snapshot_bounds(serve: Serve, months_of_trades: tuple[Path, list
             info.candles_snapshot("BTC", "1h", t, t - 1)
         negative = snap({"coin": "BTC", "interval": "1h", "startTime": -5, "endTime": t})
         huge = snap({"coin": "BTC", "interval": "1h", "startTime": 0, "endTime": 10**30})
+        # 2^53 ms is past the year 9999: the calendar intervals once panicked on it (a 500)
+        far = snap({"coin": "BTC", "interval": "1M", "startTime": 2**53, "endTime": 2**53})
+        months = snap({"coin": "BTC", "interval": "1M", "startTime": 0, "endTime": 2**53})
+    assert far.status_code == 200 and far.json() == []
+    assert months.status_code == 200 and months.json()[-1]["t"] <= trades[-1]["ms"] and months.json()
     assert [c["t"] for c in hour] == [t // 3_600_000 * 3_600_000]
     assert day == day_null and day[0]["t"] == t // 86_400_000 * 86_400_000
     assert day[-1]["t"] == trades[-1]["ms"] // 86_400_000 * 86_400_000
