@@ -64,7 +64,7 @@ _NOT_A_STRING = r"^(?:[{\[]|-?[0-9]+[.eE]|-?inf|nan)|" + _HUGE
 # a decimal DuckDB read from a number out of a double's range, or NaN
 _NOT_FINITE = r"^-?(?:inf|nan)|" + _HUGE
 # a block number of 19 digits or more, which may not fit a BIGINT (block envelopes)
-_BIG_BLOCK = r'"block_number":\s*-?[0-9]{19}'
+_BIG_BLOCK = r'"block_number"\s*:\s*-?[0-9]{19}'
 # what DuckDB's reader (yyjson, with ALLOW_INF_AND_NAN and ALLOW_TRAILING_COMMAS) takes and
 # Polars' refuses, anywhere in a line: NaN or Infinity (any case), a trailing comma. Matched
 # loosely (inside strings too: such a line is only decoded by Polars), as literals the regex
@@ -158,12 +158,12 @@ def _sql(f: Fields, plain: bool) -> tuple[str, str | None]:
               f"{bad_number} AS odd_block, unnest(b.events) AS e FROM b")
     query = (f"SELECT _line, block_time, block_number, {_select(f, 'odd_block')}, false AS escaped "
              f"FROM ({events})")
-    # a line that is not an object, without an `events` list, or whose block number is not an
-    # integer (its events checked each: those of an empty block too). A block number over
-    # BIGINT's range (19 digits) is found by `_BIG_BLOCK` over the lines
-    odd_lines = ("SELECT i FROM (SELECT i, line, json_type(line, ['$.events', '$.block_number']) AS t "
-                 "FROM lines) WHERE contains(line, '\\') OR t[1] IS DISTINCT FROM 'ARRAY' "
-                 "OR t[2] NOT IN ('UBIGINT', 'BIGINT', 'NULL')")
+    # a line that is not an object, without an `events` list, whose block number is not an
+    # integer or whose block time is not a string (checked here, not per event: an empty block
+    # has none). A block number over BIGINT's range (19 digits) is found by `_BIG_BLOCK`
+    odd_lines = ("SELECT i FROM (SELECT i, line, json_type(line, ['$.events', '$.block_number', "
+                 "'$.block_time']) AS t FROM lines) WHERE contains(line, '\\') OR t[1] IS DISTINCT FROM "
+                 "'ARRAY' OR t[2] NOT IN ('UBIGINT', 'BIGINT', 'NULL') OR t[3] NOT IN ('VARCHAR', 'NULL')")
     return query, odd_lines
 
 
@@ -247,8 +247,7 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
     def col(name: str) -> pl.Expr:
         return order.field(name[6:]) if name.startswith("order.") else pl.col(name)
 
-    texts = fields.texts + (("block_time",) if odd_query is not None else ())  # envelopes' too
-    other = pl.any_horizontal([col(k).str.contains(_NOT_A_STRING) for k in texts]
+    other = pl.any_horizontal([col(k).str.contains(_NOT_A_STRING) for k in fields.texts]
                               + [col(k).str.contains(_NOT_FINITE) for k in fields.decimals])
     unsure = events.filter(pl.col("odd").fill_null(False) | pl.col("escaped") | other.fill_null(False))
     odd = np.union1d(np.union1d(unsure.get_column("_line").to_numpy(), odd_lines), lax).astype(np.uint32)

@@ -312,6 +312,8 @@ BLOCK_ORDER = orjson.dumps({"local_time": "2026-01-05T11:00:00.1", "block_time":
     (b'{"block_number":{"a":1},"events":[]}', "cannot parse"),
     (b'{"block_number":"x","events":[]}', "cannot parse"),
     (b'{"block_number":9223372036854775808,"events":[]}', "cannot parse"),
+    (b'{"block_number" : 9223372036854775808,"events":[]}', "cannot parse"),
+    (b'{"block_time":1e400,"block_number":7,"events":[]}', "invalid JSON"),
     (BLOCK_ORDER.replace(b'"block_time":"2026-01-05T11:00:00.05"', b'"block_time":1e400'), "invalid JSON"),
 ])
 @pytest.mark.parametrize("scan_min_lines", [1, 1 << 62], ids=["duckdb", "polars"])
