@@ -185,11 +185,16 @@ def _decode_plain_fills(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> pl.
     return raw.select(pl.struct(pl.all()).alias("f")).with_columns(pl.Series("user", users))
 
 
-def _block_pairs_to_objects(buf: bytes) -> bytes:
+def _block_pairs_to_objects(buf: bytes) -> bytes | None:
     """Block fill lines with each `[user, {fill}]` pair of `events` rewritten as
     `{"user": user, "f": {fill}}`. A fill object holds no array, so `",{"`, `],["`, `[["` and
     `}]]` occur only around the pairs; a line laid out otherwise comes out as invalid JSON or
-    missing fields, and the caller decodes the batch the generic way."""
+    missing fields, and the caller decodes the batch the generic way. None when these occur
+    elsewhere too (inside a string: the rewrite would change its value), by their counts: each
+    pair opens with `[["` or `],["`, holds one `",{"`, and each list of pairs ends with `}]]`."""
+    firsts = buf.count(b'[["')
+    if buf.count(b'",{"') != firsts + buf.count(b'],["') or buf.count(b'}]]') != firsts:
+        return None
     out = buf.replace(b'",{"', b'","f":{"')
     return out.replace(b'],["', b'},{"user":"').replace(b'[["', b'[{"user":"').replace(b'}]]', b'}}]')
 
@@ -234,8 +239,9 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
                 return scanned
         if kind == "fills":
             try:
+                objects = None if plain_fills else _block_pairs_to_objects(buf)
                 raw = (_decode_plain_fills(buf, starts, ends) if plain_fills
-                       else pl.read_ndjson(_block_pairs_to_objects(buf), schema=fmt.raw))
+                       else None if objects is None else pl.read_ndjson(objects, schema=fmt.raw))
                 flat = None if raw is None else _flatten(fmt, raw, n)
                 if flat is not None and len(flat) and _missing(flat, fmt.required) is None:
                     return Parsed(flat, [], starts)

@@ -338,3 +338,15 @@ def test_a_fill_line_with_a_carriage_return_is_read_beside_a_bad_line() -> None:
     parsed = parse("fills", "plain", buf)
     assert parsed.frame["tid"].to_list() == [1]
     assert [r.offset for r in parsed.rejects] == [len(line) + 1]
+
+
+@pytest.mark.parametrize("cloid", ["a}]]b", 'a],["b', "a[[\"b", 'x",{"y'])
+def test_a_block_fill_string_holding_the_pairs_punctuation_is_read_as_written(cloid: str) -> None:
+    """The fast path rewrites `[["`, `],["`, `",{"` and `}]]` around the pairs: inside a string it
+    changed the value (found by review); such a batch is decoded the generic way."""
+    pair = fill_pair(1)
+    pair[1]["cloid"] = cloid  # type: ignore[index]
+    line = orjson.dumps({"block_time": "2026-01-05T10:00:00.05", "block_number": 1, "events": [pair]})
+    alone = parse("fills", "streaming", line + b"\n").frame
+    beside = parse("fills", "streaming", b"{not json\n" + line + b"\n").frame
+    assert alone["cloid"].to_list() == beside["cloid"].to_list() == [cloid]
