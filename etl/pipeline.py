@@ -166,9 +166,9 @@ class Pipeline:
         the node has left, wait out `rotate_grace_s` and run again: what `ingest --once` reads
         is then all a longer run would read of those files. Returns the units committed."""
         done = self.run_once()
-        while not self.stop_event.is_set():
+        for _ in range(3):  # one round settles a wait; bounded whatever happens to the files meanwhile
             waits = [w for lane in self.states.values() if (w := lane.tailer.rotation_wait_s()) is not None]
-            if not waits:
+            if not waits or self.stop_event.is_set():
                 break
             self.stop_event.wait(max(waits) + 0.01)
             done += self.run_once()

@@ -110,7 +110,8 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
 
     p = command("ingest", "tail a node dir into DuckDB until SIGINT/SIGTERM")
     p.add_argument("--once", action="store_true",
-                   help="drain what is there, seal complete hours, print status, exit")
+                   help="drain what is there (waiting out rotate_grace_s for an unterminated last "
+                        "line of an hour file the node has left), seal complete hours, print status, exit")
     _rebind(p)
 
     p = command("backfill", "ingest existing hour files (plain or .lz4), then exit")
