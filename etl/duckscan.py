@@ -26,7 +26,7 @@ returned as `unsure`, and the caller decodes it with Polars:
 - `children` that is not `[]` or `null` (Polars keeps it as its own rendering of the JSON);
 - in block envelopes, a line that is not an object, without an `events` list, with a block
   number that is not an integer or has 19 digits or more, or a `block_time` that is not a
-  string (the envelope's text checked as the events' texts are);
+  string (checked once per line, so an empty block's envelope too);
 - anywhere in the line, what DuckDB's reader takes and Polars' refuses: NaN or Infinity
   literals, trailing commas.
 
