@@ -29,9 +29,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from etl.bench.stages import batch
 from etl.parse import parse
 from etl.schema import ROW_TABLES
-from etl.simulate import generate
 from etl.store import Store
 
 ROW_GROUP = 122_880
@@ -43,10 +43,8 @@ def _cpu() -> float:
 
 
 def _rows(tmp: Path) -> pl.DataFrame:
-    node = tmp / "node"
-    generate(node, lines=ROW_GROUP + ROW_GROUP // 8, kinds=("orders",))
-    buf = b"".join(p.read_bytes() for p in sorted((node / "node_order_statuses").rglob("*")) if p.is_file())
-    frame = parse("orders", "plain", buf[: buf.rindex(b"\n") + 1]).frame.select(list(ROW_TABLES["orders"]))
+    frame = parse("orders", "plain", batch(tmp)).frame.select(list(ROW_TABLES["orders"]))
+    assert frame.height >= ROW_GROUP, "a 64 MiB batch holds ~141K order statuses"
     return frame.head(ROW_GROUP)
 
 
