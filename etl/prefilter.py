@@ -2,28 +2,28 @@
 
 Most order statuses fail the rules (data/rules.toml keeps ~2%), and decoding a line whole
 costs several times as much as reading the few fields the rules and the watermark need. So a
-batch is read twice, both times vectorised over the whole buffer:
+batch is read twice:
 
-1. a *light* read by DuckDB's JSON reader (etl/duckscan.py) of only the required fields (time,
-   user, status, coin, side, limitPx, oid) and those the active rules read (origSz for a
-   minimum notional, isTrigger, orderType); the rules run on that frame, which gives the exact
-   per-rule counts and the event times of every line (the watermark and stall detection);
+1. a *light* read, a compiled scan of the batch's bytes (etl/bytescan.py), of only the required
+   fields (time, user, status, coin, side, limitPx, oid) and those the active rules read
+   (origSz for a minimum notional, isTrigger, orderType); the rules run on that frame, which
+   gives the exact per-rule counts and the event times of every line (the watermark and stall
+   detection);
 2. a full decode (`etl.parse.parse`) of the *candidate* lines only: those with a row the rules
    keep, a row missing a required field (so that it reaches `rejects` exactly as without
-   pre-filtering), or a value the light read is not sure the full decoder reads the same
-   (an escape, a field of another JSON type: see etl/duckscan.py). The rules run again on
-   the decoded rows, which are what is stored.
+   pre-filtering), or a line the light read is not sure the full decoder reads the same (not
+   JSON as the node writes it, an escape, a field of another JSON type: see etl/bytescan.py).
+   The rules run again on the decoded rows, which are what is stored.
 
-A batch the light read refuses (a line that is not JSON), or that holds a blank or over-long
-line, is decoded whole as without pre-filtering: every such line reaches `rejects`. What
-pre-filtering changes for `rejects`: a line whose *other* fields (the ones the rules do not
-read, e.g. `tif`, `children`, or `isTrigger` when no rule reads it) have the wrong JSON type is
-a reject only when it passes the rules; otherwise it is counted and dropped like any other line
-the rules drop.
+So a malformed line is decoded whole and reaches `rejects`. A batch that holds a blank or
+over-long line is decoded whole as without pre-filtering. What pre-filtering changes for
+`rejects`: a line whose *other* fields (the ones the rules do not read, e.g. `tif`,
+`children`, or `isTrigger` when no rule reads it) have the wrong JSON type is a reject only
+when it passes the rules; otherwise it is counted and dropped like any other line the rules
+drop.
 
-The light read costs about half of Polars' NDJSON decoder on the same fields (100 against
-200 ms of CPU on a 64 MiB batch), which in turn beat Polars string kernels (find + slice per
-field; docs/benchmarks.md).
+The light read costs ~80 ms of CPU a 64 MiB batch, against ~130 ms for DuckDB's JSON reader on
+the same fields, and ~200 ms for Polars' NDJSON decoder (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,15 +31,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-import duckdb
 import numpy as np
 import polars as pl
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
-from etl.duckscan import MIN_LINES, Fields, scan_orders
+from etl.duckscan import Fields
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
 from etl.parse import BadLine, Parsed, line_bounds, parse, parse_lines
+
+# below this many lines, decoding a batch whole costs less than pre-filtering it, whose frames
+# and second decode cost ~6.5 ms whatever the batch (measured: 1,024 lines 7.1 against 5.9 ms
+# of CPU, 4,096 lines 10.2 against 14.0 ms)
+MIN_LINES = 2048
 
 # every column the light read may read: its field in the node's line (`order.` for the order's)
 # and its JSON type there
@@ -55,9 +59,9 @@ def light_fields(compared: frozenset[str]) -> tuple[Fields, tuple[str, ...]]:
     """What the light read reads when the rules compare the values of the columns `compared`
     (`filters.rule_columns`): the required columns and those, and the columns it returns.
 
-    A text is checked for a value DuckDB renders otherwise than Polars (etl/duckscan.py) only
-    where a rule compares it; a decimal always, as a number out of range makes the line a reject
-    for Polars. Each field less saves ~6 ms of CPU a 64 MiB batch (docs/benchmarks.md)."""
+    Each field's JSON type is checked (etl/bytescan.py); a field less saves a column to build.
+    `Fields.texts` and `Fields.decimals` are what DuckDB's reader would check (etl/duckscan.py),
+    which the scan does not need."""
     columns = tuple(c for c in LIGHT_COLUMNS if c in ORDERS_REQUIRED or c in compared)
     path = {c: LIGHT_COLUMNS[c][0] for c in columns}
     kind = {c: LIGHT_COLUMNS[c][1] for c in columns}
@@ -103,10 +107,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     lengths = ends - starts
     if (lengths == 0).any() or (lengths > max_line_bytes).any():
         return None
-    read = _light(variant, buf, starts, ends, rules)
-    if read is None:
-        return None
-    light, unsure = read
+    light, unsure = _light(variant, buf, starts, ends, rules)
     masks = rule_masks(light, rules)
     if masks is None:
         return None  # the rules keep everything: nothing to save
@@ -132,14 +133,14 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
-           rules: Rules) -> tuple[pl.DataFrame, np.ndarray] | None:
+           rules: Rules) -> tuple[pl.DataFrame, np.ndarray]:
     """The light rows of a batch and the lines to decode whole whatever the rules say
-    (etl/duckscan.py); None when DuckDB cannot read the batch (a line not JSON or not UTF-8)."""
+    (etl/bytescan.py)."""
+    # imported at first use: numba costs ~120 MB of memory, which `--keep-all` never needs
+    from etl.bytescan import scan_orders
+
     fields, columns = light_fields(rule_columns(rules))
-    try:
-        events, unsure = scan_orders(variant, buf, starts, ends, fields)
-    except (duckdb.Error, UnicodeDecodeError):
-        return None
+    events, unsure = scan_orders(variant, buf, starts, ends, fields)
     return orders_flat(events, False, columns).with_columns(events.get_column("_line")), unsure
 
 

@@ -314,7 +314,7 @@ def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
 
 
 def test_small_batches_are_decoded_whole() -> None:
-    """Below MIN_LINES lines the pre-filter's fixed cost (a DuckDB query) exceeds what it saves."""
+    """Below MIN_LINES lines the pre-filter's fixed cost exceeds what it saves."""
     f = OrdersFilter()
     rules = Rules(min_notional=1e9)
     out = f("plain", (node_line() + b"\n") * (MIN_LINES - 1), rules, 1 << 20)

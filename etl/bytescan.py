@@ -1,0 +1,456 @@
+"""The pre-filter's light read: a compiled scan of the raw bytes of a batch of order statuses.
+
+One pass over each line, compiled by numba and run on every core without the GIL, checks that
+the line is JSON as the node writes it and notes where the few fields the rules and the
+watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~60 ms of CPU a
+64 MiB batch, against ~130 ms for DuckDB's JSON reader reading the same fields
+(docs/benchmarks.md). The text fields come out as Arrow string views into the batch itself.
+
+A line is *sure* only when its fields are what Polars' decoder (`etl.parse.parse`) makes of
+it; every other line is returned as unsure and decoded whole by Polars, which decides whether
+it is a row or a reject. Unsure are:
+
+- a line that is not one JSON object, or one this scan does not take: whitespace between
+  tokens, a byte outside printable ASCII or a backslash in a string, nesting deeper than 64,
+  a number with an exponent of three digits or of 300 digits and more, and what strict JSON
+  refuses (NaN, trailing commas, leading zeros, a truncated line);
+- a field it reads (`Fields`) present twice, or of another JSON type than the node writes:
+  a string field holding a number, an object or an array; an integer field (`oid`) holding
+  anything but an integer of at most 18 digits; a boolean field anything but true or false
+  (null is null everywhere); an `order` that is not an object;
+- in block envelopes: `events` missing or not a list of objects, a `block_number` that is
+  not an integer of at most 18 digits, a `block_time` that is not a string.
+
+The fields it does not read are only checked for being JSON, as with the earlier DuckDB read
+(etl/duckscan.py): a line whose other fields have the wrong type is a reject when it passes
+the rules, and counted and dropped otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from etl.duckscan import Fields, cores
+
+F = TypeVar("F", bound=Callable[..., Any])
+# compiled once and cached next to this module (or in numba's user cache); no bounds checks,
+# the GIL released so that slices of a batch scan on every core
+_jit = cast(Callable[[F], F], numba.njit(cache=True, nogil=True, boundscheck=False))
+
+# what a row holds in a field: `_kinds`
+MISSING, STRING, NULL, TRUE, FALSE, INT, OTHER = range(7)
+# the JSON types a field may hold and stay sure, by the field's type
+_ALLOWED = {"string": (MISSING, STRING, NULL), "int": (MISSING, INT, NULL),
+            "bool": (MISSING, TRUE, FALSE, NULL)}
+_MAX_DEPTH = 64
+_KEY_BYTES = 32  # a field read has a shorter name
+_LINES_PER_SLICE = 8192  # a slice of a batch scans on one core
+
+# byte classes: a byte a string may hold as it is (printable ASCII but `"` and `\`)
+_PLAIN = np.zeros(256, np.bool_)
+_PLAIN[32:127] = True
+_PLAIN[ord('"')] = _PLAIN[ord("\\")] = False
+_DIGIT = np.zeros(256, np.bool_)
+_DIGIT[ord("0"):ord("9") + 1] = True
+
+
+@_jit
+def _string_end(b: np.ndarray, i: int, e: int) -> int:
+    """The index of the quote that closes the string opening at `i`, or -1 (an escape, a byte
+    outside printable ASCII, the line's end)."""
+    i += 1
+    while i < e:
+        c = b[i]
+        if not _PLAIN[c]:
+            return i if c == 34 else -1
+        i += 1
+    return -1
+
+
+@_jit
+def _number_end(b: np.ndarray, i: int, e: int) -> tuple[int, int, int]:
+    """The JSON number at `i`: its end, then INT (an integer of at most 18 digits, whose value
+    is the third item), OTHER (another number), or -1 (not a number this scan takes)."""
+    s = i
+    if b[i] == 45:
+        i += 1
+    d = i
+    if i < e and b[i] == 48:
+        i += 1
+    else:
+        while i < e and _DIGIT[b[i]]:
+            i += 1
+        if i == d:
+            return i, -1, 0
+    digits = i - d
+    kind = INT
+    if i < e and b[i] == 46:
+        kind = OTHER
+        i += 1
+        f = i
+        while i < e and _DIGIT[b[i]]:
+            i += 1
+        if i == f:
+            return i, -1, 0
+        digits += i - f
+    if i < e and (b[i] == 101 or b[i] == 69):
+        kind = OTHER
+        i += 1
+        if i < e and (b[i] == 43 or b[i] == 45):
+            i += 1
+        x = i
+        while i < e and _DIGIT[b[i]]:
+            i += 1
+        if i == x or i - x >= 3:
+            return i, -1, 0
+    if digits >= 300:
+        return i, -1, 0
+    value = 0
+    if kind == INT:
+        if digits > 18:
+            return i, OTHER, 0
+        for j in range(d, i):
+            value = value * 10 + (b[j] - 48)
+        if s != d:
+            value = -value
+    return i, kind, value
+
+
+@_jit
+def _literal(b: np.ndarray, i: int, e: int, word: bytes) -> bool:
+    n = len(word)
+    if i + n > e:
+        return False
+    for k in range(n):  # noqa: SIM110 - a loop numba compiles
+        if b[i + k] != word[k]:
+            return False
+    return True
+
+
+# containers on the scan's stack
+_OTHER_OBJECT, _TOP, _EVENT, _ORDER, _ARRAY, _EVENTS = range(6)
+
+
+@_jit
+def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
+          names: np.ndarray, name_at: np.ndarray, level: np.ndarray, lookup: np.ndarray, slot: np.ndarray,
+          row_line: np.ndarray,
+          pos: np.ndarray, kinds: np.ndarray, views: np.ndarray, words: np.ndarray, data: np.ndarray,
+          unsure: np.ndarray) -> int:
+    """Scans lines `lo`..`hi`; writes one row per event (`row_line`, and per field `kinds` and
+    `pos`: an integer's value; a string's Arrow view in `views` at the field's `slot`) and flags
+    unsure lines (`unsure[line - lo]`). Returns the rows written, or -1 when they do not fit.
+
+    A view is 16 bytes: the length, then the string when it fits in 12 bytes, else its first 4
+    bytes, buffer 0 and its offset in `data`, where a string longer than 12 bytes is copied;
+    `words` is `views` seen as int32. Both are written while the line is in the CPU's cache, and
+    the strings read afterwards lie together."""
+    nf = len(level)
+    cap = len(row_line)
+    slots = views.shape[0] // (16 * cap) if cap else 0
+    stack = np.empty(_MAX_DEPTH + 1, np.int8)
+    rows = 0
+    used = 0  # bytes of `data`
+    for li in range(lo, hi):
+        s, e = starts[li], ends[li]
+        first_row, first_used = rows, used
+        row = -1
+        if not envelope:
+            if rows >= cap:
+                return -1
+            row = rows
+            rows += 1
+            row_line[row] = li
+            kinds[row, :] = MISSING
+            for k in range(slots):
+                w = (k * cap + row) * 4
+                words[w] = words[w + 1] = words[w + 2] = words[w + 3] = 0
+        i = s
+        ok = False
+        if i < e and b[i] == 123:
+            depth = 0
+            stack[0] = _TOP if envelope else _EVENT
+            i += 1
+            state = 0  # 0: a key or `}`, 1: a key, 2: a value, 3: after a value, 4: a value or `]`
+            field = -1
+            key_order = key_events = False
+            seen_order = seen_events = False
+            block_bad = False
+            while i < e:
+                c = b[i]
+                if state <= 1:
+                    if c == 125 and state == 0:
+                        depth -= 1
+                        i += 1
+                        state = 3
+                        if depth < 0:
+                            break
+                        continue
+                    if c != 34:
+                        break
+                    q = _string_end(b, i, e)
+                    if q < 0 or q + 1 >= e or b[q + 1] != 58:
+                        break
+                    ks, kl = i + 1, q - i - 1
+                    i = q + 2
+                    field = -1
+                    key_order = key_events = False
+                    ctx = stack[depth]
+                    if ctx in (_EVENT, _ORDER):
+                        lv = 1 if ctx == _EVENT else 2
+                        # the one field of this level, length and first byte that it may be;
+                        # or -1 where there are several (then each is compared)
+                        f = lookup[lv, kl, b[ks]] - 1 if 0 < kl < _KEY_BYTES else -1
+                        for g in range(nf) if f == -2 else range(f, f + 1):
+                            n0 = name_at[g]
+                            if g >= 0 and level[g] == lv and name_at[g + 1] - n0 == kl:
+                                same = True
+                                for k in range(kl):
+                                    if names[n0 + k] != b[ks + k]:
+                                        same = False
+                                        break
+                                if same:
+                                    field = g
+                                    break
+                        if field >= 0 and kinds[row, field] != MISSING:
+                            break  # a duplicate key
+                        key_order = ctx == _EVENT and kl == 5 and _literal(b, ks, q, b"order")
+                    elif ctx == _TOP:
+                        if kl == 6 and _literal(b, ks, q, b"events"):
+                            key_events = True
+                        elif kl == 12 and _literal(b, ks, q, b"block_number"):
+                            field = -2
+                        elif kl == 10 and _literal(b, ks, q, b"block_time"):
+                            field = -3
+                    state = 2
+                    continue
+                if state == 3:
+                    in_list = stack[depth] in (_ARRAY, _EVENTS)
+                    if c == 44:
+                        i += 1
+                        state = 2 if in_list else 1
+                        field = -1
+                        key_order = key_events = False
+                        continue
+                    if c == (93 if in_list else 125):
+                        depth -= 1
+                        i += 1
+                        if depth < 0:
+                            break
+                        continue
+                    break
+                # a value (state 2), or a value or `]` (state 4)
+                if c == 93 and state == 4:
+                    depth -= 1
+                    i += 1
+                    state = 3
+                    continue
+                in_events = stack[depth] == _EVENTS
+                if in_events and c != 123:
+                    break  # an event that is not an object
+                if c == 123 or c == 91:
+                    if key_order and c == 123 and not seen_order:
+                        seen_order = True
+                        ctx = _ORDER
+                    elif key_events and c == 91 and not seen_events:
+                        seen_events = True
+                        ctx = _EVENTS
+                    elif key_order or key_events:
+                        break  # not an object, not a list, or twice
+                    elif in_events:
+                        if rows >= cap:
+                            return -1
+                        row = rows
+                        rows += 1
+                        row_line[row] = li
+                        kinds[row, :] = MISSING
+                        for k in range(slots):
+                            w = (k * cap + row) * 4
+                            words[w] = words[w + 1] = words[w + 2] = words[w + 3] = 0
+                        seen_order = False
+                        ctx = _EVENT
+                    else:
+                        ctx = _OTHER_OBJECT if c == 123 else _ARRAY
+                        if field >= 0:
+                            kinds[row, field] = OTHER
+                        elif field < -1:
+                            block_bad = True
+                    depth += 1
+                    if depth > _MAX_DEPTH:
+                        break
+                    stack[depth] = ctx
+                    state = 0 if c == 123 else 4
+                    field = -1
+                    key_order = key_events = False
+                    i += 1
+                    continue
+                if key_order or key_events:
+                    break
+                kind = OTHER
+                value = 0
+                if c == 34:
+                    q = _string_end(b, i, e)
+                    if q < 0:
+                        break
+                    kind = STRING
+                    if field >= 0 and slot[field] >= 0:
+                        n = q - i - 1
+                        w = (slot[field] * cap + row) * 4
+                        words[w] = n
+                        for k in range(min(n, 12) if n <= 12 else 4):
+                            views[w * 4 + 4 + k] = b[i + 1 + k]
+                        if n > 12:
+                            words[w + 3] = used
+                            data[used:used + n] = b[i + 1:q]
+                            used += n
+                    i = q + 1
+                elif c == 116 and _literal(b, i, e, b"true"):
+                    kind, i = TRUE, i + 4
+                elif c == 102 and _literal(b, i, e, b"false"):
+                    kind, i = FALSE, i + 5
+                elif c == 110 and _literal(b, i, e, b"null"):
+                    kind, i = NULL, i + 4
+                else:
+                    i, kind, value = _number_end(b, i, e)
+                    if kind < 0:
+                        break
+                if field >= 0:
+                    kinds[row, field] = kind
+                    pos[row, field] = value  # an integer's value
+                elif field == -2:
+                    block_bad |= kind != INT and kind != NULL
+                elif field == -3:
+                    block_bad |= kind != STRING and kind != NULL
+                field = -1
+                state = 3
+            ok = depth < 0 and i == e and (not envelope or (seen_events and not block_bad))
+        if not ok:
+            unsure[li - lo] = True
+            if envelope:
+                rows, used = first_row, first_used  # the line is decoded whole: no light rows
+    return rows
+
+
+@cache
+def _names(fields: Fields) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray, np.ndarray, np.ndarray,
+                                    np.ndarray]:
+    """The fields read (columns of the raw frame: the event's, then the order's), each one's type
+    ("string", "int", "bool"), and the scan's key table: names, offsets, levels (1 the event's,
+    2 the order's), and by level, length and first byte the field + 1 a key may be (-1: several)."""
+    event = fields.strings
+    order = fields.order_strings + fields.order_ints + fields.order_bools
+    types = (("string",) * len(event + fields.order_strings) + ("int",) * len(fields.order_ints)
+             + ("bool",) * len(fields.order_bools))
+    keys = [k.encode() for k in event + order]
+    names = np.frombuffer(b"".join(keys), np.uint8).copy()
+    name_at = np.zeros(len(keys) + 1, np.int64)
+    name_at[1:] = np.cumsum([len(k) for k in keys])
+    level = np.array([1] * len(event) + [2] * len(order), np.int8)
+    lookup = np.zeros((3, _KEY_BYTES, 256), np.int8)
+    for f, key in enumerate(keys):
+        assert 0 < len(key) < _KEY_BYTES
+        at = (level[f], len(key), key[0])
+        lookup[at] = f + 1 if lookup[at] == 0 else -1
+    return event + order, types, names, name_at, level, lookup
+
+
+def _bits(mask: np.ndarray) -> pa.Buffer:
+    return pa.py_buffer(np.packbits(mask, bitorder="little"))
+
+
+def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
+                fields: Fields) -> tuple[pl.DataFrame, np.ndarray]:
+    """Lines `lo`..`hi` scanned: their raw frame and the unsure ones (`scan_orders`)."""
+    columns, types, names, name_at, level, lookup = _names(fields)
+    b = np.frombuffer(buf, np.uint8)
+    nf = len(level)
+    cap = hi - lo
+    if envelope and hi > lo:
+        cap = max(cap, int(ends[hi - 1] - starts[lo]) // 256)
+    unsure = np.zeros(hi - lo, np.bool_)
+    slot = np.cumsum([t == "string" for t in types]) - 1
+    slot[[t != "string" for t in types]] = -1
+    strings = int(np.count_nonzero(slot >= 0))
+    while True:
+        row_line = np.empty(cap, np.uint32)
+        pos = np.empty((cap, nf), np.int64)
+        kinds = np.empty((cap, nf), np.int8)
+        views = np.empty(strings * cap * 16, np.uint8)
+        # long strings: at most the slice's bytes
+        data = np.empty(int(ends[hi - 1] - starts[lo]) if hi > lo else 0, np.uint8)
+        rows = _scan(b, starts, ends, lo, hi, envelope, names, name_at, level, lookup, slot, row_line, pos,
+                     kinds, views, views.view(np.int32), data, unsure)
+        if rows >= 0:
+            break
+        # every event is an object: at most one a `{`
+        unsure[:] = False
+        cap = int(np.count_nonzero(b[starts[lo]:ends[hi - 1]] == 123))
+    row_line, pos, kinds = row_line[:rows], pos[:rows], kinds[:rows]
+    wrong = np.zeros(rows, np.bool_)
+    for f, kind in enumerate(types):
+        wrong |= ~np.isin(kinds[:, f], _ALLOWED[kind])
+    long = pa.py_buffer(data)
+    series: dict[str, pl.Series] = {}
+    for f, (c, t) in enumerate(zip(columns, types, strict=True)):
+        k = kinds[:, f]
+        if t == "string":
+            valid = k == STRING
+            at = int(slot[f]) * cap * 16
+            buffers = [_bits(valid), pa.py_buffer(views[at:at + rows * 16]), long]
+            nulls = rows - int(np.count_nonzero(valid))
+            array = pa.Array.from_buffers(pa.string_view(), rows, buffers, nulls)
+        elif t == "int":
+            array = pa.array(pos[:, f], pa.int64(), mask=k != INT)
+        else:
+            array = pa.array(k == TRUE, pa.bool_(), mask=(k != TRUE) & (k != FALSE))
+        series[c] = pl.Series(c, array)
+    order = [series[c] for c in columns if c not in fields.strings]
+    frame = pl.DataFrame([pl.Series("_line", row_line), *(series[c] for c in fields.strings)])
+    frame = frame.with_columns(pl.DataFrame(order).to_struct("order"))
+    return frame, np.union1d(np.flatnonzero(unsure) + lo, row_line[wrong]).astype(np.uint32)
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="nodetap-scan"))
+    return _POOL[0]
+
+
+def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
+                fields: Fields) -> tuple[pl.DataFrame, np.ndarray]:
+    """Every order-status event of the batch with `fields`, shaped as `etl.parse`'s raw frame
+    (`_line`, the event's fields and an `order` struct), and the sorted indexes of the lines to
+    decode with Polars (the module's docstring). `buf` must be under 2 GiB."""
+    if len(buf) >= 1 << 31:
+        raise ValueError("a batch of 2 GiB or more cannot be scanned: lower batch_bytes")
+    n = len(starts)
+    parts = max(1, min(cores(), -(-n // _LINES_PER_SLICE)))
+    cuts = [n * k // parts for k in range(parts + 1)]
+    jobs = [(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo]
+    if not jobs:
+        return _scan_slice(buf, starts, ends, 0, 0, variant != "plain", fields)
+    futures = [_pool().submit(_scan_slice, buf, starts, ends, lo, hi, variant != "plain", fields)
+               for lo, hi in jobs[1:]]
+    done = [_scan_slice(buf, starts, ends, *jobs[0], variant != "plain", fields)]
+    done += [f.result() for f in futures]
+    frame = pl.concat([d[0] for d in done], rechunk=False) if len(done) > 1 else done[0][0]
+    return frame, np.concatenate([d[1] for d in done])
+
+
+def warm() -> None:
+    """Compile the scan now (or load it from numba's cache), e.g. when building an image."""
+    line = b'{"time":"2026-01-05T11:00:00","order":{"oid":1}}\n'
+    fields = Fields(("time",), (), ("oid",), (), (), ())
+    for variant, buf in (("plain", line), ("by_block", b'{"events":[' + line[:-1] + b"]}\n")):
+        scan_orders(variant, buf, np.array([0]), np.array([len(buf) - 1]), fields)

@@ -1,0 +1,215 @@
+"""The pre-filter's byte scan (etl/bytescan.py): every line it reads as sure is read as Polars'
+decoder reads it, and every line it is not sure of is returned for a full decode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from test_prefilter import SAMPLES, by_line, line, node_line, order_event
+
+from etl.bytescan import scan_orders
+from etl.columns import ORDERS_REQUIRED
+from etl.flatten import orders_flat
+from etl.parse import line_bounds, parse
+from etl.prefilter import LIGHT_COLUMNS, light_fields
+
+EVERY = light_fields(frozenset(LIGHT_COLUMNS))  # every field the light read may read
+REQUIRED = light_fields(frozenset())
+
+
+def scan(variant: str, lines: list[bytes], fields: tuple[object, tuple[str, ...]] = EVERY
+         ) -> tuple[pl.DataFrame, set[int]]:
+    buf = b"\n".join(lines) + b"\n"
+    starts, ends = line_bounds(buf)
+    events, unsure = scan_orders(variant, buf, starts, ends, fields[0])  # type: ignore[arg-type]
+    assert np.all(np.diff(unsure.astype(np.int64)) > 0)  # sorted, once each
+    return orders_flat(events, False, fields[1]).with_columns(events["_line"]), set(unsure.tolist())
+
+
+def envelope(*events: object, **extra: object) -> bytes:
+    return json.dumps({"local_time": "2026-01-05T11:00:00.1", "block_time": "2026-01-05T11:00:00.05",
+                       "block_number": 7, "events": list(events), **extra},
+                      separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+GOOD = node_line(limit_px="97000.5", oid=42)
+GOOD_EVENT = json.loads(GOOD)
+
+
+def test_a_node_line_is_read_as_polars_reads_it() -> None:
+    light, unsure = scan("plain", [GOOD])
+    assert not unsure
+    full = parse("orders", "plain", GOOD + b"\n").frame
+    assert light.drop("_line").equals(full.select(EVERY[1]))
+
+
+def edit(old: bytes, new: bytes) -> bytes:
+    assert old in GOOD
+    return GOOD.replace(old, new, 1)
+
+
+UNSURE = {
+    "whitespace between tokens": edit(b'"user":', b'"user": '),
+    "an escape in a string": edit(b'"tif":null', b'"tif":"a\\"b"'),
+    "a byte outside printable ASCII": edit(b'"tif":null', 'tif":"é'.join(['"', '"']).encode()),
+    "a control byte in a string": edit(b'"tif":null', b'"tif":"a\tb"'),
+    "nesting deeper than 64": edit(b'"tif":null', b'"tif":' + b"[" * 70 + b"]" * 70),
+    "an exponent of three digits": edit(b'"timestamp":1', b'"timestamp":1e400'),
+    "300 digits": edit(b'"timestamp":1', b'"timestamp":' + b"9" * 300),
+    "NaN": edit(b'"timestamp":1', b'"timestamp":NaN'),
+    "a trailing comma": GOOD[:-2] + b",}}",
+    "a leading zero": edit(b'"timestamp":1', b'"timestamp":01'),
+    "a truncated line": GOOD[:-1],
+    "text after the object": GOOD + b"x",
+    "a field read twice": edit(b'"status":"open"', b'"status":"open","status":"open"'),
+    "a string field holding a number": edit(b'"status":"open"', b'"status":5'),
+    "a string field holding an object": edit(b'"coin":"BTC"', b'"coin":{"a":1}'),
+    "a decimal holding a number": edit(b'"limitPx":"97000.5"', b'"limitPx":97000.5'),
+    "an integer field holding a string": edit(b'"oid":42', b'"oid":"42"'),
+    "an integer field holding a float": edit(b'"oid":42', b'"oid":42.0'),
+    "an integer of 19 digits": edit(b'"oid":42', b'"oid":1234567890123456789'),
+    "a boolean field holding a string": edit(b'"isTrigger":false', b'"isTrigger":"false"'),
+    "order null": GOOD[:GOOD.index(b'"order":')] + b'"order":null}',
+    "order twice": GOOD[:-1] + b',"order":{}}',
+    "not an object": b"[1,2]",
+    "not JSON": b"not json {",
+}
+
+
+@pytest.mark.parametrize("name", list(UNSURE))
+def test_what_the_scan_is_not_sure_of_is_decoded_whole(name: str) -> None:
+    _, unsure = scan("plain", [GOOD, UNSURE[name], GOOD])
+    assert unsure == {1}
+
+
+SURE = {
+    "keys in another order": json.dumps(dict(reversed(list(GOOD_EVENT.items()))), separators=(",", ":")),
+    "an extra key, nested": GOOD[:-1].decode() + ',"extra":{"order":{"coin":"ETH"},"x":[1,{"y":null}]}}',
+    "a missing key": json.dumps({k: v for k, v in GOOD_EVENT.items() if k != "user"}, separators=(",", ":")),
+    "an unread field of another type": edit(b'"tif":null', b'"tif":[1,2.5e-3,true]').decode(),
+    "an unread key twice": edit(b'"tif":null', b'"tif":null,"tif":5').decode(),
+    "null in a read field": edit(b'"status":"open"', b'"status":null').decode(),
+    "a negative integer": edit(b'"oid":42', b'"oid":-42').decode(),
+    "strings of 12 and 13 bytes (views inline them up to 12)":
+        edit(b'"user":"0xa"', b'"user":"0x0123456789"').replace(b'"BTC"', b'"0123456789abc"').decode(),
+    "empty strings": edit(b'"status":"open"', b'"status":""').decode(),
+}
+
+
+@pytest.mark.parametrize("name", list(SURE))
+def test_what_the_scan_reads_as_polars_reads_it(name: str) -> None:
+    """A sure line missing a required field is one full decoding rejects; the others' values
+    are the same."""
+    lines = [GOOD, SURE[name].encode()]
+    light, unsure = scan("plain", lines)
+    assert not unsure
+    buf = b"\n".join(lines) + b"\n"
+    full = parse("orders", "plain", buf)
+    whole = pl.all_horizontal(pl.col(c).is_not_null() for c in ORDERS_REQUIRED)
+    starts, _ = line_bounds(buf)
+    rejected = {int(np.searchsorted(starts, r.offset)) for r in full.rejects}
+    assert rejected == set(light.filter(~whole)["_line"])
+    assert by_line(light.filter(whole)).equals(by_line(full.frame.select(*EVERY[1], "_line")))
+
+
+def test_block_envelopes() -> None:
+    ok = envelope(GOOD_EVENT, GOOD_EVENT)
+    lines = [
+        ok,
+        envelope(),  # an empty block: no rows, sure
+        ok.replace(b'"events":[', b'"events":[5,'),  # an event that is not an object
+        ok.replace(b'"block_number":7', b'"block_number":"7"'),
+        ok.replace(b'"block_number":7', b'"block_number":1234567890123456789'),
+        ok.replace(b'"block_time":"2026-01-05T11:00:00.05"', b'"block_time":5'),
+        json.dumps({"block_number": 7}).encode(),  # no events
+        ok.replace(b'"events":[', b'"events":{"a":[').replace(b"}]}", b"}]}}"),
+        ok.replace(b'"block_number":7', b'"block_number":null'),
+        GOOD,  # an event outside an envelope
+    ]
+    light, unsure = scan("streaming", lines)
+    assert unsure == {2, 3, 4, 5, 6, 7, 9}
+    assert light["_line"].to_list() == [0, 0, 8, 8]
+    full = parse("orders", "streaming", envelope(GOOD_EVENT) + b"\n").frame
+    assert light.drop("_line").head(1).equals(full.select(EVERY[1]))
+
+
+def test_a_block_with_more_events_than_room_is_read_again() -> None:
+    """The rows are first given room for one event per 256 bytes; a block of tiny events (each
+    `{}`, a row missing every field) holds more, and the slice is scanned again."""
+    lines = [envelope(*([{}] * 5000)), envelope(GOOD_EVENT)]
+    light, unsure = scan("by_block", lines)
+    assert not unsure
+    assert light.height == 5001
+    assert light["_line"].to_list() == [0] * 5000 + [1]
+    assert light.tail(1)["oid"].to_list() == [42]
+
+
+def test_a_large_batch_is_scanned_in_slices_in_order() -> None:
+    """Over 8,192 lines the batch is cut into a slice per core; rows and unsure lines keep their
+    line numbers."""
+    lines = [node_line(oid=i) for i in range(30_000)]
+    for i in (0, 8191, 8192, 15_000, 29_999):
+        lines[i] = lines[i].replace(b'"status":"open"', b'"status":5')
+    light, unsure = scan("plain", lines, REQUIRED)
+    assert unsure == {0, 8191, 8192, 15_000, 29_999}
+    assert light["_line"].to_list() == list(range(30_000))
+    assert light["oid"].to_list() == list(range(30_000))
+
+
+@st.composite
+def compact_line(draw: st.DrawFn, variant: str) -> bytes:
+    """A line as the node writes it (compact JSON), from `order_event`'s drawn events: keys in
+    other orders, missing and extra keys, values of other JSON types, exponents; now and then
+    one of `line`'s lines, which are mostly not compact."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(line(variant))
+    events = draw(st.lists(order_event(), min_size=1, max_size=1 if variant == "plain" else 3))
+    for ev in events:  # most values as the node writes them, so that most lines are sure
+        order = ev.get("order")
+        if draw(st.integers(0, 3)) and isinstance(order, dict):
+            ev["user"] = draw(st.sampled_from(["0xaa", "0xbb"]))
+            order.update(coin=draw(st.sampled_from(["BTC", "ETH", "@107", "km:USTECH"])), cloid=None,
+                         limitPx=draw(st.sampled_from(["97000.5", "1e5", "0.001"])), origSz="2.5")
+    if variant == "plain":
+        return json.dumps(events[0], separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return envelope(*events)
+
+
+@pytest.mark.parametrize("variant", ["plain", "streaming"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_byte_scan_agrees_with_full_decoding(variant: str, data: st.DataObject) -> None:
+    """Every line the scan reads as sure, with its required fields, is a good line of full
+    decoding with the same values in every field the light read may read."""
+    lines = data.draw(st.lists(compact_line(variant), min_size=1, max_size=20))
+    light, unsure = scan(variant, lines)
+    whole = pl.all_horizontal(pl.col(c).is_not_null() for c in ORDERS_REQUIRED)
+    sure = set(range(len(lines))) - unsure - set(light.filter(~whole)["_line"].to_list())
+    event(f"sure lines: {'some' if sure else 'none'}")
+    buf = b"\n".join(lines) + b"\n"
+    starts, _ = line_bounds(buf)
+    full = parse("orders", variant, buf)
+    rejected = {int(np.searchsorted(starts, r.offset)) for r in full.rejects}
+    assert not sure & rejected
+    got = by_line(light.filter(pl.col("_line").is_in(sorted(sure))))
+    want = by_line(full.frame.filter(pl.col("_line").is_in(sorted(sure))).select(*EVERY[1], "_line"))
+    assert got.equals(want)
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
+@pytest.mark.parametrize(("name", "variant"), [
+    ("node_order_statuses_streaming.jsonl", "streaming"),
+    ("node_order_statuses_by_block__testnet.jsonl", "by_block"),
+    ("node_order_statuses_by_block__btc_filtered.jsonl", "by_block")])
+def test_real_node_lines_are_all_sure(name: str, variant: str) -> None:
+    buf = (SAMPLES / name).read_bytes()
+    light, unsure = scan(variant, buf.rstrip(b"\n").split(b"\n"))
+    assert not unsure
+    full = parse("orders", variant, buf).frame
+    assert light.drop("_line").equals(full.select(EVERY[1]))
+    assert light.height == full.height > 0
