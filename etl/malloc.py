@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("nodetap.malloc")
 
@@ -58,3 +61,16 @@ def tune() -> bool:
         return False
     _done = True
     return True
+
+
+@contextmanager
+def startup_frozen() -> Iterator[None]:
+    """Python's cycle collector skips every object made so far: once started, nodetap holds
+    ~130K objects from start-up (modules, numba's compiled scan), which each full collection
+    walked again, 0.1 s of a 1.8 s catch-up run (docs/benchmarks.md). They are handed back at
+    the end, so that the interpreter's shutdown collects them as usual."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -51,7 +51,7 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
     import duckdb
 
     from etl.config import Settings, load_settings, settings_doc
-    from etl.malloc import tune
+    from etl.malloc import startup_frozen, tune
     from etl.pipeline import Pipeline
     from etl.store import Store
 
@@ -74,7 +74,8 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
         store.close()
         return {}
 
-    out = timed(work)
+    with startup_frozen():  # as `nodetap ingest` and `serve` run
+        out = timed(work)
     con = duckdb.connect(p["db"], read_only=True)
     try:
         lines, skipped, gaps, rejects = con.execute(

@@ -17,6 +17,7 @@ from etl.cli.checks import check_node_dir, check_port, check_rules_file
 from etl.cli.common import install_signals, log, settings_from, setup_logging
 from etl.cli.info import format_status
 from etl.config import Settings
+from etl.malloc import startup_frozen
 
 
 def bind_database(s: Settings, rebind: bool = False) -> None:
@@ -59,13 +60,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     pipe = Pipeline(s, store)
     install_signals(pipe.stop_event)
     try:
-        if args.once:
-            pipe.run_to_end()
-            pipe.flush()
-            pipe.lake().seal()
-            print(format_status(status_rows(pipe.snapshot())))
-        else:
-            pipe.run()
+        with startup_frozen():
+            if args.once:
+                pipe.run_to_end()
+                pipe.flush()
+                pipe.lake().seal()
+                print(format_status(status_rows(pipe.snapshot())))
+            else:
+                pipe.run()
     finally:
         pipe.stop()
         store.close()
@@ -95,7 +97,8 @@ def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
                 for sig, h in old.items():
                     signal.signal(sig, h)
 
-    Server(server_config(app, s, log_level)).run()
+    with startup_frozen():
+        Server(server_config(app, s, log_level)).run()
 
 
 def server_config(app: Any, s: Settings, log_level: str, graceful_s: int = 10) -> Any:
