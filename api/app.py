@@ -18,6 +18,7 @@ from api.readonly import lock_instance
 from api.routes import dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
 from etl.config import Settings
+from etl.malloc import startup_frozen
 from etl.pipeline import Pipeline, rules_file_for
 from etl.store import Store
 
@@ -46,7 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
         pipeline.start()
         log.info("event=serve_start node_dir=%s db=%s", settings.node_dir, settings.db)
         try:
-            yield
+            with startup_frozen():
+                yield
         finally:
             stopping = asyncio.create_task(asyncio.to_thread(pipeline.stop))
             await hub.close()

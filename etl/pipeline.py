@@ -32,6 +32,7 @@ from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed
 from etl.nodefiles import wait_for_dir
+from etl.prefilter import prepare
 from etl.status import (
     ArrivalMeter,
     SealerHealth,
@@ -107,6 +108,8 @@ class Pipeline:
                 self._lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
                     "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
         self.lake()  # history.* views exist from the first start
+        assert self.rules is not None
+        prepare(self.rules.rules)  # the order-status pre-filter's scan, loaded now
         self.refresh_streams()
 
     @property

@@ -132,11 +132,21 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
+def prepare(rules: Rules) -> None:
+    """Load the byte scan now (numba's compiled code: ~0.2 s, ~3 s the first time, when it is
+    compiled and cached) where `rules` pre-filter, so that the first batch does not wait for it
+    and it is made before the long-lived objects are frozen (etl/malloc.py)."""
+    if not rules.keep_all and _rule_exprs(rules):
+        from etl.bytescan import warm
+
+        warm()
+
+
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
            rules: Rules) -> tuple[pl.DataFrame, np.ndarray]:
     """The light rows of a batch and the lines to decode whole whatever the rules say
     (etl/bytescan.py)."""
-    # imported at first use: numba costs ~120 MB of memory, which `--keep-all` never needs
+    # imported here (or by `prepare`): numba costs ~120 MB of memory, which keep-all never needs
     from etl.bytescan import scan_orders
 
     fields, columns = light_fields(rule_columns(rules))

@@ -52,7 +52,8 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
 
     from etl.config import Settings, load_settings, settings_doc
     from etl.malloc import startup_frozen, tune
-    from etl.pipeline import Pipeline
+    from etl.pipeline import Pipeline, rules_file_for
+    from etl.prefilter import prepare
     from etl.store import Store
 
     fixed: dict[str, Any] = {k: p[k] for k in ("max_backlog_bytes", "batch_max_bytes") if k in p}
@@ -74,7 +75,8 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
         store.close()
         return {}
 
-    with startup_frozen():  # as `nodetap ingest` and `serve` run
+    prepare(rules_file_for(s).rules)
+    with startup_frozen():  # as `nodetap ingest` and `serve` run, once started
         out = timed(work)
     con = duckdb.connect(p["db"], read_only=True)
     try:

@@ -17,7 +17,6 @@ from etl.cli.checks import check_node_dir, check_port, check_rules_file
 from etl.cli.common import install_signals, log, settings_from, setup_logging
 from etl.cli.info import format_status
 from etl.config import Settings
-from etl.malloc import startup_frozen
 
 
 def bind_database(s: Settings, rebind: bool = False) -> None:
@@ -51,6 +50,7 @@ def pipeline_settings(args: argparse.Namespace, *, must_exist: bool, port: bool 
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from etl.malloc import startup_frozen
     from etl.pipeline import Pipeline
     from etl.status import status_rows
     from etl.store import Store
@@ -60,6 +60,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     pipe = Pipeline(s, store)
     install_signals(pipe.stop_event)
     try:
+        pipe.open()
         with startup_frozen():
             if args.once:
                 pipe.run_to_end()
@@ -97,8 +98,7 @@ def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
                 for sig, h in old.items():
                     signal.signal(sig, h)
 
-    with startup_frozen():
-        Server(server_config(app, s, log_level)).run()
+    Server(server_config(app, s, log_level)).run()
 
 
 def server_config(app: Any, s: Settings, log_level: str, graceful_s: int = 10) -> Any:
