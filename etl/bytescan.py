@@ -29,7 +29,6 @@ the rules, and counted and dropped otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, TypeVar, cast
 
@@ -39,6 +38,7 @@ import polars as pl
 import pyarrow as pa
 
 from etl.duckscan import Fields, cores
+from etl.parse import pool
 
 F = TypeVar("F", bound=Callable[..., Any])
 # compiled once and cached next to this module (or in numba's user cache); no bounds checks,
@@ -418,15 +418,6 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
     return frame, np.union1d(np.flatnonzero(unsure) + lo, row_line[wrong]).astype(np.uint32)
 
 
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="nodetap-scan"))
-    return _POOL[0]
-
-
 def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
                 fields: Fields) -> tuple[pl.DataFrame, np.ndarray]:
     """Every order-status event of the batch with `fields`, shaped as `etl.parse`'s raw frame
@@ -440,7 +431,7 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
     jobs = [(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo]
     if not jobs:
         return _scan_slice(buf, starts, ends, 0, 0, variant != "plain", fields)
-    futures = [_pool().submit(_scan_slice, buf, starts, ends, lo, hi, variant != "plain", fields)
+    futures = [pool().submit(_scan_slice, buf, starts, ends, lo, hi, variant != "plain", fields)
                for lo, hi in jobs[1:]]
     done = [_scan_slice(buf, starts, ends, *jobs[0], variant != "plain", fields)]
     done += [f.result() for f in futures]

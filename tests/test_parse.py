@@ -226,8 +226,9 @@ def test_empty_buffer() -> None:
 
 
 def test_line_bounds_across_the_slices_it_searches() -> None:
-    """Newlines are searched a slice at a time: lines that cross a slice's end, a newline at
-    its last byte or its first, and a last line without a newline come out as one search."""
+    """Newlines are searched a slice at a time, and in parts at once: lines that cross a slice's
+    or a part's end, a newline at its last byte or its first, and a last line without a newline
+    come out as one search."""
     rng = np.random.default_rng(7)
     n = 3 * _NEWLINE_SLICE + 123
     buf = bytearray(rng.integers(32, 127, n, dtype=np.uint8).tobytes())
@@ -235,11 +236,16 @@ def test_line_bounds_across_the_slices_it_searches() -> None:
         buf[at] = 10
     for at in rng.integers(0, n, 4000):
         buf[at] = 10
+    # the parts searched at once are cut at n * k // parts: a newline there too
+    for parts in (2, 3):
+        for k in range(1, parts):
+            buf[n * k // parts] = buf[n * k // parts - 1] = 10
     data = bytes(buf)
     want = np.array([i for i, b in enumerate(data) if b == 10])
-    starts, ends = line_bounds(data)
-    assert (ends == want).all()
-    assert starts[0] == 0 and (starts[1:] == want[:-1] + 1).all()
+    for parts in (1, 2, 3):
+        starts, ends = line_bounds(data, parts)
+        assert (ends == want).all()
+        assert starts[0] == 0 and (starts[1:] == want[:-1] + 1).all()
 
 
 def test_a_time_out_of_range_is_a_reject_or_left_empty() -> None:
