@@ -12,8 +12,10 @@ it is a row or a reject. Unsure are:
 
 - a line that is not one JSON object, or one this scan does not take: whitespace between
   tokens, a byte outside printable ASCII or a backslash in a string, nesting deeper than 64,
-  a number with an exponent of three digits or of 300 digits and more, and what strict JSON
-  refuses (NaN, trailing commas, leading zeros, a truncated line);
+  an integer of 19 digits or more, a number that may be out of a double's range (an
+  exponent of three digits, 300 digits, more than 300 digits before the point counting a
+  positive exponent), and what strict JSON refuses (NaN, trailing commas, leading zeros, a
+  truncated line);
 - a field it reads (`Fields`) present twice, or of another JSON type than the node writes:
   a string field holding a number, an object or an array; an integer field (`oid`) holding
   anything but an integer of at most 18 digits; a boolean field anything but true or false
@@ -78,7 +80,9 @@ def _string_end(b: np.ndarray, i: int, e: int) -> int:
 @_jit
 def _number_end(b: np.ndarray, i: int, e: int) -> tuple[int, int, int]:
     """The JSON number at `i`: its end, then INT (an integer of at most 18 digits, whose value
-    is the third item), OTHER (another number), or -1 (not a number this scan takes)."""
+    is the third item), OTHER (another number Polars reads), or -1 (not a number this scan
+    takes: not JSON, an integer of 19 digits or more, which Polars refuses from 2^128 on and
+    in an integer column from 2^63 on, or a number that may be out of a double's range)."""
     s = i
     if b[i] == 45:
         i += 1
@@ -90,7 +94,8 @@ def _number_end(b: np.ndarray, i: int, e: int) -> tuple[int, int, int]:
             i += 1
         if i == d:
             return i, -1, 0
-    digits = i - d
+    whole = i - d  # digits before the point
+    digits = whole
     kind = INT
     if i < e and b[i] == 46:
         kind = OTHER
@@ -104,19 +109,22 @@ def _number_end(b: np.ndarray, i: int, e: int) -> tuple[int, int, int]:
     if i < e and (b[i] == 101 or b[i] == 69):
         kind = OTHER
         i += 1
+        negative = i < e and b[i] == 45
         if i < e and (b[i] == 43 or b[i] == 45):
             i += 1
         x = i
+        exponent = 0
         while i < e and _DIGIT[b[i]]:
+            exponent = exponent * 10 + (b[i] - 48)
             i += 1
         if i == x or i - x >= 3:
             return i, -1, 0
-    if digits >= 300:
+        if not negative and whole + exponent > 300:  # a double ends near 1.8e308
+            return i, -1, 0
+    if digits >= 300 or (kind == INT and digits > 18):
         return i, -1, 0
     value = 0
     if kind == INT:
-        if digits > 18:
-            return i, OTHER, 0
         for j in range(d, i):
             value = value * 10 + (b[j] - 48)
         if s != d:
@@ -210,8 +218,10 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                         # or -1 where there are several (then each is compared)
                         f = lookup[lv, kl, b[ks]] - 1 if 0 < kl < _KEY_BYTES else -1
                         for g in range(nf) if f == -2 else range(f, f + 1):
+                            if g < 0:
+                                break
                             n0 = name_at[g]
-                            if g >= 0 and level[g] == lv and name_at[g + 1] - n0 == kl:
+                            if level[g] == lv and name_at[g + 1] - n0 == kl:
                                 same = True
                                 for k in range(kl):
                                     if names[n0 + k] != b[ks + k]:
@@ -390,9 +400,9 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
                      kinds, views, views.view(np.int32), data, unsure)
         if rows >= 0:
             break
-        # every event is an object: at most one a `{`
+        # more events than room: twice the room (not one row per `{`, which strings may hold)
         unsure[:] = False
-        cap = int(np.count_nonzero(b[starts[lo]:ends[hi - 1]] == 123))
+        cap *= 2
     row_line, pos, kinds = row_line[:rows], pos[:rows], kinds[:rows]
     wrong = np.zeros(rows, np.bool_)
     for f, kind in enumerate(types):
@@ -422,7 +432,8 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
                 fields: Fields) -> tuple[pl.DataFrame, np.ndarray]:
     """Every order-status event of the batch with `fields`, shaped as `etl.parse`'s raw frame
     (`_line`, the event's fields and an `order` struct), and the sorted indexes of the lines to
-    decode with Polars (the module's docstring). `buf` must be under 2 GiB."""
+    decode with Polars (the module's docstring). The rows of those lines may hold part of their
+    values (plain lines) or be absent (block envelopes): drop them. `buf` must be under 2 GiB."""
     if len(buf) >= 1 << 31:
         raise ValueError("a batch of 2 GiB or more cannot be scanned: lower batch_bytes")
     n = len(starts)

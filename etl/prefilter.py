@@ -28,6 +28,7 @@ the same fields, and ~200 ms for Polars' NDJSON decoder (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -121,6 +122,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     sure = ~in_cand
     counts = mask_counts(masks.filter(sure))
     times = light.filter(sure).select("time", "_line")
+    del light, masks, line, need, in_cand, sure  # the scan's buffers, before the second decode
     rejects: list[BadLine] = []
     frame = pl.DataFrame(schema={**ORDERS_SCHEMA, "_line": pl.UInt32})
     if len(cand_lines):
@@ -169,18 +171,19 @@ class OrdersFilter:
         self._since_probe = 0
         self.prefiltered = 0  # batches
         self.whole = 0
+        self._lock = threading.Lock()  # a lane's parse workers share the filter
 
     def __call__(self, variant: str, buf: bytes, rules: Rules, max_line_bytes: int) -> Filtered:
-        out = None
-        if self.share <= self.threshold or self._since_probe >= self.probe_every:
-            self._since_probe = 0
-            out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines)
+        with self._lock:
+            try_it = self.share <= self.threshold or self._since_probe >= self.probe_every
+            self._since_probe = 0 if try_it else self._since_probe + 1
+        out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines) if try_it else None
+        with self._lock:
             if out is not None:
                 self.share = out.decoded / max(out.parsed.lines, 1)
                 self.prefiltered += 1
-        else:
-            self._since_probe += 1
+            else:
+                self.whole += 1
         if out is None:
             out = filter_parsed(parse("orders", variant, buf, max_line_bytes), rules)
-            self.whole += 1
         return out
