@@ -173,6 +173,12 @@ class OrdersFilter:
         self.whole = 0
         self._lock = threading.Lock()  # a lane's parse workers share the filter
 
+    def prefiltering(self, rules: Rules) -> bool:
+        """Whether the next batch under `rules` will be pre-filtered (if it is large enough)."""
+        with self._lock:
+            return (not rules.keep_all and bool(_rule_exprs(rules))
+                    and (self.share <= self.threshold or self._since_probe >= self.probe_every))
+
     def __call__(self, variant: str, buf: bytes, rules: Rules, max_line_bytes: int) -> Filtered:
         with self._lock:
             try_it = self.share <= self.threshold or self._since_probe >= self.probe_every

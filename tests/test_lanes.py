@@ -229,3 +229,33 @@ def test_a_lane_reads_the_next_hour_file_before_committing_the_move_to_it(tmp_pa
     finally:
         pipe.close()
         store.close()
+
+
+@pytest.mark.parametrize(("keep_all", "parse_workers", "units"),
+                         [(False, 0, None), (True, 0, 1), (False, 1, 1)])
+def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
+        tmp_path: Path, keep_all: bool, parse_workers: int, units: int | None) -> None:
+    """With the default `parse_workers`, an order-status lane behind reads and parses two units
+    at once while its rules pre-filter (each holds a fraction of a decoded unit), else
+    `workers`; a `parse_workers` set by hand is kept (etl/lanes.py)."""
+    node = tmp_path / "node"
+    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
+            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
+            b'"origSz":"1"}}\n')
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 3000)
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
+                 parse_workers=parse_workers, batch_max_bytes=64 << 10)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    try:
+        pipe.open()
+        lane = pipe.states["node_order_statuses"]
+        want = units if units is not None else max(lane.workers, 2)
+        lane.behind = True
+        lane._read_ahead()
+        assert sum(1 for f in lane._pending if f not in lane._empty) == want
+        assert lane.drain() > 0
+        assert store.con.execute("SELECT count(*) FROM orders").fetchone() == (3000 if keep_all else 0,)
+    finally:
+        pipe.close()
+        store.close()
