@@ -4,7 +4,6 @@ trade whose two fills land in different batches still carries both users."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import orjson
 import pytest
 
 from etl.config import Settings
-from etl.lanes import Processed
+from etl.lanes import Processed, default_parse_workers
 from etl.pipeline import Pipeline
 from etl.store import Store
 from tests.conftest import hour_file, query, wait_for
@@ -251,7 +250,7 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
         pipe.open()
         lane = pipe.states["node_order_statuses"]
         want = lane.workers if keep_all or parse_workers else max(lane.workers, 2)
-        assert lane.workers == (parse_workers or max(1, len(os.sched_getaffinity(0)) // 2))
+        assert lane.workers == (parse_workers or default_parse_workers())
         lane.behind = True
         lane._read_ahead()
         assert sum(1 for f in lane._pending if f not in lane._empty) == want
