@@ -15,16 +15,17 @@ ENV PYTHONUNBUFFERED=1 \
     NODETAP_LAKE_DIR=/data/lake \
     NODETAP_RULES_FILE=/etc/nodetap/rules.toml \
     NODETAP_HOST=0.0.0.0 \
-    NODETAP_PORT=8000
+    NODETAP_PORT=8000 \
+    NUMBA_CACHE_DIR=/var/cache/nodetap/numba
 COPY --from=build /install /usr/local
-# compile the pre-filter's byte scan (numba) once, into the package's cache, which the
-# unprivileged user below only reads (otherwise every start compiles it again: ~3 s)
-RUN python -c "import etl.bytescan as scan; scan.warm()"
 # the default rules; PUT /v1/rules rewrites this file (mount your own to keep edits)
 COPY data/rules.toml /etc/nodetap/rules.toml
+# the pre-filter's byte scan (numba) compiled once, into a cache its user can write (numba
+# only uses a cache directory it can write; a CPU unlike the builder's compiles it again there)
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin nodetap \
-    && mkdir -p /data /node \
-    && chown -R 10001:10001 /data /etc/nodetap
+    && mkdir -p /data /node "$NUMBA_CACHE_DIR" \
+    && python -c "import etl.bytescan as scan; scan.warm()" \
+    && chown -R 10001:10001 /data /etc/nodetap /var/cache/nodetap
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/node", "/data"]

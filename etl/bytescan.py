@@ -2,9 +2,14 @@
 
 One pass over each line, compiled by numba and run on every core without the GIL, checks that
 the line is JSON as the node writes it and notes where the few fields the rules and the
-watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~60 ms of CPU a
-64 MiB batch, against ~130 ms for DuckDB's JSON reader reading the same fields
-(docs/benchmarks.md). The text fields come out as Arrow string views into the batch itself.
+watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~85 ms of CPU a
+64 MiB batch, against ~135 ms for DuckDB's JSON reader reading the same fields
+(docs/benchmarks.md). The text fields come out as Arrow string views (a string longer than 12
+bytes copied next to the others while the line is in the CPU's cache).
+
+numba compiles the scan at first use (~3 s) and caches it: in `NUMBA_CACHE_DIR`, else next to
+this file, else in the user's cache directory, whichever is writable (the Docker image sets
+`NUMBA_CACHE_DIR` and fills it at build time). Where none is, it compiles at every start.
 
 A line is *sure* only when its fields are what Polars' decoder (`etl.parse.parse`) makes of
 it; every other line is returned as unsure and decoded whole by Polars, which decides whether
@@ -43,9 +48,15 @@ from etl.duckscan import Fields, cores
 from etl.parse import pool
 
 F = TypeVar("F", bound=Callable[..., Any])
-# compiled once and cached next to this module (or in numba's user cache); no bounds checks,
-# the GIL released so that slices of a batch scan on every core
-_jit = cast(Callable[[F], F], numba.njit(cache=True, nogil=True, boundscheck=False))
+
+
+def _jit(fn: F) -> F:
+    """Compiled without bounds checks, the GIL released (slices of a batch scan on every core),
+    and cached where numba finds a writable directory (the module's docstring)."""
+    try:
+        return cast(F, numba.njit(cache=True, nogil=True, boundscheck=False)(fn))
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return cast(F, numba.njit(nogil=True, boundscheck=False)(fn))
 
 # what a row holds in a field: `_kinds`
 MISSING, STRING, NULL, TRUE, FALSE, INT, OTHER = range(7)

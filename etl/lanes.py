@@ -6,9 +6,10 @@ order, each with the cursor just after its last line: exactly-once holds per lan
 
 Memory is bounded by construction: a lane holds at most `parse_workers` units being parsed,
 one being committed and one `carry` (rows held back to fill a whole row group), each from at
-most `batch_max_bytes` of the node's files. An order-status lane whose rules pre-filter parses
-`PREFILTER_UNITS` (2) at once when `parse_workers` is left to its default: each such unit holds
-its batch and the rows the rules keep, not a whole decoded batch.
+most `batch_max_bytes` of the node's files. An order-status lane on more than one core whose
+rules pre-filter parses `PREFILTER_UNITS` (2) at once when `parse_workers` is left to its
+default: each such unit holds its batch and the rows the rules keep, not a whole decoded batch,
+and no more than `parse_workers` units decode a batch whole at once (`OrdersFilter`).
 
 Batching is latency-first. A lane that is caught up reads what is new, capped at what it can
 process in `live_batch_ms`, and publishes each unit as soon as it has committed it. A lane
@@ -36,6 +37,7 @@ from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
 from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
+from etl.duckscan import cores
 from etl.faults import fault_point
 from etl.filters import Rules, RulesFile
 from etl.gate import Gate
@@ -156,14 +158,17 @@ class Lane:
         self.cursor = cursor  # committed: the first line not in the store
         self.read_cursor = cursor  # where the next read starts
         self.workers = s.parse_workers or default_parse_workers()
+        # more units in flight only where they can pre-filter on a core the first leaves idle;
+        # the filter lets `workers` of them at most decode a batch whole at once
         self.prefilter_units = (max(self.workers, PREFILTER_UNITS)
-                                if stream.kind == "orders" and not s.parse_workers else self.workers)
+                                if stream.kind == "orders" and not s.parse_workers and cores() > 1
+                                else self.workers)
         self._pool = ThreadPoolExecutor(self.prefilter_units,
                                         thread_name_prefix=f"nodetap-parse-{stream.kind}")
         self._pending: deque[Future[Unit]] = deque()
         self._empty: set[Future[Unit]] = set()  # pending units of batches without lines
         self.carry: Unit | None = None  # rows read but held back to fill a whole row group
-        self.orders_filter = OrdersFilter()
+        self.orders_filter = OrdersFilter(whole_at_once=self.workers)
         self.watermark: datetime | None = store.last_time(stream.name)
         self.matcher: TradeMatcher | None = None
         if stream.kind == "fills":

@@ -26,6 +26,7 @@ import ctypes.util
 import gc
 import logging
 import platform
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -63,14 +64,27 @@ def tune() -> bool:
     return True
 
 
+_frozen = 0
+_frozen_lock = threading.Lock()
+
+
 @contextmanager
 def startup_frozen() -> Iterator[None]:
     """Python's cycle collector skips every object made so far: once started, nodetap holds
     ~130K objects from start-up (modules, numba's compiled scan), which each full collection
-    walked again, 0.1 s of a 1.8 s catch-up run (docs/benchmarks.md). They are handed back at
-    the end, so that the interpreter's shutdown collects them as usual."""
-    gc.freeze()
+    walked again, 0.1 s of a 1.8 s catch-up run (docs/benchmarks.md). Garbage is collected
+    first; the objects are handed back when the last such context ends (servers in one process
+    may overlap), so that the interpreter's shutdown collects them as usual."""
+    global _frozen
+    with _frozen_lock:
+        _frozen += 1
+        if _frozen == 1:
+            gc.collect()
+            gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _frozen_lock:
+            _frozen -= 1
+            if _frozen == 0:
+                gc.unfreeze()

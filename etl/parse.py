@@ -84,7 +84,8 @@ _POOL_LOCK = threading.Lock()
 
 def pool() -> ThreadPoolExecutor:
     """Threads (one less than the cores) that work on parts of a batch beside the thread that
-    handles it; what they run releases the GIL (numpy, numba's scan in etl/bytescan.py)."""
+    handles it; most of what they run releases the GIL (numpy, numba's scan in etl/bytescan.py).
+    Their tasks never wait on the pool."""
     with _POOL_LOCK:
         if not _POOL:
             _POOL.append(ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="nodetap-part"))

@@ -108,8 +108,6 @@ class Pipeline:
                 self._lake_root = claim_lake(self.store.con, s.db, lake_root(s) if str(s.lake_dir) not in (
                     "", ".") else default_lake(self.store.con, s.db))  # refuses another database's lake
         self.lake()  # history.* views exist from the first start
-        assert self.rules is not None
-        prepare(self.rules.rules)  # the order-status pre-filter's scan, loaded now
         self.refresh_streams()
 
     @property
@@ -128,6 +126,8 @@ class Pipeline:
             if stream.name in self.states:
                 continue
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
+            if stream.kind == "orders" and self.rules is not None:
+                prepare(self.rules.rules)  # the pre-filter's scan, loaded before the first batch
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
                         index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm,

@@ -161,22 +161,29 @@ class OrdersFilter:
 
     Pre-filtering pays when few lines are candidates; when recent batches decoded more than
     `threshold` of their lines anyway (the built-in rules keep ~80%), decoding whole is cheaper,
-    and every `probe_every` batches pre-filtering is tried again."""
+    and every `probe_every` batches pre-filtering is tried again. A lane's parse workers share
+    the filter; at most `whole_at_once` of them decode a batch whole at the same time (a decoded
+    batch holds ~10 times its bytes: etl/lanes.py bounds memory with it)."""
 
-    def __init__(self, threshold: float = 0.35, probe_every: int = 16, min_lines: int = MIN_LINES) -> None:
+    def __init__(self, threshold: float = 0.35, probe_every: int = 16, min_lines: int = MIN_LINES,
+                 whole_at_once: int = 1) -> None:
         self.threshold = threshold
         self.probe_every = probe_every
         self.min_lines = min_lines
         self.share = 0.0  # candidate share of the last pre-filtered batch
         self._since_probe = 0
+        self._declined = False  # the last batch tried could not be pre-filtered
         self.prefiltered = 0  # batches
         self.whole = 0
-        self._lock = threading.Lock()  # a lane's parse workers share the filter
+        self._lock = threading.Lock()
+        self._whole = threading.BoundedSemaphore(whole_at_once)
 
     def prefiltering(self, rules: Rules) -> bool:
-        """Whether the next batch under `rules` will be pre-filtered (if it is large enough)."""
+        """Whether the next batch under `rules` is expected to be pre-filtered: the rules select,
+        the last batches' candidates were few, and the last batch tried was pre-filtered (not
+        declined for its shape: fewer than `min_lines` lines, a blank or over-long line)."""
         with self._lock:
-            return (not rules.keep_all and bool(_rule_exprs(rules))
+            return (not rules.keep_all and bool(_rule_exprs(rules)) and not self._declined
                     and (self.share <= self.threshold or self._since_probe >= self.probe_every))
 
     def __call__(self, variant: str, buf: bytes, rules: Rules, max_line_bytes: int) -> Filtered:
@@ -185,11 +192,14 @@ class OrdersFilter:
             self._since_probe = 0 if try_it else self._since_probe + 1
         out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines) if try_it else None
         with self._lock:
+            if try_it:
+                self._declined = out is None
             if out is not None:
                 self.share = out.decoded / max(out.parsed.lines, 1)
                 self.prefiltered += 1
             else:
                 self.whole += 1
         if out is None:
-            out = filter_parsed(parse("orders", variant, buf, max_line_bytes), rules)
+            with self._whole:
+                out = filter_parsed(parse("orders", variant, buf, max_line_bytes), rules)
         return out

@@ -4,6 +4,9 @@ decoder reads it, and every line it is not sure of is returned for a full decode
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -221,3 +224,17 @@ def test_real_node_lines_are_all_sure(name: str, variant: str) -> None:
     full = parse("orders", variant, buf).frame
     assert light.drop("_line").equals(full.select(EVERY[1]))
     assert light.height == full.height > 0
+
+
+def test_the_scan_compiles_without_a_cache_directory() -> None:
+    """Where numba finds no directory it can write its cache to (a read-only install, a user
+    without a home), the scan is compiled at each start instead of failing to import."""
+    code = ("from numba.core import caching\n"
+            "caching.CacheImpl._locator_classes = []  # no directory numba could write to\n"
+            "import etl.bytescan as scan\n"
+            "scan.warm()\n"
+            "print('compiled')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "compiled"

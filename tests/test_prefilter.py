@@ -313,6 +313,20 @@ def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
     assert out.parsed.frame.height == 0 and out.decoded == 0
 
 
+def test_a_filter_whose_batches_cannot_be_pre_filtered_says_so() -> None:
+    """A batch too small (or with a blank line) is decoded whole: the filter then does not
+    expect the next one to be pre-filtered, so that the lane does not parse two whole batches
+    at once (etl/lanes.py); one that can be pre-filtered turns it back."""
+    f = OrdersFilter()
+    rules = Rules(min_notional=1e9)
+    assert f.prefiltering(rules)
+    f("plain", (node_line() + b"\n") * (MIN_LINES - 1), rules, 1 << 20)
+    assert not f.prefiltering(rules)
+    f("plain", (node_line() + b"\n") * MIN_LINES, rules, 1 << 20)
+    assert f.prefiltering(rules)
+    assert not f.prefiltering(Rules(keep_all=True))
+
+
 def test_small_batches_are_decoded_whole() -> None:
     """Below MIN_LINES lines the pre-filter's fixed cost exceeds what it saves."""
     f = OrdersFilter()
