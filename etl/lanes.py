@@ -158,13 +158,17 @@ class Lane:
         self.cursor = cursor  # committed: the first line not in the store
         self.read_cursor = cursor  # where the next read starts
         self.workers = s.parse_workers or default_parse_workers()
-        # more units in flight only where they can pre-filter on a core the first leaves idle;
-        # the filter lets `workers` of them at most decode a batch whole at once
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
+        # more units in flight only where they can pre-filter on a core the first leaves idle,
+        # on threads of their own (a batch decoded whole stays on `_pool`'s: a thread's
+        # allocator keeps what it freed); the filter lets `workers` of them at most decode a
+        # batch whole at once
         self.prefilter_units = (max(self.workers, PREFILTER_UNITS)
                                 if stream.kind == "orders" and not s.parse_workers and cores() > 1
                                 else self.workers)
-        self._pool = ThreadPoolExecutor(self.prefilter_units,
-                                        thread_name_prefix=f"nodetap-parse-{stream.kind}")
+        self._prefilter_pool = (ThreadPoolExecutor(self.prefilter_units,
+                                                   thread_name_prefix=f"nodetap-prefilter-{stream.kind}")
+                                if self.prefilter_units > self.workers else None)
         self._pending: deque[Future[Unit]] = deque()
         self._empty: set[Future[Unit]] = set()  # pending units of batches without lines
         self.carry: Unit | None = None  # rows read but held back to fill a whole row group
@@ -208,6 +212,7 @@ class Lane:
         count against the limit: reading goes on past it, so that the parse workers do not wait
         for its commit at every new file (~50 ms a file on 2 cores, docs/benchmarks.md)."""
         limit = self._parse_limit() if self.behind else 1
+        pool = self._prefilter_pool if limit > self.workers and self._prefilter_pool else self._pool
         with_lines = sum(1 for f in self._pending if f not in self._empty)
         while (with_lines < limit and len(self._pending) < limit + MAX_MOVES_AHEAD
                and not self.stop_event.is_set()):
@@ -218,7 +223,7 @@ class Lane:
                 return
             self.read_cursor = batch.cursor
             rules = self.rules.rules if self.rules is not None else None
-            future = self._pool.submit(self._parse, batch, rules)
+            future = pool.submit(self._parse, batch, rules)
             self._pending.append(future)
             if batch.data:
                 with_lines += 1
@@ -407,5 +412,7 @@ class Lane:
         self.stop_event.set()
         self.wake.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._prefilter_pool is not None:
+            self._prefilter_pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
         self._empty.clear()
