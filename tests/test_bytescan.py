@@ -192,7 +192,7 @@ def compact_line(draw: st.DrawFn, variant: str) -> bytes:
 
 
 @pytest.mark.parametrize("variant", ["plain", "streaming"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_byte_scan_agrees_with_full_decoding(variant: str, data: st.DataObject) -> None:
     """Every line the scan reads as sure, with its required fields, is a good line of full
