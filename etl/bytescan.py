@@ -154,6 +154,22 @@ def _literal(b: np.ndarray, i: int, e: int, word: bytes) -> bool:
     return True
 
 
+@_jit
+def _new_row(row: int, line: int, row_line: np.ndarray, kinds: np.ndarray, words: np.ndarray,
+             slots: int) -> int:
+    """Row `row` started for an event of `line`, every field missing and its views zero; -1
+    when there is no room for it."""
+    cap = len(row_line)
+    if row >= cap:
+        return -1
+    row_line[row] = line
+    kinds[row, :] = MISSING
+    for k in range(slots):
+        w = (k * cap + row) * 4
+        words[w] = words[w + 1] = words[w + 2] = words[w + 3] = 0
+    return row
+
+
 # containers on the scan's stack
 _OTHER_OBJECT, _TOP, _EVENT, _ORDER, _ARRAY, _EVENTS = range(6)
 
@@ -183,15 +199,10 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
         first_row, first_used = rows, used
         row = -1
         if not envelope:
-            if rows >= cap:
+            row = _new_row(rows, li, row_line, kinds, words, slots)
+            if row < 0:
                 return -1
-            row = rows
             rows += 1
-            row_line[row] = li
-            kinds[row, :] = MISSING
-            for k in range(slots):
-                w = (k * cap + row) * 4
-                words[w] = words[w + 1] = words[w + 2] = words[w + 3] = 0
         i = s
         ok = False
         if i < e and b[i] == 123:
@@ -287,15 +298,10 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                     elif key_order or key_events:
                         break  # not an object, not a list, or twice
                     elif in_events:
-                        if rows >= cap:
+                        row = _new_row(rows, li, row_line, kinds, words, slots)
+                        if row < 0:
                             return -1
-                        row = rows
                         rows += 1
-                        row_line[row] = li
-                        kinds[row, :] = MISSING
-                        for k in range(slots):
-                            w = (k * cap + row) * 4
-                            words[w] = words[w + 1] = words[w + 2] = words[w + 3] = 0
                         seen_order = False
                         ctx = _EVENT
                     else:
