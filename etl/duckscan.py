@@ -6,9 +6,10 @@ batch, 160 against 350 ms for every field), and spreads the batch over the cores
 (docs/benchmarks.md). The batch is handed over without a copy: an Arrow string array whose
 offsets are the lines' starts in the read buffer.
 
-Two sets of fields are read: the pre-filter's, what the rules and the watermark need (at
-most `LIGHT`; `etl.prefilter.light_fields` picks those the active rules read), and `FULL`,
-every field of a row (etl/parse.py). The values must be what
+The pipeline reads `FULL`, every field of a row, with it (etl/parse.py, batches of 8,192 lines
+or more). The pre-filter's light read, fewer fields (at most `LIGHT`), is now a compiled byte
+scan (etl/bytescan.py), which costs a third less; `python -m etl.bench.stages` still times
+DuckDB reading the same fields, for comparison. The values must be what
 Polars' decoder (`etl.parse.parse`) makes of the same line, because rows are stored or
 dropped on them. Where DuckDB converts what Polars refuses or renders otherwise, the line is
 returned as `unsure`, and the caller decodes it with Polars:
