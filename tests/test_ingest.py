@@ -151,6 +151,38 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     assert query(db, "SELECT count(*) FROM trades") == [(len(fills) // 2,)]
 
 
+@pytest.mark.reliability
+@pytest.mark.parametrize("variant", ["plain", "streaming"])
+def test_kill_9_while_pre_filtering_loses_and_duplicates_nothing(tmp_path: Path, variant: str) -> None:
+    """Selective rules over batches large enough to pre-filter, two units in flight (etl/lanes.py):
+    `ingest` killed at random moments, then finished with --once, stores exactly what full
+    decoding plus the rules keep (about two minutes: `pytest -m reliability`)."""
+    from etl.filters import RulesFile, apply_rules
+    from etl.parse import parse
+    from etl.simulate import generate
+
+    node = tmp_path / "node"
+    generate(node, lines=1_000_000, variant=variant, kinds=("orders",), seed=11)
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text('[orders]\nstatuses = ["open", "canceled"]\nmin_notional = 2000.0\n')
+    rules = RulesFile(rules_file).rules
+    want = sorted(row for p in sorted(node.rglob("*")) if p.is_file()
+                  for row in apply_rules(parse("orders", variant, p.read_bytes()).frame, rules)[0]
+                  .select("oid", "status", "time").iter_rows())
+    db = tmp_path / "k.duckdb"
+    cmd = [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
+           "--from", "start", "--batch-max-bytes", str(4 << 20), "--rules", str(rules_file)]
+    rng = random.Random(3)
+    for _ in range(12):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run_cli(*cmd[3:], "--once", timeout=300)
+    assert query(db, "SELECT oid, status, time FROM orders ORDER BY ALL") == want
+    assert query(db, "SELECT sum(rejects) FROM cursors") == [(0,)]
+
+
 def test_sigterm_finishes_the_batch_commits_and_exits_0(
         make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
     node = make_node_dir(lines=3000)
