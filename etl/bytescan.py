@@ -58,6 +58,7 @@ def _jit(fn: F) -> F:
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return cast(F, numba.njit(nogil=True, boundscheck=False)(fn))
 
+
 # what a row holds in a field: `_kinds`
 MISSING, STRING, NULL, TRUE, FALSE, INT, OTHER = range(7)
 # the JSON types a field may hold and stay sure, by the field's type
@@ -452,7 +453,7 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
     decode with Polars (the module's docstring). The rows of those lines may hold part of their
     values (plain lines) or be absent (block envelopes): drop them. `buf` must be under 2 GiB."""
     if len(buf) >= 1 << 31:
-        raise ValueError("a batch of 2 GiB or more cannot be scanned: lower batch_bytes")
+        raise ValueError("a batch of 2 GiB or more cannot be scanned: lower batch_max_bytes")
     n = len(starts)
     parts = max(1, min(cores(), -(-n // _LINES_PER_SLICE)))
     cuts = [n * k // parts for k in range(parts + 1)]
