@@ -56,7 +56,8 @@ class Settings:
     streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`; comma-separated in a file or the environment, the flag repeated). Empty: one per kind, the lowest-latency variant found (`_streaming`, then `_by_block`, then plain), and `node_trades` only when there are no fills.", flag="--stream", on=PIPELINE)
     checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.")
     db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).")
-    parse_workers: int = _s(0, "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one (two for order statuses the rules pre-filter, which hold a fraction of a decoded unit). Memory per lane is about (parse_workers + 2) x batch_max_bytes x 10.")
+    commit_units: int = _s(0, "Whole DuckDB row groups of order statuses a lane commits side by side while behind, each in a transaction of its own, committed in order (DuckDB compresses a row group on one thread); 0: one per four cores, at least one. It gains only with `db_threads` of 2 or more and cores the parsers leave idle; each adds a unit to the lane's memory.")
+    parse_workers: int = _s(0, "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one (two for order statuses the rules pre-filter, which hold a fraction of a decoded unit). Memory per lane is about (parse_workers + commit_units + 1) x batch_max_bytes x 10.")
     live_batch_ms: int = _s(250, "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time. Smaller is not faster: each batch has a fixed cost (50 ms doubled the p99 at 100K lines/s on 2 cores, docs/benchmarks.md).")
     rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when the file changes. Empty: built-in defaults; a missing default file also means the defaults, any other missing file is an error.", flag="--rules", on=SHAPING)
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say.", flag="--keep-all", on=SHAPING)
@@ -97,6 +98,9 @@ class Settings:
                      "ws_max_subscriptions", "ws_max_lag_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in ("db_threads", "parse_workers", "commit_units"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (chosen for the cores) or more, not {getattr(self, name)!r}")
 
 
 def _one_of(choices: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ too, for the tailer, which runs on the parse thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -98,6 +99,13 @@ class FileCursors:
                 gaps: list[Gap]) -> dict[tuple[str, str], FileCursor]:
         """Write a batch's file cursors inside its transaction; returns them, for `remember`
         once the transaction has committed."""
+        out = self.after(stream, cursor, gaps)
+        for (src, file), fc in out.items():
+            self.write(con, src, file, fc)
+        return out
+
+    def after(self, stream: str, cursor: Cursor, gaps: list[Gap]) -> dict[tuple[str, str], FileCursor]:
+        """A batch's file cursors once it is stored (what `advance` writes)."""
         source = source_of(stream)
         out: dict[tuple[str, str], FileCursor] = {}
         reread = {g.file for g in gaps if g.reason in REREAD}
@@ -112,8 +120,6 @@ class FileCursors:
             out[(source, cursor.file)] = FileCursor(
                 cursor.inode, cursor.offset, cursor.fp,
                 cursor.file in reread or bool(old and old.recheck), bool(old and old.complete))
-        for (src, file), fc in out.items():
-            self._write(con, src, file, fc)
         return out
 
     def remember(self, changed: dict[tuple[str, str], FileCursor]) -> None:
@@ -125,11 +131,22 @@ class FileCursors:
         old = self.get(stream, file)
         fc = FileCursor(old.inode, old.offset, old.fp, old.recheck, True) if old else \
             FileCursor(0, 0, 0, False, True)
-        self._write(con, stream, file, fc)
+        self.write(con, stream, file, fc)
         self.remember({(stream, file): fc})
 
     @staticmethod
-    def _write(con: duckdb.DuckDBPyConnection, stream: str, file: str, fc: FileCursor) -> None:
+    def encode(changed: dict[tuple[str, str], FileCursor]) -> str:
+        """File cursors as the JSON text of a `cursor_log` row."""
+        return json.dumps([[src, file, fc.inode, fc.offset, fc.fp, fc.recheck, fc.complete]
+                           for (src, file), fc in changed.items()])
+
+    @staticmethod
+    def decode(text: str | None) -> dict[tuple[str, str], FileCursor]:
+        return {(src, file): FileCursor(int(inode), int(offset), int(fp), bool(recheck), bool(complete))
+                for src, file, inode, offset, fp, recheck, complete in json.loads(text or "[]")}
+
+    @staticmethod
+    def write(con: duckdb.DuckDBPyConnection, stream: str, file: str, fc: FileCursor) -> None:
         con.execute(
             """INSERT INTO file_cursors VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)
             ON CONFLICT (stream, file) DO UPDATE SET inode = excluded.inode,
@@ -167,7 +184,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if old is None or old.offset < fc.offset:
                 found[key] = fc
         for (src, f), fc in found.items():
-            FileCursors._write(con, src, f, fc)
+            FileCursors.write(con, src, f, fc)
         moved = len(found)
         con.execute("INSERT INTO meta VALUES ('schema', ?)", [SCHEMA_VERSION])
         con.execute("COMMIT")

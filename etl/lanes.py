@@ -5,8 +5,9 @@ statuses and no stream starves another. Within a lane, units commit one at a tim
 order, each with the cursor just after its last line: exactly-once holds per lane.
 
 Memory is bounded by construction: a lane holds at most `parse_workers` units being parsed,
-one being committed and one `carry` (rows held back to fill a whole row group), each from at
-most `batch_max_bytes` of the node's files. An order-status lane on more than one core whose
+`commit_units` being committed (one, unless order statuses commit side by side, below) and one
+`carry` (rows held back to fill a whole row group), each from at most `batch_max_bytes` of the
+node's files. An order-status lane on more than one core whose
 rules pre-filter parses `PREFILTER_UNITS` (2) at once when `parse_workers` is left to its
 default: each such unit holds its batch and the rows the rules keep, not a whole decoded batch,
 and no more than `parse_workers` units decode a batch whole at once (`OrdersFilter`).
@@ -15,6 +16,15 @@ Batching is latency-first. A lane that is caught up reads what is new, capped at
 process in `live_batch_ms`, and publishes each unit as soon as it has committed it. A lane
 that is behind reads `batch_max_bytes` at a time, parses several units in parallel where
 there are cores for it, and commits whole DuckDB row groups.
+
+An order-status lane that is behind commits up to `commit_units` whole row groups side by side
+(`SideBySide`), each in a transaction of its own on a connection of its own: DuckDB compresses
+a row group on one thread, which bounds a lane that commits one unit at a time to ~0.9 M rows/s
+whatever the cores. Each transaction commits only once the one before it has, so a unit is
+never stored without those before it; its cursor goes to `cursor_log` (two transactions that
+update the one `cursors` row conflict in DuckDB even one after the other), folded into
+`cursors` and `file_cursors` once it committed, and on the next start after a stop. A unit that
+fails side by side, and those after it, roll back and commit again alone, in order.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
 from etl.duckscan import cores
 from etl.faults import fault_point
+from etl.filecursors import FileCursor
 from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
@@ -47,7 +58,7 @@ from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes
 from etl.store import BatchResult, Store
 from etl.tail import REREAD, Batch, Cursor, Stream, Tailer
-from etl.units import Unit, can_merge, merge, split_whole_row_groups, unit_of
+from etl.units import ROW_GROUP, Unit, can_merge, merge, split_whole_row_groups, unit_of
 
 log = logging.getLogger("nodetap.lanes")
 
@@ -58,6 +69,10 @@ MAX_MOVES_AHEAD = 8  # batches without lines read ahead beyond the parse limit
 # a fraction of a decoded unit's memory, and a second one uses the core the first leaves idle
 # (2 cores: 1.19–1.29M against 1.07–1.16M lines/s, peak RSS ~720 against ~600 MB)
 PREFILTER_UNITS = 2
+# an order-status unit of at least this many rows commits side by side with the ones before it
+# (`commit_units`): DuckDB compresses a whole row group while the rows are inserted, on a thread
+# of its own; a smaller unit goes through the write-ahead log at COMMIT, which runs in order
+SIDE_BY_SIDE_ROWS = ROW_GROUP
 COMMIT_RETRIES = 20  # a commit that conflicts with the lake's sealer is tried again
 
 
@@ -79,6 +94,34 @@ def default_parse_workers() -> int:
     """Units parsed at once by a lane that is behind: one per two cores, at least one."""
     return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                           else os.cpu_count() or 2) // 2))
+
+
+def default_commit_units() -> int:
+    """Units an order-status lane commits side by side while behind: one per four cores, at
+    least one (DuckDB compresses a unit's row group on one thread; `db_threads` per four
+    cores as well, since a side-by-side commit needs a second DuckDB thread to compress on)."""
+    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 2) // 4))
+
+
+@dataclass
+class SideBySide:
+    """A unit committed side by side with the ones before it, on a connection of its own: its
+    transaction commits only once the one before it has (`before`), so that a unit is never
+    stored without all the units before it, and fails when that one failed."""
+
+    unit: Unit
+    result: BatchResult
+    shaped: Shaped
+    t0: float
+    seq: int
+    view: Store
+    before: SideBySide | None
+    done: threading.Event
+    future: Future[None] | None = None
+    committed: bool = False  # stored (or found stored already) and its cursor in `cursor_log`
+    stored: bool = False  # its transaction wrote a `cursor_log` entry
+    error: BaseException | None = None
 
 
 def dedup_for(store: Store, unit: Unit) -> Callable[[str, pl.DataFrame], pl.DataFrame] | None:
@@ -172,8 +215,19 @@ class Lane:
         self._pending: deque[Future[Unit]] = deque()
         self._empty: set[Future[Unit]] = set()  # pending units of batches without lines
         self.carry: Unit | None = None  # rows read but held back to fill a whole row group
+        # whole row groups of order statuses committed side by side while behind (SideBySide)
+        self.commit_units = ((s.commit_units or default_commit_units()) if stream.kind == "orders" else 1)
+        side = self.commit_units > 1
+        self._committers: deque[Store] = deque(store.for_thread()
+                                               for _ in range(self.commit_units if side else 0))
+        self._commit_pool = (ThreadPoolExecutor(self.commit_units,
+                                                thread_name_prefix=f"nodetap-commit-{stream.kind}")
+                             if side else None)
+        self._inflight: deque[SideBySide] = deque()
+        self._seq = 0
         self.orders_filter = OrdersFilter(whole_at_once=self.workers)
-        self.watermark: datetime | None = store.last_time(stream.name)
+        self.watermark: datetime | None = store.last_time(stream.name)  # committed
+        self._shaped_watermark = self.watermark  # with the units committing side by side
         self.matcher: TradeMatcher | None = None
         if stream.kind == "fills":
             self.matcher = TradeMatcher(clock=clock)
@@ -253,6 +307,7 @@ class Lane:
             self._read_ahead()
         if not self._pending:
             self.behind = False
+            self._settle()
             if self.carry is not None:
                 self._commit(self.carry, t0)
                 self.carry = None
@@ -289,31 +344,141 @@ class Lane:
             if not more:
                 break
             done += 1
+        self._settle()
         return done
 
     def _commit(self, unit: Unit, t0: float) -> None:
         if self.halted:
             return
         fault_point(f"lane_commit_{self.stream.kind}")
+        dedup = dedup_for(self.store, unit)
         shaped = shape(unit, rules=self.rules, intervals=self.settings.candle_intervals,
-                       stall_after_s=self.settings.stall_after_s, watermark=self.watermark,
-                       matcher=self.matcher, dedup=dedup_for(self.store, unit))
+                       stall_after_s=self.settings.stall_after_s, watermark=self._shaped_watermark,
+                       matcher=self.matcher, dedup=dedup)
         result = BatchResult(
             stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
             lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
             est_line_bytes=self.line_bytes, last_time=shaped.last_time,
             first_time=shaped.first_time,
-            stalls=shaped.stalls, watermark_before=self.watermark)
+            stalls=shaped.stalls, watermark_before=self._shaped_watermark)
+        if shaped.last_time is not None and (self._shaped_watermark is None
+                                             or shaped.last_time > self._shaped_watermark):
+            self._shaped_watermark = shaped.last_time
+        if (self._commit_pool is not None and dedup is None and not unit.gaps and shaped.candles is None
+                and shaped.trade_users is None and unit.unread > catching_up_bytes(self.settings)
+                and sum(f.height for f in shaped.rows.values()) >= SIDE_BY_SIDE_ROWS):
+            self._side_by_side(unit, result, shaped, t0)
+            return
+        self._settle()  # the units before this one commit first
+        if not self.halted:
+            self._commit_alone(unit, result, shaped, t0)
+
+    def _commit_alone(self, unit: Unit, result: BatchResult, shaped: Shaped, t0: float) -> None:
+        """Store a unit in a transaction of the lane's own, then publish it."""
         try:
             candles = self.disk.run(lambda: self._store(result, shaped))
         except BaseException as err:
-            self.halted = True
-            self.carry = None
-            if isinstance(err, DiskFullError | MemoryFullError):  # stopped while paused: read again
-                log.warning("event=stop_while_paused stream=%s file=%s reason=%r",
-                            self.stream.name, unit.file, str(err))
+            self._halt(unit, err)
+            return
+        self._committed(unit, result, shaped, candles, t0)
+
+    def _halt(self, unit: Unit, err: BaseException) -> None:
+        """No later unit of this lane may commit: its rows would pass the failed one's."""
+        self.halted = True
+        self.carry = None
+        if isinstance(err, DiskFullError | MemoryFullError):  # stopped while paused: read again
+            log.warning("event=stop_while_paused stream=%s file=%s reason=%r",
+                        self.stream.name, unit.file, str(err))
+            return
+        raise err
+
+    # ------------------------------------------------------ side by side
+    def _side_by_side(self, unit: Unit, result: BatchResult, shaped: Shaped, t0: float) -> None:
+        """Commit a whole row group of order statuses on a connection of its own while the units
+        before it still commit: DuckDB compresses each transaction's row group on a thread of
+        its own (`python -m etl.bench.appends`). At most `commit_units` at once."""
+        assert self._commit_pool is not None
+        while len(self._inflight) >= self.commit_units:
+            self._settle_oldest()
+        if self.halted:
+            return
+        view = self._committers.popleft()
+        if view.generation != view._root.generation:  # the database was reopened since
+            view.reconnect()
+        self._seq += 1
+        job = SideBySide(unit, result, shaped, t0, self._seq, view,
+                         self._inflight[-1] if self._inflight else None, threading.Event())
+        self._inflight.append(job)
+        job.future = self._commit_pool.submit(self._side_commit, job)
+
+    @staticmethod
+    def _side_commit(job: SideBySide) -> None:
+        """On a commit thread: write the unit, wait for the unit before it, then commit; roll
+        back if that one did not commit or this one failed."""
+        staged: dict[tuple[str, str], FileCursor] | None = None
+        try:
+            staged = job.view.stage(job.result, job.shaped.rows, job.seq)
+            fault_point("side_by_side_staged")
+            before, job.before = job.before, None  # no chain of units kept alive
+            if before is not None:
+                before.done.wait()
+                if not before.committed:
+                    raise RuntimeError(f"unit {before.seq} before this one did not commit")
+            if staged is not None:
+                job.view.finish()
+                job.view.files.remember(staged)
+                job.stored = True
+            job.committed = True
+        except BaseException as err:  # the lane commits it again alone, in order
+            if staged is not None and not job.committed:
+                job.view.abandon()
+            job.error = err
+        finally:
+            job.done.set()
+
+    def _settle_oldest(self) -> None:
+        """Wait for the oldest unit committing side by side; publish it, or, when it failed,
+        commit it and every unit after it again, alone and in order."""
+        job = self._inflight.popleft()
+        assert job.future is not None
+        job.future.result()
+        self._committers.append(job.view)
+        if job.committed:
+            if job.stored:  # its cursor into `cursors`, before any unit commits alone
+                try:
+                    self.disk.run(lambda: self.store.fold(self.stream.name))
+                except BaseException as err:
+                    self._halt(job.unit, err)
+                    return
+            self._committed(job.unit, job.result, job.shaped, None, job.t0)
+            return
+        if not isinstance(job.error, duckdb.TransactionException | duckdb.OutOfMemoryException):
+            log.warning("event=side_by_side_failed stream=%s seq=%d error=%s: %r (committed again alone)",
+                        self.stream.name, job.seq, type(job.error).__name__,
+                        str(job.error).splitlines()[0][:200])
+        # the units after it roll back (they wait for it): let them, then commit all alone
+        rest = [job, *self._inflight]
+        for later in self._inflight:
+            assert later.future is not None
+            later.future.result()
+            self._committers.append(later.view)
+        self._inflight.clear()
+        for unit_job in rest:
+            if self.halted:
                 return
-            raise
+            if unit_job.committed:  # found stored already: nothing to write
+                self._committed(unit_job.unit, unit_job.result, unit_job.shaped, None, unit_job.t0)
+            else:
+                self._commit_alone(unit_job.unit, unit_job.result, unit_job.shaped, unit_job.t0)
+
+    def _settle(self) -> None:
+        """Every unit committing side by side committed and published (or committed again)."""
+        while self._inflight:
+            self._settle_oldest()
+
+    def _committed(self, unit: Unit, result: BatchResult, shaped: Shaped, candles: pl.DataFrame | None,
+                   t0: float) -> None:
+        """A unit is stored: move the lane on and publish it."""
         seconds = time.perf_counter() - t0
         self.cursor = unit.cursor
         if shaped.last_time is not None and (self.watermark is None or shaped.last_time > self.watermark):
@@ -402,6 +567,7 @@ class Lane:
 
     def flush(self) -> None:
         """Commit the rows held back for a whole row group (at shutdown)."""
+        self._settle()
         if self.carry is not None:
             self._commit(self.carry, time.perf_counter())
             self.carry = None
@@ -412,6 +578,8 @@ class Lane:
         self.stop_event.set()
         self.wake.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._commit_pool is not None:  # a unit still committing commits (or rolls back)
+            self._commit_pool.shutdown(wait=True)
         if self._prefilter_pool is not None:
             self._prefilter_pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()

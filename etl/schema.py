@@ -103,6 +103,13 @@ META_DDL = [
     """CREATE TABLE IF NOT EXISTS file_cursors (
         stream VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT, fp BIGINT,
         recheck BOOLEAN, complete BOOLEAN, updated_at TIMESTAMP, PRIMARY KEY (stream, file))""",
+    # a unit's cursor, written instead of `cursors` and `file_cursors` by a unit committed
+    # side by side with the one before it (etl/lanes.py), folded into them once it committed
+    # and on every start (`Store.fold`); `files` is the unit's file cursors, as JSON
+    """CREATE TABLE IF NOT EXISTS cursor_log (
+        stream VARCHAR, seq BIGINT, kind VARCHAR, file VARCHAR, inode UBIGINT, "offset" BIGINT,
+        lines BIGINT, bytes BIGINT, rows BIGINT, rejects BIGINT, gaps BIGINT,
+        skipped_bytes BIGINT, last_time TIMESTAMP, updated_at TIMESTAMP, files VARCHAR)""",
     # what this database is: its node dir, its id, per-stream floors (etl/identity.py)
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
     # the Parquet lake's sealed hours (see etl/lake.py)

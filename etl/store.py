@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 
 from etl.config import Settings
-from etl.filecursors import FileCursors, migrate
+from etl.filecursors import FileCursor, FileCursors, migrate
 from etl.nodefiles import FileIndex
 from etl.schema import (
     CANDLE_DB_NAMES,
@@ -76,6 +76,7 @@ class Store:
             self.con.execute(ddl)
         migrate(self.con)
         self.files = FileCursors(self.con)
+        self.fold()  # units a stop left in `cursor_log`: committed, so their cursors count
         # thread views (`for_thread`) share the database: a reopen closes and replaces them all
         self._root = self
         self._views: list[Store] = []
@@ -174,22 +175,98 @@ class Store:
             return
         con.execute("BEGIN TRANSACTION")
         try:
-            self._insert_rows(rows)
-            if trade_users is not None and trade_users.height:
-                self._complete_trades(trade_users)
-            if candles is not None and candles.height:
-                self._upsert_candles(candles)
-            now = utcnow()
-            self._record_stalls(batch, now)
-            self._record_rejects(batch, now)
-            self._record_gaps(batch, now)
-            files = self.files.advance(con, batch.stream, batch.cursor, batch.gaps)
-            self._advance_cursor(batch, sum(f.height for f in rows.values()), now)
+            files = self._write_unit(batch, rows, candles, trade_users, None)
             con.execute("COMMIT")
         except BaseException:
             rollback(con)
             raise
         self.files.remember(files)
+
+    def stage(self, batch: BatchResult, rows: dict[str, pl.DataFrame], seq: int
+              ) -> dict[tuple[str, str], FileCursor] | None:
+        """`commit` of a unit committed side by side with the one before it (etl/lanes.py), on
+        this view's connection, up to its COMMIT: the transaction is left open for `finish` (or
+        `abandon`). Its cursor goes to `cursor_log` as entry `seq`, not to `cursors` and
+        `file_cursors`, which the unit before it may still be updating: two transactions
+        that update one row conflict in DuckDB even one after the other. `fold` moves it there
+        once committed. Returns the unit's file cursors, or None when it is stored already."""
+        con = self.con
+        if self.files.committed(batch.stream, batch.cursor, batch.lines):
+            return None
+        con.execute("BEGIN TRANSACTION")
+        try:
+            return self._write_unit(batch, rows, None, None, seq)
+        except BaseException:
+            rollback(con)
+            raise
+
+    def finish(self) -> None:
+        """Commit the transaction `stage` left open (rolled back if the commit fails)."""
+        try:
+            self.con.execute("COMMIT")
+        except BaseException:
+            rollback(self.con)
+            raise
+
+    def abandon(self) -> None:
+        """Roll back the transaction `stage` left open."""
+        rollback(self.con)
+
+    def fold(self, stream: str | None = None) -> int:
+        """Move committed `cursor_log` entries (of `stream`, or all) into `cursors` and
+        `file_cursors`, in one transaction; returns how many. The lane folds each unit it
+        committed side by side once it committed; opening the store folds what a stop left."""
+        con = self.con
+        where, params = ("WHERE stream = ?", [stream]) if stream is not None else ("", [])
+        con.execute("BEGIN TRANSACTION")
+        try:
+            entries = con.execute(
+                'SELECT stream, seq, kind, file, inode, "offset", lines, bytes, rows, rejects, gaps, '
+                f"skipped_bytes, last_time, updated_at, files FROM cursor_log {where} ORDER BY stream, seq",
+                params).fetchall()
+            changed: dict[tuple[str, str], FileCursor] = {}
+            last: dict[str, int] = {}
+            for name, seq, kind, file, inode, offset, *counts, last_time, at, files in entries:
+                changed.update(FileCursors.decode(files))
+                self._upsert_cursor([name, kind, file, inode, offset, *counts, last_time, at])
+                last[name] = seq
+            for (src, file), fc in changed.items():
+                FileCursors.write(con, src, file, fc)
+            for name, seq in last.items():
+                con.execute("DELETE FROM cursor_log WHERE stream = ? AND seq <= ?", [name, seq])
+            con.execute("COMMIT")
+        except BaseException:
+            rollback(con)
+            raise
+        self.files.remember(changed)
+        return len(entries)
+
+    def _write_unit(self, batch: BatchResult, rows: dict[str, pl.DataFrame], candles: pl.DataFrame | None,
+                    trade_users: pl.DataFrame | None, seq: int | None) -> dict[tuple[str, str], FileCursor]:
+        """Everything a unit stores, inside the open transaction; its cursor goes to `cursors`
+        or, with a `seq`, to `cursor_log`. Returns its file cursors."""
+        self._insert_rows(rows)
+        if trade_users is not None and trade_users.height:
+            self._complete_trades(trade_users)
+        if candles is not None and candles.height:
+            self._upsert_candles(candles)
+        now = utcnow()
+        self._record_stalls(batch, now)
+        self._record_rejects(batch, now)
+        self._record_gaps(batch, now)
+        n = sum(f.height for f in rows.values())
+        c = batch.cursor
+        values = [batch.stream, batch.kind, c.file, c.inode, c.offset, batch.lines, batch.nbytes, n,
+                  len(batch.rejects), len(batch.gaps), sum(g.end - g.start for g in batch.gaps),
+                  batch.last_time, now]
+        if seq is None:
+            files = self.files.advance(self.con, batch.stream, batch.cursor, batch.gaps)
+            self._upsert_cursor(values)
+        else:
+            files = self.files.after(batch.stream, batch.cursor, batch.gaps)
+            self.con.execute("INSERT INTO cursor_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [*values[:1], seq, *values[1:], FileCursors.encode(files)])
+        return files
 
     def _insert_rows(self, rows: dict[str, pl.DataFrame]) -> None:
         for table, frame in rows.items():
@@ -231,9 +308,9 @@ class Store:
             self.con.execute("UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
                              [batch.first_time, batch.stream])
 
-    def _advance_cursor(self, batch: BatchResult, rows: int, now: datetime) -> None:
-        """The stream's cursor after the batch, and its running counters."""
-        c = batch.cursor
+    def _upsert_cursor(self, values: list[object]) -> None:
+        """The stream's cursor after a unit, and its running counters: `values` are a `cursors`
+        row with the unit's counts."""
         self.con.execute(
             """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
@@ -244,10 +321,7 @@ class Store:
                 gaps = cursors.gaps + excluded.gaps,
                 skipped_bytes = cursors.skipped_bytes + excluded.skipped_bytes,
                 last_time = greatest(cursors.last_time, excluded.last_time),
-                updated_at = excluded.updated_at""",
-            [batch.stream, batch.kind, c.file, c.inode, c.offset, batch.lines, batch.nbytes, rows,
-             len(batch.rejects), len(batch.gaps), sum(g.end - g.start for g in batch.gaps),
-             batch.last_time, now])
+                updated_at = excluded.updated_at""", values)
 
     def _mark_late(self, table: str, rows: pl.DataFrame) -> None:
         """Rows (in the store's names) for an hour the lake has sealed already: have it sealed again."""

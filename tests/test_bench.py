@@ -137,9 +137,12 @@ def test_appends_bench_stores_every_unit_both_ways(tmp_path: Path) -> None:
     rows = parse("orders", "plain", buf).frame.select(list(ROW_TABLES["orders"]))
     store = Store(tmp_path / "a.duckdb")
     try:
-        one_after_another(store.con, [rows] * 2)
-        side_by_side(store.con, [rows] * 3)
+        one_after_another(store, [rows] * 2, 0)
+        side_by_side(store, [rows] * 3, 2)
         (n,) = store.con.execute("SELECT count(*) FROM orders").fetchone() or (0,)
+        cursor = store.con.execute('SELECT "offset", lines FROM cursors').fetchall()
+        log = store.con.execute("SELECT count(*) FROM cursor_log").fetchone()
     finally:
         store.close()
     assert n == 5 * rows.height > 0
+    assert cursor == [(5000, 5 * rows.height)] and log == (0,)  # the last unit's, all folded

@@ -44,6 +44,8 @@ def test_unknown_env_key_is_named() -> None:
     ("NODETAP_POLL", "maybe", "setting poll: 'maybe' is not a valid bool"),
     ("NODETAP_BACKLOG", "some", "backlog must be 'drop' or 'keep'"),
     ("NODETAP_MAX_BACKLOG_BYTES", "0", "max_backlog_bytes must be positive"),
+    ("NODETAP_PARSE_WORKERS", "-1", "parse_workers must be 0 (chosen for the cores) or more, not -1"),
+    ("NODETAP_COMMIT_UNITS", "-2", "commit_units must be 0 (chosen for the cores) or more, not -2"),
 ])
 def test_bad_values_are_explained(key: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
