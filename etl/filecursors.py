@@ -147,6 +147,12 @@ class FileCursors:
 
     @staticmethod
     def write(con: duckdb.DuckDBPyConnection, stream: str, file: str, fc: FileCursor) -> None:
+        (updated,) = con.execute(  # an UPDATE first: half the cost of an upsert
+            """UPDATE file_cursors SET inode = ?, "offset" = ?, fp = ?, recheck = ?, complete = ?,
+                updated_at = now()::TIMESTAMP WHERE stream = ? AND file = ?""",
+            [fc.inode, fc.offset, fc.fp, fc.recheck, fc.complete, stream, file]).fetchone() or (0,)
+        if updated:
+            return
         con.execute(
             """INSERT INTO file_cursors VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)
             ON CONFLICT (stream, file) DO UPDATE SET inode = excluded.inode,

@@ -245,11 +245,12 @@ class Store:
                     trade_users: pl.DataFrame | None, seq: int | None) -> dict[tuple[str, str], FileCursor]:
         """Everything a unit stores, inside the open transaction; its cursor goes to `cursors`
         or, with a `seq`, to `cursor_log`. Returns its file cursors."""
-        self._insert_rows(rows)
+        touched = self._insert_rows(rows)
         if trade_users is not None and trade_users.height:
             self._complete_trades(trade_users)
         if candles is not None and candles.height:
-            self._upsert_candles(candles)
+            touched.append(("candles", self._upsert_candles(candles)))
+        self._mark_late(touched)
         now = utcnow()
         self._record_stalls(batch, now)
         self._record_rejects(batch, now)
@@ -268,7 +269,9 @@ class Store:
                              [*values[:1], seq, *values[1:], FileCursors.encode(files)])
         return files
 
-    def _insert_rows(self, rows: dict[str, pl.DataFrame]) -> None:
+    def _insert_rows(self, rows: dict[str, pl.DataFrame]) -> list[tuple[str, list[datetime]]]:
+        """Insert each table's rows; returns the hours each touched, for `_mark_late`."""
+        hours = []
         for table, frame in rows.items():
             if frame.height:
                 # Arrow's string views are Polars' own strings: no copy. DuckDB, handed the frame,
@@ -277,7 +280,8 @@ class Store:
                 self.con.register("_batch", arrow)
                 self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                 self.con.unregister("_batch")
-                self._mark_late(table, frame)
+                hours.append((table, _hours(table, frame)))
+        return hours
 
     def _record_stalls(self, batch: BatchResult, now: datetime) -> None:
         """The stream said nothing for a while: candles must not be filled across it."""
@@ -310,7 +314,14 @@ class Store:
 
     def _upsert_cursor(self, values: list[object]) -> None:
         """The stream's cursor after a unit, and its running counters: `values` are a `cursors`
-        row with the unit's counts."""
+        row with the unit's counts. An UPDATE first: 0.7 against 1.6 ms for an upsert."""
+        (updated,) = self.con.execute(
+            """UPDATE cursors SET kind = ?, file = ?, inode = ?, "offset" = ?, lines = lines + ?,
+                bytes = bytes + ?, rows = rows + ?, rejects = rejects + ?, gaps = gaps + ?,
+                skipped_bytes = skipped_bytes + ?, last_time = greatest(last_time, ?),
+                updated_at = ? WHERE stream = ?""", [*values[1:], values[0]]).fetchone() or (0,)
+        if updated:
+            return
         self.con.execute(
             """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (stream) DO UPDATE SET file = excluded.file,
@@ -323,12 +334,16 @@ class Store:
                 last_time = greatest(cursors.last_time, excluded.last_time),
                 updated_at = excluded.updated_at""", values)
 
-    def _mark_late(self, table: str, rows: pl.DataFrame) -> None:
-        """Rows (in the store's names) for an hour the lake has sealed already: have it sealed again."""
-        hours = rows.select(hour_expr(table).unique()).get_column("hour").drop_nulls().to_list()
-        if hours:  # a list parameter: registering a frame cost ~1.5 ms a call, three calls a batch
-            self.con.execute("UPDATE lake_hours SET dirty = true WHERE tbl = ? AND list_contains(?, hour) "
-                             "AND NOT dirty", [table, hours])
+    def _mark_late(self, touched: list[tuple[str, list[datetime]]]) -> None:
+        """Rows for an hour the lake has sealed already: have it sealed again. One statement for
+        every table a unit touched, the hours of each a list parameter (registering a frame cost
+        ~1.5 ms a call; a statement per table ~0.5 ms)."""
+        touched = [(table, hours) for table, hours in touched if hours]
+        if touched:
+            self.con.execute(
+                "UPDATE lake_hours SET dirty = true WHERE NOT dirty AND ("
+                + " OR ".join("(tbl = ? AND list_contains(?, hour))" for _ in touched) + ")",
+                [v for pair in touched for v in pair])
 
     def stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The stored candles with these (coin, interval, t), in the protocol's names."""
@@ -340,13 +355,13 @@ class Store:
             con.unregister("_keys")
         return old.rename(CANDLE_DB_NAMES_BACK)
 
-    def _upsert_candles(self, merged: pl.DataFrame) -> None:
+    def _upsert_candles(self, merged: pl.DataFrame) -> list[datetime]:
         con = self.con
         stored = merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA))
         con.register("_candles", stored)
         con.execute("INSERT OR REPLACE INTO candles SELECT * FROM _candles")
         con.unregister("_candles")
-        self._mark_late("candles", stored)
+        return _hours("candles", stored)
 
     def last_time(self, stream: str) -> datetime | None:
         """The stream's watermark: its last event time committed."""
@@ -423,6 +438,11 @@ class _StreamIndex:
 
     def other_variant_read(self, rel: str) -> bool:
         return self.files.other_variant_read(self.stream, rel)
+
+
+def _hours(table: str, rows: pl.DataFrame) -> list[datetime]:
+    """The hours of `table` that rows (in the store's names) fall in."""
+    return rows.select(hour_expr(table).unique()).get_column("hour").drop_nulls().to_list()
 
 
 # ------------------------------------------------------------ cursors and gaps, read back

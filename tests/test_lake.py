@@ -161,6 +161,26 @@ def test_late_rows_reseal_their_hour(tmp_path: Path, node: Node) -> None:
     store.close()
 
 
+def test_a_late_trade_reseals_the_hours_of_its_fills_trade_and_candles_only(
+        tmp_path: Path, node: Node) -> None:
+    """One unit of fills touches three tables: each of their sealed hours that it touches is
+    marked for sealing again (one statement, etl/store.py), and no other hour."""
+    fill_node(node)
+    store, pipe = run(tmp_path, node)
+    pipe.lake().seal()
+    sealed = set(store.con.execute("SELECT tbl, hour FROM lake_hours WHERE NOT dirty").fetchall())
+    assert {t for t, _ in sealed} >= {"fills", "trades", "candles", "orders"}
+    node.hour_of_writes = 12
+    node.add_trade("2026-01-05T10:40:00", 104)  # late: its fills, trade and candles are in hour 10
+    pipe.run_once()
+    dirty = store.con.execute(
+        "SELECT tbl, strftime(hour, '%H') FROM lake_hours WHERE dirty ORDER BY 1").fetchall()
+    # candles are sealed by their close hour: the 1m and 1h candles of 10:40 close in hour 10
+    assert dirty == [("candles", "10"), ("fills", "10"), ("trades", "10")]
+    pipe.close()
+    store.close()
+
+
 def test_retention_prunes_only_sealed_rows_and_late_rows_become_new_parts(
         tmp_path: Path, node: Node) -> None:
     fill_node(node)
