@@ -4,8 +4,10 @@ Lanes run concurrently, but on two cores a lane catching up on order statuses (h
 MB/s of JSON) takes the CPU that a fills lane needs to publish its next trades within one
 batch. So the fills and trades lanes are *urgent* while they are caught up: while one of them
 is processing, the order-status lane waits at its next checkpoint (before parsing a unit and
-before committing one). It waits at most `max_wait_s` per checkpoint, so a busy fills lane
-slows it down but never stops it: under overload no lane starves another.
+before committing one), and between the slices of a batch's byte scan (etl/bytescan.py),
+the scan's half of the work a unit of order statuses takes to pre-filter. It waits at most
+`max_wait_s` per checkpoint (the scan's checkpoints of one unit: that in all), so a busy fills
+lane slows it down but never stops it: under overload no lane starves another.
 """
 
 from __future__ import annotations
@@ -40,15 +42,42 @@ class Gate:
                 if not self._urgent:
                     self._cond.notify_all()
 
-    def give_way(self) -> None:
+    def give_way(self, max_wait_s: float | None = None) -> float:
         """Called by a bulk lane at a checkpoint: wait while an urgent lane is busy (at most
-        `max_wait_s`)."""
+        `max_wait_s`, by default the gate's); returns the seconds waited."""
         if not self._urgent:  # the common case, without the lock
-            return
+            return 0.0
         t0 = time.perf_counter()
         with self._cond:
             self.waiting += 1
-            self._cond.wait_for(lambda: not self._urgent, timeout=self.max_wait_s)
+            self._cond.wait_for(lambda: not self._urgent,
+                                timeout=self.max_wait_s if max_wait_s is None else max_wait_s)
             self.waiting -= 1
             self.waits += 1
-            self.waited_s += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            self.waited_s += waited
+        return waited
+
+    def budget(self) -> Budget:
+        """Checkpoints inside one unit's parse (between slices of the byte scan), which wait
+        `max_wait_s` in all."""
+        return Budget(self, self.max_wait_s)
+
+
+class Budget:
+    """`Gate.give_way` for the checkpoints of one unit's work, on any of its threads: together
+    they wait at most `max_wait_s`, so that a bulk lane's unit is slowed, never stopped."""
+
+    def __init__(self, gate: Gate, max_wait_s: float) -> None:
+        self.gate = gate
+        self.left = max_wait_s
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if not self.gate._urgent or self.left <= 0:  # the common case, without the lock
+            return
+        with self._lock:
+            left = self.left
+        waited = self.gate.give_way(left) if left > 0 else 0.0
+        with self._lock:
+            self.left -= waited

@@ -293,9 +293,10 @@ class Lane:
         return self.workers
 
     def _parse(self, batch: Batch, rules: Rules | None) -> Unit:
-        if not self.urgent:
-            self.gate.give_way()
-        return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter)
+        if self.urgent:
+            return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter)
+        self.gate.give_way()
+        return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter, self.gate.budget())
 
     # --------------------------------------------------------------- tick
     def step(self) -> bool:

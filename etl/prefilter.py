@@ -29,6 +29,7 @@ the same fields, and ~200 ms for Polars' NDJSON decoder (docs/benchmarks.md).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -96,7 +97,7 @@ def filter_parsed(parsed: Parsed, rules: Rules) -> Filtered:
 
 
 def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 << 20,
-              min_lines: int = MIN_LINES) -> Filtered | None:
+              min_lines: int = MIN_LINES, checkpoint: Callable[[], None] | None = None) -> Filtered | None:
     """The rules applied to a batch of order-status lines, decoding whole only the lines that can
     pass; None when the batch must be decoded whole (see the module's docstring), or holds fewer
     than `min_lines` lines."""
@@ -108,7 +109,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     lengths = ends - starts
     if (lengths == 0).any() or (lengths > max_line_bytes).any():
         return None
-    light, unsure = _light(variant, buf, starts, ends, rules)
+    light, unsure = _light(variant, buf, starts, ends, rules, checkpoint)
     masks = rule_masks(light, rules)
     if masks is None:
         return None  # the rules keep everything: nothing to save
@@ -145,14 +146,14 @@ def prepare(rules: Rules) -> None:
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
-           rules: Rules) -> tuple[pl.DataFrame, np.ndarray]:
+           rules: Rules, checkpoint: Callable[[], None] | None = None) -> tuple[pl.DataFrame, np.ndarray]:
     """The light rows of a batch and the lines to decode whole whatever the rules say
     (etl/bytescan.py)."""
     # imported here (or by `prepare`): numba costs ~120 MB of memory, which keep-all never needs
     from etl.bytescan import scan_orders
 
     fields, columns = light_fields(rule_columns(rules))
-    events, unsure = scan_orders(variant, buf, starts, ends, fields)
+    events, unsure = scan_orders(variant, buf, starts, ends, fields, checkpoint)
     return orders_flat(events, False, columns).with_columns(events.get_column("_line")), unsure
 
 
@@ -186,11 +187,12 @@ class OrdersFilter:
             return (not rules.keep_all and bool(_rule_exprs(rules)) and not self._declined
                     and (self.share <= self.threshold or self._since_probe >= self.probe_every))
 
-    def __call__(self, variant: str, buf: bytes, rules: Rules, max_line_bytes: int) -> Filtered:
+    def __call__(self, variant: str, buf: bytes, rules: Rules, max_line_bytes: int,
+                 checkpoint: Callable[[], None] | None = None) -> Filtered:
         with self._lock:
             try_it = self.share <= self.threshold or self._since_probe >= self.probe_every
             self._since_probe = 0 if try_it else self._since_probe + 1
-        out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines) if try_it else None
+        out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines, checkpoint) if try_it else None
         with self._lock:
             if try_it:
                 self._declined = out is None

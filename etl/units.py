@@ -9,6 +9,7 @@ committed cursor, so a crash re-reads them: exactly-once holds at any instant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -53,16 +54,18 @@ class Unit:
 
 
 def unit_of(batch: Batch, max_line_bytes: int, rules: Rules | None = None,
-            orders_filter: OrdersFilter | None = None) -> Unit:
+            orders_filter: OrdersFilter | None = None, checkpoint: Callable[[], None] | None = None) -> Unit:
     """Parse a batch into a unit (on a worker thread). With `rules`, order statuses are filtered
-    here, decoding whole only the lines that can pass (etl/prefilter.py)."""
+    here, decoding whole only the lines that can pass (etl/prefilter.py); `checkpoint` is called
+    between slices of the pre-filter's byte scan (etl/gate.py)."""
     rejects: list[Reject] = []
     frame = times = counts = None
     offsets = np.empty(0, np.int64)
     if batch.data:
         kind, variant = batch.stream.kind, batch.stream.variant
         if kind == "orders" and rules is not None:
-            filtered = (orders_filter or OrdersFilter())(variant, batch.data, rules, max_line_bytes)
+            filtered = (orders_filter or OrdersFilter())(variant, batch.data, rules, max_line_bytes,
+                                                         checkpoint)
             parsed, counts = filtered.parsed, filtered.counts
         else:
             parsed = parse(kind, variant, batch.data, max_line_bytes)

@@ -172,6 +172,21 @@ def test_a_large_batch_is_scanned_in_slices_in_order() -> None:
     assert light["oid"].to_list() == list(range(30_000))
 
 
+def test_with_a_checkpoint_a_batch_is_scanned_in_smaller_slices_with_the_same_result() -> None:
+    """A bulk lane's scan calls its checkpoint every 16,384 lines of each core's part (etl/gate.py)
+    and returns what one slice per core returns."""
+    lines = [node_line(oid=i) for i in range(40_000)]
+    lines[20_001] = lines[20_001].replace(b'"status":"open"', b'"status":5')
+    buf = b"\n".join(lines) + b"\n"
+    starts, ends = line_bounds(buf)
+    calls = []
+    events, unsure = scan_orders("plain", buf, starts, ends, EVERY[0], lambda: calls.append(1))  # type: ignore[arg-type]
+    whole, whole_unsure = scan_orders("plain", buf, starts, ends, EVERY[0])  # type: ignore[arg-type]
+    assert len(calls) >= 3  # 40,000 lines: at least three slices
+    assert events.equals(whole) and unsure.tolist() == whole_unsure.tolist() == [20_001]
+    assert events["_line"].to_list() == list(range(40_000))
+
+
 @st.composite
 def compact_line(draw: st.DrawFn, variant: str) -> bytes:
     """A line as the node writes it (compact JSON), from `order_event`'s drawn events: keys in

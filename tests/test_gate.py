@@ -57,3 +57,17 @@ def test_nested_urgent_blocks_release_once_all_end() -> None:
     outer.__exit__(None, None, None)
     assert done.wait(30)
     t.join()
+
+
+def test_the_checkpoints_of_one_unit_wait_its_budget_in_all() -> None:
+    """The byte scan of one unit calls its budget between slices (etl/bytescan.py): while urgent
+    work goes on, the first call waits the whole budget and the others none."""
+    gate = Gate(max_wait_s=0.05)
+    budget = gate.budget()
+    with gate.urgent():
+        for _ in range(10):
+            budget()
+    assert gate.waits == 1 and budget.left <= 0
+    fresh = gate.budget()
+    fresh()  # no urgent lane: no wait, the budget untouched
+    assert gate.waits == 1 and fresh.left == 0.05
