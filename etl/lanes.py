@@ -241,6 +241,8 @@ class Lane:
         # order statuses give way to fills and trades (etl/gate.py)
         self.gate = gate or Gate()
         self.urgent = stream.kind != "orders"
+        if self.urgent:
+            self.gate.urgent_lanes += 1
         self.halted = False
         self.thread: threading.Thread | None = None
         # counters, for status

@@ -37,10 +37,10 @@ import numpy as np
 import polars as pl
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
-from etl.duckscan import Fields, cores
+from etl.duckscan import Fields
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
-from etl.parse import BadLine, Parsed, line_bounds, parse, parse_lines
+from etl.parse import BadLine, Parsed, parse, parse_lines
 
 # below this many lines, decoding a batch whole costs less than pre-filtering it, whose frames
 # and second decode cost ~6.5 ms whatever the batch (measured: 1,024 lines 7.1 against 5.9 ms
@@ -103,7 +103,9 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     than `min_lines` lines."""
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
-    starts, ends = line_bounds(buf, cores())
+    from etl.bytescan import line_bounds as find_lines  # numba: loaded by `prepare`, not by keep-all
+
+    starts, ends = find_lines(buf)
     if len(ends) < max(min_lines, 1):
         return None
     lengths = ends - starts

@@ -253,3 +253,27 @@ def test_the_scan_compiles_without_a_cache_directory() -> None:
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "compiled"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([b"", b"a", b"{}", b'{"x":"yz"}', b"\xff", b"0123456789" * 30]),
+                max_size=400))
+def test_line_bounds_by_memchr_are_numpys(parts: list[bytes]) -> None:
+    """The pre-filter finds its lines with libc's memchr (`bytescan.line_bounds`): the same
+    starts and ends as numpy's search, for blank lines, short lines (more than the first guess
+    of room) and a last line without its newline."""
+    from etl.bytescan import line_bounds as by_memchr
+
+    buf = b"\n".join(parts)
+    for data in (buf, buf + b"\n"):
+        got, want = by_memchr(data), line_bounds(data)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def test_line_bounds_by_memchr_grow_past_their_first_guess() -> None:
+    from etl.bytescan import line_bounds as by_memchr
+
+    buf = b"\n" * 5000 + b"x\n" * 3000  # 8,000 lines in 11,000 bytes: room for 1,024 at first
+    starts, ends = by_memchr(buf)
+    want = line_bounds(buf)
+    assert len(ends) == 8000 and ends.tolist() == want[1].tolist() and starts.tolist() == want[0].tolist()

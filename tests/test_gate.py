@@ -63,11 +63,15 @@ def test_the_checkpoints_of_one_unit_wait_its_budget_in_all() -> None:
     """The byte scan of one unit calls its budget between slices (etl/bytescan.py): while urgent
     work goes on, the first call waits the whole budget and the others none."""
     gate = Gate(max_wait_s=0.05)
+    assert gate.budget() is None  # no lane may be urgent: the scan runs without checkpoints
+    gate.urgent_lanes = 1  # a fills lane's, as `Lane` registers it
     budget = gate.budget()
+    assert budget is not None
     with gate.urgent():
         for _ in range(10):
             budget()
     assert gate.waits == 1 and budget.left <= 0
     fresh = gate.budget()
-    fresh()  # no urgent lane: no wait, the budget untouched
+    assert fresh is not None
+    fresh()  # no urgent work now: no wait, the budget untouched
     assert gate.waits == 1 and fresh.left == 0.05

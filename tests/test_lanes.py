@@ -259,3 +259,22 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
     finally:
         pipe.close()
         store.close()
+
+
+def test_fills_lanes_register_as_urgent_so_that_the_order_scan_has_checkpoints(tmp_path: Path) -> None:
+    """The byte scan of order statuses gives way between slices only where a lane may be urgent
+    (etl/gate.py): a node dir with fills has one, one with order statuses alone none."""
+    node = tmp_path / "node"
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(b"")
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start")
+    for expect in (0, 1):
+        store = Store.from_settings(s)
+        pipe = Pipeline(s, store)
+        try:
+            pipe.open()
+            assert pipe.gate.urgent_lanes == expect
+            assert (pipe.gate.budget() is not None) == bool(expect)
+        finally:
+            pipe.close()
+            store.close()
+        hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True))

@@ -60,8 +60,10 @@ def main() -> None:
     print(f"{len(buf) / 2**20:.1f} MiB, {len(ends):,} lines; light read: {', '.join(columns)}\n")
     print("| stage | CPU ms | wall ms |\n| --- | --- | --- |")
     out = timed("prefilter(), all of it (2 cores)", lambda: prefilter("plain", buf, rules))
-    timed("newline search (`line_bounds`, one part)", lambda: line_bounds(buf))
-    timed("newline search (`line_bounds`, a part per core, as `prefilter`)",
+    timed("newline search (`bytescan.line_bounds`: libc's memchr, as `prefilter`)",
+          lambda: bytescan.line_bounds(buf))
+    timed("newline search (`parse.line_bounds`: numpy, one part)", lambda: line_bounds(buf))
+    timed("newline search (`parse.line_bounds`: numpy, a part per core)",
           lambda: line_bounds(buf, duckscan.cores()))
     events, unsure = timed("the byte scan (`bytescan.scan_orders`, 2 cores)",
                            lambda: bytescan.scan_orders("plain", buf, starts, ends, fields))
