@@ -200,6 +200,7 @@ class Lane:
                              rotate_grace_s=s.rotate_grace_s, clock=clock, index=index)
         self.cursor = cursor  # committed: the first line not in the store
         self.read_cursor = cursor  # where the next read starts
+        self._unread_after_read = 0  # bytes left behind the last batch read
         self.workers = s.parse_workers or default_parse_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
         # more units in flight only where they can pre-filter on a core the first leaves idle,
@@ -266,8 +267,13 @@ class Lane:
 
         A batch without lines (the cursor moving to the next hour file, past a gap) does not
         count against the limit: reading goes on past it, so that the parse workers do not wait
-        for its commit at every new file (~50 ms a file on 2 cores, docs/benchmarks.md)."""
-        limit = self._parse_limit() if self.behind else 1
+        for its commit at every new file (~50 ms a file on 2 cores, docs/benchmarks.md).
+
+        Several units are parsed at once while behind, and also while a whole live batch more
+        waits behind the last one read: the end of a backlog (the last 4 live batches, up to
+        256 MiB) parses as fast as the rest of it."""
+        waiting = self.behind or self._unread_after_read >= self._live_batch_bytes()
+        limit = self._parse_limit() if waiting else 1
         pool = self._prefilter_pool if limit > self.workers and self._prefilter_pool else self._pool
         with_lines = sum(1 for f in self._pending if f not in self._empty)
         while (with_lines < limit and len(self._pending) < limit + MAX_MOVES_AHEAD
@@ -278,6 +284,7 @@ class Lane:
             if batch is None:
                 return
             self.read_cursor = batch.cursor
+            self._unread_after_read = batch.unread
             rules = self.rules.rules if self.rules is not None else None
             future = pool.submit(self._parse, batch, rules)
             self._pending.append(future)

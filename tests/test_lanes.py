@@ -261,6 +261,33 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
         store.close()
 
 
+def test_the_end_of_a_backlog_parses_two_units_at_once_too(tmp_path: Path) -> None:
+    """A lane no longer behind (less than four live batches unread) still pre-filters two units
+    at once while a whole live batch more waits behind the last one read (etl/lanes.py)."""
+    node = tmp_path / "node"
+    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
+            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
+            b'"origSz":"1"}}\n')
+    # three batches of ~2,800 lines, enough to pre-filter (etl/prefilter.py)
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 8000)
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", batch_max_bytes=512 << 10)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    try:
+        pipe.open()
+        lane = pipe.states["node_order_statuses"]
+        assert not lane.behind
+        lane._read_ahead()  # the first read: how much waits behind it is not known yet
+        assert len(lane._pending) == 1
+        lane._read_ahead()
+        assert len(lane._pending) == max(lane.workers, lane.prefilter_units)
+        assert lane.drain() > 0
+        assert store.con.execute("SELECT lines FROM cursors").fetchone() == (8000,)
+    finally:
+        pipe.close()
+        store.close()
+
+
 def test_fills_lanes_register_as_urgent_so_that_the_order_scan_has_checkpoints(tmp_path: Path) -> None:
     """The byte scan of order statuses gives way between slices only where a lane may be urgent
     (etl/gate.py): a node dir with fills has one, one with order statuses alone none."""
