@@ -408,8 +408,11 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
     if envelope and hi > lo:
         cap = max(cap, int(ends[hi - 1] - starts[lo]) // 256)
     unsure = np.zeros(hi - lo, np.bool_)
-    slot = np.cumsum([t == "string" for t in types]) - 1
-    slot[[t != "string" for t in types]] = -1
+    # a string's view in `views` at its slot; a string only checked (`Fields.checked`) has none
+    paths = [*fields.strings, *(f"order.{k}" for k in columns[len(fields.strings):])]
+    viewed = [t == "string" and p not in fields.checked for t, p in zip(types, paths, strict=True)]
+    slot = np.cumsum(viewed) - 1
+    slot[[not v for v in viewed]] = -1
     strings = int(np.count_nonzero(slot >= 0))
     while True:
         row_line = np.empty(cap, np.uint32)
@@ -436,7 +439,9 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
         if t == "string":
             valid = k == STRING
             at = int(slot[f]) * cap * 16
-            buffers = [_bits(valid), pa.py_buffer(views[at:at + rows * 16]), long]
+            # a checked string's value is "" (zero-length views)
+            view = np.zeros(rows * 16, np.uint8) if slot[f] < 0 else views[at:at + rows * 16]
+            buffers = [_bits(valid), pa.py_buffer(view), long]
             nulls = rows - int(np.count_nonzero(valid))
             array = pa.Array.from_buffers(pa.string_view(), rows, buffers, nulls)
         elif t == "int":

@@ -75,7 +75,8 @@ def light_fields(compared: frozenset[str]) -> tuple[Fields, tuple[str, ...]]:
     fields = Fields(named("time", "text", order=False), named("text", "decimal", order=True),
                     named("int", order=True), named("bool", order=True),
                     tuple(path[c] for c in columns if kind[c] == "text" and c in compared),
-                    tuple(path[c] for c in columns if kind[c] == "decimal"))
+                    tuple(path[c] for c in columns if kind[c] == "decimal"),
+                    checked=tuple(path[c] for c in columns if kind[c] == "text" and c not in compared))
     return fields, columns
 
 

@@ -391,6 +391,28 @@ def test_a_field_no_rule_reads_is_not_checked_unless_the_line_passes() -> None:
     assert read.counts["total"] == (1, 0)
 
 
+def test_a_required_text_no_rule_reads_missing_or_of_another_type_is_a_reject() -> None:
+    """`user` and `side` are required but no rule here compares them: the scan only checks that
+    they are strings (`Fields.checked`, no value made). A line without one, or with null there,
+    is a reject whatever the rules say; one with a number or a list there is decoded whole, as
+    full decoding reads it (Polars takes it as text): the same rejects and counts either way."""
+    event = json.loads(node_line(oid=2))
+    del event["user"]
+    lines = [node_line(oid=1), json.dumps(event, separators=(",", ":")).encode(),
+             odd_line(3, user=5), odd_line(4, order_side=None), odd_line(5, order_side=["B"])]
+    buf = b"\n".join(lines) + b"\n"
+    r = Rules(min_notional=50_000.0)
+    fields = light_fields(rule_columns(r))[0]
+    assert {"user", "order.side"} <= set(fields.checked)
+    fast = prefilter("plain", buf, r, min_lines=1)
+    full = filter_parsed(parse("orders", "plain", buf), r)
+    assert fast is not None
+    assert [o for o, _, _ in fast.parsed.rejects] == [o for o, _, _ in full.parsed.rejects] == [
+        buf.index(lines[1]), buf.index(lines[3])]
+    assert fast.counts == full.counts
+    assert fast.decoded == 4  # every odd line decoded whole; only the good one read by the scan
+
+
 @pytest.mark.parametrize("number", HUGE)
 @pytest.mark.parametrize(("field", "rules"), [
     ('"limitPx":"1"', Rules(statuses=(), min_notional=10.0)),
