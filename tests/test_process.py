@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -145,3 +146,59 @@ def test_a_full_disk_pauses_ingestion_and_loses_nothing(
                  if p.is_file())
     assert query(db, "SELECT count(*), count(DISTINCT oid) FROM orders") == [(orders, orders)]
     assert query(db, "SELECT count(*) - count(DISTINCT tid) FROM trades") == [(0,)]
+
+
+def test_a_shutdown_while_a_client_closes_its_websocket_does_not_raise() -> None:
+    """The server shuts down at the instant it has answered a client's close and closed the
+    transport, before the connection is gone (the moment is forced: `handle_close` calls
+    `shutdown` at once). uvicorn 0.54's protocol raised `InvalidState` there, which ended
+    `serve` with a traceback; `etl.cli.run.ws_protocol`'s does not."""
+    import asyncio
+    import base64
+    import os
+    import struct
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from etl.cli.run import ws_protocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    errors: list[BaseException] = []
+
+    class ShutdownOnClose(ws_protocol()):  # type: ignore[misc]  # a class made at run time
+        def handle_close(self, event: object) -> None:
+            super().handle_close(event)
+            try:
+                self.shutdown()
+            except BaseException as err:  # noqa: BLE001 - what the server's shutdown would raise
+                errors.append(err)
+
+    async def scenario() -> None:
+        config = uvicorn.Config(app, ws=ShutdownOnClose, log_level="critical")
+        config.load()
+        state = ServerState()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: config.ws_protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        mask, code = os.urandom(4), struct.pack("!H", 1000)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(code))
+        writer.write(bytes([0x88, 0x80 | len(code)]) + mask + masked)
+        assert (await reader.read(2))[0] == 0x88  # the server's answering close frame
+        await reader.read()  # and the end of the connection
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert errors == []
