@@ -30,7 +30,6 @@ fails side by side, and those after it, roll back and commit again alone, in ord
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -92,16 +91,14 @@ Listener = Callable[[Processed], None]
 
 def default_parse_workers() -> int:
     """Units parsed at once by a lane that is behind: one per two cores, at least one."""
-    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 2) // 2))
+    return max(1, min(8, cores() // 2))
 
 
 def default_commit_units() -> int:
     """Units an order-status lane commits side by side while behind: one per four cores, at
     least one (DuckDB compresses a unit's row group on one thread; `db_threads` per four
     cores as well, since a side-by-side commit needs a second DuckDB thread to compress on)."""
-    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 2) // 4))
+    return max(1, min(8, cores() // 4))
 
 
 @dataclass
