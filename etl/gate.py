@@ -76,10 +76,9 @@ class Budget:
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
-        if not self.gate._urgent or self.left <= 0:  # the common case, without the lock
-            return
-        with self._lock:
-            left = self.left
-        waited = self.gate.give_way(left) if left > 0 else 0.0
-        with self._lock:
-            self.left -= waited
+        left = self.left
+        if left > 0:
+            waited = self.gate.give_way(left)  # returns at once, without a lock, when none is urgent
+            if waited:
+                with self._lock:
+                    self.left -= waited

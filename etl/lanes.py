@@ -432,8 +432,7 @@ class Lane:
                 if not before.committed:
                     raise RuntimeError(f"unit {before.seq} before this one did not commit")
             if staged is not None:
-                job.view.finish()
-                job.view.files.remember(staged)
+                job.view.finish()  # its file cursors are remembered by the fold (`_settle_oldest`)
                 job.stored = True
             job.committed = True
         except BaseException as err:  # the lane commits it again alone, in order
