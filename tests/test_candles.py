@@ -404,6 +404,9 @@ def test_merged_batches_equal_one_pass_and_duckdb(
             merged = reduce(merge, (candles(b, every) for b in batches), empty_candles())
             assert_same(merged, one_pass)
             assert_same(one_pass, duckdb_candles(con, every))
+        # every interval in one pass (the lanes' call), in the order asked
+        backwards = PROPERTY_INTERVALS[::-1]
+        assert_same(candles_multi(trades, backwards), pl.concat([duckdb_candles(con, e) for e in backwards]))
     finally:
         con.close()
 
