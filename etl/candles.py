@@ -25,8 +25,9 @@ trades gives, late trades included.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -218,6 +219,68 @@ def merge(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
         pick("filled", pl.lit(False)),
     )
     return merged.select(pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items()).sort(KEY)
+
+
+class LatestCandles:
+    """The latest stored candle of each (coin, interval), held by the one lane that writes
+    candles, so that merging a unit's candles with the stored ones (`merge`) seldom asks the
+    database for them. A unit's candle is either the latest one (the same `t`: taken from
+    here), a newer one (nothing is stored for it: only this lane writes candles), or an older
+    one (a late trade: asked of the database, as is any (coin, interval) not held here).
+
+    Asking costs a join against the whole `candles` table: 2–5 ms for 200 keys in a table of
+    1M candles, and 4–87 ms in one of 30M, a few months of a live node; answering here, a
+    dictionary look-up per key. Held: one candle per (coin, interval)."""
+
+    _T = list(CANDLE_SCHEMA).index("T")
+
+    def __init__(self, latest: pl.DataFrame, closed_since_ms: int | None = None) -> None:
+        """`latest`: the latest stored candle of every (coin, interval) that has a candle
+        closing at `closed_since_ms` or later (None: of every one)."""
+        self._since = closed_since_ms
+        self._latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._take(latest, adopt_all=True)
+
+    def stored(self, keys: pl.DataFrame, ask: Callable[[pl.DataFrame], pl.DataFrame],
+               stale_before_ms: int | None = None) -> pl.DataFrame:
+        """The stored candles (CANDLE_SCHEMA) with the (coin, interval, t) of `keys`: held
+        here, or `ask(keys)` for the keys it cannot answer. A held candle that closed before
+        `stale_before_ms` is asked for too: the lake may have removed it from the database."""
+        found: list[tuple[Any, ...]] = []
+        unknown: list[tuple[str, str, int]] = []
+        for coin, interval, t in zip(keys["coin"].to_list(), keys["interval"].to_list(), keys["t"].to_list(),
+                                     strict=True):
+            held = self._latest.get((coin, interval))
+            if held is not None and t > held[2]:
+                continue  # newer than every stored candle of its (coin, interval): none stored
+            fresh = held is not None and (stale_before_ms is None or held[self._T] >= stale_before_ms)
+            if held is not None and t == held[2] and fresh:
+                found.append(held)
+            else:
+                unknown.append((coin, interval, t))
+        out = pl.DataFrame(found, schema=CANDLE_SCHEMA, orient="row")
+        if not unknown:
+            return out
+        asked = ask(pl.DataFrame(unknown, schema={k: CANDLE_SCHEMA[k] for k in KEY}, orient="row"))
+        return pl.concat([out, asked.select(pl.col(c).cast(t) for c, t in CANDLE_SCHEMA.items())])
+
+    def committed(self, merged: pl.DataFrame) -> None:
+        """`merged` (CANDLE_SCHEMA) is stored now."""
+        self._take(merged, adopt_all=self._since is None)
+
+    def _take(self, candles: pl.DataFrame, adopt_all: bool) -> None:
+        """Hold the later of each candle and the one held. A (coin, interval) not held yet is
+        taken on only by a candle closing at `closed_since_ms` or later (`adopt_all` aside):
+        later than every candle of it stored before (it would be held otherwise), where an
+        older one, a very late trade's, may not be."""
+        for row in candles.select(list(CANDLE_SCHEMA)).iter_rows():
+            pair = (row[0], row[1])
+            held = self._latest.get(pair)
+            if held is None:
+                if adopt_all or (self._since is not None and row[self._T] >= self._since):
+                    self._latest[pair] = row
+            elif row[2] >= held[2]:
+                self._latest[pair] = row
 
 
 def _scalar(expr: pl.Expr) -> int:

@@ -36,11 +36,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
 
+from etl.candles import LatestCandles
 from etl.candles import merge as merge_candles
 from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
@@ -73,6 +74,7 @@ PREFILTER_UNITS = 2
 # of its own; a smaller unit goes through the write-ahead log at COMMIT, which runs in order
 SIDE_BY_SIDE_ROWS = ROW_GROUP
 COMMIT_RETRIES = 20  # a commit that conflicts with the lake's sealer is tried again
+CANDLES_HELD_MS = 24 * 3_600_000  # `LatestCandles` starts from the candles of the last day
 
 
 @dataclass
@@ -250,6 +252,8 @@ class Lane:
         self.bytes_per_s = 0.0  # bytes/s while processing
         self.behind = False
         self.memory_waits = 0  # commits that ran out of DuckDB memory and were tried again
+        # the latest stored candle of each (coin, interval), for a lane that writes candles
+        self.latest_candles: LatestCandles | None = None
 
     # ------------------------------------------------------------ reading
     def _live_batch_bytes(self) -> int:
@@ -505,7 +509,7 @@ class Lane:
             try:
                 if shaped.candles is not None and shaped.candles.height:
                     # this lane is the only writer of candles: the stored ones cannot move under it
-                    candles = merge_candles(self.store.stored_candles(shaped.candles), shaped.candles)
+                    candles = merge_candles(self._stored_candles(shaped.candles), shaped.candles)
                 self.store.commit(result, shaped.rows, candles, shaped.trade_users)
             except duckdb.TransactionException as err:
                 conflicts += 1
@@ -519,7 +523,21 @@ class Lane:
                 memory.wait(err)  # nothing was stored: the same unit is committed again
                 continue
             memory.done()
+            if candles is not None and self.latest_candles is not None:
+                self.latest_candles.committed(candles)
             return candles
+
+    def _stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """The stored candles with the keys of `keys`, mostly from `latest_candles`, which is
+        read from the database at the first unit with candles: the candles of the last day
+        (of the stream's watermark) or, with no watermark yet, all of them."""
+        if self.latest_candles is None:
+            since = None if self.watermark is None else _epoch_ms(self.watermark) - CANDLES_HELD_MS
+            self.latest_candles = LatestCandles(self.store.latest_candles(since), since)
+        stale = None
+        if self.settings.retain_hours and self._shaped_watermark is not None:  # the lake prunes
+            stale = _epoch_ms(self._shaped_watermark) - int(self.settings.retain_hours * 3_600_000)
+        return self.latest_candles.stored(keys, self.store.stored_candles, stale)
 
     def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:
         if result.lines and seconds > 0:
@@ -590,3 +608,8 @@ class Lane:
             self._prefilter_pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
         self._empty.clear()
+
+
+def _epoch_ms(t: datetime) -> int:
+    """A naive-UTC time as epoch milliseconds."""
+    return int(t.replace(tzinfo=UTC).timestamp() * 1000)

@@ -355,6 +355,14 @@ class Store:
             con.unregister("_keys")
         return old.rename(CANDLE_DB_NAMES_BACK)
 
+    def latest_candles(self, closed_since_ms: int | None = None) -> pl.DataFrame:
+        """The latest stored candle of each (coin, interval), in the protocol's names; only
+        those of (coin, interval)s with a candle closing at `closed_since_ms` or later."""
+        since = "" if closed_since_ms is None else f"WHERE t_close >= {int(closed_since_ms)}"
+        old = fetch_pl(self.con, f"SELECT * FROM candles {since} QUALIFY row_number() "
+                                 "OVER (PARTITION BY coin, interval ORDER BY t DESC) = 1")
+        return old.rename(CANDLE_DB_NAMES_BACK)
+
     def _upsert_candles(self, merged: pl.DataFrame) -> list[datetime]:
         con = self.con
         stored = merged.rename(CANDLE_DB_NAMES).select(list(CANDLE_DB_SCHEMA))

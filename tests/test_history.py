@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
 import polars as pl
 import pytest
 
+from etl.candles import CANDLE_SCHEMA, candles_multi
 from etl.config import Settings
 from etl.history import HistoryError, read_candles
 from etl.pipeline import Pipeline
-from etl.store import Store
+from etl.store import Store, fetch_pl
 from tests.conftest import run_cli
 from tests.test_lake import Node, order_line
 
@@ -47,6 +50,69 @@ def test_candles_merge_across_batches_and_late_trades_correct_them(tmp_path: Pat
         (T0 + MIN, 101.0, 101.0, 101.0, 101.0, 1.0, 1),
     ]
     assert got["vq"].to_list() == [100.0 + 105.0 + 190.0 + 110.0, 101.0]
+    pipe.close()
+    store.close()
+
+
+def test_candles_stay_those_of_one_pass_over_every_trade_across_late_trades_and_restarts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the lane merges each unit's candles with the latest ones it holds (etl.candles.
+    # LatestCandles) and asks the database only for others: trades minutes, hours and days
+    # late, coins first seen late, and restarts, which read the held candles from the database
+    node = Node(tmp_path / "node")
+    intervals = ("1m", "1h", "1d")
+    rng = random.Random(7)
+    base = datetime(2026, 1, 5, 10)
+    arrived: list[tuple[datetime, str, float, float]] = []
+    store, pipe = pipeline(tmp_path, node, candle_intervals=intervals)
+    asked: list[int] = []
+    real_ask = Store.stored_candles
+
+    def counting(self: Store, keys: pl.DataFrame) -> pl.DataFrame:
+        asked.append(keys.height)
+        return real_ask(self, keys)
+
+    monkeypatch.setattr(Store, "stored_candles", counting)
+    old = base + timedelta(hours=4)
+    scripted = [  # (time, coin) rounds after the random ones, 2 days on
+        [(old, "OLD")],
+        [(old + timedelta(days=2), "BTC")],
+        "restart",  # holds the candles of the last day: none of OLD
+        [(old - timedelta(minutes=5), "OLD")],  # days late, and older than OLD's stored candle
+        [(old + timedelta(seconds=1), "OLD")],  # days late, in OLD's stored candle
+    ]
+    tid, now = 0, base
+    for round_ in range(16 + len(scripted)):
+        step = scripted[round_ - 16] if round_ >= 16 else None
+        if round_ in (6, 11) or step == "restart":  # the lane reads the latest candles again
+            pipe.close()
+            store.close()
+            store, pipe = pipeline(tmp_path, node, candle_intervals=intervals)
+            if step == "restart":
+                continue
+        if step is None:
+            step = []
+            for _ in range(rng.randint(1, 12)):
+                now += timedelta(seconds=rng.choice([1, 7, 30, 61]))
+                late = rng.choice([timedelta(0)] * 6 + [timedelta(minutes=3), timedelta(hours=2),
+                                                        timedelta(days=2)])
+                coins = ["BTC", "ETH", "@107"] + ([f"NEW{round_}"] if late else [])
+                step.append((now - late, rng.choice(coins)))
+        for t, coin in step:
+            px, sz = float(rng.randint(90, 110)), float(rng.choice([0.5, 1.0, 2.0]))
+            tid += 1
+            node.add_trade(t.isoformat(timespec="milliseconds"), tid, coin=coin, px=str(px), sz=str(sz))
+            arrived.append((t, coin, px, sz))
+        pipe.run_once()
+        trades = pl.DataFrame(arrived, schema={"time": pl.Datetime("us"), "coin": pl.String,
+                                               "px": pl.Float64, "sz": pl.Float64}, orient="row")
+        want = candles_multi(trades, intervals).sort("coin", "interval", "t")
+        got = (fetch_pl(store.con, "SELECT * FROM candles").rename({"t_close": "T"})
+               .select(list(CANDLE_SCHEMA)).sort("coin", "interval", "t"))
+        assert got.equals(want), f"round {round_}"
+    assert pipe.states["node_fills"].latest_candles is not None
+    # most units are answered by the held candles: the keys asked of the database are few
+    assert sum(asked) < len(arrived)
     pipe.close()
     store.close()
 

@@ -208,6 +208,24 @@ def test_retention_prunes_only_sealed_rows_and_late_rows_become_new_parts(
     store.close()
 
 
+def test_a_held_candle_whose_hour_was_pruned_is_asked_of_duckdb(tmp_path: Path, node: Node) -> None:
+    # the fills lane holds OLD's latest candles (etl.candles.LatestCandles); the lake then
+    # prunes their hour, so a late trade in them merges with what DuckDB holds (nothing), as
+    # it did before the lane held candles, not with the candle held
+    node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
+    node.add_trade("2026-01-05T12:30:00", 2, coin="BTC")
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    assert pipe.lake().seal().pruned_hours > 0
+    assert store.con.execute("SELECT count(*) FROM main.candles WHERE coin = 'OLD'").fetchone() == (0,)
+    node.add_trade("2026-01-05T10:00:40", 3, coin="OLD", px="6.0")
+    pipe.run_once()
+    assert store.con.execute(
+        "SELECT interval, o, c, n FROM main.candles WHERE coin = 'OLD' ORDER BY interval").fetchall() == [
+        ("1h", 6.0, 6.0, 1), ("1m", 6.0, 6.0, 1)]
+    pipe.close()
+    store.close()
+
+
 def test_lake_is_readable_by_polars_and_a_fresh_duckdb(tmp_path: Path, node: Node) -> None:
     import duckdb
 
