@@ -146,3 +146,19 @@ def test_appends_bench_stores_every_unit_both_ways(tmp_path: Path) -> None:
         store.close()
     assert n == 5 * rows.height > 0
     assert cursor == [(5000, 5 * rows.height)] and log == (0,)  # the last unit's, all folded
+
+
+def test_fill_units_bench_times_units_of_a_node_dirs_fills(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """etl/bench/fillunits.py: the fills lane over real files, units of UNIT_KB."""
+    from etl.bench.fillunits import main
+    from etl.simulate import generate
+
+    node = tmp_path / "node"
+    generate(node, lines=6_000, kinds=("fills",))
+    assert main([str(node), "16"]) == 0
+    out = capsys.readouterr().out
+    units = int(out.split()[0])
+    assert units > 5 and " KiB of fills: " in out and "ms CPU a unit" in out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "no node_fills under" in capsys.readouterr().err
