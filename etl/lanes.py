@@ -54,9 +54,10 @@ from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
+from etl.schema import SOURCES
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes
-from etl.store import BatchResult, Store
+from etl.store import BatchResult, Store, watermark
 from etl.tail import REREAD, Batch, Cursor, Stream, Tailer
 from etl.units import ROW_GROUP, Unit, can_merge, merge, split_whole_row_groups, unit_of
 
@@ -508,9 +509,8 @@ class Lane:
             candles = None
             try:
                 if shaped.candles is not None and shaped.candles.height:
-                    # this lane is the only writer of candles: the stored ones cannot move under it
                     candles = merge_candles(self._stored_candles(shaped.candles), shaped.candles)
-                self.store.commit(result, shaped.rows, candles, shaped.trade_users)
+                written = self.store.commit(result, shaped.rows, candles, shaped.trade_users)
             except duckdb.TransactionException as err:
                 conflicts += 1
                 if conflicts == COMMIT_RETRIES:
@@ -523,20 +523,35 @@ class Lane:
                 memory.wait(err)  # nothing was stored: the same unit is committed again
                 continue
             memory.done()
-            if candles is not None and self.latest_candles is not None:
+            if self.latest_candles is not None and not written:
+                # stored already by an attempt reported failed (disk full after its COMMIT):
+                # `candles` merged those rows twice and were not written; read them again
+                self.latest_candles = None
+            elif self.latest_candles is not None and candles is not None:
                 self.latest_candles.committed(candles)
             return candles
 
     def _stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The stored candles with the keys of `keys`, mostly from `latest_candles`, which is
         read from the database at the first unit with candles: the candles of the last day
-        (of the stream's watermark) or, with no watermark yet, all of them."""
+        (of the stream's watermark) or, with no watermark yet, all of them.
+
+        Held candles stand for the stored ones only while this lane is the one writer of
+        candles: with a fills and a trades lane (both chosen in `streams`, or a second variant
+        of fills found while running; each registers with the gate as urgent), every unit
+        asks the database, as before candles were held."""
+        if self.gate.urgent_lanes > 1:
+            self.latest_candles = None
+            return self.store.stored_candles(keys)
         if self.latest_candles is None:
             since = None if self.watermark is None else _epoch_ms(self.watermark) - CANDLES_HELD_MS
             self.latest_candles = LatestCandles(self.store.latest_candles(since), since)
         stale = None
-        if self.settings.retain_hours and self._shaped_watermark is not None:  # the lake prunes
-            stale = _epoch_ms(self._shaped_watermark) - int(self.settings.retain_hours * 3_600_000)
+        if self.settings.retain_hours:  # the lake prunes by the latest of the candles' sources
+            latest = max((t for t in (self._shaped_watermark, watermark(self.store.con, SOURCES["candles"]))
+                          if t is not None), default=None)
+            if latest is not None:
+                stale = _epoch_ms(latest) - int(self.settings.retain_hours * 3_600_000)
         return self.latest_candles.stored(keys, self.store.stored_candles, stale)
 
     def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:

@@ -161,18 +161,19 @@ class Store:
         return _StreamIndex(self.files, stream, row[0] if row else start_file)
 
     def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame],
-               candles: pl.DataFrame | None = None, trade_users: pl.DataFrame | None = None) -> None:
+               candles: pl.DataFrame | None = None, trade_users: pl.DataFrame | None = None) -> bool:
         """Rows, candles, rejects, gaps and the cursor that produced them, in one transaction.
 
         `candles` are the new state of every candle the batch touched (merged with the stored
-        ones by the caller); `trade_users` (tid, maker) completes trades stored without a maker."""
+        ones by the caller); `trade_users` (tid, maker) completes trades stored without a maker.
+        False when the unit was found stored already (then nothing is written)."""
         con = self.con
         if self.files.committed(batch.stream, batch.cursor, batch.lines):
             # a commit reported failed (disk full at the checkpoint after it) that reached the
             # WAL: it is in the database, so it is not stored a second time
             log.warning("event=commit_already_stored stream=%s file=%s offset=%d",
                         batch.stream, batch.cursor.file, batch.cursor.offset)
-            return
+            return False
         con.execute("BEGIN TRANSACTION")
         try:
             files = self._write_unit(batch, rows, candles, trade_users, None)
@@ -181,6 +182,7 @@ class Store:
             rollback(con)
             raise
         self.files.remember(files)
+        return True
 
     def stage(self, batch: BatchResult, rows: dict[str, pl.DataFrame], seq: int
               ) -> dict[tuple[str, str], FileCursor] | None:
@@ -465,9 +467,9 @@ def stream_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
 def watermark(con: duckdb.DuckDBPyConnection, kinds: Iterable[str]) -> datetime | None:
     """The last event time the streams of these kinds committed (None: nothing yet)."""
     kinds = list(kinds)
-    row = con.execute(f"SELECT max(last_time) FROM cursors WHERE kind IN ({', '.join('?' for _ in kinds)})",
-                      kinds).fetchone()
-    return row[0] if row else None
+    rows = con.execute(f"SELECT max(last_time) FROM cursors WHERE kind IN ({', '.join('?' for _ in kinds)})",
+                       kinds).fetchall()  # all: a result left unfinished blocks the connection
+    return rows[0][0] if rows else None
 
 
 def gap_times(con: duckdb.DuckDBPyConnection, kinds: Iterable[str]

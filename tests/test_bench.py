@@ -148,6 +148,33 @@ def test_appends_bench_stores_every_unit_both_ways(tmp_path: Path) -> None:
     assert cursor == [(5000, 5 * rows.height)] and log == (0,)  # the last unit's, all folded
 
 
+def test_a_unit_found_stored_already_is_not_written_again_and_commit_says_so(tmp_path: Path) -> None:
+    # what a lane meets when a commit reported failed (disk full at the checkpoint after its
+    # COMMIT) reached the database: `commit` returns False, and the lane then drops the
+    # candles it holds (etl/lanes.py `_store`)
+    from dataclasses import replace
+
+    from etl.bench.appends import _unit
+    from etl.schema import ROW_TABLES
+    from etl.simulate import generate
+    from etl.store import Store
+
+    node = tmp_path / "node"
+    generate(node, lines=500, kinds=("orders",))
+    buf = b"".join(p.read_bytes() for p in sorted((node / "node_order_statuses").rglob("*")) if p.is_file())
+    rows = parse("orders", "plain", buf).frame.select(list(ROW_TABLES["orders"]))
+    # a unit read from a real file: its cursor carries the file's fingerprint
+    unit = replace(_unit(0, rows.height), cursor=replace(_unit(0, rows.height).cursor, fp=7))
+    store = Store(tmp_path / "a.duckdb")
+    try:
+        assert store.commit(unit, {"orders": rows}) is True
+        assert store.commit(unit, {"orders": rows}) is False
+        (n,) = store.con.execute("SELECT count(*) FROM orders").fetchone() or (0,)
+    finally:
+        store.close()
+    assert n == rows.height > 0
+
+
 def test_fill_units_bench_times_units_of_a_node_dirs_fills(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """etl/bench/fillunits.py: the fills lane over real files, units of UNIT_KB."""

@@ -117,6 +117,34 @@ def test_candles_stay_those_of_one_pass_over_every_trade_across_late_trades_and_
     store.close()
 
 
+def test_two_lanes_writing_candles_both_count(tmp_path: Path) -> None:
+    # fills and trades both chosen: two lanes write the same candles, so neither answers from
+    # the candles it holds (the other lane's writes would be lost)
+    node = Node(tmp_path / "node")
+
+    def node_trade(t: str, n: int) -> None:
+        node._append("node_trades", t, orjson.dumps({
+            "coin": "BTC", "side": "B", "time": t, "px": "100.0", "sz": "1.0",
+            "hash": "0x%064x" % (n + 12345), "trade_dir_override": "Na",
+            "side_info": [{"user": "0xa", "start_pos": "0", "oid": n * 7, "twap_id": None, "cloid": None},
+                          {"user": "0xb", "start_pos": "0", "oid": n * 7 + 1, "twap_id": None,
+                           "cloid": None}]}))
+
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
+    node_trade("2026-01-05T09:59:00.000", 100)
+    store, pipe = pipeline(tmp_path, node, streams=("node_fills", "node_trades"))
+    pipe.run_once()
+    node_trade("2026-01-05T10:00:20.000", 101)
+    pipe.run_once()
+    node.add_trade("2026-01-05T10:00:30", 3, px="100.0", sz="1.0")
+    pipe.run_once()
+    assert store.con.execute(
+        "SELECT t, n, v FROM candles WHERE coin = 'BTC' AND interval = '1m' ORDER BY t").fetchall() == [
+        (T0 - MIN, 1, 1.0), (T0, 3, 3.0)]
+    pipe.close()
+    store.close()
+
+
 def test_forward_fill_stops_at_the_watermark_and_never_crosses_a_stall(tmp_path: Path) -> None:
     node = Node(tmp_path / "node")
     store, pipe = pipeline(tmp_path, node)

@@ -226,6 +226,31 @@ def test_a_held_candle_whose_hour_was_pruned_is_asked_of_duckdb(tmp_path: Path, 
     store.close()
 
 
+def test_held_candles_go_stale_by_the_latest_source_the_lake_prunes_by(tmp_path: Path, node: Node) -> None:
+    # the lake prunes candles by the latest event time of every fills and trades stream, here
+    # a backfilled file two days ahead of the live lane: a candle the lane holds is pruned
+    # while its own watermark is still in that hour, and the next trade in it is merged with
+    # what DuckDB holds (nothing), not with the candle held
+    from etl.backfill import backfill
+
+    archive = tmp_path / "archive" / "node_fills" / "hourly" / "20260107" / "10"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(fill_lines("2026-01-07T10:00:00", 99, coin="ETH") + b"\n")
+    s = Settings(node_dir=node.root, db=tmp_path / "l.duckdb", start_from="start", keep_all=True,
+                 seal_grace_s=60, lake_dir=tmp_path / "lake", candle_intervals=("1m",), retain_hours=1.0)
+    store = Store.from_settings(s)
+    backfill([archive], store, batch_max_bytes=1 << 20, max_line_bytes=1 << 20, progress=False)
+    pipe = Pipeline(s, store)
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
+    pipe.run_once()
+    assert pipe.lake().seal().pruned_hours > 0
+    node.add_trade("2026-01-05T10:00:20", 2, px="100.0", sz="1.0")
+    pipe.run_once()
+    assert store.con.execute("SELECT coin, n FROM main.candles ORDER BY coin").fetchall() == [("BTC", 1)]
+    pipe.close()
+    store.close()
+
+
 def test_lake_is_readable_by_polars_and_a_fresh_duckdb(tmp_path: Path, node: Node) -> None:
     import duckdb
 
