@@ -221,6 +221,25 @@ def merge(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     return merged.select(pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items()).sort(KEY)
 
 
+
+def collapse(frame: pl.DataFrame) -> pl.DataFrame:
+    """One candle per (coin, interval, t) of `frame` (CANDLE_SCHEMA), the rows of a key merged
+    in frame order, each holding trades later than the one before, as `merge` does: candles of
+    one key stored apart (a lake made before its candle parts were merged) become one."""
+    first = pl.struct(KEY).is_first_distinct()
+    out, rest = frame.filter(first), frame.filter(~first)
+    while rest.height:
+        now = rest.filter(first)
+        out, rest = merge(out, now), rest.filter(~first)
+    return out
+
+
+def with_close_times(keys: pl.DataFrame) -> pl.DataFrame:
+    """`keys` (coin, interval, t of candles of any intervals) with each candle's close time `T`."""
+    parts = [part.with_columns(close_time_ms(pl.col("t"), str(interval)).alias("T"))
+             for (interval,), part in keys.group_by("interval")]
+    return pl.concat(parts) if parts else keys.with_columns(pl.lit(None, pl.Int64).alias("T"))
+
 class LatestCandles:
     """The latest stored candle of each (coin, interval), held by the one lane that writes
     candles, so that merging a unit's candles with the stored ones (`merge`) seldom asks the
@@ -241,11 +260,10 @@ class LatestCandles:
         self._latest: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._take(latest, adopt_all=True)
 
-    def stored(self, keys: pl.DataFrame, ask: Callable[[pl.DataFrame], pl.DataFrame],
-               stale_before_ms: int | None = None) -> pl.DataFrame:
+    def stored(self, keys: pl.DataFrame, ask: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
         """The stored candles (CANDLE_SCHEMA) with the (coin, interval, t) of `keys`: held
-        here, or `ask(keys)` for the keys it cannot answer. A held candle that closed before
-        `stale_before_ms` is asked for too: the lake may have removed it from the database."""
+        here, or `ask(keys)` for the keys it cannot answer. A held candle the lake pruned from
+        the database is the lake's one (only this lane writes candles)."""
         found: list[tuple[Any, ...]] = []
         unknown: list[tuple[str, str, int]] = []
         for coin, interval, t in zip(keys["coin"].to_list(), keys["interval"].to_list(), keys["t"].to_list(),
@@ -253,8 +271,7 @@ class LatestCandles:
             held = self._latest.get((coin, interval))
             if held is not None and t > held[2]:
                 continue  # newer than every stored candle of its (coin, interval): none stored
-            fresh = held is not None and (stale_before_ms is None or held[self._T] >= stale_before_ms)
-            if held is not None and t == held[2] and fresh:
+            if held is not None and t == held[2]:
                 found.append(held)
             else:
                 unknown.append((coin, interval, t))

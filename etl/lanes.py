@@ -54,10 +54,9 @@ from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
 from etl.prefilter import OrdersFilter
-from etl.schema import SOURCES
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes
-from etl.store import BatchResult, Store, watermark
+from etl.store import BatchResult, Store
 from etl.tail import REREAD, Batch, Cursor, Stream, Tailer
 from etl.units import ROW_GROUP, Unit, can_merge, merge, split_whole_row_groups, unit_of
 
@@ -546,13 +545,7 @@ class Lane:
         if self.latest_candles is None:
             since = None if self.watermark is None else _epoch_ms(self.watermark) - CANDLES_HELD_MS
             self.latest_candles = LatestCandles(self.store.latest_candles(since), since)
-        stale = None
-        if self.settings.retain_hours:  # the lake prunes by the latest of the candles' sources
-            latest = max((t for t in (self._shaped_watermark, watermark(self.store.con, SOURCES["candles"]))
-                          if t is not None), default=None)
-            if latest is not None:
-                stale = _epoch_ms(latest) - int(self.settings.retain_hours * 3_600_000)
-        return self.latest_candles.stored(keys, self.store.stored_candles, stale)
+        return self.latest_candles.stored(keys, self.store.stored_candles)
 
     def _account(self, result: BatchResult, unit: Unit, seconds: float) -> None:
         if result.lines and seconds > 0:

@@ -339,7 +339,7 @@ class Pipeline:
         if self._lake is None:
             s = self.settings
             self._lake = Lake(self.store.con.cursor(), self.lake_root, grace_s=s.seal_grace_s,
-                              retain_hours=s.retain_hours or None)
+                              retain_hours=s.retain_hours or None, writers=self.store.writers)
         return self._lake
 
     def _seal_loop(self) -> None:

@@ -115,5 +115,9 @@ META_DDL = [
     # the Parquet lake's sealed hours (see etl/lake.py)
     """CREATE TABLE IF NOT EXISTS lake_hours (
         tbl VARCHAR, hour TIMESTAMP, rows BIGINT, parts INTEGER, dirty BOOLEAN, pruned BOOLEAN,
-        sealed_at TIMESTAMP, PRIMARY KEY (tbl, hour))""",
+        sealed_at TIMESTAMP, first_part INTEGER DEFAULT 0, marks BIGINT DEFAULT 0,
+        PRIMARY KEY (tbl, hour))""",
+    # databases made before the lake merged candle parts and counted marks (etl/writers.py)
+    "ALTER TABLE lake_hours ADD COLUMN IF NOT EXISTS first_part INTEGER DEFAULT 0",
+    "ALTER TABLE lake_hours ADD COLUMN IF NOT EXISTS marks BIGINT DEFAULT 0",
 ]

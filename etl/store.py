@@ -15,7 +15,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from etl.candles import KEY, collapse, with_close_times
 from etl.config import Settings
+from etl.faults import fault_point
 from etl.filecursors import FileCursor, FileCursors, migrate
 from etl.nodefiles import FileIndex
 from etl.schema import (
@@ -26,8 +28,10 @@ from etl.schema import (
     META_DDL,
     ROW_TABLES,
     hour_expr,
+    hour_sql,
 )
 from etl.tail import Cursor, Gap, Reject
+from etl.writers import Writers
 
 log = logging.getLogger("nodetap.store")
 
@@ -76,6 +80,8 @@ class Store:
             self.con.execute(ddl)
         migrate(self.con)
         self.files = FileCursors(self.con)
+        self.writers = Writers()  # shared with the thread views; the lake's sealer waits on it
+        self._staged: int | None = None  # `stage`'s token, until `finish` or `abandon`
         self.fold()  # units a stop left in `cursor_log`: committed, so their cursors count
         # thread views (`for_thread`) share the database: a reopen closes and replaces them all
         self._root = self
@@ -174,13 +180,18 @@ class Store:
             log.warning("event=commit_already_stored stream=%s file=%s offset=%d",
                         batch.stream, batch.cursor.file, batch.cursor.offset)
             return False
-        con.execute("BEGIN TRANSACTION")
+        token = self.writers.begin()
         try:
-            files = self._write_unit(batch, rows, candles, trade_users, None)
-            con.execute("COMMIT")
-        except BaseException:
-            rollback(con)
-            raise
+            con.execute("BEGIN TRANSACTION")
+            try:
+                files = self._write_unit(batch, rows, candles, trade_users, None)
+                fault_point("unit_before_commit")
+                con.execute("COMMIT")
+            except BaseException:
+                rollback(con)
+                raise
+        finally:
+            self.writers.end(token)
         self.files.remember(files)
         return True
 
@@ -195,11 +206,12 @@ class Store:
         con = self.con
         if self.files.committed(batch.stream, batch.cursor, batch.lines):
             return None
+        self._staged = self.writers.begin()
         con.execute("BEGIN TRANSACTION")
         try:
             return self._write_unit(batch, rows, None, None, seq)
         except BaseException:
-            rollback(con)
+            self.abandon()
             raise
 
     def finish(self) -> None:
@@ -209,10 +221,20 @@ class Store:
         except BaseException:
             rollback(self.con)
             raise
+        finally:
+            self._end_staged()
 
     def abandon(self) -> None:
         """Roll back the transaction `stage` left open."""
-        rollback(self.con)
+        try:
+            rollback(self.con)
+        finally:
+            self._end_staged()
+
+    def _end_staged(self) -> None:
+        if self._staged is not None:
+            self.writers.end(self._staged)
+            self._staged = None
 
     def fold(self, stream: str | None = None) -> int:
         """Move committed `cursor_log` entries (of `stream`, or all) into `cursors` and
@@ -249,7 +271,7 @@ class Store:
         or, with a `seq`, to `cursor_log`. Returns its file cursors."""
         touched = self._insert_rows(rows)
         if trade_users is not None and trade_users.height:
-            self._complete_trades(trade_users)
+            touched.append(("trades", self._complete_trades(trade_users)))
         if candles is not None and candles.height:
             touched.append(("candles", self._upsert_candles(candles)))
         self._mark_late(touched)
@@ -337,25 +359,44 @@ class Store:
                 updated_at = excluded.updated_at""", values)
 
     def _mark_late(self, touched: list[tuple[str, list[datetime]]]) -> None:
-        """Rows for an hour the lake has sealed already: have it sealed again. One statement for
-        every table a unit touched, the hours of each a list parameter (registering a frame cost
-        ~1.5 ms a call; a statement per table ~0.5 ms)."""
+        """Rows for an hour the lake has recorded (sealed, or about to be): have it sealed again.
+        `marks` counts them: the sealer counts its seal there too, so a unit committing beside
+        it conflicts with it (DuckDB sees a conflict only where both change a value), and one of
+        the two is tried again (etl/writers.py). One statement for every table a unit touched,
+        the hours of each a list parameter (registering a frame cost ~1.5 ms a call; a
+        statement per table ~0.5 ms)."""
         touched = [(table, hours) for table, hours in touched if hours]
         if touched:
             self.con.execute(
-                "UPDATE lake_hours SET dirty = true WHERE NOT dirty AND ("
+                "UPDATE lake_hours SET dirty = true, marks = marks + 1 WHERE ("
                 + " OR ".join("(tbl = ? AND list_contains(?, hour))" for _ in touched) + ")",
                 [v for pair in touched for v in pair])
 
     def stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """The stored candles with these (coin, interval, t), in the protocol's names."""
+        """The stored candles with these (coin, interval, t), in the protocol's names. A candle
+        of an hour the lake pruned from the database is read from the lake (`history.candles`),
+        so that a trade later than `retain_hours` merges with it, not with nothing."""
         con = self.con
-        con.register("_keys", keys.select("coin", "interval", "t"))
+        keyed = keys.select(KEY)
+        pruned = self._pruned_candle_hours(keyed)
+        con.register("_keys", keyed)
         try:
-            old = fetch_pl(con, "SELECT c.* FROM candles c SEMI JOIN _keys k USING (coin, interval, t)")
+            old = fetch_pl(con, f"SELECT c.* FROM {'history.candles' if pruned else 'candles'} c "
+                                "SEMI JOIN _keys k USING (coin, interval, t)")
         finally:
             con.unregister("_keys")
-        return old.rename(CANDLE_DB_NAMES_BACK)
+        old = old.rename(CANDLE_DB_NAMES_BACK)
+        return collapse(old) if pruned else old
+
+    def _pruned_candle_hours(self, keys: pl.DataFrame) -> int:
+        """How many of the candle hours of `keys` (by close time) the lake pruned."""
+        hours = (with_close_times(keys).select(pl.from_epoch("T", time_unit="ms").dt.truncate("1h").unique())
+                 .to_series().to_list())
+        if not hours:
+            return 0
+        ((n,),) = self.con.execute("SELECT count(*) FROM lake_hours WHERE tbl = 'candles' AND pruned "
+                                   "AND list_contains(?, hour)", [hours]).fetchall()
+        return int(n)
 
     def latest_candles(self, closed_since_ms: int | None = None) -> pl.DataFrame:
         """The latest stored candle of each (coin, interval), in the protocol's names; only
@@ -378,17 +419,20 @@ class Store:
         rows = self.con.execute("SELECT last_time FROM cursors WHERE stream = ?", [stream]).fetchall()
         return rows[0][0] if rows else None
 
-    def _complete_trades(self, makers: pl.DataFrame) -> None:
-        """Fill in the maker of trades stored before their maker's fill arrived."""
+    def _complete_trades(self, makers: pl.DataFrame) -> list[datetime]:
+        """Fill in the maker of trades stored before their maker's fill arrived; returns the
+        hours of the trades completed."""
         self.con.register("_makers", makers.select("tid", "maker"))
-        self.con.execute(
-            """UPDATE trades SET
+        rows = self.con.execute(
+            f"""UPDATE trades SET
                 buyer = CASE WHEN trades.side = 'B' THEN trades.buyer ELSE m.maker END,
                 seller = CASE WHEN trades.side = 'A' THEN trades.seller ELSE m.maker END
             FROM _makers m
-            WHERE trades.tid = m.tid AND (trades.buyer IS NULL OR trades.seller IS NULL)"""
-        )
+            WHERE trades.tid = m.tid AND (trades.buyer IS NULL OR trades.seller IS NULL)
+            RETURNING {hour_sql('trades', 'trades')}"""
+        ).fetchall()
         self.con.unregister("_makers")
+        return sorted({hour for (hour,) in rows})
 
     def unmatched_makers(self, since: datetime) -> pl.DataFrame:
         """Maker fills since `since` whose trade is not stored yet: (tid, maker, time)."""

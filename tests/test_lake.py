@@ -208,45 +208,161 @@ def test_retention_prunes_only_sealed_rows_and_late_rows_become_new_parts(
     store.close()
 
 
-def test_a_held_candle_whose_hour_was_pruned_is_asked_of_duckdb(tmp_path: Path, node: Node) -> None:
-    # the fills lane holds OLD's latest candles (etl.candles.LatestCandles); the lake then
-    # prunes their hour, so a late trade in them merges with what DuckDB holds (nothing), as
-    # it did before the lane held candles, not with the candle held
+def candle_rows(store: Store, table: str, coin: str) -> list[tuple[object, ...]]:
+    return store.con.execute(f"SELECT interval, t, o, h, l, c, v, n FROM {table}.candles WHERE coin = ? "
+                             "ORDER BY interval, t", [coin]).fetchall()
+
+
+def candle_parts(tmp_path: Path, hour: str) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "lake/candles/date=2026-01-05" / f"hour={hour}").glob("part-*"))
+
+
+def test_a_late_trade_in_a_pruned_hour_merges_with_the_lakes_candle(tmp_path: Path, node: Node) -> None:
+    # OLD's candles are pruned from DuckDB (retain_hours); trades days late still make one
+    # candle each, the lake's merged with theirs (read from the lake after a restart, then
+    # held by the lane), in history at every step and in the lake
     node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
     node.add_trade("2026-01-05T12:30:00", 2, coin="BTC")
     store, pipe = run(tmp_path, node, retain_hours=1.0)
-    assert pipe.lake().seal().pruned_hours > 0
-    assert store.con.execute("SELECT count(*) FROM main.candles WHERE coin = 'OLD'").fetchone() == (0,)
+    lake = pipe.lake()
+    assert lake.seal().pruned_hours > 0
+    assert candle_rows(store, "main", "OLD") == []
+    pipe.close()
+    store.close()
+    store, pipe = run(tmp_path, node, retain_hours=1.0)  # a restart: OLD's candles are not held
+    lake = pipe.lake()
+    t1h, t1m = 1767607200000, 1767607200000  # 10:00 both
     node.add_trade("2026-01-05T10:00:40", 3, coin="OLD", px="6.0")
     pipe.run_once()
-    assert store.con.execute(
-        "SELECT interval, o, c, n FROM main.candles WHERE coin = 'OLD' ORDER BY interval").fetchall() == [
-        ("1h", 6.0, 6.0, 1), ("1m", 6.0, 6.0, 1)]
+    merged = [("1h", t1h, 5.0, 6.0, 5.0, 6.0, 4.0, 2), ("1m", t1m, 5.0, 6.0, 5.0, 6.0, 4.0, 2)]
+    assert candle_rows(store, "main", "OLD") == merged
+    assert candle_rows(store, "history", "OLD") == merged  # DuckDB's candle stands for the lake's
+    lake.seal()
+    assert candle_rows(store, "history", "OLD") == merged
+    assert candle_rows(store, "main", "OLD") == []
+    assert store.con.execute("SELECT first_part, parts FROM lake_hours WHERE tbl = 'candles' "
+                             "AND hour = '2026-01-05 10:00'").fetchall() == [(1, 2)]
+    old_candles = lake_rows(tmp_path, "candles").filter(pl.col("coin") == "OLD")
+    assert sorted(old_candles["n"].to_list()) == [1, 1, 2, 2]  # part-0's and part-1's
+    node.add_trade("2026-01-05T10:00:50", 4, coin="OLD", px="4.0")
+    pipe.run_once()
+    lake.seal()
+    assert candle_rows(store, "history", "OLD") == [
+        ("1h", t1h, 5.0, 6.0, 4.0, 4.0, 6.0, 3), ("1m", t1m, 5.0, 6.0, 4.0, 4.0, 6.0, 3)]
+    # parts merged into a later one are deleted once no read can still be using them
+    assert candle_parts(tmp_path, "10") == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    store.con.execute("UPDATE lake_hours SET sealed_at = sealed_at - INTERVAL 11 MINUTE")
+    lake.seal()
+    assert candle_parts(tmp_path, "10") == ["part-2.parquet"]
+    assert candle_rows(store, "history", "OLD")[0][-1] == 3
     pipe.close()
     store.close()
 
 
-def test_held_candles_go_stale_by_the_latest_source_the_lake_prunes_by(tmp_path: Path, node: Node) -> None:
-    # the lake prunes candles by the latest event time of every fills and trades stream, here
-    # a backfilled file two days ahead of the live lane: a candle the lane holds is pruned
-    # while its own watermark is still in that hour, and the next trade in it is merged with
-    # what DuckDB holds (nothing), not with the candle held
-    from etl.backfill import backfill
+@pytest.mark.parametrize("late_trade", [False, True], ids=["sealed", "late-trade-first"])
+def test_candle_parts_left_apart_by_an_older_version_are_merged(tmp_path: Path, node: Node,
+                                                                 late_trade: bool) -> None:
+    # before 2026-11-30 a late trade's candle in a pruned hour went into a part of its own,
+    # beside the lake's candle of the same key: the next seal merges them into one, and a
+    # trade later still merges with both
+    node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
+    node.add_trade("2026-01-05T12:30:00", 2, coin="BTC")
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    pipe.lake().seal()
+    hour = tmp_path / "lake/candles/date=2026-01-05/hour=10"
+    late = pl.read_parquet(hour / "part-0.parquet").with_columns(
+        o=pl.lit(6.0), h=pl.lit(6.0), l=pl.lit(6.0), c=pl.lit(6.0), vq=pl.lit(12.0), vwap=pl.lit(6.0),
+        t_first=pl.col("t_first") + 10_000, t_last=pl.col("t_last") + 10_000)
+    late.write_parquet(hour / "part-1.parquet")
+    store.con.execute("UPDATE lake_hours SET parts = 2 WHERE tbl = 'candles' AND hour = '2026-01-05 10:00'")
+    assert len(candle_rows(store, "history", "OLD")) == 4
+    pipe.close()
+    store.close()
+    store, pipe = run(tmp_path, node, retain_hours=1.0)  # the version that merges them
+    t = 1767607200000
+    want = [("1h", t, 5.0, 6.0, 5.0, 6.0, 4.0, 2), ("1m", t, 5.0, 6.0, 5.0, 6.0, 4.0, 2)]
+    if late_trade:
+        node.add_trade("2026-01-05T10:00:50", 3, coin="OLD", px="7.0")
+        pipe.run_once()
+        want = [("1h", t, 5.0, 7.0, 5.0, 7.0, 6.0, 3), ("1m", t, 5.0, 7.0, 5.0, 7.0, 6.0, 3)]
+        assert candle_rows(store, "history", "OLD") == want
+    pipe.lake().seal()
+    assert candle_rows(store, "history", "OLD") == want
+    assert store.con.execute("SELECT first_part, parts, dirty FROM lake_hours WHERE tbl = 'candles' "
+                             "AND hour = '2026-01-05 10:00'").fetchall() == [(2, 3, False)]
+    pipe.close()
+    store.close()
 
-    archive = tmp_path / "archive" / "node_fills" / "hourly" / "20260107" / "10"
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(fill_lines("2026-01-07T10:00:00", 99, coin="ETH") + b"\n")
-    s = Settings(node_dir=node.root, db=tmp_path / "l.duckdb", start_from="start", keep_all=True,
-                 seal_grace_s=60, lake_dir=tmp_path / "lake", candle_intervals=("1m",), retain_hours=1.0)
-    store = Store.from_settings(s)
-    backfill([archive], store, batch_max_bytes=1 << 20, max_line_bytes=1 << 20, progress=False)
-    pipe = Pipeline(s, store)
-    node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
-    pipe.run_once()
-    assert pipe.lake().seal().pruned_hours > 0
-    node.add_trade("2026-01-05T10:00:20", 2, px="100.0", sz="1.0")
-    pipe.run_once()
-    assert store.con.execute("SELECT coin, n FROM main.candles ORDER BY coin").fetchall() == [("BTC", 1)]
+
+def history_oids(store: Store) -> list[int]:
+    return [oid for (oid,) in store.con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall()]
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["first-seal", "pruned-hour"])
+def test_a_unit_committed_while_its_hour_is_sealed_is_kept(tmp_path: Path, node: Node, pruned: bool) -> None:
+    # a late order committed between the sealer reading an hour and recording it: the seal
+    # conflicts and the hour stays dirty, so the order is neither hidden nor deleted
+    from etl.faults import run_at
+
+    fill_node(node)
+    store, pipe = run(tmp_path, node, **({"retain_hours": 1.0} if pruned else {}))
+    lake = pipe.lake()
+    node.hour_of_writes = 12
+    if pruned:
+        lake.seal()
+        node.add_order("2026-01-05T10:05:00", 6)
+        pipe.run_once()
+    done: list[int] = []
+
+    def late_order() -> None:
+        if not done:
+            done.append(1)
+            node.add_order("2026-01-05T10:07:00", 8)
+            assert pipe.run_once() == 1
+
+    with run_at("seal_after_rename", late_order):
+        lake.seal()
+    assert done
+    want = [1, 2, 3, 4, *([6] if pruned else []), 8]
+    assert history_oids(store) == want
+    lake.seal()
+    assert history_oids(store) == want
+    assert 8 in lake_rows(tmp_path, "orders")["oid"].to_list()
+    pipe.close()
+    store.close()
+
+
+def test_a_first_seal_waits_for_a_unit_begun_before_it(tmp_path: Path, node: Node) -> None:
+    # a unit whose transaction began before the sealer recorded the hour marks nothing; the
+    # sealer waits for it, so its rows are in what the seal reads
+    import threading
+
+    from etl.faults import run_at
+
+    fill_node(node)
+    store, pipe = run(tmp_path, node)
+    lake = pipe.lake()
+    in_unit, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        in_unit.set()
+        assert release.wait(30)
+
+    node.hour_of_writes = 12
+    node.add_order("2026-01-05T10:07:00", 8)
+    with run_at("unit_before_commit", hold):
+        lane = threading.Thread(target=pipe.run_once)
+        lane.start()
+        assert in_unit.wait(30)
+    sealer = threading.Thread(target=lake.seal)
+    sealer.start()
+    waited = store.writers.wait_for_waiter(30)
+    release.set()
+    lane.join(30)
+    sealer.join(30)
+    assert waited
+    assert history_oids(store) == [1, 2, 3, 4, 8]
+    assert 8 in lake_rows(tmp_path, "orders")["oid"].to_list()
     pipe.close()
     store.close()
 
