@@ -207,6 +207,7 @@ class Lake:
             # unrecorded until this transaction commits: the views do not read it yet (an
             # unpruned hour being re-sealed is dirty, and the views read it from DuckDB meanwhile)
             os.replace(tmp, final)
+            _fsync(final)  # on disk before the transaction that may delete its rows from DuckDB
             fault_point("seal_after_rename")
             if pruned:
                 self.con.execute(f"DELETE FROM main.{table} WHERE {in_hour}", [hour])
@@ -279,3 +280,13 @@ class Lake:
             for old in partition_dir(self.root, "candles", hour).glob("part-*.parquet"):
                 if int(old.stem.removeprefix("part-")) < first:
                     old.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """The file's bytes and its name in the directory, on disk."""
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(target, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -533,7 +533,8 @@ class Lane:
     def _stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The stored candles with the keys of `keys`, mostly from `latest_candles`, which is
         read from the database at the first unit with candles: the candles of the last day
-        (of the stream's watermark) or, with no watermark yet, all of them.
+        (of the stream's watermark) or, with no watermark yet, all of them; only those closing
+        after the latest hour the lake pruned (a pair's newest candle may be in the lake only).
 
         Held candles stand for the stored ones only while this lane is the one writer of
         candles: with a fills and a trades lane (both chosen in `streams`, or a second variant
@@ -543,7 +544,10 @@ class Lane:
             self.latest_candles = None
             return self.store.stored_candles(keys)
         if self.latest_candles is None:
-            since = None if self.watermark is None else _epoch_ms(self.watermark) - CANDLES_HELD_MS
+            bounds = [self.store.pruned_candles_until_ms()]
+            if self.watermark is not None:
+                bounds.append(_epoch_ms(self.watermark) - CANDLES_HELD_MS)
+            since = max((b for b in bounds if b is not None), default=None)
             self.latest_candles = LatestCandles(self.store.latest_candles(since), since)
         return self.latest_candles.stored(keys, self.store.stored_candles)
 

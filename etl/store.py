@@ -207,8 +207,8 @@ class Store:
         if self.files.committed(batch.stream, batch.cursor, batch.lines):
             return None
         self._staged = self.writers.begin()
-        con.execute("BEGIN TRANSACTION")
         try:
+            con.execute("BEGIN TRANSACTION")
             return self._write_unit(batch, rows, None, None, seq)
         except BaseException:
             self.abandon()
@@ -378,11 +378,17 @@ class Store:
         so that a trade later than `retain_hours` merges with it, not with nothing."""
         con = self.con
         keyed = keys.select(KEY)
-        pruned = self._pruned_candle_hours(keyed)
         con.register("_keys", keyed)
+        con.execute("BEGIN TRANSACTION")  # one snapshot: the lake may prune between two reads
         try:
+            pruned = self._pruned_candle_hours(keyed)
+            fault_point("stored_candles_between_reads")
             old = fetch_pl(con, f"SELECT c.* FROM {'history.candles' if pruned else 'candles'} c "
                                 "SEMI JOIN _keys k USING (coin, interval, t)")
+            con.execute("COMMIT")
+        except BaseException:
+            rollback(con)
+            raise
         finally:
             con.unregister("_keys")
         old = old.rename(CANDLE_DB_NAMES_BACK)
@@ -397,6 +403,13 @@ class Store:
         ((n,),) = self.con.execute("SELECT count(*) FROM lake_hours WHERE tbl = 'candles' AND pruned "
                                    "AND list_contains(?, hour)", [hours]).fetchall()
         return int(n)
+
+    def pruned_candles_until_ms(self) -> int | None:
+        """The end (epoch ms) of the latest candle hour the lake pruned from the database; a
+        candle closing before it may be in the lake only (None: none pruned)."""
+        ((hour,),) = self.con.execute(
+            "SELECT max(hour) + INTERVAL 1 HOUR FROM lake_hours WHERE tbl = 'candles' AND pruned").fetchall()
+        return None if hour is None else int(hour.replace(tzinfo=UTC).timestamp() * 1000)
 
     def latest_candles(self, closed_since_ms: int | None = None) -> pl.DataFrame:
         """The latest stored candle of each (coin, interval), in the protocol's names; only
@@ -529,8 +542,9 @@ def gap_times(con: duckdb.DuckDBPyConnection, kinds: Iterable[str]
 
 def rollback(con: duckdb.DuckDBPyConnection) -> None:
     """Roll back the open transaction; a failed COMMIT (e.g. disk full) has already ended it,
-    and a second error must not hide the first."""
-    with contextlib.suppress(duckdb.TransactionException):
+    a connection closed by a reopen or a database DuckDB invalidated has none, and a second
+    error must not hide the first."""
+    with contextlib.suppress(duckdb.Error):
         con.execute("ROLLBACK")
 
 

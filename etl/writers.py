@@ -39,6 +39,11 @@ class Writers:
                 del self._open[token]
             self._cond.notify_all()
 
+    def open(self) -> int:
+        """How many write transactions are open."""
+        with self._cond:
+            return sum(self._open.values())
+
     def wait_older(self, timeout: float) -> bool:
         """Wait until every write transaction begun before this call has ended; False when
         `timeout` (seconds) passed first."""

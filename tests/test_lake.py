@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import orjson
 import polars as pl
 import pytest
@@ -385,3 +386,80 @@ def test_lake_is_readable_by_polars_and_a_fresh_duckdb(tmp_path: Path, node: Nod
     meta = __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(
         next((tmp_path / "lake" / "orders").rglob("*.parquet"))).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_a_late_trade_in_a_pruned_hour_is_not_held_over_a_newer_candle_in_the_lake(
+        tmp_path: Path, node: Node) -> None:
+    # after a restart OLD's late 10:00 candle is in DuckDB, its newer 10:05 one in the lake
+    # only: the lane must not take 10:00 for OLD's newest candle, or a trade at 10:05 would
+    # merge with nothing
+    node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
+    node.add_trade("2026-01-05T10:05:30", 2, coin="OLD", px="5.0")
+    node.add_trade("2026-01-05T12:30:00", 3, coin="BTC")
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    pipe.lake().seal()
+    pipe.close()
+    store.close()
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    node.add_trade("2026-01-05T10:00:40", 4, coin="OLD", px="6.0")
+    pipe.run_once()
+    node.add_trade("2026-01-05T10:05:40", 5, coin="OLD", px="7.0")
+    pipe.run_once()
+    t0, t5 = 1767607200000, 1767607500000
+    want = [("1h", t0, 5.0, 7.0, 5.0, 7.0, 8.0, 4), ("1m", t0, 5.0, 6.0, 5.0, 6.0, 4.0, 2),
+            ("1m", t5, 5.0, 7.0, 5.0, 7.0, 4.0, 2)]
+    assert candle_rows(store, "history", "OLD") == want
+    pipe.lake().seal()
+    assert candle_rows(store, "history", "OLD") == want
+    pipe.close()
+    store.close()
+
+
+def test_a_prune_between_the_reads_of_stored_candles_loses_nothing(tmp_path: Path, node: Node) -> None:
+    # the lake prunes OLD's hour while the lane looks up OLD's 10:00 candle: one snapshot
+    from etl.faults import run_at
+
+    node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
+    node.add_trade("2026-01-05T10:05:30", 2, coin="OLD", px="5.0")  # held: 10:00 is asked
+    node.add_trade("2026-01-05T12:30:00", 3, coin="BTC")
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    lake = pipe.lake()
+    pruned: list[int] = []
+
+    def seal() -> None:
+        if not pruned:
+            pruned.append(lake.seal().pruned_hours)
+
+    node.add_trade("2026-01-05T10:00:40", 4, coin="OLD", px="6.0")
+    with run_at("stored_candles_between_reads", seal):
+        pipe.run_once()
+    assert pruned and pruned[0] > 0
+    t0 = 1767607200000
+    want = ("1m", t0, 5.0, 6.0, 5.0, 6.0, 4.0, 2)
+    assert [r for r in candle_rows(store, "history", "OLD") if r[:2] == ("1m", t0)] == [want]
+    lake.seal()
+    assert [r for r in candle_rows(store, "history", "OLD") if r[:2] == ("1m", t0)] == [want]
+    pipe.close()
+    store.close()
+
+
+def test_a_unit_staged_on_a_closed_connection_leaves_no_writer_open(tmp_path: Path, node: Node) -> None:
+    # another lane reopened the database (a full disk) before a side-by-side unit began: the
+    # unit fails, and the sealer does not wait for it
+    from etl.store import BatchResult
+    from etl.tail import Cursor
+
+    fill_node(node)
+    store, pipe = run(tmp_path, node)
+    view = store.for_thread()
+    store.reconnect()
+    result = BatchResult(stream="node_order_statuses", kind="orders", cursor=Cursor("20260105/10", 1, 5),
+                         file="20260105/10", lines=1, nbytes=5, rejects=[], gaps=[], est_line_bytes=5.0,
+                         last_time=None, first_time=None)
+    with pytest.raises(duckdb.ConnectionException):
+        view.stage(result, {}, seq=1)
+    assert store.writers.open() == 0
+    pipe._lake = None  # the sealer's cursor was closed by the reopen too
+    assert pipe.lake().seal().sealed == 8
+    pipe.close()
+    store.close()
