@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import lz4.frame
+import polars as pl
 
 from etl.columns import DEFAULT_LINE_BYTES
 from etl.filecursors import BACKFILL_PREFIX, file_key
@@ -209,8 +210,13 @@ def commit_unit(
         est_line_bytes=line_bytes, last_time=shaped.last_time,
         first_time=shaped.first_time,
         stalls=shaped.stalls, watermark_before=watermark)
-    candles = None
-    if shaped.candles is not None and shaped.candles.height:
-        candles = merge_candles(store.stored_candles(shaped.candles), shaped.candles)
-    store.commit(result, shaped.rows, candles, shaped.trade_users)
-    return result, shaped.rows, candles
+    merged: list[pl.DataFrame] = []
+    new = shaped.candles
+
+    def candles() -> pl.DataFrame:  # in the commit's transaction
+        assert new is not None
+        merged.append(merge_candles(store.stored_candles(new), new))
+        return merged[-1]
+
+    store.commit(result, shaped.rows, candles if new is not None and new.height else None, shaped.trade_users)
+    return result, shaped.rows, merged[-1] if merged else None

@@ -256,9 +256,10 @@ class Lake:
                 "AND hour + INTERVAL 1 HOUR <= ?", [table, before]).fetchall()]
             for h in hours:
                 self.con.execute(f"DELETE FROM main.{table} WHERE {hour_sql(table)} = $1", [h])
-                # `marks` counted: a unit marking the hour meanwhile conflicts with this
+            if hours:  # `marks` counted: a unit marking one of them meanwhile conflicts with this;
+                # last, so that a unit marking one after it waits out only the COMMIT
                 self.con.execute("UPDATE lake_hours SET pruned = true, marks = marks + 1 "
-                                 "WHERE tbl = ? AND hour = ?", [table, h])
+                                 "WHERE tbl = ? AND list_contains(?, hour)", [table, hours])
             fault_point("prune_before_commit")
             self.con.execute("COMMIT")
         except duckdb.TransactionException as err:

@@ -504,12 +504,19 @@ class Lane:
         transaction that conflicts with the lake's sealer, and one that ran out of memory."""
         conflicts = 0
         memory = MemoryWait(self)
+        new = shaped.candles if shaped.candles is not None and shaped.candles.height else None
+        merged: list[pl.DataFrame] = []
+
+        def candles_in_commit() -> pl.DataFrame:  # read and written in one transaction
+            assert new is not None
+            merged.append(merge_candles(self._stored_candles(new), new))
+            return merged[-1]
+
         while True:
-            candles = None
+            merged.clear()
             try:
-                if shaped.candles is not None and shaped.candles.height:
-                    candles = merge_candles(self._stored_candles(shaped.candles), shaped.candles)
-                written = self.store.commit(result, shaped.rows, candles, shaped.trade_users)
+                written = self.store.commit(result, shaped.rows, None if new is None else candles_in_commit,
+                                            shaped.trade_users)
             except duckdb.TransactionException as err:
                 conflicts += 1
                 if conflicts == COMMIT_RETRIES:
@@ -522,6 +529,7 @@ class Lane:
                 memory.wait(err)  # nothing was stored: the same unit is committed again
                 continue
             memory.done()
+            candles = merged[-1] if merged else None
             if self.latest_candles is not None and not written:
                 # stored already by an attempt reported failed (disk full after its COMMIT):
                 # `candles` merged those rows twice and were not written; read them again

@@ -82,6 +82,7 @@ class Store:
         self.files = FileCursors(self.con)
         self.writers = Writers()  # shared with the thread views; the lake's sealer waits on it
         self._staged: int | None = None  # `stage`'s token, until `finish` or `abandon`
+        self._in_transaction = False  # inside `commit`'s transaction
         self.fold()  # units a stop left in `cursor_log`: committed, so their cursors count
         # thread views (`for_thread`) share the database: a reopen closes and replaces them all
         self._root = self
@@ -167,11 +168,14 @@ class Store:
         return _StreamIndex(self.files, stream, row[0] if row else start_file)
 
     def commit(self, batch: BatchResult, rows: dict[str, pl.DataFrame],
-               candles: pl.DataFrame | None = None, trade_users: pl.DataFrame | None = None) -> bool:
+               candles: Callable[[], pl.DataFrame] | None = None,
+               trade_users: pl.DataFrame | None = None) -> bool:
         """Rows, candles, rejects, gaps and the cursor that produced them, in one transaction.
 
-        `candles` are the new state of every candle the batch touched (merged with the stored
-        ones by the caller); `trade_users` (tid, maker) completes trades stored without a maker.
+        `candles()`, called inside it, gives the new state of every candle the batch touched,
+        merged with the stored ones it reads there (`stored_candles`): another writer of the
+        same candle committing meanwhile makes this commit conflict (and be tried again), not
+        lose its trades. `trade_users` (tid, maker) completes trades stored without a maker.
         False when the unit was found stored already (then nothing is written)."""
         con = self.con
         if self.files.committed(batch.stream, batch.cursor, batch.lines):
@@ -183,14 +187,16 @@ class Store:
         token = self.writers.begin()
         try:
             con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
             try:
-                files = self._write_unit(batch, rows, candles, trade_users, None)
+                files = self._write_unit(batch, rows, candles() if candles else None, trade_users, None)
                 fault_point("unit_before_commit")
                 con.execute("COMMIT")
             except BaseException:
                 rollback(con)
                 raise
         finally:
+            self._in_transaction = False
             self.writers.end(token)
         self.files.remember(files)
         return True
@@ -375,19 +381,24 @@ class Store:
     def stored_candles(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The stored candles with these (coin, interval, t), in the protocol's names. A candle
         of an hour the lake pruned from the database is read from the lake (`history.candles`),
-        so that a trade later than `retain_hours` merges with it, not with nothing."""
+        so that a trade later than `retain_hours` merges with it, not with nothing. Read in one
+        snapshot, the lake may prune between two reads: `commit`'s, or a transaction of its own."""
         con = self.con
         keyed = keys.select(KEY)
+        own = not self._in_transaction
         con.register("_keys", keyed)
-        con.execute("BEGIN TRANSACTION")  # one snapshot: the lake may prune between two reads
+        if own:
+            con.execute("BEGIN TRANSACTION")
         try:
             pruned = self._pruned_candle_hours(keyed)
             fault_point("stored_candles_between_reads")
             old = fetch_pl(con, f"SELECT c.* FROM {'history.candles' if pruned else 'candles'} c "
                                 "SEMI JOIN _keys k USING (coin, interval, t)")
-            con.execute("COMMIT")
+            if own:
+                con.execute("COMMIT")
         except BaseException:
-            rollback(con)
+            if own:
+                rollback(con)
             raise
         finally:
             con.unregister("_keys")

@@ -145,6 +145,46 @@ def test_two_lanes_writing_candles_both_count(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_candle_another_lane_commits_meanwhile_is_not_overwritten(tmp_path: Path) -> None:
+    # two lanes write BTC's candles (a second fills variant found while running): lane B reads
+    # the stored candle inside its commit, so lane A's commit of it meanwhile makes B's commit
+    # conflict, and B's next try merges A's trade too, instead of writing over it
+    import duckdb
+
+    from etl.candles import merge
+    from etl.faults import run_at
+    from etl.store import BatchResult
+    from etl.tail import Cursor
+
+    store = Store(tmp_path / "s.duckdb")
+    lane_a, lane_b = store.for_thread(), store.for_thread()
+
+    def commit(view: Store, stream: str, offset: int, t: str, px: float) -> bool:
+        at = datetime.fromisoformat(t)
+        trades = pl.DataFrame({"time": [at], "coin": ["BTC"], "px": [px], "sz": [1.0]})
+        new = candles_multi(trades, ("1m", "1d"))
+        unit = BatchResult(stream=stream, kind="fills", cursor=Cursor("20260105/10", 1, offset),
+                           file="20260105/10", lines=1, nbytes=offset, rejects=[], gaps=[],
+                           est_line_bytes=1.0, last_time=at, first_time=at)
+        return view.commit(unit, {}, lambda: merge(view.stored_candles(new), new))
+
+    assert commit(lane_a, "node_fills", 10, "2026-01-05T10:00:01", 100.0)
+    done: list[bool] = []
+
+    def lane_a_commits() -> None:
+        if not done:
+            done.append(False)  # lane A's own read reaches this point too
+            done[0] = commit(lane_a, "node_fills", 20, "2026-01-05T10:00:02", 101.0)
+
+    with run_at("stored_candles_between_reads", lane_a_commits), pytest.raises(duckdb.TransactionException):
+        commit(lane_b, "node_fills_by_block", 10, "2026-01-05T10:00:03", 102.0)
+    assert done == [True]
+    assert commit(lane_b, "node_fills_by_block", 10, "2026-01-05T10:00:03", 102.0)  # tried again
+    assert store.con.execute("SELECT interval, o, c, n, v FROM candles ORDER BY interval").fetchall() == [
+        ("1d", 100.0, 102.0, 3, 3.0), ("1m", 100.0, 102.0, 3, 3.0)]
+    store.close()
+
+
 def test_forward_fill_stops_at_the_watermark_and_never_crosses_a_stall(tmp_path: Path) -> None:
     node = Node(tmp_path / "node")
     store, pipe = pipeline(tmp_path, node)

@@ -416,28 +416,31 @@ def test_a_late_trade_in_a_pruned_hour_is_not_held_over_a_newer_candle_in_the_la
 
 
 def test_a_prune_between_the_reads_of_stored_candles_loses_nothing(tmp_path: Path, node: Node) -> None:
-    # the lake prunes OLD's hour while the lane looks up OLD's 10:00 candle: one snapshot
+    # the lake prunes OLD's hour while the lane looks up OLD's 10:00 candle in its commit: one
+    # snapshot, and the commit conflicts with the prune and is tried again (the sealed hour
+    # is only pruned here: a first seal would wait for the lane's transaction, on its thread)
     from etl.faults import run_at
 
     node.add_trade("2026-01-05T10:00:30", 1, coin="OLD", px="5.0")
     node.add_trade("2026-01-05T10:05:30", 2, coin="OLD", px="5.0")  # held: 10:00 is asked
-    node.add_trade("2026-01-05T12:30:00", 3, coin="BTC")
+    node.add_trade("2026-01-05T10:50:00", 3, coin="BTC")
     store, pipe = run(tmp_path, node, retain_hours=1.0)
     lake = pipe.lake()
+    assert lake.seal({"candles": datetime(2026, 1, 5, 11, 30)}).sealed == 1
     pruned: list[int] = []
 
-    def seal() -> None:
+    def prune() -> None:
         if not pruned:
-            pruned.append(lake.seal().pruned_hours)
+            pruned.append(lake.seal({"candles": datetime(2026, 1, 5, 12, 30)}).pruned_hours)
 
     node.add_trade("2026-01-05T10:00:40", 4, coin="OLD", px="6.0")
-    with run_at("stored_candles_between_reads", seal):
+    with run_at("stored_candles_between_reads", prune):
         pipe.run_once()
-    assert pruned and pruned[0] > 0
+    assert pruned == [1]
     t0 = 1767607200000
     want = ("1m", t0, 5.0, 6.0, 5.0, 6.0, 4.0, 2)
     assert [r for r in candle_rows(store, "history", "OLD") if r[:2] == ("1m", t0)] == [want]
-    lake.seal()
+    assert lake.seal({"candles": datetime(2026, 1, 5, 12, 30)}).resealed == 1
     assert [r for r in candle_rows(store, "history", "OLD") if r[:2] == ("1m", t0)] == [want]
     pipe.close()
     store.close()
