@@ -273,14 +273,16 @@ class Lake:
 
     def _sweep(self) -> None:
         """Delete candle parts merged into a later one SWEEP_AFTER ago (a read planned before
-        the merge may still open them), of hours merged in the last day."""
+        the merge may still open them). An hour's merged-away parts are the ones numbered
+        below `first_part`, the last of them `first_part - 1`: one look per merged hour."""
         for hour, first in self.con.execute(
                 "SELECT hour, first_part FROM lake_hours WHERE tbl = 'candles' AND first_part > 0 "
-                "AND sealed_at BETWEEN now()::TIMESTAMP - INTERVAL 1 DAY AND now()::TIMESTAMP - ?",
-                [SWEEP_AFTER]).fetchall():
-            for old in partition_dir(self.root, "candles", hour).glob("part-*.parquet"):
-                if int(old.stem.removeprefix("part-")) < first:
-                    old.unlink(missing_ok=True)
+                "AND sealed_at < now()::TIMESTAMP - ?", [SWEEP_AFTER]).fetchall():
+            out = partition_dir(self.root, "candles", hour)
+            if (out / f"part-{first - 1}.parquet").exists():
+                for old in out.glob("part-*.parquet"):
+                    if int(old.stem.removeprefix("part-")) < first:
+                        old.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

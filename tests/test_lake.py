@@ -252,7 +252,7 @@ def test_a_late_trade_in_a_pruned_hour_merges_with_the_lakes_candle(tmp_path: Pa
         ("1h", t1h, 5.0, 6.0, 4.0, 4.0, 6.0, 3), ("1m", t1m, 5.0, 6.0, 4.0, 4.0, 6.0, 3)]
     # parts merged into a later one are deleted once no read can still be using them
     assert candle_parts(tmp_path, "10") == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
-    store.con.execute("UPDATE lake_hours SET sealed_at = sealed_at - INTERVAL 11 MINUTE")
+    store.con.execute("UPDATE lake_hours SET sealed_at = sealed_at - INTERVAL 2 DAY")  # stopped a while
     lake.seal()
     assert candle_parts(tmp_path, "10") == ["part-2.parquet"]
     assert candle_rows(store, "history", "OLD")[0][-1] == 3
