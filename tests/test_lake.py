@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from etl.config import Settings
+from etl.lake import Lake, partition_dir
 from etl.pipeline import Pipeline
 from etl.store import Store
 
@@ -299,6 +300,25 @@ def history_oids(store: Store) -> list[int]:
     return [oid for (oid,) in store.con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall()]
 
 
+def recorded_lake_oids(store: Store, tmp_path: Path) -> list[int]:
+    """The oids in the orders parts `lake_hours` records (first_part .. parts-1), not in any file."""
+    files = [partition_dir(tmp_path / "lake", "orders", hour) / f"part-{n}.parquet"
+             for hour, first, parts in store.con.execute(
+                 "SELECT hour, first_part, parts FROM lake_hours WHERE tbl = 'orders'").fetchall()
+             for n in range(first, parts)]
+    return sorted(pl.concat([pl.read_parquet(f) for f in files])["oid"].to_list()) if files else []
+
+
+def assert_kept(store: Store, tmp_path: Path, lake: Lake, want: list[int]) -> None:
+    """`want` in history now, after the next seal, and in the recorded parts once all is sealed."""
+    assert history_oids(store) == want
+    lake.seal()
+    assert history_oids(store) == want
+    dirty = store.con.execute("SELECT hour FROM lake_hours WHERE tbl = 'orders' AND dirty").fetchall()
+    assert dirty == []
+    assert recorded_lake_oids(store, tmp_path) == [oid for oid in want if oid != 4]  # 4: hour 12, open
+
+
 @pytest.mark.parametrize("pruned", [False, True], ids=["first-seal", "pruned-hour"])
 def test_a_unit_committed_while_its_hour_is_sealed_is_kept(tmp_path: Path, node: Node, pruned: bool) -> None:
     # a late order committed between the sealer reading an hour and recording it: the seal
@@ -324,11 +344,7 @@ def test_a_unit_committed_while_its_hour_is_sealed_is_kept(tmp_path: Path, node:
     with run_at("seal_after_rename", late_order):
         lake.seal()
     assert done
-    want = [1, 2, 3, 4, *([6] if pruned else []), 8]
-    assert history_oids(store) == want
-    lake.seal()
-    assert history_oids(store) == want
-    assert 8 in lake_rows(tmp_path, "orders")["oid"].to_list()
+    assert_kept(store, tmp_path, lake, [1, 2, 3, 4, *([6] if pruned else []), 8])
     pipe.close()
     store.close()
 
@@ -362,8 +378,7 @@ def test_a_first_seal_waits_for_a_unit_begun_before_it(tmp_path: Path, node: Nod
     lane.join(30)
     sealer.join(30)
     assert waited
-    assert history_oids(store) == [1, 2, 3, 4, 8]
-    assert 8 in lake_rows(tmp_path, "orders")["oid"].to_list()
+    assert_kept(store, tmp_path, lake, [1, 2, 3, 4, 8])
     pipe.close()
     store.close()
 
