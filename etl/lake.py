@@ -280,9 +280,10 @@ class Lake:
                 "AND sealed_at < now()::TIMESTAMP - ?", [SWEEP_AFTER]).fetchall():
             out = partition_dir(self.root, "candles", hour)
             if (out / f"part-{first - 1}.parquet").exists():
-                for old in out.glob("part-*.parquet"):
-                    if int(old.stem.removeprefix("part-")) < first:
-                        old.unlink(missing_ok=True)
+                # in ascending order, part first-1 last: a crash midway leaves it for the next round
+                numbers = sorted(int(p.stem.removeprefix("part-")) for p in out.glob("part-*.parquet"))
+                for n in (n for n in numbers if n < first):
+                    (out / f"part-{n}.parquet").unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

@@ -501,7 +501,8 @@ class Lane:
 
     def _store(self, result: BatchResult, shaped: Shaped) -> pl.DataFrame | None:
         """Merge the unit's candles with the stored ones and commit everything, retrying a
-        transaction that conflicts with the lake's sealer, and one that ran out of memory."""
+        transaction that conflicts with the lake's sealer or another lane writing candles, and
+        one that ran out of memory."""
         conflicts = 0
         memory = MemoryWait(self)
         new = shaped.candles if shaped.candles is not None and shaped.candles.height else None
@@ -517,7 +518,9 @@ class Lane:
             try:
                 written = self.store.commit(result, shaped.rows, None if new is None else candles_in_commit,
                                             shaped.trade_users)
-            except duckdb.TransactionException as err:
+            except (duckdb.TransactionException, duckdb.ConstraintException) as err:
+                # a conflict with the sealer or another candle lane; or that lane stored a
+                # candle this unit read as new (its key taken: a constraint error)
                 conflicts += 1
                 if conflicts == COMMIT_RETRIES:
                     raise
@@ -531,8 +534,8 @@ class Lane:
             memory.done()
             candles = merged[-1] if merged else None
             if self.latest_candles is not None and not written:
-                # stored already by an attempt reported failed (disk full after its COMMIT):
-                # `candles` merged those rows twice and were not written; read them again
+                # stored already by an attempt reported failed (disk full after its COMMIT),
+                # whose candles were not taken in here: read them again
                 self.latest_candles = None
             elif self.latest_candles is not None and candles is not None:
                 self.latest_candles.committed(candles)

@@ -117,24 +117,25 @@ def test_candles_stay_those_of_one_pass_over_every_trade_across_late_trades_and_
     store.close()
 
 
+def add_node_trade(node: Node, t: str, n: int) -> None:
+    """A `node_trades` line: BTC, 1.0 at 100.0, at `t`."""
+    node._append("node_trades", t, orjson.dumps({
+        "coin": "BTC", "side": "B", "time": t, "px": "100.0", "sz": "1.0",
+        "hash": "0x%064x" % (n + 12345), "trade_dir_override": "Na",
+        "side_info": [{"user": "0xa", "start_pos": "0", "oid": n * 7, "twap_id": None, "cloid": None},
+                      {"user": "0xb", "start_pos": "0", "oid": n * 7 + 1, "twap_id": None,
+                       "cloid": None}]}))
+
+
 def test_two_lanes_writing_candles_both_count(tmp_path: Path) -> None:
     # fills and trades both chosen: two lanes write the same candles, so neither answers from
     # the candles it holds (the other lane's writes would be lost)
     node = Node(tmp_path / "node")
-
-    def node_trade(t: str, n: int) -> None:
-        node._append("node_trades", t, orjson.dumps({
-            "coin": "BTC", "side": "B", "time": t, "px": "100.0", "sz": "1.0",
-            "hash": "0x%064x" % (n + 12345), "trade_dir_override": "Na",
-            "side_info": [{"user": "0xa", "start_pos": "0", "oid": n * 7, "twap_id": None, "cloid": None},
-                          {"user": "0xb", "start_pos": "0", "oid": n * 7 + 1, "twap_id": None,
-                           "cloid": None}]}))
-
     node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
-    node_trade("2026-01-05T09:59:00.000", 100)
+    add_node_trade(node, "2026-01-05T09:59:00.000", 100)
     store, pipe = pipeline(tmp_path, node, streams=("node_fills", "node_trades"))
     pipe.run_once()
-    node_trade("2026-01-05T10:00:20.000", 101)
+    add_node_trade(node, "2026-01-05T10:00:20.000", 101)
     pipe.run_once()
     node.add_trade("2026-01-05T10:00:30", 3, px="100.0", sz="1.0")
     pipe.run_once()
@@ -182,6 +183,40 @@ def test_a_candle_another_lane_commits_meanwhile_is_not_overwritten(tmp_path: Pa
     assert commit(lane_b, "node_fills_by_block", 10, "2026-01-05T10:00:03", 102.0)  # tried again
     assert store.con.execute("SELECT interval, o, c, n, v FROM candles ORDER BY interval").fetchall() == [
         ("1d", 100.0, 102.0, 3, 3.0), ("1m", 100.0, 102.0, 3, 3.0)]
+    store.close()
+
+
+def test_two_lanes_making_the_same_new_candle_at_once_both_count(tmp_path: Path) -> None:
+    # the fills lane reads BTC's 10:00 candle (none yet) while the trades lane stores it: the
+    # fills lane's insert then finds the key taken (a constraint error, not a conflict) and
+    # is tried again, merging the other lane's trade; neither lane stops
+    import threading
+
+    from etl.faults import run_at
+
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1, px="100.0", sz="1.0")
+    add_node_trade(node, "2026-01-05T10:00:20.000", 100)
+    store, pipe = pipeline(tmp_path, node, streams=("node_fills", "node_trades"))
+    reader = store.reader()
+    waited: list[bool] = []
+
+    def fills_waits_for_trades() -> None:
+        if threading.current_thread().name.endswith("node_fills") and not waited:
+            waited.append(False)
+            deadline = threading.Event()
+            for _ in range(3000):  # until the trades lane committed the candle (30 s at most)
+                if reader.execute("SELECT count(*) FROM candles").fetchall() == [(1,)]:
+                    waited[0] = True
+                    break
+                deadline.wait(0.01)
+
+    with run_at("stored_candles_between_reads", fills_waits_for_trades):
+        pipe.run_once()
+    assert waited == [True]
+    assert store.con.execute("SELECT t, n, v FROM candles WHERE interval = '1m'").fetchall() == [(T0, 2, 2.0)]
+    reader.close()
+    pipe.close()
     store.close()
 
 
