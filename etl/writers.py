@@ -3,12 +3,12 @@
 A unit that writes rows for an hour the lake has a `lake_hours` row for marks that row dirty
 in its own transaction, counting one more in its `marks`, and the sealer's transaction counts
 there too: whichever writes second fails with a conflict and is tried again, so no row slips
-past a seal. An hour
-sealed for the first time has no row to conflict on until the sealer records it; a unit whose
-transaction began before that record would mark nothing. So the sealer records the hours it is
-about to seal first, then waits (`wait_older`) for the transactions begun before the record to
-end: every one after it sees the record. Like a grace period in read-copy-update: writers never
-wait, the sealer waits for at most the commits in flight."""
+past a seal. An hour sealed for the first time has no row to conflict on until the sealer
+records it; a unit whose transaction began before that record would mark nothing. So the
+sealer records the hours it is about to seal first, then waits (`wait_older`) for the
+transactions begun before the record to end: every one after it sees the record. Like a
+grace period in read-copy-update: writers never wait, the sealer waits for at most the
+commits in flight."""
 
 from __future__ import annotations
 
