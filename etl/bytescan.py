@@ -2,10 +2,20 @@
 
 One pass over each line, compiled by numba and run on every core without the GIL, checks that
 the line is JSON as the node writes it and notes where the few fields the rules and the
-watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~85 ms of CPU a
-64 MiB batch, against ~135 ms for DuckDB's JSON reader reading the same fields
+watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~43 ms of CPU a
+64 MiB batch, against ~140 ms for DuckDB's JSON reader reading the same fields
 (docs/benchmarks.md). The text fields come out as Arrow string views (a string longer than 12
 bytes copied next to the others while the line is in the CPU's cache).
+
+The node writes every event with the same keys in the same order. The batch's first event that
+can be read so gives the *layout* (`_layout`): the bytes between its values, `{"time":`,
+`,"user":`, ..., `}}`. A line whose events are laid out alike is read by `_scan_laid_out`, which
+compares those bytes eight at a time and reads each value with the general scan's own functions,
+with no key lookup and no state machine (~36 against ~66 ms a batch on one core); any other
+line (keys missing, added or in another order, a value that is an object or a list with
+something in it, anything malformed) by the general scan, `_scan`, which decides. Both read a
+line alike: tests/test_bytescan.py compares them on every one-byte edit of a node line and on
+drawn lines. A string's end is looked for eight bytes at a time.
 
 numba compiles the scan at first use (~3 s) and caches it: in `NUMBA_CACHE_DIR`, else next to
 this file, else in the user's cache directory, whichever is writable (the Docker image sets
@@ -43,14 +53,22 @@ from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
+import orjson
 import polars as pl
 import pyarrow as pa
+from llvmlite import ir
+from numba import types as nt
+from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
+from numba.extending import intrinsic
 
 from etl.duckscan import Fields, cores
 from etl.parse import line_bounds as numpy_line_bounds
 from etl.parse import pool
 
 F = TypeVar("F", bound=Callable[..., Any])
+# an event's layout, then its envelope's, as `_layout` makes them: each (the bytes between values,
+# their offsets, as words, word masks, word offsets, the field of each value)
+Layout = tuple[np.ndarray, ...]
 
 
 def _jit(fn: F) -> F:
@@ -80,11 +98,52 @@ _DIGIT = np.zeros(256, np.bool_)
 _DIGIT[ord("0"):ord("9") + 1] = True
 
 
+@intrinsic
+def _load_word(typingctx: Any, arr: Any, idx: Any) -> Any:
+    """The 8 bytes of `arr` from `idx` on as one little-endian integer (an unaligned load; the
+    caller keeps `idx + 8` within the array)."""
+    sig = nt.uint64(arr, idx)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        word = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(word, align=1)
+
+    return sig, codegen
+
+
+_load_u64 = cast(Callable[[np.ndarray, int], int], _load_word)
+trailing_zeros = cast(Callable[[Any], Any], _trailing_zeros)
+
+# eight bytes at a time: a byte's high bit set in `_zero_bytes(x ^ _EVERY * c)` where it is `c`
+# (the lowest one exactly: a borrow only marks bytes above a true one)
+_EVERY = np.uint64(0x0101010101010101)
+_HIGH = np.uint64(0x8080808080808080)
+_QUOTES = _EVERY * np.uint64(ord('"'))
+_BACKSLASHES = _EVERY * np.uint64(ord("\\"))
+_DELETES = _EVERY * np.uint64(127)
+_SPACES = _EVERY * np.uint64(32)
+
+
+@_jit
+def _zero_bytes(x: Any) -> Any:
+    return (x - _EVERY) & ~x
+
+
 @_jit
 def _string_end(b: np.ndarray, i: int, e: int) -> int:
     """The index of the quote that closes the string opening at `i`, or -1 (an escape, a byte
-    outside printable ASCII, the line's end)."""
+    outside printable ASCII, the line's end). Eight bytes at a time: the first byte in them that
+    is a quote, a backslash, a control byte (under 32), 127 or 128 and over ends the search."""
     i += 1
+    while i + 8 <= e:
+        x = _load_u64(b, i)
+        stop = (_zero_bytes(x ^ _QUOTES) | _zero_bytes(x ^ _BACKSLASHES) | _zero_bytes(x ^ _DELETES)
+                | ((x - _SPACES) & ~x) | x) & _HIGH
+        if stop:
+            k = i + int(trailing_zeros(stop) >> np.uint64(3))
+            return k if b[k] == 34 else -1
+        i += 8
     while i < e:
         c = b[i]
         if not _PLAIN[c]:
@@ -175,6 +234,162 @@ def _new_row(row: int, line: int, row_line: np.ndarray, kinds: np.ndarray, words
     return row
 
 
+@_jit
+def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
+                   layout: Layout, slot: np.ndarray, row_line: np.ndarray, pos: np.ndarray, kinds: np.ndarray,
+                   views: np.ndarray, words: np.ndarray, data: np.ndarray, again: np.ndarray
+                   ) -> tuple[int, int]:
+    """Lines `lo`..`hi` whose events are laid out as the batch's first (`_layout`: the same keys in
+    the same order, in an envelope laid out as its first): their rows, as `_scan` writes them,
+    with no key lookup, the keys compared eight bytes at a time. A line laid out otherwise is
+    flagged in `again` (for `_scan`), its rows undone. Returns (rows, bytes of `data` used).
+
+    Each value is read by the scan's own functions, so a line read here is read as `_scan` reads
+    it. The keys are compared in place, twice (the envelope's, the event's): a compiled function
+    that takes arrays costs ~100 ns a call where LLVM does not inline it (numba's own inlining
+    was slower still), and a call per key made this scan 3.5 times slower (docs/benchmarks.md)."""
+    lit, lit_at, lit_words, lit_masks, word_at, field_at = layout[:6]
+    env, env_at, env_words, env_masks, env_word_at, env_field_at = layout[6:]
+    cap = len(row_line)
+    slots = views.shape[0] // (16 * cap) if cap else 0
+    values = len(field_at)
+    nb = len(b)
+    rows = 0
+    used = 0
+    for li in range(lo, hi):
+        s, e = starts[li], ends[li]
+        first_row, first_used = rows, used
+        ok = True
+        i = s
+        if envelope:  # the envelope's values up to `"events":[`, then each event
+            for t in range(len(env_field_at) + 1):
+                a0, a1 = env_at[t], env_at[t + 1]
+                if i + (a1 - a0) > e:
+                    ok = False
+                    break
+                w0, w1 = env_word_at[t], env_word_at[t + 1]
+                if i + 8 * (w1 - w0) <= nb:
+                    for k in range(w1 - w0):
+                        if (_load_u64(b, i + 8 * k) ^ env_words[w0 + k]) & env_masks[w0 + k]:
+                            ok = False
+                            break
+                else:
+                    for k in range(a1 - a0):
+                        if b[i + k] != env[a0 + k]:
+                            ok = False
+                            break
+                if not ok:
+                    break
+                i += a1 - a0
+                if t == len(env_field_at):
+                    break
+                c = b[i] if i < e else 0
+                kind = OTHER
+                if c == 34:
+                    q = _string_end(b, i, e)
+                    kind, i = (STRING, q + 1) if q >= 0 else (-1, i)
+                elif c == 110 and _literal(b, i, e, b"null"):
+                    kind, i = NULL, i + 4
+                elif c == 45 or 48 <= c <= 57:
+                    i, kind, _ = _number_end(b, i, e)
+                else:
+                    kind = -1
+                code = env_field_at[t]  # -2: block_number, an integer; -3: block_time, a string
+                if kind < 0 or (code == -2 and kind != INT and kind != NULL) or (
+                        code == -3 and kind != STRING and kind != NULL):
+                    ok = False
+                    break
+        more = True  # an event to read
+        if envelope and ok and i < e and b[i] == 93:  # no events
+            i += 1
+            more = False
+        while ok and more:
+            if envelope and not (i < e and b[i] == 123):
+                ok = False
+                break
+            row = _new_row(rows, li, row_line, kinds, words, slots)
+            if row < 0:
+                ok = False
+                break
+            rows += 1
+            for t in range(values + 1):
+                a0, a1 = lit_at[t], lit_at[t + 1]
+                if i + (a1 - a0) > e:
+                    ok = False
+                    break
+                w0, w1 = word_at[t], word_at[t + 1]
+                if i + 8 * (w1 - w0) <= nb:
+                    for k in range(w1 - w0):
+                        if (_load_u64(b, i + 8 * k) ^ lit_words[w0 + k]) & lit_masks[w0 + k]:
+                            ok = False
+                            break
+                else:
+                    for k in range(a1 - a0):
+                        if b[i + k] != lit[a0 + k]:
+                            ok = False
+                            break
+                if not ok:
+                    break
+                i += a1 - a0
+                if t == values:
+                    break
+                field = field_at[t]
+                c = b[i] if i < e else 0
+                value = 0
+                if c == 34:
+                    q = _string_end(b, i, e)
+                    if q < 0:
+                        ok = False
+                        break
+                    kind = STRING
+                    if field >= 0 and slot[field] >= 0:
+                        n = q - i - 1
+                        w = (slot[field] * cap + row) * 4
+                        words[w] = n
+                        for k in range(min(n, 12) if n <= 12 else 4):
+                            views[w * 4 + 4 + k] = b[i + 1 + k]
+                        if n > 12:
+                            words[w + 3] = used
+                            data[used:used + n] = b[i + 1:q]
+                            used += n
+                    i = q + 1
+                elif c == 110 and _literal(b, i, e, b"null"):
+                    kind, i = NULL, i + 4
+                elif c == 116 and _literal(b, i, e, b"true"):
+                    kind, i = TRUE, i + 4
+                elif c == 102 and _literal(b, i, e, b"false"):
+                    kind, i = FALSE, i + 5
+                elif c == 91 and i + 1 < e and b[i + 1] == 93:  # an empty list
+                    kind, i = OTHER, i + 2
+                elif c == 45 or 48 <= c <= 57:
+                    i, kind, value = _number_end(b, i, e)
+                    if kind < 0:
+                        ok = False
+                        break
+                else:  # an object, a list holding something, not JSON: the general scan's
+                    ok = False
+                    break
+                if field >= 0:
+                    kinds[row, field] = kind
+                    pos[row, field] = value
+            if not envelope or not ok:
+                break
+            if i < e and b[i] == 44:  # another event
+                i += 1
+            elif i < e and b[i] == 93:
+                i += 1
+                more = False
+            else:
+                ok = False
+        if ok and envelope:
+            ok = i < e and b[i] == 125
+            i += 1
+        if not ok or i != e:
+            again[li - lo] = True
+            rows, used = first_row, first_used
+    return rows, used
+
+
 # containers on the scan's stack
 _OTHER_OBJECT, _TOP, _EVENT, _ORDER, _ARRAY, _EVENTS = range(6)
 
@@ -184,7 +399,7 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
           names: np.ndarray, name_at: np.ndarray, level: np.ndarray, lookup: np.ndarray, slot: np.ndarray,
           row_line: np.ndarray,
           pos: np.ndarray, kinds: np.ndarray, views: np.ndarray, words: np.ndarray, data: np.ndarray,
-          unsure: np.ndarray) -> int:
+          unsure: np.ndarray, again: np.ndarray, rows: int, used: int) -> tuple[int, int]:
     """Scans lines `lo`..`hi`; writes one row per event (`row_line`, and per field `kinds` and
     `pos`: an integer's value; a string's Arrow view in `views` at the field's `slot`) and flags
     unsure lines (`unsure[line - lo]`). Returns the rows written, or -1 when they do not fit.
@@ -192,21 +407,24 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
     A view is 16 bytes: the length, then the string when it fits in 12 bytes, else its first 4
     bytes, buffer 0 and its offset in `data`, where a string longer than 12 bytes is copied;
     `words` is `views` seen as int32. Both are written while the line is in the CPU's cache, and
-    the strings read afterwards lie together."""
+    the strings read afterwards lie together. With `again` (one flag a line), only the lines
+    flagged, after `rows` rows and `used` bytes of `data` (`_scan_laid_out` read the others).
+    Returns (rows, bytes of `data` used); rows -1 when they do not fit."""
     nf = len(level)
     cap = len(row_line)
     slots = views.shape[0] // (16 * cap) if cap else 0
     stack = np.empty(_MAX_DEPTH + 1, np.int8)
-    rows = 0
-    used = 0  # bytes of `data`
+    only = len(again) > 0
     for li in range(lo, hi):
+        if only and not again[li - lo]:
+            continue
         s, e = starts[li], ends[li]
         first_row, first_used = rows, used
         row = -1
         if not envelope:
             row = _new_row(rows, li, row_line, kinds, words, slots)
             if row < 0:
-                return -1
+                return -1, used
             rows += 1
         i = s
         ok = False
@@ -305,7 +523,7 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                     elif in_events:
                         row = _new_row(rows, li, row_line, kinds, words, slots)
                         if row < 0:
-                            return -1
+                            return -1, used
                         rows += 1
                         seen_order = False
                         ctx = _EVENT
@@ -368,7 +586,7 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
             unsure[li - lo] = True
             if envelope:
                 rows, used = first_row, first_used  # the line is decoded whole: no light rows
-    return rows
+    return rows, used
 
 
 @cache
@@ -394,13 +612,125 @@ def _names(fields: Fields) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray
     return event + order, types, names, name_at, level, lookup
 
 
+# an event's keys in order, the order's keys with them: (("time", None), ..., ("order", ("coin", ...)))
+Keys = tuple[tuple[str, tuple[str, ...] | None], ...]
+_LAYOUT_PROBES = 8  # lines tried for the layout of a batch's events
+
+
+def _keys_of(event: object) -> Keys | None:
+    """The keys of an event, where the layout can read it: every value a scalar or a list but the
+    order, an object of such values; every key printable ASCII without a quote or a backslash."""
+    if not isinstance(event, dict):
+        return None
+    keys: list[tuple[str, tuple[str, ...] | None]] = []
+    for key, value in event.items():
+        if isinstance(value, dict):
+            if key != "order" or not value or any(isinstance(v, dict) for v in value.values()):
+                return None
+            keys.append((key, tuple(value)))
+        else:
+            keys.append((key, None))
+    names = [k for k, _ in keys] + [k for _, sub in keys for k in sub or ()]
+    return tuple(keys) if all(_plain_key(name) for name in names) else None
+
+
+def _envelope_keys(line: object) -> tuple[str, ...] | None:
+    """The keys of a block envelope before its events (last), where the layout can read it: every
+    other value a scalar."""
+    if not isinstance(line, dict) or list(line)[-1:] != ["events"]:
+        return None
+    keys = tuple(line)[:-1]
+    if any(isinstance(line[k], dict | list) for k in keys) or not all(_plain_key(k) for k in keys):
+        return None
+    return keys
+
+
+def _plain_key(name: str) -> bool:
+    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
+
+
+def _first_keys(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
+                envelope: bool) -> tuple[tuple[str, ...] | None, Keys] | None:
+    """The layout of the first of the lines `lo`.. (up to `_LAYOUT_PROBES` of them) that has one
+    the layout can read: its envelope's keys (None for plain lines) and its first event's. Taken
+    once a batch, for every slice of it."""
+    for li in range(lo, min(hi, lo + _LAYOUT_PROBES)):
+        try:
+            line = orjson.loads(buf[starts[li]:ends[li]])
+        except orjson.JSONDecodeError:
+            continue
+        head = None
+        if envelope:
+            head = _envelope_keys(line)
+            events = line.get("events") if head is not None else None
+            line = events[0] if isinstance(events, list) and events else None
+        keys = _keys_of(line)
+        if keys is not None and (head is not None or not envelope):
+            return head, keys
+    return None
+
+
+def _as_words(between: list[bytes], field_at: list[int]) -> tuple[np.ndarray, ...]:
+    """The bytes between values, their offsets, as 8-byte words with masks, the words' offsets,
+    and the field of each value (`_scan_laid_out`)."""
+    words: list[int] = []
+    masks: list[int] = []
+    word_at = [0]
+    for part in between:
+        for at in range(0, len(part), 8):
+            chunk = part[at:at + 8]
+            words.append(int.from_bytes(chunk.ljust(8, b"\0"), "little"))
+            masks.append(int.from_bytes(b"\xff" * len(chunk) + b"\0" * (8 - len(chunk)), "little"))
+        word_at.append(len(words))
+    return (np.frombuffer(b"".join(between), np.uint8).copy(),
+            np.cumsum([0] + [len(p) for p in between], dtype=np.int64),
+            np.array(words, np.uint64), np.array(masks, np.uint64), np.array(word_at, np.int64),
+            np.array(field_at, np.int64))
+
+
+@cache
+def _layout(head: tuple[str, ...] | None, keys: Keys, fields: Fields) -> Layout:
+    """What `_scan_laid_out` compares and writes for events with these keys, in envelopes with
+    the keys `head` before their events (None: plain lines): the bytes between two values
+    (`{"time":`, then `,"user":`, ..., `,"order":{"coin":`, ..., and `}}` after the last), each
+    also as 8-byte words with masks, and the field each value is (-1: not read); then the same
+    for the envelope, up to its `"events":[` (-2: `block_number`, -3: `block_time`)."""
+    columns, _, _, _, level, _ = _names(fields)
+    field = {(int(level[f]), name): f for f, name in enumerate(columns)}
+    between: list[bytes] = []
+    field_at: list[int] = []
+    text = b"{"
+    for k, (key, sub) in enumerate(keys):
+        text += (b"," if k else b"") + b'"' + key.encode() + b'":'
+        if sub is None:
+            between.append(text)
+            field_at.append(field.get((1, key), -1))
+            text = b""
+            continue
+        text += b"{"
+        for j, name in enumerate(sub):
+            between.append(text + (b"," if j else b"") + b'"' + name.encode() + b'":')
+            field_at.append(field.get((2, name), -1))
+            text = b""
+        text = b"}"
+    between.append(text + b"}")
+    codes = {"block_number": -2, "block_time": -3}
+    outer = [b"{" + b",".join(b'"' + k.encode() + b'":' for k in head[:1])] if head else []
+    outer += [b',"' + k.encode() + b'":' for k in (head or ())[1:]]
+    outer.append((b"," if head else b"{") + b'"events":[')
+    outer_at = [codes.get(k, -1) for k in head or ()]
+    event, envelope = _as_words(between, field_at), _as_words(outer, outer_at)
+    return cast(Layout, (*event, *envelope))
+
+
 def _bits(mask: np.ndarray) -> pa.Buffer:
     return pa.py_buffer(np.packbits(mask, bitorder="little"))
 
 
 def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
-                fields: Fields) -> tuple[pl.DataFrame, np.ndarray]:
-    """Lines `lo`..`hi` scanned: their raw frame and the unsure ones (`scan_orders`)."""
+                fields: Fields, layout: Layout | None) -> tuple[pl.DataFrame, np.ndarray]:
+    """Lines `lo`..`hi` scanned: their raw frame and the unsure ones (`scan_orders`); those laid out
+    as `layout` says by `_scan_laid_out`."""
     columns, types, names, name_at, level, lookup = _names(fields)
     b = np.frombuffer(buf, np.uint8)
     nf = len(level)
@@ -421,13 +751,27 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
         views = np.empty(strings * cap * 16, np.uint8)
         # long strings: at most the slice's bytes
         data = np.empty(int(ends[hi - 1] - starts[lo]) if hi > lo else 0, np.uint8)
-        rows = _scan(b, starts, ends, lo, hi, envelope, names, name_at, level, lookup, slot, row_line, pos,
-                     kinds, views, views.view(np.int32), data, unsure)
+        words = views.view(np.int32)
+        rows = used = 0
+        again = np.zeros(0, np.bool_)  # no layout: every line by `_scan`
+        if layout is not None:
+            again = np.zeros(hi - lo, np.bool_)
+            rows, used = _scan_laid_out(b, starts, ends, lo, hi, envelope, layout, slot, row_line, pos, kinds,
+                                        views, words, data, again)
+        laid_rows = rows
+        if layout is None or again.any():
+            rows, used = _scan(b, starts, ends, lo, hi, envelope, names, name_at, level, lookup, slot,
+                               row_line, pos, kinds, views, words, data, unsure, again, rows, used)
         if rows >= 0:
             break
         # more events than room: twice the room (not one row per `{`, which strings may hold)
         unsure[:] = False
         cap *= 2
+    if 0 < laid_rows < rows:  # rows of lines read by `_scan` after the others: in line order
+        by_line = np.argsort(row_line[:rows], kind="stable")
+        row_line[:rows], pos[:rows], kinds[:rows] = row_line[by_line], pos[by_line], kinds[by_line]
+        by_slot = views.reshape(strings, cap, 16)
+        by_slot[:, :rows] = by_slot[:, by_line]
     row_line, pos, kinds = row_line[:rows], pos[:rows], kinds[:rows]
     wrong = np.zeros(rows, np.bool_)
     for f, kind in enumerate(types):
@@ -456,7 +800,8 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
 
 
 def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, fields: Fields,
-                checkpoint: Callable[[], None] | None = None) -> tuple[pl.DataFrame, np.ndarray]:
+                checkpoint: Callable[[], None] | None = None, laid_out: bool = True
+                ) -> tuple[pl.DataFrame, np.ndarray]:
     """Every order-status event of the batch with `fields`, shaped as `etl.parse`'s raw frame
     (`_line`, the event's fields and an `order` struct), and the sorted indexes of the lines to
     decode with Polars (the module's docstring). The rows of those lines may hold part of their
@@ -464,15 +809,19 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, 
 
     With a `checkpoint`, each core scans its part `_LINES_PER_CHECKPOINT` lines at a time and
     calls it before each (~5 ms of CPU apart): a bulk lane's scan gives way there to an urgent
-    lane (etl/gate.py), at the cost of ~3 % more CPU for the scan."""
+    lane (etl/gate.py), at the cost of ~3 % more CPU for the scan. `laid_out=False` reads every
+    event with the general scan (the tests compare both readings)."""
     if len(buf) >= 1 << 31:
         raise ValueError("a batch of 2 GiB or more cannot be scanned: lower batch_max_bytes")
     n = len(starts)
     parts = max(1, min(cores(), -(-n // _LINES_PER_SLICE)))
     cuts = [n * k // parts for k in range(parts + 1)]
     jobs = [(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo]
+    envelope = variant != "plain"
+    found = _first_keys(buf, starts, ends, 0, n, envelope) if laid_out else None
+    layout = _layout(*found, fields) if found is not None else None
     if not jobs:
-        return _scan_slice(buf, starts, ends, 0, 0, variant != "plain", fields)
+        return _scan_slice(buf, starts, ends, 0, 0, envelope, fields, layout)
     step = _LINES_PER_CHECKPOINT if checkpoint is not None else n
 
     def part(lo: int, hi: int) -> list[tuple[pl.DataFrame, np.ndarray]]:
@@ -480,7 +829,7 @@ def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, 
         for at in range(lo, hi, step):
             if checkpoint is not None:
                 checkpoint()
-            out.append(_scan_slice(buf, starts, ends, at, min(hi, at + step), variant != "plain", fields))
+            out.append(_scan_slice(buf, starts, ends, at, min(hi, at + step), envelope, fields, layout))
         return out
 
     futures = [pool().submit(part, lo, hi) for lo, hi in jobs[1:]]

@@ -67,6 +67,8 @@ def main() -> None:
           lambda: line_bounds(buf, duckscan.cores()))
     events, unsure = timed("the byte scan (`bytescan.scan_orders`, 2 cores)",
                            lambda: bytescan.scan_orders("plain", buf, starts, ends, fields))
+    timed("the byte scan without the layout (every line by the general scan, 2 cores)",
+          lambda: bytescan.scan_orders("plain", buf, starts, ends, fields, laid_out=False))
     timed("the same fields read by DuckDB instead (`duckscan.scan_orders`, 2 cores)",
           lambda: duckscan.scan_orders("plain", buf, starts, ends, fields))
     light = timed("flattening (`orders_flat`)",
