@@ -84,7 +84,7 @@ def _jit(fn: F) -> F:
 MISSING, STRING, NULL, TRUE, FALSE, INT, OTHER = range(7)
 # the JSON types a field may hold and stay sure, by the field's type
 _ALLOWED = {"string": (MISSING, STRING, NULL), "int": (MISSING, INT, NULL),
-            "bool": (MISSING, TRUE, FALSE, NULL)}
+            "bool": (MISSING, TRUE, FALSE, NULL), "list": (MISSING, OTHER, NULL)}
 _MAX_DEPTH = 64
 _KEY_BYTES = 32  # a field read has a shorter name
 _LINES_PER_SLICE = 8192  # a slice of a batch scans on one core
@@ -359,8 +359,8 @@ def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int,
                     kind, i = TRUE, i + 4
                 elif c == 102 and _literal(b, i, e, b"false"):
                     kind, i = FALSE, i + 5
-                elif c == 91 and i + 1 < e and b[i + 1] == 93:  # an empty list
-                    kind, i = OTHER, i + 2
+                elif c == 91 and i + 1 < e and b[i + 1] == 93:  # an empty list, at `i` (as `_scan`)
+                    kind, value, i = OTHER, i, i + 2
                 elif c == 45 or 48 <= c <= 57:
                     i, kind, value = _number_end(b, i, e)
                     if kind < 0:
@@ -531,6 +531,7 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                         ctx = _OTHER_OBJECT if c == 123 else _ARRAY
                         if field >= 0:
                             kinds[row, field] = OTHER
+                            pos[row, field] = i  # where it opens: a list field is kept as `[]` only
                         elif field < -1:
                             block_bad = True
                     depth += 1
@@ -593,12 +594,14 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
 def _names(fields: Fields) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray, np.ndarray, np.ndarray,
                                     np.ndarray]:
     """The fields read (columns of the raw frame: the event's, then the order's), each one's type
-    ("string", "int", "bool"), and the scan's key table: names, offsets, levels (1 the event's,
-    2 the order's), and by level, length and first byte the field + 1 a key may be (-1: several)."""
+    ("string", "int", "bool", "list": `children`, kept only as `[]`), and the scan's key table:
+    names, offsets, levels (1 the event's, 2 the order's), and by level, length and first byte
+    the field + 1 a key may be (-1: several)."""
     event = fields.strings
-    order = fields.order_strings + fields.order_ints + fields.order_bools
+    lists = ("children",) if fields.children else ()
+    order = fields.order_strings + fields.order_ints + fields.order_bools + lists
     types = (("string",) * len(event + fields.order_strings) + ("int",) * len(fields.order_ints)
-             + ("bool",) * len(fields.order_bools))
+             + ("bool",) * len(fields.order_bools) + ("list",) * len(lists))
     keys = [k.encode() for k in event + order]
     names = np.frombuffer(b"".join(keys), np.uint8).copy()
     name_at = np.zeros(len(keys) + 1, np.int64)
@@ -774,9 +777,17 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
         by_slot[:, :rows] = by_slot[:, by_line]
     row_line, pos, kinds = row_line[:rows], pos[:rows], kinds[:rows]
     wrong = np.zeros(rows, np.bool_)
+    empty = np.zeros(rows, np.bool_)  # a list field's `[]`
     for f, kind in enumerate(types):
         wrong |= ~np.isin(kinds[:, f], _ALLOWED[kind])
-    long = pa.py_buffer(data)
+        if kind == "list":
+            opens = np.where(kinds[:, f] == OTHER, pos[:, f], 0)  # where the list opens
+            empty = (kinds[:, f] == OTHER) & (b[opens] == 91) & (b[np.minimum(opens + 1, len(b) - 1)] == 93)
+            wrong |= (kinds[:, f] == OTHER) & ~empty
+    # the rows hold on to the long strings while their unit commits: those bytes only, not room
+    # for every byte of the slice (the batch's size again)
+    long = pa.py_buffer(data[:used].copy())
+    del data
     series: dict[str, pl.Series] = {}
     for f, (c, t) in enumerate(zip(columns, types, strict=True)):
         k = kinds[:, f]
@@ -790,6 +801,9 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
             array = pa.Array.from_buffers(pa.string_view(), rows, buffers, nulls)
         elif t == "int":
             array = pa.array(pos[:, f], pa.int64(), mask=k != INT)
+        elif t == "list":
+            array = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32), mask=~empty),
+                                                   pa.array(["[]"])).cast(pa.string())
         else:
             array = pa.array(k == TRUE, pa.bool_(), mask=(k != TRUE) & (k != FALSE))
         series[c] = pl.Series(c, array)

@@ -6,10 +6,12 @@ batch, 160 against 350 ms for every field), and spreads the batch over the cores
 (docs/benchmarks.md). The batch is handed over without a copy: an Arrow string array whose
 offsets are the lines' starts in the read buffer.
 
-The pipeline reads `FULL`, every field of a row, with it (etl/parse.py, batches of 8,192 lines
-or more). The pre-filter's light read, fewer fields (at most `LIGHT`), is now a compiled byte
-scan (etl/bytescan.py), which costs a third less; `python -m etl.bench.stages` still times
-DuckDB reading the same fields, for comparison. The values must be what
+The pipeline reads `FULL`, every field of a row, with it from block envelopes (etl/parse.py,
+batches of 8,192 lines or more): the compiled byte scan (etl/bytescan.py) reads plain lines, in
+under half the CPU (100 against 253 ms a 64 MiB batch decoded whole), and the pre-filter's light
+read of every variant (fewer fields, at most `LIGHT`); `python -m etl.bench.stages` still times
+DuckDB reading the light fields, for comparison. The byte scan does not read an envelope's block
+number and time, which a row decoded whole carries. The values must be what
 Polars' decoder (`etl.parse.parse`) makes of the same line, because rows are stored or
 dropped on them. Where DuckDB converts what Polars refuses or renders otherwise, the line is
 returned as `unsure`, and the caller decodes it with Polars:

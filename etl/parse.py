@@ -249,8 +249,9 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
           scan_min_lines: int = MIN_LINES) -> Parsed:
     """Parse whole lines of one stream into its flat frame (plus `_line`, the line index
     within `buf` of each row), quarantining bad lines. Batches of order statuses of at least
-    `scan_min_lines` lines are read by DuckDB (etl/duckscan.py); the others, and the lines
-    DuckDB is not sure of, by Polars."""
+    `scan_min_lines` lines are read by the byte scan (plain lines, etl/bytescan.py) or DuckDB
+    (block envelopes, etl/duckscan.py); the others, and the lines those are not sure of, by
+    Polars."""
     fmt = FORMATS[(kind, "plain" if variant == "plain" else "block")]
     plain_fills = kind == "fills" and variant == "plain"
     starts, ends = line_bounds(buf)
@@ -286,12 +287,19 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
 
 def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
                  max_line_bytes: int) -> Parsed | None:
-    """Order statuses read by DuckDB, the lines it is not sure of (and those missing a required
-    field, for the reject's reason) by Polars; None when DuckDB cannot read the batch."""
-    try:
-        events, unsure = scan_orders(variant, buf, starts, ends, FULL)
-    except (duckdb.Error, UnicodeDecodeError):
-        return None
+    """Order statuses read by the byte scan (plain lines, etl/bytescan.py) or by DuckDB (block
+    envelopes, whose block number and time the byte scan does not read), the lines either is not
+    sure of (and those missing a required field, for the reject's reason) by Polars; None when
+    DuckDB cannot read the batch."""
+    if variant == "plain":
+        from etl.bytescan import scan_orders as byte_scan  # numba: loaded by `etl.prefilter.prepare`
+
+        events, unsure = byte_scan(variant, buf, starts, ends, FULL)
+    else:
+        try:
+            events, unsure = scan_orders(variant, buf, starts, ends, FULL)
+        except (duckdb.Error, UnicodeDecodeError):
+            return None
     flat = orders_flat(events, variant != "plain").with_columns(events.get_column("_line"))
     missing = _missing(flat, ORDERS_REQUIRED)
     if missing is not None:

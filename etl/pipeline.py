@@ -127,7 +127,7 @@ class Pipeline:
                 continue
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
             if stream.kind == "orders" and self.rules is not None:
-                prepare(self.rules.rules)  # the pre-filter's scan, loaded before the first batch
+                prepare(self.rules.rules, stream.variant)  # the byte scan, before the first batch
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
                         index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm,

@@ -104,7 +104,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     than `min_lines` lines."""
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
-    from etl.bytescan import line_bounds as find_lines  # numba: loaded by `prepare`, not by keep-all
+    from etl.bytescan import line_bounds as find_lines  # numba: loaded by `prepare`
 
     starts, ends = find_lines(buf)
     if len(ends) < max(min_lines, 1):
@@ -138,11 +138,13 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
-def prepare(rules: Rules) -> None:
-    """Load the byte scan now (numba's compiled code: ~0.2 s, ~3 s the first time, when it is
-    compiled and cached) where `rules` pre-filter, so that the first batch does not wait for it
-    and it is made before the long-lived objects are frozen (etl/malloc.py)."""
-    if not rules.keep_all and _rule_exprs(rules):
+def prepare(rules: Rules, variant: str = "plain") -> None:
+    """Load the byte scan now (numba's compiled code: ~0.2 s and ~120 MB, ~3 s the first time,
+    when it is compiled and cached) where order statuses of `variant` will use it: plain lines
+    always (a batch decoded whole is read by it, etl/parse.py), block envelopes where `rules`
+    pre-filter. So the first batch does not wait for it, and it is made before the long-lived
+    objects are frozen (etl/malloc.py)."""
+    if variant == "plain" or (not rules.keep_all and _rule_exprs(rules)):
         from etl.bytescan import warm
 
         warm()
@@ -152,7 +154,7 @@ def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
            rules: Rules, checkpoint: Callable[[], None] | None = None) -> tuple[pl.DataFrame, np.ndarray]:
     """The light rows of a batch and the lines to decode whole whatever the rules say
     (etl/bytescan.py)."""
-    # imported here (or by `prepare`): numba costs ~120 MB of memory, which keep-all never needs
+    # imported here (or by `prepare`): numba costs ~120 MB of memory, which only order statuses need
     from etl.bytescan import scan_orders
 
     fields, columns = light_fields(rule_columns(rules))

@@ -18,6 +18,7 @@ from test_prefilter import SAMPLES, by_line, line, node_line, order_event
 
 from etl.bytescan import scan_orders
 from etl.columns import ORDERS_REQUIRED
+from etl.duckscan import FULL
 from etl.flatten import orders_flat
 from etl.parse import line_bounds, parse
 from etl.prefilter import LIGHT_COLUMNS, light_fields
@@ -356,7 +357,7 @@ def test_lines_laid_out_as_the_first_are_read_as_the_general_scan_reads_them(var
         lines.append(data.draw(mutated(line)))
     buf = b"\n".join(lines) + b"\n"
     starts, ends = line_bounds(buf)
-    fields = data.draw(st.sampled_from([EVERY, REQUIRED]))[0]
+    fields = data.draw(st.sampled_from([EVERY[0], REQUIRED[0], FULL]))
     laid, laid_unsure = scan_orders(variant, buf, starts, ends, fields)  # type: ignore[arg-type]
     general, general_unsure = scan_orders(variant, buf, starts, ends, fields, laid_out=False)  # type: ignore[arg-type]
     assert laid_unsure.tolist() == general_unsure.tolist()
@@ -391,8 +392,10 @@ def test_node_lines_are_read_laid_out() -> None:
         assert rows == 2
 
 
+@pytest.mark.parametrize("fields", [EVERY[0], FULL], ids=["light", "full"])
 @pytest.mark.parametrize("variant", ["plain", "by_block"])
-def test_every_one_byte_edit_of_a_node_line_is_read_as_the_general_scan_reads_it(variant: str) -> None:
+def test_every_one_byte_edit_of_a_node_line_is_read_as_the_general_scan_reads_it(variant: str,
+                                                                                 fields: object) -> None:
     """Each byte of a node line (an envelope of two events) taken out, and replaced by or preceded
     with each of JSON's own bytes and a few others: one batch of every such line, after one as
     the node writes it, is read alike with and without the layout."""
@@ -405,8 +408,8 @@ def test_every_one_byte_edit_of_a_node_line_is_read_as_the_general_scan_reads_it
             lines += [good[:at] + byte + good[at + 1:], good[:at] + byte + good[at:]]
     buf = b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n"
     starts, ends = line_bounds(buf)
-    laid, laid_unsure = scan_orders(variant, buf, starts, ends, EVERY[0])  # type: ignore[arg-type]
-    general, general_unsure = scan_orders(variant, buf, starts, ends, EVERY[0], laid_out=False)  # type: ignore[arg-type]
+    laid, laid_unsure = scan_orders(variant, buf, starts, ends, fields)  # type: ignore[arg-type]
+    general, general_unsure = scan_orders(variant, buf, starts, ends, fields, laid_out=False)  # type: ignore[arg-type]
     assert laid_unsure.tolist() == general_unsure.tolist()
     sure = ~pl.col("_line").is_in(general_unsure.tolist())
     assert laid.filter(sure).equals(general.filter(sure))
