@@ -1,11 +1,15 @@
-"""The pre-filter's light read: a compiled scan of the raw bytes of a batch of order statuses.
+"""A compiled scan of the raw bytes of a batch of order statuses: the pre-filter's light read,
+and the read of a batch decoded whole.
 
 One pass over each line, compiled by numba and run on every core without the GIL, checks that
-the line is JSON as the node writes it and notes where the few fields the rules and the
-watermark need lie (etl/prefilter.py). It builds no tree of the line: it costs ~43 ms of CPU a
-64 MiB batch, against ~140 ms for DuckDB's JSON reader reading the same fields
-(docs/benchmarks.md). The text fields come out as Arrow string views (a string longer than 12
-bytes copied next to the others while the line is in the CPU's cache).
+the line is JSON as the node writes it and reads the fields asked (`etl.fields.Fields`): the
+few the rules and the watermark need (etl/prefilter.py), or every field of a row
+(`etl.fields.FULL`, etl/parse.py). It builds no tree of the line: the light read costs ~43 ms of
+CPU a 64 MiB batch, every field ~100 ms with the frame, against ~140 and ~250 ms for DuckDB's
+JSON reader, which it replaced, and more for Polars' decoder (docs/benchmarks.md). The text
+fields come out as Arrow string views (a string longer than 12 bytes copied next to the others
+while the line is in the CPU's cache); in block envelopes, each row gets its block's number and
+time.
 
 The node writes every event with the same keys in the same order. The batch's first event that
 can be read so gives the *layout* (`_layout`): the bytes between its values, `{"time":`,
@@ -36,11 +40,12 @@ it is a row or a reject. Unsure are:
   anything but an integer of at most 18 digits; a boolean field anything but true or false
   (null is null everywhere); an `order` that is not an object;
 - in block envelopes: `events` missing or not a list of objects, a `block_number` that is
-  not an integer of at most 18 digits, a `block_time` that is not a string.
+  not an integer of at most 18 digits, a `block_time` that is not a string, either twice;
+- a `children` (with `Fields.children`) that is not `[]` or null.
 
-The fields it does not read are only checked for being JSON, as with the earlier DuckDB read
-(etl/duckscan.py): a line whose other fields have the wrong type is a reject when it passes
-the rules, and counted and dropped otherwise.
+The fields it does not read are only checked for being JSON: with the light read, a line whose
+other fields have the wrong type is a reject when it passes the rules, and counted and dropped
+otherwise (etl/prefilter.py). A key it does not read may hold anything JSON, as in Polars.
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ from numba import types as nt
 from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
 from numba.extending import intrinsic
 
-from etl.duckscan import Fields, cores
+from etl.fields import Fields
+from etl.parse import cores, pool
 from etl.parse import line_bounds as numpy_line_bounds
-from etl.parse import pool
 
 F = TypeVar("F", bound=Callable[..., Any])
 # an event's layout, then its envelope's, as `_layout` makes them: each (the bytes between values,
@@ -237,8 +242,8 @@ def _new_row(row: int, line: int, row_line: np.ndarray, kinds: np.ndarray, words
 @_jit
 def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
                    layout: Layout, slot: np.ndarray, row_line: np.ndarray, pos: np.ndarray, kinds: np.ndarray,
-                   views: np.ndarray, words: np.ndarray, data: np.ndarray, again: np.ndarray
-                   ) -> tuple[int, int]:
+                   views: np.ndarray, words: np.ndarray, data: np.ndarray, again: np.ndarray,
+                   blocks: np.ndarray) -> tuple[int, int]:
     """Lines `lo`..`hi` whose events are laid out as the batch's first (`_layout`: the same keys in
     the same order, in an envelope laid out as its first): their rows, as `_scan` writes them,
     with no key lookup, the keys compared eight bytes at a time. A line laid out otherwise is
@@ -285,13 +290,15 @@ def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int,
                     break
                 c = b[i] if i < e else 0
                 kind = OTHER
+                value = 0
+                start = i + 1
                 if c == 34:
                     q = _string_end(b, i, e)
-                    kind, i = (STRING, q + 1) if q >= 0 else (-1, i)
+                    kind, i, value = (STRING, q + 1, q) if q >= 0 else (-1, i, 0)
                 elif c == 110 and _literal(b, i, e, b"null"):
                     kind, i = NULL, i + 4
                 elif c == 45 or 48 <= c <= 57:
-                    i, kind, _ = _number_end(b, i, e)
+                    i, kind, value = _number_end(b, i, e)
                 else:
                     kind = -1
                 code = env_field_at[t]  # -2: block_number, an integer; -3: block_time, a string
@@ -299,6 +306,10 @@ def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int,
                         code == -3 and kind != STRING and kind != NULL):
                     ok = False
                     break
+                if code == -2:
+                    blocks[li - lo, 0], blocks[li - lo, 1] = kind, value
+                elif code == -3:
+                    blocks[li - lo, 2], blocks[li - lo, 3], blocks[li - lo, 4] = kind, start, value
         more = True  # an event to read
         if envelope and ok and i < e and b[i] == 93:  # no events
             i += 1
@@ -387,6 +398,7 @@ def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int,
         if not ok or i != e:
             again[li - lo] = True
             rows, used = first_row, first_used
+            blocks[li - lo, :] = MISSING  # read again by `_scan`
     return rows, used
 
 
@@ -399,7 +411,8 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
           names: np.ndarray, name_at: np.ndarray, level: np.ndarray, lookup: np.ndarray, slot: np.ndarray,
           row_line: np.ndarray,
           pos: np.ndarray, kinds: np.ndarray, views: np.ndarray, words: np.ndarray, data: np.ndarray,
-          unsure: np.ndarray, again: np.ndarray, rows: int, used: int) -> tuple[int, int]:
+          unsure: np.ndarray, again: np.ndarray, rows: int, used: int, blocks: np.ndarray
+          ) -> tuple[int, int]:
     """Scans lines `lo`..`hi`; writes one row per event (`row_line`, and per field `kinds` and
     `pos`: an integer's value; a string's Arrow view in `views` at the field's `slot`) and flags
     unsure lines (`unsure[line - lo]`). Returns the rows written, or -1 when they do not fit.
@@ -409,6 +422,8 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
     `words` is `views` seen as int32. Both are written while the line is in the CPU's cache, and
     the strings read afterwards lie together. With `again` (one flag a line), only the lines
     flagged, after `rows` rows and `used` bytes of `data` (`_scan_laid_out` read the others).
+    In block envelopes, `blocks[line - lo]` gets the block's number (its kind, its value) and
+    time (its kind, where its bytes start and end); a line with either twice is unsure.
     Returns (rows, bytes of `data` used); rows -1 when they do not fit."""
     nf = len(level)
     cap = len(row_line)
@@ -547,11 +562,13 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                     break
                 kind = OTHER
                 value = 0
+                q_start = q_end = 0  # a string value's bytes
                 if c == 34:
                     q = _string_end(b, i, e)
                     if q < 0:
                         break
                     kind = STRING
+                    q_start, q_end = i + 1, q
                     if field >= 0 and slot[field] >= 0:
                         n = q - i - 1
                         w = (slot[field] * cap + row) * 4
@@ -576,10 +593,12 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                 if field >= 0:
                     kinds[row, field] = kind
                     pos[row, field] = value  # an integer's value
-                elif field == -2:
-                    block_bad |= kind != INT and kind != NULL
-                elif field == -3:
-                    block_bad |= kind != STRING and kind != NULL
+                elif field == -2:  # the block's number: once, an integer or null
+                    block_bad |= blocks[li - lo, 0] != MISSING or (kind != INT and kind != NULL)
+                    blocks[li - lo, 0], blocks[li - lo, 1] = kind, value
+                elif field == -3:  # the block's time: once, a string or null
+                    block_bad |= blocks[li - lo, 2] != MISSING or (kind != STRING and kind != NULL)
+                    blocks[li - lo, 2], blocks[li - lo, 3], blocks[li - lo, 4] = kind, q_start, q_end
                 field = -1
                 state = 3
             ok = depth < 0 and i == e and (not envelope or (seen_events and not block_bad))
@@ -755,16 +774,17 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
         # long strings: at most the slice's bytes
         data = np.empty(int(ends[hi - 1] - starts[lo]) if hi > lo else 0, np.uint8)
         words = views.view(np.int32)
+        blocks = np.zeros((hi - lo, 5), np.int64)  # a line's block number and time (`_scan`)
         rows = used = 0
         again = np.zeros(0, np.bool_)  # no layout: every line by `_scan`
         if layout is not None:
             again = np.zeros(hi - lo, np.bool_)
             rows, used = _scan_laid_out(b, starts, ends, lo, hi, envelope, layout, slot, row_line, pos, kinds,
-                                        views, words, data, again)
+                                        views, words, data, again, blocks)
         laid_rows = rows
         if layout is None or again.any():
             rows, used = _scan(b, starts, ends, lo, hi, envelope, names, name_at, level, lookup, slot,
-                               row_line, pos, kinds, views, words, data, unsure, again, rows, used)
+                               row_line, pos, kinds, views, words, data, unsure, again, rows, used, blocks)
         if rows >= 0:
             break
         # more events than room: twice the room (not one row per `{`, which strings may hold)
@@ -808,9 +828,28 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
             array = pa.array(k == TRUE, pa.bool_(), mask=(k != TRUE) & (k != FALSE))
         series[c] = pl.Series(c, array)
     order = [series[c] for c in columns if c not in fields.strings]
-    frame = pl.DataFrame([pl.Series("_line", row_line), *(series[c] for c in fields.strings)])
+    if envelope and fields.blocks:
+        series.update(_block_columns(b, blocks, row_line.astype(np.int64) - lo))
+    envelope_columns = [series[c] for c in ("block_time", "block_number") if c in series]
+    frame = pl.DataFrame([pl.Series("_line", row_line), *envelope_columns,
+                          *(series[c] for c in fields.strings)])
     frame = frame.with_columns(pl.DataFrame(order).to_struct("order"))
     return frame, np.union1d(np.flatnonzero(unsure) + lo, row_line[wrong]).astype(np.uint32)
+
+
+def _block_columns(b: np.ndarray, blocks: np.ndarray, line: np.ndarray) -> dict[str, pl.Series]:
+    """Each row's block number and time (`blocks` of its line: `_scan`), as the raw frame's
+    `block_number` and `block_time` columns."""
+    number = pa.array(blocks[line, 1], pa.int64(), mask=blocks[line, 0] != INT)
+    timed = blocks[:, 2] == STRING
+    start, length = blocks[:, 3], np.where(timed, blocks[:, 4] - blocks[:, 3], 0)
+    offsets = np.zeros(len(blocks) + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    text = b[np.repeat(start - offsets[:-1], length) + np.arange(offsets[-1])]  # each line's time
+    times = pa.Array.from_buffers(pa.large_string(), len(blocks), [
+        _bits(timed), pa.py_buffer(offsets), pa.py_buffer(text)], len(blocks) - int(np.count_nonzero(timed)))
+    return {"block_number": pl.Series("block_number", number),
+            "block_time": pl.Series("block_time", times.take(pa.array(line)).cast(pa.string()))}
 
 
 def scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, fields: Fields,
@@ -909,7 +948,7 @@ def line_bounds(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
 def warm() -> None:
     """Compile the scan now (or load it from numba's cache), e.g. when building an image."""
     line = b'{"time":"2026-01-05T11:00:00","order":{"oid":1}}\n'
-    fields = Fields(("time",), (), ("oid",), (), (), ())
+    fields = Fields(("time",), (), ("oid",), ())
     for variant, buf in (("plain", line), ("by_block", b'{"events":[' + line[:-1] + b"]}\n")):
         scan_orders(variant, buf, np.array([0]), np.array([len(buf) - 1]), fields)
     line_bounds(line)

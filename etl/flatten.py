@@ -1,7 +1,7 @@
 """Decoded events to typed, flat rows: one flattener per stream.
 
-Each takes the frame a JSON decoder made of a batch (Polars' in `etl.parse`, DuckDB's in
-`etl.duckscan`, shaped alike: the node's field names, the order or fill as a struct) and
+Each takes the frame a JSON decoder made of a batch (Polars' in `etl.parse`, the byte scan's in
+`etl.bytescan`, shaped alike: the node's field names, the order or fill as a struct) and
 returns the stream's row columns (`etl.columns`), with the node's strings parsed into
 times and decimals.
 """

@@ -47,12 +47,12 @@ from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
 from etl.dedup import drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
-from etl.duckscan import cores
 from etl.faults import fault_point
 from etl.filecursors import FileCursor
 from etl.filters import Rules, RulesFile
 from etl.gate import Gate
 from etl.nodefiles import FileIndex
+from etl.parse import cores
 from etl.prefilter import OrdersFilter
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes

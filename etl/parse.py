@@ -7,13 +7,13 @@ with their offset in `buf`. A bad line never costs the good lines around it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import duckdb
 import numpy as np
 import orjson
 import polars as pl
@@ -32,10 +32,32 @@ from etl.columns import (
     TRADES_REQUIRED,
     TRADES_SCHEMA,
 )
-from etl.duckscan import FULL, MIN_LINES, cores, line_array, scan_orders
+from etl.fields import FULL
 from etl.flatten import fills_flat, node_trades_flat, orders_flat
 
 REJECT_LINE_BYTES = 512  # how much of a bad line is kept for inspection
+# order statuses are read by the byte scan from this many lines on, i.e. always: it costs what
+# Polars' decoder does at ~30 plain lines (2.1 against 1.9 ms of CPU), 3.6 against 8.7 ms at
+# 2,200, and 3.2 against 60 ms at 1,700 one-event envelopes, which Polars explodes
+# (`python -m etl.bench.decode`, docs/benchmarks.md)
+SCAN_MIN_LINES = 1
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def line_array(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """The lines of `buf` (each with its newline) as one Arrow array over `buf`, without a copy."""
+    offsets = np.empty(len(starts) + 1, np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = ends[-1] + 1 if len(ends) else 0
+    return pa.Array.from_buffers(pa.large_binary(), len(starts), [None, pa.py_buffer(offsets),
+                                                                  pa.py_buffer(buf)])
 
 
 class BadLine(NamedTuple):
@@ -246,12 +268,11 @@ def _flatten(fmt: Format, raw: pl.DataFrame, lines: int) -> pl.DataFrame:
 
 
 def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
-          scan_min_lines: int = MIN_LINES) -> Parsed:
+          scan_min_lines: int = SCAN_MIN_LINES) -> Parsed:
     """Parse whole lines of one stream into its flat frame (plus `_line`, the line index
     within `buf` of each row), quarantining bad lines. Batches of order statuses of at least
-    `scan_min_lines` lines are read by the byte scan (plain lines, etl/bytescan.py) or DuckDB
-    (block envelopes, etl/duckscan.py); the others, and the lines those are not sure of, by
-    Polars."""
+    `scan_min_lines` lines are read by the byte scan (etl/bytescan.py); the others, the lines it
+    is not sure of and the other streams, by Polars."""
     fmt = FORMATS[(kind, "plain" if variant == "plain" else "block")]
     plain_fills = kind == "fills" and variant == "plain"
     starts, ends = line_bounds(buf)
@@ -287,19 +308,11 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
 
 def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
                  max_line_bytes: int) -> Parsed | None:
-    """Order statuses read by the byte scan (plain lines, etl/bytescan.py) or by DuckDB (block
-    envelopes, whose block number and time the byte scan does not read), the lines either is not
-    sure of (and those missing a required field, for the reject's reason) by Polars; None when
-    DuckDB cannot read the batch."""
-    if variant == "plain":
-        from etl.bytescan import scan_orders as byte_scan  # numba: loaded by `etl.prefilter.prepare`
+    """Order statuses read by the byte scan (etl/bytescan.py), the lines it is not sure of (and
+    those missing a required field, for the reject's reason) by Polars."""
+    from etl.bytescan import scan_orders as byte_scan  # numba: loaded by `etl.prefilter.prepare`
 
-        events, unsure = byte_scan(variant, buf, starts, ends, FULL)
-    else:
-        try:
-            events, unsure = scan_orders(variant, buf, starts, ends, FULL)
-        except (duckdb.Error, UnicodeDecodeError):
-            return None
+    events, unsure = byte_scan(variant, buf, starts, ends, FULL)
     flat = orders_flat(events, variant != "plain").with_columns(events.get_column("_line"))
     missing = _missing(flat, ORDERS_REQUIRED)
     if missing is not None:
@@ -314,7 +327,7 @@ def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
 
 def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray) -> tuple[bytes, np.ndarray]:
     """The lines `idx` of `buf` (with their newlines) as one buffer, and where each starts in it."""
-    lines = line_array(buf, starts, ends, pa.large_binary())
+    lines = line_array(buf, starts, ends)
     picked = lines.take(pa.array(idx, pa.int64()))
     pos = np.frombuffer(picked.buffers()[1], np.int64)[picked.offset: picked.offset + len(idx) + 1]
     data = picked.buffers()[2]
@@ -323,7 +336,7 @@ def take_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray
 
 
 def parse_lines(kind: str, variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray, idx: np.ndarray,
-                max_line_bytes: int, scan_min_lines: int = MIN_LINES) -> Parsed:
+                max_line_bytes: int, scan_min_lines: int = SCAN_MIN_LINES) -> Parsed:
     """`parse` of the lines `idx` (ascending) of `buf` only, with `_line` and the rejects'
     offsets those of `buf`."""
     sub, sub_starts = take_lines(buf, starts, ends, idx)

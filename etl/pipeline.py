@@ -126,8 +126,8 @@ class Pipeline:
             if stream.name in self.states:
                 continue
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
-            if stream.kind == "orders" and self.rules is not None:
-                prepare(self.rules.rules, stream.variant)  # the byte scan, before the first batch
+            if stream.kind == "orders":
+                prepare()  # the byte scan, loaded before the first batch
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
                         index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm,

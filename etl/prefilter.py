@@ -22,8 +22,9 @@ over-long line is decoded whole as without pre-filtering. What pre-filtering cha
 when it passes the rules; otherwise it is counted and dropped like any other line the rules
 drop.
 
-The light read costs ~80 ms of CPU a 64 MiB batch, against ~130 ms for DuckDB's JSON reader on
-the same fields, and ~200 ms for Polars' NDJSON decoder (docs/benchmarks.md).
+The light read costs ~43 ms of CPU a 64 MiB batch (the whole pre-filter ~78 ms), against ~100
+ms for the byte scan reading every field and ~200 ms for Polars' NDJSON decoder on the light
+fields alone (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import polars as pl
 
 from etl.columns import ORDERS_REQUIRED, ORDERS_SCHEMA
-from etl.duckscan import Fields
+from etl.fields import Fields
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
 from etl.parse import BadLine, Parsed, parse, parse_lines
@@ -62,8 +63,7 @@ def light_fields(compared: frozenset[str]) -> tuple[Fields, tuple[str, ...]]:
     (`filters.rule_columns`): the required columns and those, and the columns it returns.
 
     Each field's JSON type is checked (etl/bytescan.py); a field less saves a column to build.
-    `Fields.texts` and `Fields.decimals` are what DuckDB's reader would check (etl/duckscan.py),
-    which the scan does not need."""
+    A text no rule compares is only checked to be a string (`Fields.checked`)."""
     columns = tuple(c for c in LIGHT_COLUMNS if c in ORDERS_REQUIRED or c in compared)
     path = {c: LIGHT_COLUMNS[c][0] for c in columns}
     kind = {c: LIGHT_COLUMNS[c][1] for c in columns}
@@ -74,8 +74,6 @@ def light_fields(compared: frozenset[str]) -> tuple[Fields, tuple[str, ...]]:
 
     fields = Fields(named("time", "text", order=False), named("text", "decimal", order=True),
                     named("int", order=True), named("bool", order=True),
-                    tuple(path[c] for c in columns if kind[c] == "text" and c in compared),
-                    tuple(path[c] for c in columns if kind[c] == "decimal"),
                     checked=tuple(path[c] for c in columns if kind[c] == "text" and c not in compared))
     return fields, columns
 
@@ -138,16 +136,14 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
-def prepare(rules: Rules, variant: str = "plain") -> None:
+def prepare() -> None:
     """Load the byte scan now (numba's compiled code: ~0.2 s and ~120 MB, ~3 s the first time,
-    when it is compiled and cached) where order statuses of `variant` will use it: plain lines
-    always (a batch decoded whole is read by it, etl/parse.py), block envelopes where `rules`
-    pre-filter. So the first batch does not wait for it, and it is made before the long-lived
-    objects are frozen (etl/malloc.py)."""
-    if variant == "plain" or (not rules.keep_all and _rule_exprs(rules)):
-        from etl.bytescan import warm
+    when it is compiled and cached): every order-status batch is read by it (etl/parse.py, and
+    the light read here). So the first batch does not wait for it, and it is made before the
+    long-lived objects are frozen (etl/malloc.py)."""
+    from etl.bytescan import warm
 
-        warm()
+    warm()
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,

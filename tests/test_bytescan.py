@@ -18,7 +18,7 @@ from test_prefilter import SAMPLES, by_line, line, node_line, order_event
 
 from etl.bytescan import scan_orders
 from etl.columns import ORDERS_REQUIRED
-from etl.duckscan import FULL
+from etl.fields import FULL
 from etl.flatten import orders_flat
 from etl.parse import line_bounds, parse
 from etl.prefilter import LIGHT_COLUMNS, light_fields
@@ -387,7 +387,7 @@ def test_node_lines_are_read_laid_out() -> None:
         rows, _ = _scan_laid_out(np.frombuffer(buf, np.uint8), starts, ends, 0, 3, envelope_, layout,
                                  np.full(nf, -1), np.zeros(cap, np.uint32), np.zeros((cap, nf), np.int64),
                                  np.zeros((cap, nf), np.int8), views, views.view(np.int32),
-                                 np.zeros(len(buf), np.uint8), again)
+                                 np.zeros(len(buf), np.uint8), again, np.zeros((3, 5), np.int64))
         assert again.tolist() == [False, False, True]
         assert rows == 2
 

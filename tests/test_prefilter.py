@@ -1,22 +1,19 @@
-"""The pre-filtered path keeps exactly what full decoding plus the rules keep, and DuckDB's
-reading of order statuses (etl/duckscan.py) gives exactly the rows and rejects of Polars'."""
+"""The pre-filtered path keeps exactly what full decoding plus the rules keep, and the byte
+scan's reading of a batch decoded whole (etl/bytescan.py) gives exactly the rows and rejects of
+Polars'."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from etl.columns import ORDERS_REQUIRED
-from etl.duckscan import FULL, scan_orders
 from etl.filters import Rules, load_rules, rule_columns
-from etl.flatten import orders_flat
 from etl.parse import line_bounds, parse, take_lines
 from etl.prefilter import LIGHT_COLUMNS, MIN_LINES, OrdersFilter, filter_parsed, light_fields, prefilter
 
@@ -42,8 +39,8 @@ def node_line(limit_px: str = "1", oid: int = 1) -> bytes:
 
 BIG = "__a number out of a double's range__"  # json.dumps cannot write one: put in by hand
 HUGE = ["1e400", "-1e400", "1E400", "1.0E400", "1e309", "9" * 400]  # what BIG becomes
-# values of other JSON types than the node writes; DuckDB renders floats, objects and arrays as
-# text otherwise than Polars ("1e-07" against "0.0000001"), and casts "5", 5.0 and "true"
+# values of other JSON types than the node writes, which JSON readers render or cast differently
+# (DuckDB's: "1e-07" against Polars' "0.0000001"; it casts "5", 5.0 and "true")
 ODD_VALUES = st.sampled_from(["5", "true", 5, 5.0, 3e11, 2**70, -3, 1e-7, 1.5e300, True, None,
                               {"a": 1}, [1], "\\u00e9", "\ud800", BIG])
 ODD_TEXTS = ["1e-07", "0.0000001", '{"a":1}', '{"a": 1}', "5", "5.0", "true", "[1]"]
@@ -134,7 +131,7 @@ def line(draw: st.DrawFn, variant: str, odd_keys: tuple[str, ...] = LIGHT_KEYS) 
     # now and then a broken line (a batch holding one is decoded whole)
     broken = (draw(st.sampled_from(["cut", "garbage", "array", "string", "number"]))
               if draw(st.integers(0, 60)) == 0 else "")
-    # now and then what DuckDB's reader takes and Polars' refuses, anywhere in the line: NaN,
+    # now and then what lax JSON readers take and Polars refuses, anywhere in the line: NaN,
     # Infinity, a trailing comma (the line then goes to Polars, and becomes a reject)
     if not broken and draw(st.integers(0, 30)) == 0:
         lax = draw(st.sampled_from(["NaN", "-Infinity", "inf", "nan", "[1,]", '{"a":1,}', "[1, ]"]))
@@ -195,53 +192,17 @@ def test_prefilter_keeps_exactly_what_full_decoding_keeps(variant: str, data: st
     assert {o for o, _, _ in fast.parsed.rejects} <= {o for o, _, _ in full.parsed.rejects}
 
 
-LIGHT_CHECKED = ["time", "user", "status", "coin", "side", "limit_px", "orig_sz", "oid", "is_trigger",
-                 "order_type"]
-
-
-@pytest.mark.parametrize("variant", ["plain", "streaming"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_duckdb_scan_agrees_with_full_decoding(variant: str, data: st.DataObject) -> None:
-    """Every line DuckDB reads as sure, with its required fields, is a good line of full
-    decoding with the same rule fields; the other lines are decoded whole by the pre-filter."""
-    lines = data.draw(st.lists(line(variant), min_size=1, max_size=20))
-    buf = b"\n".join(lines) + b"\n"
-    starts, ends = line_bounds(buf)
-    try:
-        events, unsure = scan_orders(variant, buf, starts, ends)
-    except (duckdb.Error, UnicodeDecodeError):
-        event("DuckDB refused the batch")
-        return
-    event("scanned")
-    light = orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
-    whole = ~pl.any_horizontal(pl.col(c).is_null() for c in ORDERS_REQUIRED)
-    incomplete = set(light.filter(~whole)["_line"].to_list())
-    sure = set(range(len(lines))) - set(unsure.tolist()) - incomplete
-    full = parse("orders", variant, buf)
-    rejected = {int(np.searchsorted(starts, r.offset)) for r in full.rejects}
-    assert not sure & rejected
-    got = by_line(light.filter(pl.col("_line").is_in(sorted(sure))).select(*LIGHT_CHECKED, "_line"))
-    want = by_line(full.frame.filter(pl.col("_line").is_in(sorted(sure))).select(*LIGHT_CHECKED, "_line"))
-    assert got.equals(want)
-
-
-POLARS_ONLY = 1 << 62  # scan_min_lines: never DuckDB
+POLARS_ONLY = 1 << 62  # scan_min_lines: never the byte scan
 
 
 @pytest.mark.parametrize("variant", ["plain", "streaming"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_parse_by_a_scan_gives_polars_rows_and_rejects(variant: str, data: st.DataObject) -> None:
-    """A batch decoded whole is read by the byte scan (plain lines) or DuckDB (block envelopes),
-    the lines either is not sure of by Polars: the same rows and rejects as Polars alone."""
+    """A batch decoded whole is read by the byte scan, the lines it is not sure of by Polars: the
+    same rows and rejects as Polars alone, block number and time included."""
     lines = data.draw(st.lists(line(variant), min_size=1, max_size=20))
     buf = b"\n".join(lines) + b"\n"
-    try:
-        _, unsure = scan_orders(variant, buf, *line_bounds(buf), FULL)
-        event(f"DuckDB read the batch, {'some' if len(unsure) else 'no'} lines to Polars")
-    except (duckdb.Error, UnicodeDecodeError):
-        event("DuckDB refused the batch")
     polars = parse("orders", variant, buf, scan_min_lines=POLARS_ONLY)
     both = parse("orders", variant, buf, scan_min_lines=1)
     assert both.frame.schema == polars.frame.schema
@@ -252,11 +213,10 @@ def test_parse_by_a_scan_gives_polars_rows_and_rejects(variant: str, data: st.Da
 
 @pytest.mark.parametrize("extra", [b'"x":1e400', b'"x":' + b"9" * 400, b'"x":' + b"[" * 1100 + b"]" * 1100])
 @pytest.mark.parametrize("variant", ["plain", "streaming"])
-def test_what_duckdb_reads_that_polars_refuses_in_a_key_nodetap_does_not_read(extra: bytes,
-                                                                            variant: str) -> None:
-    """The two differences left (etl/duckscan.py), where DuckDB reads a batch decoded whole (block
-    envelopes): the line becomes a row, not a reject. Plain lines are read by the byte scan
-    (etl/bytescan.py), which is not sure of such a line: Polars rejects it."""
+def test_what_polars_refuses_in_a_key_nodetap_does_not_read_is_a_reject(extra: bytes, variant: str) -> None:
+    """A number out of a double's range, or nesting deeper than 1,024, in a key nodetap does not
+    read: Polars refuses the line, and the byte scan is not sure of it, so it is a reject either
+    way (DuckDB's reader, used before, made it a row)."""
     def wrap(event: bytes) -> bytes:
         if variant == "plain":
             return event
@@ -268,26 +228,18 @@ def test_what_duckdb_reads_that_polars_refuses_in_a_key_nodetap_does_not_read(ex
     polars = parse("orders", variant, buf, scan_min_lines=POLARS_ONLY)
     both = parse("orders", variant, buf, scan_min_lines=1)
     assert [r.offset for r in polars.rejects] == [len(good) + 1]
-    if variant == "plain":
-        assert both.rejects == polars.rejects and both.frame.equals(polars.frame)
-    else:
-        assert not both.rejects and both.frame["_line"].to_list() == [0, 1]
+    assert both.rejects == polars.rejects and both.frame.equals(polars.frame)
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/samples")
 @pytest.mark.parametrize(("name", "variant"), [("node_order_statuses_streaming.jsonl", "streaming"),
                                                ("node_order_statuses_by_block__btc_filtered.jsonl", "block")])
-def test_duckdb_scan_reads_real_node_lines(name: str, variant: str) -> None:
+def test_real_node_lines_decoded_whole_are_polars_rows(name: str, variant: str) -> None:
+    """Every field of real node lines, block number and time included, as Polars reads them."""
     buf = (SAMPLES / name).read_bytes()
-    starts, ends = line_bounds(buf)
-    events, unsure = scan_orders(variant, buf, starts, ends)
-    full = parse("orders", variant, buf)
-    assert len(unsure) == 0 and not full.rejects
-    light = orders_flat(events, False, tuple(LIGHT_CHECKED)).with_columns(events["_line"])
-    assert light.select(*LIGHT_CHECKED, "_line").equals(full.frame.select(*LIGHT_CHECKED, "_line"))
-    # every field, as stored
-    assert len(scan_orders(variant, buf, starts, ends, FULL)[1]) == 0
-    assert parse("orders", variant, buf, scan_min_lines=1).frame.equals(full.frame)
+    polars = parse("orders", variant, buf, scan_min_lines=POLARS_ONLY)
+    assert not polars.rejects and polars.frame.height > 0
+    assert parse("orders", variant, buf, scan_min_lines=1).frame.equals(polars.frame)
 
 
 def test_prefilter_decodes_only_candidates_and_maps_rejects_back() -> None:
@@ -376,8 +328,9 @@ def odd_line(oid: int, **changes: object) -> bytes:
 
 
 def test_a_value_a_rule_compares_is_read_as_polars_reads_it() -> None:
-    """A status written as the number 1e-07: DuckDB renders it "1e-07", Polars "0.0000001", so
-    the light read sends the line to Polars (etl/duckscan.py) and the rule sees Polars' value."""
+    """A status written as the number 1e-07: a reader could render it "1e-07" where Polars writes
+    "0.0000001", so the light read sends the line to Polars (etl/bytescan.py) and the rule sees
+    Polars' value."""
     buf = b"\n".join([node_line(oid=1), odd_line(2, status=1e-7)]) + b"\n"
     for r in (Rules(statuses=("0.0000001",)), Rules(statuses=("1e-07",)), Rules(statuses=("open",))):
         fast = prefilter("plain", buf, r, min_lines=1)
@@ -434,10 +387,10 @@ def test_a_required_text_no_rule_reads_missing_or_of_another_type_is_a_reject() 
     ('"side":"B"', Rules(statuses=(), sides=("A",))),
     ('"coin":"BTC"', Rules(statuses=(), coins=("ETH",))),
 ])
-def test_a_number_out_of_range_is_a_reject_through_duckdb_as_through_polars(
+def test_a_number_out_of_range_is_a_reject_through_the_scan_as_through_polars(
         number: str, field: str, rules: Rules) -> None:
-    """DuckDB keeps such a number's own text (`1E400`) where Polars refuses the line: the line
-    goes to Polars, in a batch decoded whole as in a pre-filtered one (etl/duckscan.py)."""
+    """Polars refuses a line holding a number out of a double's range: the byte scan sends such a
+    line to Polars, in a batch decoded whole as in a pre-filtered one (etl/bytescan.py)."""
     key = field.split(":")[0]
     odd = node_line(oid=2).replace(field.encode(), f"{key}:{number}".encode())
     buf = b"\n".join([node_line(oid=1), odd]) + b"\n"

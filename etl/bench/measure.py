@@ -52,7 +52,7 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
 
     from etl.config import Settings, load_settings, settings_doc
     from etl.malloc import startup_frozen, tune
-    from etl.pipeline import Pipeline, rules_file_for
+    from etl.pipeline import Pipeline
     from etl.prefilter import prepare
     from etl.store import Store
 
@@ -75,7 +75,7 @@ def nodetap(p: dict[str, Any]) -> dict[str, Any]:
         store.close()
         return {}
 
-    prepare(rules_file_for(s).rules)
+    prepare()
     with startup_frozen():  # as `nodetap ingest` and `serve` run, once started
         out = timed(work)
     con = duckdb.connect(p["db"], read_only=True)

@@ -5,8 +5,8 @@
 Generates one 64 MiB batch of simulated order statuses (plain variant, seed 7, as
 `nodetap bench`), then times each stage of `etl.prefilter.prefilter` on it, and the whole:
 CPU of every thread (`time.process_time`) and wall, best of five. Stages marked "2 cores"
-run on every core; the others on one thread. It also times DuckDB's JSON reader reading the
-same fields, which the byte scan replaced.
+run on every core; the others on one thread. It also times the scan without the layout (every
+line by the general scan).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from etl import bytescan, duckscan
+from etl import bytescan
 from etl.columns import ORDERS_REQUIRED
 from etl.filters import apply_rules, load_rules, rule_columns, rule_masks
 from etl.flatten import orders_flat
-from etl.parse import line_bounds, parse_lines
+from etl.parse import cores, line_bounds, parse_lines
 from etl.prefilter import light_fields, prefilter
 from etl.simulate import generate
 
@@ -64,13 +64,11 @@ def main() -> None:
           lambda: bytescan.line_bounds(buf))
     timed("newline search (`parse.line_bounds`: numpy, one part)", lambda: line_bounds(buf))
     timed("newline search (`parse.line_bounds`: numpy, a part per core)",
-          lambda: line_bounds(buf, duckscan.cores()))
+          lambda: line_bounds(buf, cores()))
     events, unsure = timed("the byte scan (`bytescan.scan_orders`, 2 cores)",
                            lambda: bytescan.scan_orders("plain", buf, starts, ends, fields))
     timed("the byte scan without the layout (every line by the general scan, 2 cores)",
           lambda: bytescan.scan_orders("plain", buf, starts, ends, fields, laid_out=False))
-    timed("the same fields read by DuckDB instead (`duckscan.scan_orders`, 2 cores)",
-          lambda: duckscan.scan_orders("plain", buf, starts, ends, fields))
     light = timed("flattening (`orders_flat`)",
                   lambda: orders_flat(events, False, columns).with_columns(events.get_column("_line")))
     masks = timed("the rules (`rule_masks`)", lambda: rule_masks(light, rules))
