@@ -241,7 +241,8 @@ def _new_row(row: int, line: int, row_line: np.ndarray, kinds: np.ndarray, words
 
 @_jit
 def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
-                   layout: Layout, slot: np.ndarray, row_line: np.ndarray, pos: np.ndarray, kinds: np.ndarray,
+                   layout: Layout, slot: np.ndarray, pslot: np.ndarray, row_line: np.ndarray, pos: np.ndarray,
+                   kinds: np.ndarray,
                    views: np.ndarray, words: np.ndarray, data: np.ndarray, again: np.ndarray,
                    blocks: np.ndarray) -> tuple[int, int]:
     """Lines `lo`..`hi` whose events are laid out as the batch's first (`_layout`: the same keys in
@@ -382,7 +383,8 @@ def _scan_laid_out(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int,
                     break
                 if field >= 0:
                     kinds[row, field] = kind
-                    pos[row, field] = value
+                    if pslot[field] >= 0:
+                        pos[row, pslot[field]] = value
             if not envelope or not ok:
                 break
             if i < e and b[i] == 44:  # another event
@@ -410,11 +412,13 @@ _OTHER_OBJECT, _TOP, _EVENT, _ORDER, _ARRAY, _EVENTS = range(6)
 def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int, envelope: bool,
           names: np.ndarray, name_at: np.ndarray, level: np.ndarray, lookup: np.ndarray, slot: np.ndarray,
           row_line: np.ndarray,
-          pos: np.ndarray, kinds: np.ndarray, views: np.ndarray, words: np.ndarray, data: np.ndarray,
+          pslot: np.ndarray, pos: np.ndarray, kinds: np.ndarray, views: np.ndarray, words: np.ndarray,
+          data: np.ndarray,
           unsure: np.ndarray, again: np.ndarray, rows: int, used: int, blocks: np.ndarray
           ) -> tuple[int, int]:
-    """Scans lines `lo`..`hi`; writes one row per event (`row_line`, and per field `kinds` and
-    `pos`: an integer's value; a string's Arrow view in `views` at the field's `slot`) and flags
+    """Scans lines `lo`..`hi`; writes one row per event (`row_line`, and per field `kinds`; an
+    integer's value, or where a list opens, in `pos` at the field's `pslot`; a string's Arrow
+    view in `views` at the field's `slot`) and flags
     unsure lines (`unsure[line - lo]`). Returns the rows written, or -1 when they do not fit.
 
     A view is 16 bytes: the length, then the string when it fits in 12 bytes, else its first 4
@@ -546,7 +550,8 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                         ctx = _OTHER_OBJECT if c == 123 else _ARRAY
                         if field >= 0:
                             kinds[row, field] = OTHER
-                            pos[row, field] = i  # where it opens: a list field is kept as `[]` only
+                            if pslot[field] >= 0:  # where it opens: a list field is kept as `[]` only
+                                pos[row, pslot[field]] = i
                         elif field < -1:
                             block_bad = True
                     depth += 1
@@ -592,7 +597,8 @@ def _scan(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int,
                         break
                 if field >= 0:
                     kinds[row, field] = kind
-                    pos[row, field] = value  # an integer's value
+                    if pslot[field] >= 0:
+                        pos[row, pslot[field]] = value  # an integer's value
                 elif field == -2:  # the block's number: once, an integer or null
                     block_bad |= blocks[li - lo, 0] != MISSING or (kind != INT and kind != NULL)
                     blocks[li - lo, 0], blocks[li - lo, 1] = kind, value
@@ -766,9 +772,13 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
     slot = np.cumsum(viewed) - 1
     slot[[not v for v in viewed]] = -1
     strings = int(np.count_nonzero(slot >= 0))
+    # an integer's value, where a list opens: room for those fields only
+    positioned = [t in ("int", "list") for t in types]
+    pslot = np.cumsum(positioned) - 1
+    pslot[[not p for p in positioned]] = -1
     while True:
         row_line = np.empty(cap, np.uint32)
-        pos = np.empty((cap, nf), np.int64)
+        pos = np.empty((cap, max(1, int(np.count_nonzero(pslot >= 0)))), np.int64)
         kinds = np.empty((cap, nf), np.int8)
         views = np.empty(strings * cap * 16, np.uint8)
         # long strings: at most the slice's bytes
@@ -779,12 +789,13 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
         again = np.zeros(0, np.bool_)  # no layout: every line by `_scan`
         if layout is not None:
             again = np.zeros(hi - lo, np.bool_)
-            rows, used = _scan_laid_out(b, starts, ends, lo, hi, envelope, layout, slot, row_line, pos, kinds,
-                                        views, words, data, again, blocks)
+            rows, used = _scan_laid_out(b, starts, ends, lo, hi, envelope, layout, slot, pslot, row_line, pos,
+                                        kinds, views, words, data, again, blocks)
         laid_rows = rows
         if layout is None or again.any():
             rows, used = _scan(b, starts, ends, lo, hi, envelope, names, name_at, level, lookup, slot,
-                               row_line, pos, kinds, views, words, data, unsure, again, rows, used, blocks)
+                               row_line, pslot, pos, kinds, views, words, data, unsure, again, rows, used,
+                               blocks)
         if rows >= 0:
             break
         # more events than room: twice the room (not one row per `{`, which strings may hold)
@@ -801,13 +812,16 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
     for f, kind in enumerate(types):
         wrong |= ~np.isin(kinds[:, f], _ALLOWED[kind])
         if kind == "list":
-            opens = np.where(kinds[:, f] == OTHER, pos[:, f], 0)  # where the list opens
+            opens = np.where(kinds[:, f] == OTHER, pos[:, pslot[f]], 0)  # where the list opens
             empty = (kinds[:, f] == OTHER) & (b[opens] == 91) & (b[np.minimum(opens + 1, len(b) - 1)] == 93)
             wrong |= (kinds[:, f] == OTHER) & ~empty
-    # the rows hold on to the long strings while their unit commits: those bytes only, not room
-    # for every byte of the slice (the batch's size again)
+    # the rows hold on to their strings while their unit commits: those bytes only, not room for
+    # every byte of the slice (the batch's size again), nor views for every row there was room for
     long = pa.py_buffer(data[:used].copy())
     del data
+    if rows < cap:
+        views = np.ascontiguousarray(views.reshape(strings, cap, 16)[:, :rows]).reshape(-1)
+        cap = rows
     series: dict[str, pl.Series] = {}
     for f, (c, t) in enumerate(zip(columns, types, strict=True)):
         k = kinds[:, f]
@@ -820,7 +834,7 @@ def _scan_slice(buf: bytes, starts: np.ndarray, ends: np.ndarray, lo: int, hi: i
             nulls = rows - int(np.count_nonzero(valid))
             array = pa.Array.from_buffers(pa.string_view(), rows, buffers, nulls)
         elif t == "int":
-            array = pa.array(pos[:, f], pa.int64(), mask=k != INT)
+            array = pa.array(pos[:, pslot[f]], pa.int64(), mask=k != INT)
         elif t == "list":
             array = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32), mask=~empty),
                                                    pa.array(["[]"])).cast(pa.string())

@@ -385,7 +385,8 @@ def test_node_lines_are_read_laid_out() -> None:
         again = np.zeros(3, np.bool_)
         views = np.zeros(16 * cap * 4, np.uint8)
         rows, _ = _scan_laid_out(np.frombuffer(buf, np.uint8), starts, ends, 0, 3, envelope_, layout,
-                                 np.full(nf, -1), np.zeros(cap, np.uint32), np.zeros((cap, nf), np.int64),
+                                 np.full(nf, -1), np.full(nf, -1), np.zeros(cap, np.uint32),
+                                 np.zeros((cap, 1), np.int64),
                                  np.zeros((cap, nf), np.int8), views, views.view(np.int32),
                                  np.zeros(len(buf), np.uint8), again, np.zeros((3, 5), np.int64))
         assert again.tolist() == [False, False, True]
