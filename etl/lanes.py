@@ -51,6 +51,7 @@ from etl.faults import fault_point
 from etl.filecursors import FileCursor
 from etl.filters import Rules, RulesFile
 from etl.gate import Gate
+from etl.malloc import relieve
 from etl.nodefiles import FileIndex
 from etl.parse import cores
 from etl.prefilter import OrdersFilter
@@ -304,9 +305,12 @@ class Lane:
 
     def _parse(self, batch: Batch, rules: Rules | None) -> Unit:
         if self.urgent:
-            return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter)
-        self.gate.give_way()
-        return unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter, self.gate.budget())
+            unit = unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter)
+        else:
+            self.gate.give_way()
+            unit = unit_of(batch, self.settings.max_line_bytes, rules, self.orders_filter, self.gate.budget())
+        relieve()  # the batch's scratch buffers are free now (etl/malloc.py)
+        return unit
 
     # --------------------------------------------------------------- tick
     def step(self) -> bool:

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -95,11 +96,19 @@ def filter_parsed(parsed: Parsed, rules: Rules) -> Filtered:
     return Filtered(Parsed(kept, parsed.rejects, parsed.starts), times, counts, parsed.lines)
 
 
+class TooMany(NamedTuple):
+    """The pre-filter found more candidates than `max_share` of the batch's lines: decode it whole."""
+
+    share: float  # the candidates' share of the lines
+
+
 def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 << 20,
-              min_lines: int = MIN_LINES, checkpoint: Callable[[], None] | None = None) -> Filtered | None:
+              min_lines: int = MIN_LINES, checkpoint: Callable[[], None] | None = None,
+              max_share: float | None = None) -> Filtered | TooMany | None:
     """The rules applied to a batch of order-status lines, decoding whole only the lines that can
     pass; None when the batch must be decoded whole (see the module's docstring), or holds fewer
-    than `min_lines` lines."""
+    than `min_lines` lines; `TooMany` when the lines to decode whole are more than `max_share` of
+    them (decoding the batch whole then costs less, and no copy of those lines)."""
     if rules.keep_all or not _rule_exprs(rules):
         return None  # the rules keep every row: nothing to save
     from etl.bytescan import line_bounds as find_lines  # numba: loaded by `prepare`
@@ -119,6 +128,8 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     need = light.select(line=line, need=masks.get_column("__keep") | ~light.select(whole).to_series())
     cand_lines = need.filter(pl.col("need")).get_column("line").unique().to_numpy()
     cand_lines = np.union1d(cand_lines, unsure).astype(cand_lines.dtype)
+    if max_share is not None and len(cand_lines) > max_share * len(ends):
+        return TooMany(len(cand_lines) / len(ends))
     in_cand = line.is_in(pl.Series(cand_lines, dtype=line.dtype).implode())
     # rows of lines not decoded again: their light values are exact
     sure = ~in_cand
@@ -163,7 +174,10 @@ class OrdersFilter:
 
     Pre-filtering pays when few lines are candidates; when recent batches decoded more than
     `threshold` of their lines anyway (the built-in rules keep ~80%), decoding whole is cheaper,
-    and every `probe_every` batches pre-filtering is tried again. A lane's parse workers share
+    and every `probe_every` batches pre-filtering is tried again. A batch whose candidates pass
+    `threshold` is decoded whole rather than its candidates copied out and decoded: so two units
+    pre-filtered at once never decode most of their lines each (in block envelopes under the
+    built-in rules, that took peak RSS to 1.1–1.35 GB). A lane's parse workers share
     the filter; at most `whole_at_once` of them decode a batch whole at the same time (a decoded
     batch holds ~10 times its bytes: etl/lanes.py bounds memory with it)."""
 
@@ -193,10 +207,14 @@ class OrdersFilter:
         with self._lock:
             try_it = self.share <= self.threshold or self._since_probe >= self.probe_every
             self._since_probe = 0 if try_it else self._since_probe + 1
-        out = prefilter(variant, buf, rules, max_line_bytes, self.min_lines, checkpoint) if try_it else None
+        out = (prefilter(variant, buf, rules, max_line_bytes, self.min_lines, checkpoint, self.threshold)
+               if try_it else None)
         with self._lock:
             if try_it:
                 self._declined = out is None
+            if isinstance(out, TooMany):  # decoded whole below, one unit at a time
+                self.share = out.share
+                out = None
             if out is not None:
                 self.share = out.decoded / max(out.parsed.lines, 1)
                 self.prefiltered += 1

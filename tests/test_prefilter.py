@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 
 from etl.filters import Rules, load_rules, rule_columns
 from etl.parse import line_bounds, parse, take_lines
-from etl.prefilter import LIGHT_COLUMNS, MIN_LINES, OrdersFilter, filter_parsed, light_fields, prefilter
+from etl.prefilter import (
+    LIGHT_COLUMNS,
+    MIN_LINES,
+    OrdersFilter,
+    TooMany,
+    filter_parsed,
+    light_fields,
+    prefilter,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -268,13 +276,21 @@ def test_take_lines() -> None:
 
 
 def test_filter_switches_to_whole_decoding_when_most_lines_pass() -> None:
+    """A batch whose candidates pass the threshold is decoded whole, not its candidates one by
+    one; the next batches are decoded whole without a light read, until a probe."""
     line = node_line() + b"\n"
     f = OrdersFilter(threshold=0.35, probe_every=3, min_lines=1)
     keep_most = Rules()  # the built-in statuses: every line here passes
+    assert isinstance(prefilter("plain", line * 10, keep_most, min_lines=1, max_share=0.35), TooMany)
+    shares = []
     for _ in range(5):
         out = f("plain", line * 10, keep_most, 1 << 20)
         assert out.parsed.frame.height == 10
-    assert (f.prefiltered, f.whole) == (2, 3)  # tried, then decoded whole, then probed again
+        shares.append(f.share)
+        f.share = 0.5  # what the filter believes unless a light read tells it otherwise
+    # light-read (too many candidates, share 1.0) first, then decoded whole; three later, a probe
+    assert shares == [1.0, 0.5, 0.5, 0.5, 1.0]
+    assert (f.prefiltered, f.whole) == (0, 5)
     f.share = 0.0
     out = f("plain", line * 10, Rules(min_notional=1e9), 1 << 20)
     assert out.parsed.frame.height == 0 and out.decoded == 0
