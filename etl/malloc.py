@@ -57,17 +57,26 @@ class _MallInfo2(ctypes.Structure):
 
 
 _heap: tuple[Any, Any] | None = None  # glibc's mallinfo2 and malloc_trim, once `tune` took effect
+_relieve_lock = threading.Lock()
+_given_back = 0  # free bytes in the heap at the last trim, or the fewest since (reused: resident again)
 
 
 def relieve() -> bool:
-    """Give the heap's free pages back to the kernel when more than `TRIM_THRESHOLD` is free; True
-    when it did. A few microseconds when there is nothing to give back."""
+    """Give the heap's free pages back to the kernel when more than `TRIM_THRESHOLD` has been freed
+    since they last were; True when it did. The free chunks stay the heap's (glibc counts them free
+    after the trim too), so what counts is how far the free bytes grew past their low since the
+    last trim. A few microseconds when there is nothing to give back."""
+    global _given_back
     if _heap is None:
         return False
     mallinfo2, malloc_trim = _heap
-    if mallinfo2().fordblks <= TRIM_THRESHOLD:
-        return False
-    malloc_trim(0)
+    with _relieve_lock:
+        free = mallinfo2().fordblks
+        _given_back = min(_given_back, free)
+        if free - _given_back <= TRIM_THRESHOLD:
+            return False
+        malloc_trim(0)
+        _given_back = mallinfo2().fordblks
     return True
 
 

@@ -305,22 +305,27 @@ def test_a_missing_node_dir_is_waited_for(make_node_dir: Callable[..., Path],
     src = make_node_dir(lines=1000, name="src")
     node = tmp_path / "later"
     db = tmp_path / "w.duckdb"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
-         "--from", "start", "--keep-all", "--debounce-ms", "5", "--poll"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "ingest.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
+             "--from", "start", "--keep-all", "--debounce-ms", "5", "--poll"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_for(lambda: status_file(db).exists(), timeout=60)
-        assert proc.poll() is None
+        # the dir appears once the pipeline has said it waits for it (the status file is written
+        # before it looks: a dir made then would never have been missing)
+        wait_for(lambda: b"event=node_dir_missing" in log.read_bytes(), timeout=60)
+        assert proc.poll() is None and status_file(db).exists()
         src.rename(node)
         total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
         wait_for(lambda: sum(r.get("lines", 0) for r in orjson.loads(
             status_file(db).read_bytes())) == total, timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    err = log.read_bytes()
     assert proc.returncode == 0, err
-    assert b"event=node_dir_missing" in err and b"event=node_dir_found" in err
+    assert b"event=node_dir_found" in err
 
 
 # ------------------------------------------------------------------------------ migration

@@ -65,6 +65,10 @@ bufs = [b"x" * (8 << 20) for _ in range(96)]  # 96 buffers of 8 MiB, written
 del bufs[::2]  # every other one freed: 384 MiB free between live buffers
 before = rss()
 print(m.relieve(), before - rss(), m.relieve())
+again = [b"y" * (8 << 20) for _ in range(40)]  # 320 MiB of the freed room written again
+print(m.relieve())
+del again
+print(m.relieve())
 """
 
 
@@ -72,9 +76,12 @@ print(m.relieve(), before - rss(), m.relieve())
                     reason="the tuning applies to glibc only")
 def test_freed_memory_between_live_buffers_goes_back_to_the_kernel() -> None:
     """glibc keeps memory freed between live buffers resident (it trims only the heap's top);
-    `relieve` gives it back once more than TRIM_THRESHOLD is free, and then has nothing to do."""
+    `relieve` gives it back once more than TRIM_THRESHOLD is free, then has nothing to do until
+    that much more has been freed."""
     out = subprocess.run([sys.executable, "-c", RELIEVE], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
-    trimmed, released, again = out.stdout.split()
+    trimmed, released, again, reused, freed = out.stdout.split()
     assert trimmed == "True" and again == "False"
     assert int(released) > TRIM_THRESHOLD // 2  # most of the 384 MiB
+    # written again, those pages are resident again: freed once more, they are given back again
+    assert reused == "False" and freed == "True"
