@@ -283,9 +283,7 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
     blank = (ends - starts) == 0
     if not long.any() and not blank.any():
         if kind == "orders" and n >= scan_min_lines:
-            scanned = _scan_orders(variant, buf, starts, ends, max_line_bytes)
-            if scanned is not None:
-                return scanned
+            return _scan_orders(variant, buf, starts, ends, max_line_bytes)
         if kind == "fills":
             try:
                 objects = None if plain_fills else _block_pairs_to_objects(buf)
@@ -307,7 +305,7 @@ def parse(kind: str, variant: str, buf: bytes, max_line_bytes: int = 1 << 20,
 
 
 def _scan_orders(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
-                 max_line_bytes: int) -> Parsed | None:
+                 max_line_bytes: int) -> Parsed:
     """Order statuses read by the byte scan (etl/bytescan.py), the lines it is not sure of (and
     those missing a required field, for the reject's reason) by Polars."""
     from etl.bytescan import scan_orders as byte_scan  # numba: loaded by `etl.prefilter.prepare`
