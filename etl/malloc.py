@@ -22,9 +22,10 @@ glibc trims only the heap's top: freed buffers between live ones stay resident. 
 in block envelopes, pre-filtered two units at a time while most lines pass the rules, left
 400–670 MiB free in the heap and a peak RSS of 1.25 GB. So `relieve()`, called by the parse
 workers after each unit, gives the freed pages back to the kernel (`malloc_trim`) once more
-than `TRIM_THRESHOLD` is free, and memory stays bounded: the heap holds the live buffers (bounded
-per lane, etl/lanes.py) plus at most `TRIM_THRESHOLD` free, give or take a unit's worth between
-two calls. Elsewhere than glibc (musl, macOS) this does nothing.
+than `TRIM_THRESHOLD` has been freed since the last time, and memory stays bounded: the heap
+holds the live buffers (bounded per lane, etl/lanes.py) plus at most `TRIM_THRESHOLD` of freed
+pages still resident, give or take a unit's worth between two calls. Elsewhere than glibc
+(musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
