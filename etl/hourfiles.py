@@ -118,19 +118,30 @@ def stat_or_none(path: Path) -> os.stat_result | None:
 TAIL_PROBE = 64 << 10
 
 
+def probe_lines(fd: int, offset: int, n: int) -> tuple[int, bytes] | None:
+    """Where the whole lines in the `n` bytes at `offset` end, from a small read of the range's
+    end: (their length, the bytes of that read up to the last newline); None when the range is
+    not longer than that read or its end holds no newline."""
+    if n <= TAIL_PROBE:
+        return None
+    end = os.pread(fd, TAIL_PROBE, offset + n - TAIL_PROBE)
+    nl = end.rfind(b"\n")
+    if nl < 0 or len(end) < TAIL_PROBE:
+        return None
+    return n - TAIL_PROBE + nl + 1, end[:nl + 1]
+
+
 def read_lines(fd: int, offset: int, n: int) -> bytes:
     """The whole lines in the `n` bytes at `offset`, read without a copy where possible: the last
     newline is found in a small read of the range's end, then exactly the lines are read (slicing
     a 64 MiB read costs a second 64 MiB allocation and copy). Without a newline in that end, the
     range is read whole and the caller cuts it."""
-    if n > TAIL_PROBE:
-        end = os.pread(fd, TAIL_PROBE, offset + n - TAIL_PROBE)
-        nl = end.rfind(b"\n")
-        if nl >= 0 and len(end) == TAIL_PROBE:
-            want = n - TAIL_PROBE + nl + 1
-            data = os.pread(fd, want, offset)
-            if len(data) == want:
-                return data
+    probed = probe_lines(fd, offset, n)
+    if probed is not None:
+        want = probed[0]
+        data = os.pread(fd, want, offset)
+        if len(data) == want:
+            return data
     return os.pread(fd, n, offset)
 
 

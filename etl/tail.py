@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -23,6 +23,7 @@ from etl.hourfiles import (
     hour_key,
     line_start_at_or_after,
     line_start_before,
+    probe_lines,
     read_lines,
     size_of,
     stat_or_none,
@@ -89,17 +90,62 @@ class Reject(NamedTuple):
 REREAD: tuple[GapReason, ...] = ("truncated", "replaced", "rewritten", "overlap")
 
 
+class PendingRead:
+    """A batch's bytes, left for a parse worker to read (`Tailer.defer_reads`). The file stays
+    open until then, so the bytes come from the file the tailer found them in, whatever happens
+    to its path meanwhile; closed when read, or when the batch is dropped unread."""
+
+    def __init__(self, fd: int, offset: int, n: int) -> None:
+        self.fd, self.offset, self.n = fd, offset, n
+
+    def read(self) -> bytes:
+        fd, self.fd = self.fd, -1
+        try:
+            return os.pread(fd, self.n, self.offset)
+        finally:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
 @dataclass
 class Batch:
     stream: Stream
     file: str
     start: int  # offset of data[0] in file
-    data: bytes  # whole lines only
+    data: bytes  # whole lines only (none yet while `pending`)
     cursor: Cursor  # where the next batch starts
     gaps: list[Gap] = field(default_factory=list)
     dropped: bytes = b""  # head of a line given up on: unterminated at rotation, or too long
     dropped_reason: str = ""
     unread: int = 0  # bytes left behind the batch, this file and later ones
+    pending: PendingRead | None = None  # `data`, not read yet: `loaded()` reads it
+
+    @property
+    def has_lines(self) -> bool:
+        return bool(self.data) or self.pending is not None
+
+    def loaded(self) -> Batch:
+        """This batch with its bytes read, on the thread that parses it. Bytes the file no
+        longer holds (truncated since the tailer found where the batch's lines end) become a
+        `truncated` gap, and the batch ends at its last whole line; the next batch finds the
+        file shorter than its cursor and reads it again from its start (`REREAD`)."""
+        if self.pending is None:
+            return self
+        want = self.pending.n
+        data = self.pending.read()
+        gaps = self.gaps
+        if len(data) != want or not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            data = data[:cut]
+            gaps = [*gaps, Gap(self.file, self.start + cut, self.start + want, "truncated")]
+            log.warning("event=file_truncated stream=%s file=%s offset=%d size=%d (while its "
+                        "lines were read; read again from its start, rows already stored are "
+                        "not stored twice)", self.stream.name, self.file, self.start + cut,
+                        self.start + len(data))
+        return replace(self, data=data, gaps=gaps, pending=None)
 
     @classmethod
     def move(cls, stream: Stream, cursor: Cursor, gaps: list[Gap], unread: int = 0) -> Batch:
@@ -191,6 +237,10 @@ class Tailer:
     ) -> None:
         self.stream = stream
         self.batch_max_bytes = batch_max_bytes
+        # leave a batch's bytes to whoever parses it (`Batch.loaded`): the tailer only finds
+        # where its lines end, in a small read of its end (etl/lanes.py sets it while behind)
+        self.defer_reads = False
+        self.deferred_reads = 0  # batches returned so
         self.max_backlog_bytes = max_backlog_bytes
         self.rotate_grace_s = rotate_grace_s
         self.clock = clock
@@ -328,9 +378,18 @@ class Tailer:
         n = min(size - cur.offset, self.batch_max_bytes)
         fd = os.open(self.stream.root / cur.file, os.O_RDONLY)
         try:
+            probed = probe_lines(fd, cur.offset, n) if self.defer_reads else None
+            if probed is not None and len(probed[1]) >= FP_BYTES:
+                want, tail = probed
+                nxt = Cursor(cur.file, cur.inode, cur.offset + want, fingerprint_of(tail[-FP_BYTES:]))
+                pending, fd = PendingRead(fd, cur.offset, want), -1  # the batch holds the file
+                self.deferred_reads += 1
+                return Batch(self.stream, cur.file, cur.offset, b"", nxt, gaps,
+                             unread=unread - want, pending=pending)
             data = read_lines(fd, cur.offset, n)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             if n < self.batch_max_bytes:

@@ -261,6 +261,36 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
         store.close()
 
 
+@pytest.mark.parametrize("keep_all", [True, False])
+def test_a_lane_behind_reads_the_bytes_of_a_batch_decoded_whole_on_its_parse_worker(
+        tmp_path: Path, keep_all: bool) -> None:
+    """Behind, a lane whose units are decoded whole leaves each batch's bytes to its parse
+    worker (its own thread commits the unit before); one whose rules pre-filter reads them
+    itself (etl/lanes.py). Every line is stored once either way."""
+    node = tmp_path / "node"
+    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
+            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
+            b'"origSz":"1"}}\n')
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 6000)  # ~1.2 MB
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
+                 batch_max_bytes=256 << 10)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    try:
+        pipe.open()
+        lane = pipe.states["node_order_statuses"]
+        lane.behind = True
+        lane._read_ahead()
+        read = sum(1 for f in lane._pending if f not in lane._empty)
+        assert read >= 1 and lane.tailer.deferred_reads == (read if keep_all else 0)
+        assert lane.drain() > 0
+        assert store.con.execute("SELECT lines FROM cursors").fetchone() == (6000,)
+        assert store.con.execute("SELECT count(*) FROM orders").fetchone() == (6000 if keep_all else 0,)
+    finally:
+        pipe.close()
+        store.close()
+
+
 def test_the_end_of_a_backlog_parses_two_units_at_once_too(tmp_path: Path) -> None:
     """A lane no longer behind (less than four live batches unread) still pre-filters two units
     at once while a whole live batch more waits behind the last one read (etl/lanes.py)."""

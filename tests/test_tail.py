@@ -248,3 +248,69 @@ def test_discover_picks_one_variant_per_kind(tmp_path: Path) -> None:
     assert [s.name for s in discover(tmp_path, ("node_trades",))] == ["node_trades"]
     with pytest.raises(ValueError, match="unknown stream"):
         discover(tmp_path, ("node_bogus",))
+
+
+def _lines(n: int, width: int = 120) -> bytes:
+    return b"".join(f"line-{i:07d}-".encode().ljust(width, b"x") + b"\n" for i in range(n))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_deferred_reads_give_the_same_batches_and_close_their_files(tmp_path: Path) -> None:
+    """A lane behind leaves a batch's bytes to its parse worker (`defer_reads`): the batches,
+    cursors (fingerprints included) and gaps are those of reading at once, across the 64 KiB
+    probe's edge cases (a line across the probe, a batch of one probe or less)."""
+    st = stream(tmp_path)
+    write(st, "20260105/9", _lines(20_000))  # 2.4 MB
+    write(st, "20260105/10", _lines(300, width=700))  # lines over the probe's share of a batch
+    for max_bytes in (1 << 20, (64 << 10) + 1, 64 << 10, 200_000, 4096):
+        eager, lazy = tailer(st, batch_max_bytes=max_bytes), tailer(st, batch_max_bytes=max_bytes)
+        lazy.defer_reads = True
+        cur_e = cur_l = Cursor("", 0, 0)
+        fds = _open_fds()
+        while (a := eager.next_batch(cur_e)) is not None:
+            b = lazy.next_batch(cur_l)
+            assert b is not None
+            loaded = b.loaded()
+            assert loaded.pending is None and loaded.data == a.data and b.has_lines == bool(a.data)
+            assert (b.file, b.start, b.cursor, b.cursor.fp, b.gaps, b.unread) == \
+                (a.file, a.start, a.cursor, a.cursor.fp, a.gaps, a.unread)
+            cur_e, cur_l = a.cursor, b.cursor
+        assert lazy.next_batch(cur_l) is None
+        assert _open_fds() == fds
+        assert (lazy.deferred_reads > 0) == (max_bytes > 64 << 10)
+    # a batch dropped unread (a lane stopping) closes its file too
+    lazy = tailer(st, batch_max_bytes=1 << 20)
+    lazy.defer_reads = True
+    fds = _open_fds()
+    unread = lazy.next_batch(Cursor("", 0, 0))
+    assert unread is not None and unread.pending is not None and _open_fds() == fds + 1
+    del unread
+    assert _open_fds() == fds
+
+
+def test_a_file_truncated_before_its_deferred_read_is_a_gap_then_read_again(tmp_path: Path) -> None:
+    """The file is cut between finding where a batch's lines end and reading them: the lines
+    left are the batch, the rest a `truncated` gap, and the next batch reads the file again
+    from its start, as for any truncation (rows stored already are not stored twice)."""
+    st = stream(tmp_path)
+    data = _lines(20_000)
+    p = write(st, "20260105/9", data)
+    t = tailer(st, batch_max_bytes=1 << 20)
+    t.defer_reads = True
+    b = t.next_batch(Cursor("", 0, 0))
+    assert b is not None and b.pending is not None
+    end = b.cursor.offset
+    os.truncate(p, 50_000)  # mid-line
+    got = b.loaded()
+    cut = data[:50_000].rfind(b"\n") + 1
+    assert got.data == data[:cut]
+    assert [(g.file, g.start, g.end, g.reason) for g in got.gaps] == [("20260105/9", cut, end, "truncated")]
+    write(st, "20260105/9", b"more\n")
+    t.defer_reads = False
+    again = t.next_batch(got.cursor)
+    assert again is not None and again.start == 0 and again.data == data[:50_000] + b"more\n"
+    assert [(g.start, g.reason) for g in again.gaps] == [(end, "truncated")]
