@@ -118,7 +118,8 @@ def _ingest_proc(node: Path, db: Path, *extra: str, stderr: int = subprocess.PIP
                  ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
-         "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "65536", "--keep-all", *extra],
+         # batches over the tailer's 64 KiB probe: a lane behind reads them on its parse worker
+         "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "131072", "--keep-all", *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
