@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,22 @@ from etl.store import Store
 from tests.conftest import hour_file, query, wait_for
 
 TAKER, MAKER = "0x" + "1" * 40, "0x" + "2" * 40
+ORDER_LINE = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
+              b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
+              b'"origSz":"1"}}\n')
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[tuple[Pipeline, Store]]:
+    """A pipeline opened (its lanes made, not started) on a store of its own; both closed after."""
+    store = Store.from_settings(settings)
+    pipe = Pipeline(settings, store)
+    try:
+        pipe.open()
+        yield pipe, store
+    finally:
+        pipe.close()
+        store.close()
 
 
 def fill(user: str, tid: int, crossed: bool, t: str = "2026-01-05T10:00:01") -> bytes:
@@ -217,18 +234,12 @@ def test_a_lane_reads_the_next_hour_file_before_committing_the_move_to_it(tmp_pa
     hour_file(node, "node_fills", "20260105", 11).write_bytes(
         fill(TAKER, 2, True, "2026-01-05T11:00:01") + fill(MAKER, 2, False, "2026-01-05T11:00:01"))
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", parse_workers=1)
-    store = Store.from_settings(s)
-    pipe = Pipeline(s, store)
-    try:
-        pipe.open()
+    with opened(s) as (pipe, store):
         lane = pipe.states["node_fills"]
         assert lane.step()  # hour 10's lines, committed
         assert lane.read_cursor.file == "20260105/11" and lane.read_cursor.offset > 0
         assert lane.drain() == 2  # the move, then hour 11's lines
         assert store.con.execute("SELECT count(*) FROM fills").fetchone() == (4,)
-    finally:
-        pipe.close()
-        store.close()
 
 
 @pytest.mark.parametrize(("keep_all", "parse_workers"), [(False, 0), (True, 0), (False, 1)])
@@ -238,16 +249,10 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
     at once while its rules pre-filter (each holds a fraction of a decoded unit), else
     `workers`; a `parse_workers` set by hand is kept (etl/lanes.py)."""
     node = tmp_path / "node"
-    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
-            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
-            b'"origSz":"1"}}\n')
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 3000)
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 3000)
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
                  parse_workers=parse_workers, batch_max_bytes=64 << 10)
-    store = Store.from_settings(s)
-    pipe = Pipeline(s, store)
-    try:
-        pipe.open()
+    with opened(s) as (pipe, store):
         lane = pipe.states["node_order_statuses"]
         want = lane.workers if keep_all or parse_workers else max(lane.workers, 2)
         assert lane.workers == (parse_workers or default_parse_workers())
@@ -256,9 +261,6 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
         assert sum(1 for f in lane._pending if f not in lane._empty) == want
         assert lane.drain() > 0
         assert store.con.execute("SELECT count(*) FROM orders").fetchone() == (3000 if keep_all else 0,)
-    finally:
-        pipe.close()
-        store.close()
 
 
 @pytest.mark.parametrize("keep_all", [True, False])
@@ -268,16 +270,10 @@ def test_a_lane_behind_reads_the_bytes_of_a_batch_decoded_whole_on_its_parse_wor
     worker (its own thread commits the unit before); one whose rules pre-filter reads them
     itself (etl/lanes.py). Every line is stored once either way."""
     node = tmp_path / "node"
-    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
-            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
-            b'"origSz":"1"}}\n')
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 6000)  # ~1.2 MB
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 6000)  # ~1.2 MB
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
                  batch_max_bytes=256 << 10)
-    store = Store.from_settings(s)
-    pipe = Pipeline(s, store)
-    try:
-        pipe.open()
+    with opened(s) as (pipe, store):
         lane = pipe.states["node_order_statuses"]
         lane.behind = True
         lane._read_ahead()
@@ -286,25 +282,16 @@ def test_a_lane_behind_reads_the_bytes_of_a_batch_decoded_whole_on_its_parse_wor
         assert lane.drain() > 0
         assert store.con.execute("SELECT lines FROM cursors").fetchone() == (6000,)
         assert store.con.execute("SELECT count(*) FROM orders").fetchone() == (6000 if keep_all else 0,)
-    finally:
-        pipe.close()
-        store.close()
 
 
 def test_the_end_of_a_backlog_parses_two_units_at_once_too(tmp_path: Path) -> None:
     """A lane no longer behind (less than four live batches unread) still pre-filters two units
     at once while a whole live batch more waits behind the last one read (etl/lanes.py)."""
     node = tmp_path / "node"
-    line = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
-            b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
-            b'"origSz":"1"}}\n')
     # three batches of ~2,800 lines, enough to pre-filter (etl/prefilter.py)
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(line * 8000)
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 8000)
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", batch_max_bytes=512 << 10)
-    store = Store.from_settings(s)
-    pipe = Pipeline(s, store)
-    try:
-        pipe.open()
+    with opened(s) as (pipe, store):
         lane = pipe.states["node_order_statuses"]
         assert not lane.behind
         lane._read_ahead()  # the first read: how much waits behind it is not known yet
@@ -313,9 +300,6 @@ def test_the_end_of_a_backlog_parses_two_units_at_once_too(tmp_path: Path) -> No
         assert len(lane._pending) == max(lane.workers, lane.prefilter_units)
         assert lane.drain() > 0
         assert store.con.execute("SELECT lines FROM cursors").fetchone() == (8000,)
-    finally:
-        pipe.close()
-        store.close()
 
 
 def test_fills_lanes_register_as_urgent_so_that_the_order_scan_has_checkpoints(tmp_path: Path) -> None:
@@ -325,13 +309,7 @@ def test_fills_lanes_register_as_urgent_so_that_the_order_scan_has_checkpoints(t
     hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(b"")
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start")
     for expect in (0, 1):
-        store = Store.from_settings(s)
-        pipe = Pipeline(s, store)
-        try:
-            pipe.open()
+        with opened(s) as (pipe, store):
             assert pipe.gate.urgent_lanes == expect
             assert (pipe.gate.budget() is not None) == bool(expect)
-        finally:
-            pipe.close()
-            store.close()
         hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True))
