@@ -138,13 +138,13 @@ class Batch:
         data = self.pending.read()
         gaps = self.gaps
         if len(data) != want or not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
+            got, cut = len(data), data.rfind(b"\n") + 1
             data = data[:cut]
             gaps = [*gaps, Gap(self.file, self.start + cut, self.start + want, "truncated")]
             log.warning("event=file_truncated stream=%s file=%s offset=%d size=%d (while its "
                         "lines were read; read again from its start, rows already stored are "
                         "not stored twice)", self.stream.name, self.file, self.start + cut,
-                        self.start + len(data))
+                        self.start + got)
         return replace(self, data=data, gaps=gaps, pending=None)
 
     @classmethod
@@ -238,9 +238,10 @@ class Tailer:
         self.stream = stream
         self.batch_max_bytes = batch_max_bytes
         # leave a batch's bytes to whoever parses it (`Batch.loaded`): the tailer only finds
-        # where its lines end, in a small read of its end (etl/lanes.py sets it while behind)
+        # where its lines end, in a small read of its end (etl/lanes.py sets it while a lane
+        # has more to read and decodes its units whole)
         self.defer_reads = False
-        self.deferred_reads = 0  # batches returned so
+        self.deferred_reads = 0  # batches returned without their bytes
         self.max_backlog_bytes = max_backlog_bytes
         self.rotate_grace_s = rotate_grace_s
         self.clock = clock
