@@ -274,3 +274,22 @@ def test_cells() -> None:
         "17810207.0", "0.0000001", "5.0", "-", "true", "3"]
     assert cell(datetime(2026, 1, 5, 10, 0, 59, 999000)) == "2026-01-05T10:00:59.999"
     assert cell(datetime(2026, 1, 5, 10, 0, 0, 1)) == "2026-01-05T10:00:00.000001"
+
+
+def test_status_measures_lag_against_the_node_dir_the_database_reads(tmp_path: Path) -> None:
+    """`status --db` alone measures lag against the node dir the database is bound to (not the
+    default one); another node dir given is refused with both paths and what to do."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "s.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once")
+    node.add_trade("2026-01-05T10:00:20", 2)  # written after: lag
+    rows = orjson.loads(run_cli("status", "--db", str(db), "--json").stdout)
+    fills = next(r for r in rows if r["stream"].startswith("node_fills"))
+    size = sum(p.stat().st_size for p in (node.root / fills["stream"]).rglob("*") if p.is_file())
+    assert fills["offset"] < size and fills["lag_bytes"] == size - fills["offset"] > 0
+    other = tmp_path / "other"
+    other.mkdir()
+    refused = run_cli("status", "--db", str(db), "--node-dir", str(other), check=False)
+    assert refused.returncode != 0
+    assert f"reads node dir {node.root.resolve()}, not {other.resolve()}" in refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     from etl.pipeline import status_file
 
     s = settings_from(args)
-    check_node_dir(s, must_exist=False)
     rows: list[dict[str, Any]]
     try:
         con = duckdb.connect(str(s.db), read_only=True)
     except duckdb.IOException as err:
         # another process (ingest/serve) holds the lock: use the status file it writes
+        check_node_dir(s, must_exist=False)
         sf = status_file(s.db)
         if not sf.exists():
             raise CliError(f"cannot open {s.db}: {err}") from err
         rows = orjson.loads(sf.read_bytes())
     else:
         try:
+            s = _bound_node_dir(con, s)
+            check_node_dir(s, must_exist=False)
             rows = _status_from_db(con, s)
         except duckdb.CatalogException as err:
             raise CliError(f"{s.db} is not a nodetap database (--db, setting db)") from err
@@ -53,6 +56,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(rows))
     return 0
+
+
+def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings) -> Settings:
+    """The settings with the node dir the database reads (bound at its first ingest): lag is
+    measured against that node's files. A node dir left at its default becomes that one; another
+    one given is refused, as `ingest` and `serve` refuse it."""
+    try:
+        rows = con.execute("SELECT value FROM meta WHERE key = 'node_dir'").fetchall()
+    except duckdb.CatalogException:  # a database of a version before bindings
+        return s
+    if not rows or Path(rows[0][0]) == s.node_dir.resolve():
+        return s
+    bound = Path(rows[0][0])
+    if s.node_dir == Settings().node_dir:
+        return replace(s, node_dir=bound)
+    raise CliError(f"database {s.db} reads node dir {bound}, not {s.node_dir.resolve()}: its lag "
+                   f"is measured against that node's files. Leave out --node-dir (setting "
+                   f"node_dir), or pass {bound}")
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
