@@ -194,6 +194,16 @@ def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
     return [s for s in present if s in chosen.values()]
 
 
+def start_from_error(start_from: str) -> str | None:
+    """Why `start_from` names no place to start; None for `end`, `start` or `YYYYMMDD[/H]`."""
+    if start_from in ("end", "start"):
+        return None
+    day, _, hour = start_from.partition("/")
+    if not DAY.match(day) or (hour and not hour.isdigit()):
+        return f"start_from must be end, start or YYYYMMDD[/H], not {start_from!r}"
+    return None
+
+
 def initial_cursor(stream: Stream, start_from: str) -> Cursor:
     """Where a stream with no stored cursor starts."""
     files = hour_files(stream.root)
@@ -206,9 +216,9 @@ def initial_cursor(stream: Stream, start_from: str) -> Cursor:
     if start_from == "start":
         rel = files[0]
     else:
+        if (err := start_from_error(start_from)) is not None:
+            raise ValueError(err)
         day, _, hour = start_from.partition("/")
-        if not DAY.match(day) or (hour and not hour.isdigit()):
-            raise ValueError(f"start_from must be end, start or YYYYMMDD[/H], not {start_from!r}")
         key = (day, int(hour or 0))
         later = [r for r in files if (r.split("/")[0], int(r.split("/")[1])) >= key]
         if not later:

@@ -293,3 +293,51 @@ def test_status_measures_lag_against_the_node_dir_the_database_reads(tmp_path: P
     refused = run_cli("status", "--db", str(db), "--node-dir", str(other), check=False)
     assert refused.returncode != 0
     assert f"reads node dir {node.root.resolve()}, not {other.resolve()}" in refused.stderr
+
+
+def test_status_refuses_a_node_dir_asked_for_even_the_default_one(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "s.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once")
+    for how in (["--node-dir", "data/demo-node"], ["--node-dir", "./data/demo-node"]):
+        refused = run_cli("status", "--db", str(db), *how, check=False)
+        assert refused.returncode == 2 and "reads node dir" in refused.stderr
+    refused = run_cli("status", "--db", str(db), env={"NODETAP_NODE_DIR": "data/demo-node"}, check=False)
+    assert refused.returncode == 2 and "reads node dir" in refused.stderr
+    missing = run_cli("status", "--db", str(tmp_path / "none.duckdb"), check=False)
+    assert missing.returncode == 2
+    assert f"database {tmp_path / 'none.duckdb'} does not exist" in missing.stderr
+    assert "`nodetap ingest` or `nodetap serve` makes it" in missing.stderr
+
+
+def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a database\n")
+    a_dir = tmp_path / "dbdir"
+    a_dir.mkdir()
+    cases = {
+        str(a_file / "x.duckdb"): f"{a_file} is a file, not a directory",
+        str(a_dir): f"--db {a_dir} is a directory: pass a file in it, e.g. {a_dir / 'nodetap.duckdb'}",
+        str(a_file): f"cannot open database {a_file}: ",
+    }
+    for db, said in cases.items():
+        for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root), "--db", db],
+                     ["backfill", "--db", db, str(node.root)]):
+            out = run_cli(*argv, check=False)
+            assert out.returncode == 2, (argv, out.stderr)
+            assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
+
+
+def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "new" / "x.duckdb"
+    out = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(db), "--from",
+                  "yesterday", check=False)
+    assert out.returncode == 2
+    assert "start_from must be end, start or YYYYMMDD[/H], not 'yesterday' (--from" in out.stderr
+    assert not db.exists() and not db.parent.exists()

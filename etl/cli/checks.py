@@ -11,7 +11,7 @@ from pathlib import Path
 
 from etl.cli.common import CliError
 from etl.config import Settings
-from etl.tail import STREAM_DIRS, discover
+from etl.tail import STREAM_DIRS, discover, start_from_error
 
 log = logging.getLogger("nodetap.cli")
 
@@ -114,3 +114,24 @@ def check_port(host: str, port: int) -> None:
                                f"pick another with --port (setting port)") from err
             raise CliError(f"cannot listen on {host}:{port}: {err.strerror} "
                            f"(--host, --port; settings host, port)") from err
+
+
+def check_start_from(s: Settings) -> None:
+    """Refuse a `--from` that names no place to start, before the database is made."""
+    err = start_from_error(s.start_from)
+    if err is not None:
+        raise CliError(f"{err} (--from, setting start_from; a day and hour as 20260105/9)")
+
+
+def check_db(s: Settings) -> None:
+    """Refuse a `--db` that cannot be a database file: a directory, or under a file."""
+    db = s.db
+    if db.is_dir():
+        raise CliError(f"--db {db} is a directory: pass a file in it, e.g. {db / 'nodetap.duckdb'} "
+                       "(setting db)")
+    for parent in db.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"--db {db}: {parent} is a file, not a directory; pass a path in "
+                               "a directory (setting db)")
+            break

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +35,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     rows: list[dict[str, Any]]
+    if not s.db.exists():
+        raise CliError(f"database {s.db} does not exist (--db, setting db): `nodetap ingest` or "
+                       "`nodetap serve` makes it")
     try:
         con = duckdb.connect(str(s.db), read_only=True)
     except duckdb.IOException as err:
@@ -44,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = orjson.loads(sf.read_bytes())
     else:
         try:
-            s = _bound_node_dir(con, s)
+            s = _bound_node_dir(con, s, given=_node_dir_given(args))
             check_node_dir(s, must_exist=False)
             rows = _status_from_db(con, s)
         except duckdb.CatalogException as err:
@@ -58,10 +63,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings) -> Settings:
+def _node_dir_given(args: argparse.Namespace) -> bool:
+    """Whether a node dir was asked for: the flag, NODETAP_NODE_DIR or the config file."""
+    if getattr(args, "node_dir", None) is not None or "NODETAP_NODE_DIR" in os.environ:
+        return True
+    config = getattr(args, "config", None) or os.environ.get("NODETAP_CONFIG")
+    if not config:
+        return False
+    data = tomllib.loads(Path(config).read_text())  # read already by `settings_from`
+    return "node_dir" in data.get("nodetap", data)
+
+
+def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings, *, given: bool) -> Settings:
     """The settings with the node dir the database reads (bound at its first ingest): lag is
-    measured against that node's files. A node dir left at its default becomes that one; another
-    one given is refused, as `ingest` and `serve` refuse it."""
+    measured against that node's files. With no node dir asked for, that one; another one
+    asked for is refused, as `ingest` and `serve` refuse it."""
     try:
         rows = con.execute("SELECT value FROM meta WHERE key = 'node_dir'").fetchall()
     except duckdb.CatalogException:  # a database of a version before bindings
@@ -69,7 +85,7 @@ def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings) -> Settings:
     if not rows or Path(rows[0][0]) == s.node_dir.resolve():
         return s
     bound = Path(rows[0][0])
-    if s.node_dir == Settings().node_dir:
+    if not given:
         return replace(s, node_dir=bound)
     raise CliError(f"database {s.db} reads node dir {bound}, not {s.node_dir.resolve()}: its lag "
                    f"is measured against that node's files. Leave out --node-dir (setting "

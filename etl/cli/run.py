@@ -13,19 +13,32 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from etl.cli.checks import check_node_dir, check_port, check_rules_file
-from etl.cli.common import install_signals, log, settings_from, setup_logging
+from etl.cli.checks import check_db, check_node_dir, check_port, check_rules_file, check_start_from
+from etl.cli.common import CliError, install_signals, log, settings_from, setup_logging
 from etl.cli.info import format_status
 from etl.config import Settings
+
+
+def database_error(s: Settings, err: Exception) -> CliError:
+    """DuckDB's refusal to open `--db` (not a DuckDB file, another version's, held by another
+    process), said with what to do."""
+    return CliError(f"cannot open database {s.db}: {str(err).splitlines()[0]} (--db, setting db: "
+                    "pass another file, or stop the process that holds it)")
 
 
 def bind_database(s: Settings, rebind: bool = False) -> None:
     """Check that the database is this node's and the lake this database's (the first run
     records both; this creates the database)."""
+    import duckdb
+
     from etl.identity import bind_node, claim_lake, default_lake
     from etl.store import Store
 
-    store = Store(s.db)
+    check_db(s)
+    try:
+        store = Store(s.db)
+    except duckdb.Error as err:
+        raise database_error(s, err) from err
     try:
         bind_node(store.con, s.db, s.node_dir, rebind=rebind)
         if str(s.lake_dir) in ("", "."):
@@ -45,6 +58,7 @@ def pipeline_settings(args: argparse.Namespace, *, must_exist: bool, port: bool 
         check_port(s.host, s.port)
     check_node_dir(s, must_exist=must_exist)
     check_rules_file(s)
+    check_start_from(s)
     bind_database(s, rebind=getattr(args, "rebind_node_dir", False))
     return s
 
@@ -171,6 +185,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    import duckdb
+
     from etl.backfill import BackfillError, backfill
     from etl.pipeline import Shaping, rules_file_for
     from etl.store import Store
@@ -178,9 +194,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     s = settings_from(args)
     setup_logging(s.log_level)
     check_rules_file(s)
+    check_db(s)
     stop = threading.Event()
     install_signals(stop)
-    store = Store.from_settings(s)
+    try:
+        store = Store.from_settings(s)
+    except duckdb.Error as err:
+        raise database_error(s, err) from err
     try:
         totals = backfill(
             [Path(p) for p in args.paths],
