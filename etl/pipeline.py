@@ -28,6 +28,7 @@ from etl.config import Settings, lake_root
 from etl.diskspace import DiskAlarm
 from etl.filters import RulesFile
 from etl.gate import Gate
+from etl.hourfiles import hour_files, size_of
 from etl.identity import bind_node, claim_lake, default_lake
 from etl.lake import Lake
 from etl.lanes import Lane, Listener, Processed
@@ -135,6 +136,14 @@ class Pipeline:
             self.states[stream.name] = lane
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
                      stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)
+            if stream.name not in stored and s.start_from == "end" and cur.file:
+                before = hour_files(stream.root)
+                older = before[:before.index(cur.file)] if cur.file in before else []
+                if older or cur.offset:
+                    log.info("event=start_at_end stream=%s files_before=%d bytes_before=%d (a first "
+                             "run reads new lines only, --from end by default: --from start reads "
+                             "the files already there, or `nodetap backfill` them)", stream.name,
+                             len(older), cur.offset + sum(size_of(stream.root / f) for f in older))
             if self._lanes_started:
                 lane.start()
 

@@ -341,3 +341,17 @@ def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> No
     assert out.returncode == 2
     assert "start_from must be end, start or YYYYMMDD[/H], not 'yesterday' (--from" in out.stderr
     assert not db.exists() and not db.parent.exists()
+
+
+def test_a_first_run_from_the_end_says_how_to_read_the_files_already_there(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    node.hour_of_writes = 11  # the node has moved on to the next hour file
+    node.add_trade("2026-01-05T11:00:10", 2)
+    at_end = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(tmp_path / "a.duckdb"))
+    hint = [line for line in at_end.stderr.splitlines() if "event=start_at_end" in line]
+    assert len(hint) == 1 and "files_before=1" in hint[0]
+    assert "--from start reads the files already there" in hint[0]
+    from_start = run_cli("ingest", "--once", "--from", "start", "--node-dir", str(node.root),
+                         "--db", str(tmp_path / "b.duckdb"))
+    assert "start_at_end" not in from_start.stderr
