@@ -7,9 +7,10 @@ Precedence: defaults < TOML file < `NODETAP_*` environment < CLI flags."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -198,15 +199,23 @@ def canonical_choice(value: str, choices: tuple[str, ...]) -> str:
     return next((c for c in choices if c.lower() == value.lower()), value)
 
 
-def _apply(base: Settings, values: Mapping[str, Any], source: str) -> Settings:
+def _apply(base: Settings, values: Mapping[str, Any], source: str,
+           spelled: Callable[[str], str] = str) -> Settings:
+    """`values` over `base`; `spelled` writes a setting's name as `source` spells it."""
     known = {spec.name: spec for spec in setting_specs()}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(
-            f"unknown setting(s) in {source}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
+        named = ", ".join(spelled(k) + _did_you_mean(k, known, spelled) for k in unknown)
+        raise ConfigError(f"unknown setting(s) in {source}: {named} "
+                          f"(known: {', '.join(spelled(k) for k in sorted(known))})")
     typed = {k: _coerce(k, v, known[k].kind, known[k].choices) for k, v in values.items()}
     return replace(base, **typed)
+
+
+def _did_you_mean(name: str, known: Mapping[str, object], spelled: Callable[[str], str]) -> str:
+    """" (did you mean X?)" for a known setting spelled much like `name`, else ""."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.75)
+    return f" (did you mean {spelled(close[0])}?)" if close else ""
 
 
 def load_settings(
@@ -228,5 +237,5 @@ def load_settings(
         for k, v in env.items()
         if k.startswith("NODETAP_") and k not in ("NODETAP_CONFIG", "NODETAP_FAULT")
     }
-    settings = _apply(settings, from_env, "environment (NODETAP_*)")
+    settings = _apply(settings, from_env, "environment (NODETAP_*)", lambda k: f"NODETAP_{k.upper()}")
     return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
