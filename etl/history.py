@@ -217,3 +217,24 @@ def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | 
     if where:
         sql += " WHERE " + " AND ".join(where)
     return (sql + f" ORDER BY {order}" if ordered else sql), params
+
+
+KNOWN_COINS_SHOWN = 8
+
+
+def check_coin(con: duckdb.DuckDBPyConnection, coin: str, flag: str | None = None) -> None:
+    """Refuse a coin with no stored candle (HistoryError), naming a few that have some;
+    `flag` is how the caller's user gave the coin (`--coin`), named in the message."""
+    if con.execute("SELECT 1 FROM history.candles WHERE coin = $1 LIMIT 1", [coin]).fetchone():
+        return
+    label = f" ({flag})" if flag else ""
+    known = [c for (c,) in con.execute(
+        "SELECT coin FROM history.candles GROUP BY coin ORDER BY count(*) DESC, coin").fetchall()]
+    if not known:
+        where = " (--db, setting db)" if flag else ""
+        raise HistoryError(f"unknown coin {coin!r}{label}: no candles are stored in this database yet{where}")
+    same = [c for c in known if c.lower() == coin.lower()]
+    hint = f" Did you mean {same[0]}?" if same else ""
+    shown = ", ".join(known[:KNOWN_COINS_SHOWN]) + (", ..." if len(known) > KNOWN_COINS_SHOWN else "")
+    raise HistoryError(f"unknown coin {coin!r}{label}: no candles of it are stored.{hint} "
+                       f"Known coins ({len(known)}): {shown}")

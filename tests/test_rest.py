@@ -221,6 +221,13 @@ def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
         ]:
             query = {k: v for k, v in {**params, **bad}.items() if v is not None}
             assert message in error(client.get("/v1/candles", params=query))
+        # a coin with no candle at all is a 404 that names the coins there are; a known coin's
+        # range without trades is an empty list
+        assert error(client.get("/v1/candles", params={**params, "coin": "purr/usdc"}), 404) == (
+            "unknown coin 'purr/usdc': no candles of it are stored. Did you mean PURR/USDC? "
+            "Known coins (2): PURR/USDC, BTC (GET /v1/coins lists them)")
+        assert "Known coins (2)" in error(client.get("/v1/candles", params={"coin": "NOPE"}), 404)
+        assert client.get("/v1/candles", params={**params, "start": 0, "end": T0 - MIN}).json() == []
 
 
 def test_trades_newest_first_keep_same_millisecond_trades_in_reverse_file_order_and_volumes_are_rounded(

@@ -15,14 +15,14 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import Read, State
 from api.encoding import json_response, round_volume
-from api.errors import BadRequest
+from api.errors import BadRequest, NotFound
 from api.params import check_interval, parse_bool, parse_limit, parse_range, require_coin
 from api.reader import Con
 from api.state import AppState
 from etl.candles import shift_open_ms
 from etl.config import Settings
 from etl.filters import RulesError, rules_to_dict
-from etl.history import HistoryError, open_time_of, read_candles, watermark_and_holes
+from etl.history import HistoryError, check_coin, open_time_of, read_candles, watermark_and_holes
 from etl.status import status_rows
 
 router = APIRouter()
@@ -61,6 +61,11 @@ def _candles(con: Con, settings: Settings, coin: str, interval: str, start_ms: i
         frame = read_candles(con, coin, interval, start_ms, end_ms, fill, stored=settings.candle_intervals)
     except HistoryError as err:
         raise BadRequest(str(err)) from None
+    if frame.is_empty():  # none in the range, or none of the coin at all (a typo: say so)
+        try:
+            check_coin(con, coin)
+        except HistoryError as err:
+            raise NotFound(f"{err} (GET /v1/coins lists them)") from None
     frame = frame.with_columns(round_volume(frame["v"]), round_volume(frame["vq"]))
     return frame.select(CANDLE_FIELDS).to_dicts()
 

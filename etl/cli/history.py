@@ -12,10 +12,9 @@ import polars as pl
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import write_frame
 from etl.config import Settings
-from etl.history import HistoryError, parse_time_ms, read_candles, slice_sql, watermark_and_holes
+from etl.history import check_coin, parse_time_ms, read_candles, slice_sql, watermark_and_holes
 
 HOUR_MS = 3_600_000
-KNOWN_COINS_SHOWN = 8
 
 
 def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
@@ -72,22 +71,6 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row and row[0] is not None else int(time.time() * 1000)
 
 
-def check_coin(con: duckdb.DuckDBPyConnection, coin: str) -> None:
-    """Refuse a coin with no stored candle, naming a few that have some."""
-    if con.execute("SELECT 1 FROM history.candles WHERE coin = $1 LIMIT 1", [coin]).fetchone():
-        return
-    known = [c for (c,) in con.execute(
-        "SELECT coin FROM history.candles GROUP BY coin ORDER BY count(*) DESC, coin").fetchall()]
-    if not known:
-        raise HistoryError(f"unknown coin {coin!r} (--coin): no candles are stored in this "
-                           "database yet (--db, setting db)")
-    same = [c for c in known if c.lower() == coin.lower()]
-    hint = f" Did you mean {same[0]}?" if same else ""
-    shown = ", ".join(known[:KNOWN_COINS_SHOWN]) + (", ..." if len(known) > KNOWN_COINS_SHOWN else "")
-    raise HistoryError(f"unknown coin {coin!r} (--coin): no candles of it are stored.{hint} "
-                       f"Known coins ({len(known)}): {shown}")
-
-
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
     con = read_only(s)
@@ -100,7 +83,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
         frame = read_candles(con, args.coin, args.interval, start, end, fill=not args.no_fill,
                              stored=s.candle_intervals)
         if frame.is_empty():
-            check_coin(con, args.coin)
+            check_coin(con, args.coin, "--coin")
     finally:
         con.close()
     frame = frame.drop("t_first", "t_last")
