@@ -11,7 +11,9 @@
   over an hour (a backfilled or stopped node): its `lag_seconds` is null, as the node is not
   writing and the age of its last event is not lag. A node writes the file of the current
   hour, so a newest file named for an hour that ended over an hour ago, not seen growing,
-  also means an archive (old hour files copied just now have a fresh mtime).
+  also means an archive (old hour files copied just now have a fresh mtime). "Everything read"
+  allows a last line without its line end (a stopped node's cut line: nodetap waits for the
+  node to finish a line, and none will); `lag_bytes` still counts its bytes.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ class FileScan:
     sizes: dict[str, int]  # hour file -> size, for the cursor's file and later ones
     newest_mtime: float | None  # of the stream's newest hour file
     newest_hour_end: float | None = None  # epoch seconds at the end of the hour it is named for
+    # the unread bytes are the end of the newest file and hold no line end: a line the node has
+    # not finished (or never will, in a copy of a stopped node's files)
+    unterminated: bool = False
+
+
+UNTERMINATED_PROBE = 1 << 20  # unread bytes looked at for a line end, at most
 
 
 def scan_files(root: Path, cursor: Cursor) -> FileScan:
@@ -102,7 +110,19 @@ def scan_files(root: Path, cursor: Cursor) -> FileScan:
         st = stat_or_none(root / files[-1])
         newest = st.st_mtime if st else None
     lag = sum(max(0, size - cursor.offset) if f == cursor.file else size for f, size in sizes.items())
-    return FileScan(lag, sizes, newest, _hour_end(files[-1]) if files else None)
+    unterminated = (0 < lag <= UNTERMINATED_PROBE and bool(files) and cursor.file == files[-1]
+                    and not _has_line_end(root / cursor.file, cursor.offset, lag))
+    return FileScan(lag, sizes, newest, _hour_end(files[-1]) if files else None, unterminated)
+
+
+def _has_line_end(path: Path, offset: int, n: int) -> bool:
+    """Whether the `n` bytes at `offset` hold a line end (True where they cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return b"\n" in f.read(n)
+    except OSError:
+        return True
 
 
 class ArrivalMeter:
@@ -140,12 +160,14 @@ def catching_up_bytes(s: Settings) -> int:
 
 def mode_of(lag_bytes: int, scan: FileScan, wall: float, grew_recently: bool,
             catching_up_bytes: int, stored_data: bool = False) -> Mode:
-    """"archive" when everything is read and the stream's files are old (or, with data stored,
-    there is no file of it in the node dir: a backfill, an old DB); else by how much is unread."""
+    """"archive" when everything is read (but a last line nothing finished) and the stream's
+    files are old (or, with data stored, there is no file of it in the node dir: a backfill, an
+    old DB); else by how much is unread."""
     old = [t for t in (scan.newest_mtime, scan.newest_hour_end)
            if t is not None and wall - t > ARCHIVE_AFTER_S]
     no_files = scan.newest_mtime is None and scan.newest_hour_end is None
-    if lag_bytes == 0 and not grew_recently and (old or (no_files and stored_data)):
+    all_read = lag_bytes == 0 or scan.unterminated
+    if all_read and not grew_recently and (old or (no_files and stored_data)):
         return "archive"
     return "catching_up" if lag_bytes > catching_up_bytes else "live"
 

@@ -145,9 +145,9 @@ def test_arrival_is_the_nodes_pace_and_capacity_nodetaps(tmp_path: Path) -> None
 
 
 def test_a_current_hour_file_unchanged_for_an_hour_is_an_archive(tmp_path: Path) -> None:
-    wall = FakeClock()
+    wall, clock = FakeClock(), FakeClock()
     wall.now = datetime(2026, 1, 5, 10, 50, tzinfo=UTC).timestamp()  # in the file's own hour
-    with one_hour_file(tmp_path, 5, wall_clock=wall) as (f10, pipe):
+    with one_hour_file(tmp_path, 5, clock=clock, wall_clock=wall) as (f10, pipe):
         pipe.run_once()
         last = datetime(2026, 1, 5, 10, 0, 4)  # the fifth line's time
         os.utime(f10, (wall.now - 3000, wall.now - 3000))  # written 50 min ago
@@ -155,6 +155,25 @@ def test_a_current_hour_file_unchanged_for_an_hour_is_an_archive(tmp_path: Path)
         assert (st.mode, st.lag_seconds) == ("live", (datetime(2026, 1, 5, 10, 50) - last).total_seconds())
         os.utime(f10, (wall.now - 3700, wall.now - 3700))  # 61 min ago
         assert (only(pipe).mode, only(pipe).lag_seconds) == ("archive", None)
+        # a stopped node's cut last line: nothing will finish it, and nothing else is unread
+        with open(f10, "ab") as f:
+            f.write(orders(100_005, 1)[:-40])
+        os.utime(f10, (wall.now - 3700, wall.now - 3700))
+        pipe.run_once()
+        assert only(pipe).mode == "live"  # seen growing: the node may finish it
+        clock.now += 3601
+        wall.now += 3601
+        st = only(pipe)
+        assert (st.lines, st.lag_bytes, st.mode, st.lag_seconds) == (5, len(orders(100_005, 1)) - 40,
+                                                                     "archive", None)
+        # a line end after it: lines to read, not an archive
+        with open(f10, "ab") as f:
+            f.write(b"\n")
+        os.utime(f10, (wall.now - 3700, wall.now - 3700))
+        only(pipe)  # seen growing
+        clock.now += 3601
+        wall.now += 3601
+        assert only(pipe).mode == "live"
 
 
 def test_a_pipeline_opens_nothing_until_asked_and_stops_once(tmp_path: Path) -> None:
