@@ -32,6 +32,7 @@ import duckdb
 
 from api import sqlgrowth, sqllimits
 from api.errors import SqlError, SqlRefused
+from etl.history import explain_sql_error
 from etl.schema import TABLES
 
 ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
@@ -194,7 +195,7 @@ def _parse(sql: str) -> list[Any]:
     try:
         return list(duckdb.extract_statements(sql))
     except duckdb.Error as err:
-        raise SqlError(str(err)) from None
+        raise SqlError(explain_sql_error(sql, str(err))) from None
 
 
 def _reason(stmt: Any, word: str) -> str:
@@ -250,7 +251,7 @@ def _syntax_tree(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
     if tree.get("error"):
         message = tree.get("error_message", "unknown error")
         if tree.get("error_type") == "parser":
-            raise SqlError(f"Parser Error: {message}")
+            raise SqlError(explain_sql_error(query, f"Parser Error: {message}"))
         raise SqlRefused(f"the query cannot be checked for file access ({message}); "
                          "rewrite it with plain SELECT syntax (PIVOT/UNPIVOT are not supported here)")
     return tree

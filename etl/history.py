@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import duckdb
@@ -238,3 +239,20 @@ def check_coin(con: duckdb.DuckDBPyConnection, coin: str, flag: str | None = Non
     shown = ", ".join(known[:KNOWN_COINS_SHOWN]) + (", ..." if len(known) > KNOWN_COINS_SHOWN else "")
     raise HistoryError(f"unknown coin {coin!r}{label}: no candles of it are stored.{hint} "
                        f"Known coins ({len(known)}): {shown}")
+
+
+# `offset` used as a column (`offset,`, `offset FROM`, `c.offset`, `offset > 5`, `BY offset`), not
+# as the clause (`OFFSET 10`)
+_BARE_OFFSET = re.compile(r'(\.offset\b|(?<!["\w])offset\s*(,|\)|=|<|>|!|$|(from|as|asc|desc)\b))',
+                          re.IGNORECASE)
+
+
+def explain_sql_error(sql: str, message: str) -> str:
+    """DuckDB's error `message` for `sql`, with what to do about a syntax error that a column
+    named like an SQL keyword causes: `offset` (`cursors`, `file_cursors`) must be written in
+    double quotes. The hint ends the message's first line (DuckDB points at the error below)."""
+    if "syntax error" not in message.lower() or not _BARE_OFFSET.search(sql):
+        return message
+    first, sep, rest = message.partition("\n")
+    return (f'{first} (the column offset shares its name with an SQL keyword: write it "offset", '
+            f"in double quotes){sep}{rest}")

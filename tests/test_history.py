@@ -304,6 +304,11 @@ def test_history_commands(tmp_path: Path) -> None:
         (T0, 100.0, False), (T0 + MIN, 100.0, True), (T0 + 2 * MIN, 102.0, False)]
     bad = run_cli("sql", "SELEC 1", "--db", db, check=False)
     assert bad.returncode == 2 and "syntax error" in bad.stderr
+    assert "write it \"offset\"" not in bad.stderr
+    bad = run_cli("sql", "SELECT stream, offset FROM cursors", "--db", db, check=False)
+    assert bad.returncode == 2 and 'write it "offset", in double quotes' in bad.stderr
+    assert run_cli("sql", 'SELECT "offset" > 0 AS read FROM cursors LIMIT 1', "--db", db,
+                   "--format", "csv").stdout.splitlines() == ["read", "true"]
     bad = run_cli("candles", "--coin", "BTC", "--interval", "2m", "--db", db, check=False)
     assert bad.returncode == 2 and "unknown interval '2m'" in bad.stderr
 

@@ -202,6 +202,9 @@ def test_refused_statements_change_nothing(server: ServerThread, client: httpx.C
 
 @pytest.mark.parametrize(("query", "message"), [
     ("SELEC 1", "Parser Error"),
+    ("SELECT stream, offset FROM cursors",
+     'syntax error at or near "FROM" (the column offset shares its name with an SQL keyword: write it '
+     '"offset", in double quotes)'),
     ("SELECT nope FROM orders", 'Referenced column "nope" not found'),
     ("SELECT 'a'::INTEGER", "Conversion Error"),
     ("SELECT * FROM nope", "'nope': no such table or view"),

@@ -12,7 +12,14 @@ import polars as pl
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import write_frame
 from etl.config import Settings
-from etl.history import check_coin, parse_time_ms, read_candles, slice_sql, watermark_and_holes
+from etl.history import (
+    check_coin,
+    explain_sql_error,
+    parse_time_ms,
+    read_candles,
+    slice_sql,
+    watermark_and_holes,
+)
 
 HOUR_MS = 3_600_000
 
@@ -38,7 +45,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     try:
         frame = pl.from_arrow(con.sql(args.query).to_arrow_table())
     except duckdb.Error as err:
-        raise CliError(f"SQL error: {err}") from err
+        raise CliError(f"SQL error: {explain_sql_error(args.query, str(err))}") from err
     finally:
         con.close()
     assert isinstance(frame, pl.DataFrame)
