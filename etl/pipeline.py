@@ -120,12 +120,12 @@ class Pipeline:
         return self._lake_root
 
     def refresh_streams(self) -> None:
-        """Pick up stream directories that appeared since the last look."""
-        stored = self.store.cursors()
+        """Pick up stream directories that appeared since the last look (at every wake-up: the
+        database is asked for cursors only when one did)."""
         s = self.settings
-        for stream in discover(s.node_dir, s.streams):
-            if stream.name in self.states:
-                continue
+        new = [stream for stream in discover(s.node_dir, s.streams) if stream.name not in self.states]
+        stored = self.store.cursors() if new else {}
+        for stream in new:
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
             if stream.kind == "orders":
                 prepare()  # the byte scan, loaded before the first batch
