@@ -71,6 +71,8 @@ class Rules:
     def __post_init__(self) -> None:
         for name in _LIST_KEYS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        # the node writes addresses in lowercase; a checksummed (mixed-case) one would match nothing
+        object.__setattr__(self, "watch_users", tuple(u.lower() for u in self.watch_users))
         by_coin = {str(c): float(v) for c, v in self.min_notional_by_coin.items()}
         object.__setattr__(self, "min_notional_by_coin", MappingProxyType(by_coin))
         object.__setattr__(self, "min_notional", float(self.min_notional))

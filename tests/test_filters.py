@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import tomllib
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ def test_watch_users_are_kept_whatever_the_other_rules_say() -> None:
     rules = Rules(coins=("ETH",), statuses=("filled",), trigger="exclude", watch_users=("0xu1", "0xu4"))
     # 2 passes every rule; 1 and 4 (0xu1) and 5 (0xu4, a rejected trigger order) are watched
     assert kept_oids(make_orders(), rules) == [1, 2, 4, 5]
+    # as a checksummed address is written: the node writes addresses in lowercase
+    assert kept_oids(make_orders(), replace(rules, watch_users=("0xU1", "0XU4"))) == [1, 2, 4, 5]
+    assert parse_rules({"orders": {"watch_users": ["0xAbC"]}}).watch_users == ("0xabc",)
 
 
 def test_keep_all_keeps_every_row_unchanged() -> None:
