@@ -231,6 +231,11 @@ def test_bad_bodies_and_formats(client: httpx.Client) -> None:
     for headers in (form, text, {}):
         r = client.post("/v1/sql", content=b' {"sql": "SELECT 8 AS x", "format": "csv"}', headers=headers)
         assert (r.status_code, r.text) == (200, "\"x\"\n8\n"), headers
+    # the SQL itself, declared JSON (`curl -H 'content-type: application/json' -d 'SELECT ...'`)
+    r = client.post("/v1/sql", content=b"SELECT 9 AS x", headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["rows"] == [[9]]
+    r = client.post("/v1/sql", content=b'["SELECT 1"]', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "with the query in \"sql\"" in r.json()["error"]
     r = client.post("/v1/sql", content=b'{"sql": "SELECT 1", "limit": 5}', headers=text)
     assert error_of(r) == "unknown body key(s) limit; valid keys: sql, format"
 

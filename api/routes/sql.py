@@ -80,10 +80,11 @@ async def run_sql(state: State, request: Request, format: str | None = None) -> 
 async def _read_body(request: Request) -> tuple[str, str | None]:
     """(sql, format) of the body. A body that is a JSON object is read as JSON whatever its
     Content-Type says (`curl -d '{"sql": ...}'` sends a form type; no SQL starts with `{`);
-    any other body is the SQL itself, unless it is declared JSON."""
+    any other body is the SQL itself, even one declared JSON, unless it starts as JSON values
+    other than an object do (`[`, `"`: no SQL statement does)."""
     raw = await request.body()
     declared_json = "json" in request.headers.get("content-type", "application/json")
-    if not declared_json and not raw.lstrip().startswith(b"{"):
+    if not raw.lstrip().startswith(b"{") and not (declared_json and raw.lstrip()[:1] in (b"[", b'"')):
         sql = raw.decode("utf-8", "replace")
         fmt = None
     else:
