@@ -24,6 +24,16 @@ class NotFound(ApiError):
     status = 404
 
 
+NO_ACTIONS = ("nodetap serves a node's data and takes no actions: send orders, cancels and transfers "
+              "to the exchange API")
+
+
+class ReadOnly(ApiError):
+    """An action (`POST /exchange`): nodetap only reads the node's files."""
+
+    status = 403
+
+
 class SqlRefused(ApiError):
     """The statement is not a read-only query, or touches files, extensions or settings."""
 

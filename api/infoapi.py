@@ -222,6 +222,9 @@ async def answer(state: AppState, body: object) -> tuple[str, bytes]:
         raise BadRequest(f'an info request needs "type", a string such as "meta", got {_json(kind)}')
     if kind in FROM_FILES:
         return kind, await from_files(state, kind, body)
+    spelled = next((k for k in (*FROM_FILES, *NODE_OR_DERIVED) if k.lower() == kind.lower()), None)
+    if spelled is not None and spelled != kind:  # types are case-sensitive, as in the public API
+        raise BadRequest(f"unknown info type {_json(kind)}: did you mean {_json(spelled)}?")
     if kind in NODE_OR_DERIVED:
         dex = _dex(body, kind)
         try:

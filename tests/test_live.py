@@ -599,6 +599,15 @@ def test_official_sdk_works_unchanged(serve: Serve, tmp_path: Path) -> None:
             with pytest.raises(ClientError) as caught:
                 info.candles_snapshot("BTC", "7m", start, end)
             assert caught.value.status_code == 400 and "7m" in str(caught.value.error_message)
+            # an action is refused as such, not with FastAPI's bare 404 (a KeyError in the SDK)
+            import eth_account
+            from hyperliquid.exchange import Exchange
+
+            exchange = Exchange(eth_account.Account.create(), base_url=server.url)
+            with pytest.raises(ClientError) as refused:
+                exchange.order("BTC", True, 0.001, 90000, {"limit": {"tif": "Gtc"}})
+            assert (refused.value.status_code, refused.value.error_code) == (403, "ReadOnly")
+            assert "takes no actions" in str(refused.value.error_message)
         finally:
             info.disconnect_websocket()
     assert trades[0]["channel"] == "trades" and list(trades[0]["data"][0]) == TRADE_KEYS

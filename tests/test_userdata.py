@@ -355,6 +355,11 @@ def test_node_info_server_answers_what_the_files_cannot(
         meta = httpx.post(server.url + "/info", json={"type": "meta"})
         state = httpx.post(server.url + "/info", json={"type": "clearinghouseState", "user": user})
         refused = httpx.post(server.url + "/info", json={"type": "fundingHistory", "coin": "BTC"})
+        typo = httpx.post(server.url + "/info", json={"type": "candlesnapshot", "req": {"coin": "BTC"}})
+    # a type spelled as one answered here but in another case is a typo, not asked of the node
+    assert (typo.status_code, typo.json()["msg"]) == (
+        400, 'unknown info type "candlesnapshot": did you mean "candleSnapshot"?')
+    assert [body["type"] for body in seen] == ["meta", "clearinghouseState", "fundingHistory"]
     assert meta.content == RECORDED_META and state.content == RECORDED_STATE  # passed on as they are
     assert seen[:2] == [{"type": "meta"}, {"type": "clearinghouseState", "user": user}]
     assert refused.status_code == 502 and refused.json()["msg"] == (

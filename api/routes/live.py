@@ -19,7 +19,7 @@ from fastapi import APIRouter, WebSocket
 
 from api import infodata
 from api.deps import WsState
-from api.errors import ApiError
+from api.errors import NO_ACTIONS, ApiError
 from api.hub import Client, Hub
 from api.infoapi import answer, known_coin
 from api.protocol import (
@@ -61,8 +61,7 @@ async def _post(state: AppState, hub: Hub, client: Client, request: Request, tex
         else:
             response = {"type": "info", "payload": {"type": kind, "data": orjson.Fragment(data)}}
     elif inner.get("type") == "action":
-        response = {"type": "error", "payload": "nodetap serves a node's data and takes no actions: "
-                                                "send orders, cancels and transfers to the exchange API"}
+        response = {"type": "error", "payload": NO_ACTIONS}
     else:
         response = {"type": "error", "payload": 'a post request is {"type":"info","payload":{...}}'}
     await hub.reply(client, orjson.dumps({"channel": "post", "data": {"id": req_id, "response": response}})
