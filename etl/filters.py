@@ -361,6 +361,7 @@ class RulesFile:
                           self.path, str(err))
                 return False
             self._rules = self._effective(rules)
+            self._stats = {}
             self.error = None
             log.info("event=rules_reload path=%s", self.path)
             return True
@@ -384,20 +385,26 @@ class RulesFile:
                     Path(tmp).unlink(missing_ok=True)
                     raise
                 self._sig = _signature(self.path)  # our own write is not a change to reload
+            if self._effective(rules) != self._rules:
+                self._stats = {}
             self._rules = self._effective(rules)
             self.error = None
             log.info("event=rules_replace path=%s", self.path)
             return self._rules
 
-    def record(self, counts: Mapping[str, tuple[int, int]]) -> None:
-        """Add one batch's `apply_rules` counts to the running per-rule totals."""
+    def record(self, counts: Mapping[str, tuple[int, int]], rules: Rules | None) -> None:
+        """Add one batch's `apply_rules` counts, made with `rules`, to the running per-rule
+        totals: counts of other rules (a batch filtered before they changed) are left out."""
         with self._lock:
+            if rules != self._rules:
+                return
             for name, (seen, passed) in counts.items():
                 acc = self._stats.setdefault(name, {"seen": 0, "kept": 0})
                 acc["seen"] += seen
                 acc["kept"] += passed
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per-rule totals since start: `{rule: {"seen": rows, "kept": rows passing that rule}}`."""
+        """Per-rule totals since start or since the rules last changed: `{rule: {"seen": rows,
+        "kept": rows passing that rule}}`."""
         with self._lock:
             return {name: dict(acc) for name, acc in self._stats.items()}

@@ -153,9 +153,9 @@ def shape(
         if kind == "orders" and rules is not None:
             if unit.counts is None:  # not filtered while parsing
                 frame, counts = apply_rules(frame, rules.rules)
-                rules.record(counts)
+                rules.record(counts, rules.rules)
             else:
-                rules.record(unit.counts)
+                rules.record(unit.counts, unit.counted_with)
         rows[kind] = frame
         if kind == "fills":
             matcher = matcher or TradeMatcher()

@@ -39,6 +39,7 @@ class Unit:
     # `time` and `_offset` of every good row (the watermark), `counts` the rules' counts
     times: pl.DataFrame | None = None
     counts: dict[str, tuple[int, int]] | None = None
+    counted_with: Rules | None = None  # the rules `counts` are of
 
     @property
     def rows(self) -> int:
@@ -81,7 +82,7 @@ def unit_of(batch: Batch, max_line_bytes: int, rules: Rules | None = None,
     start = batch.start if batch.data or batch.dropped else batch.cursor.offset
     file = batch.file if batch.data or batch.dropped else batch.cursor.file
     return Unit(batch.stream, file, start, batch.cursor, frame, offsets, rejects, batch.gaps,
-                batch.unread, dropped, times, counts)
+                batch.unread, dropped, times, counts, rules if counts is not None else None)
 
 
 def _with_offsets(frame: pl.DataFrame, offsets: np.ndarray) -> pl.DataFrame:
@@ -120,6 +121,7 @@ def merge(a: Unit, b: Unit) -> Unit:
         dropped_lines=a.dropped_lines + b.dropped_lines,
         times=None if a.times is None or b.times is None else pl.concat([a.times, b.times]),
         counts=None if a.counts is None or b.counts is None else add_counts(a.counts, b.counts),
+        counted_with=a.counted_with if a.counted_with == b.counted_with else None,  # rules changed between
     )
 
 

@@ -438,12 +438,14 @@ def test_keep_all_switch_overrides_the_file(tmp_path: Path) -> None:
     assert load_rules(path) == Rules(coins=("SOL",))  # the switch is not written to the file
 
 
-def test_record_and_stats_accumulate_across_batches() -> None:
+def test_record_and_stats_accumulate_across_batches_of_the_rules_in_effect() -> None:
     rf = RulesFile(None)
-    rules = Rules(coins=("BTC", "ETH"), min_notional=3000.0)
+    rules = rf.replace({"orders": {"coins": ["BTC", "ETH"], "min_notional": 3000.0}})
     for _ in range(2):
-        rf.record(apply_rules(make_orders(), rules)[1])
-    rf.record(apply_rules(make_orders().head(1), rules)[1])
+        rf.record(apply_rules(make_orders(), rules)[1], rules)
+    rf.record(apply_rules(make_orders().head(1), rules)[1], rules)
+    # a batch filtered with other rules (before they changed) is not counted with these
+    rf.record(apply_rules(make_orders(), Rules(coins=("SOL",)))[1], Rules(coins=("SOL",)))
     stats = rf.stats()
     assert stats == {
         "coins": {"seen": 13, "kept": 5},
@@ -453,6 +455,12 @@ def test_record_and_stats_accumulate_across_batches() -> None:
     }
     stats["total"]["kept"] = 0
     assert rf.stats()["total"]["kept"] == 5  # a copy
+    # the same rules again change nothing; new rules count from nothing
+    assert rf.replace(rules_to_dict(rules)) == rules and rf.stats()["total"] == {"seen": 13, "kept": 5}
+    new = rf.replace({"orders": {"coins": ["SOL"]}})
+    assert rf.stats() == {}
+    rf.record(apply_rules(make_orders(), new)[1], new)
+    assert set(rf.stats()) == {"coins", "statuses", "total"}
 
 
 # ------------------------------------------------------------ data/rules.toml
