@@ -66,8 +66,9 @@ def check_interval(interval: str, settings: Settings, stored_only: bool = True) 
     if interval not in INTERVALS:
         raise BadRequest(f"unknown interval {interval!r}; valid intervals: {' '.join(INTERVALS)}")
     if stored_only and interval not in settings.candle_intervals:
-        raise BadRequest(f"interval {interval!r} is not computed here (setting candle_intervals: "
-                         f"{' '.join(settings.candle_intervals)})")
+        raise BadRequest(f"interval {interval!r} is not stored here (setting candle_intervals: "
+                         f"{' '.join(settings.candle_intervals)}): GET /v1/candles?coin=...&interval="
+                         f"{interval} derives it on read, as POST /info candleSnapshot does")
     return interval
 
 

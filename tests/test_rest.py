@@ -355,6 +355,10 @@ def test_exports_stream_history_rows_in_every_format(
         assert "unknown export format 'xlsx'" in error(client.get("/v1/export/orders.xlsx"), 404)
         assert "interval applies to candles only" in error(client.get("/v1/export/orders.csv?interval=1m"))
         assert "unknown interval '2m'" in error(client.get("/v1/export/candles.csv?interval=2m"))
+        assert "interval '3m' is not stored here (setting candle_intervals: " in error(
+            client.get("/v1/export/candles.csv?interval=3m"))
+        assert "GET /v1/candles?coin=...&interval=3m derives it on read" in error(
+            client.get("/v1/export/candles.csv?interval=3m"))
         assert "start: 'noon'" in error(client.get("/v1/export/fills.csv?start=noon"))
 
 
