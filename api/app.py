@@ -15,7 +15,7 @@ from api import errors
 from api.hub import Hub
 from api.limits import BodyLimit, TransportTap
 from api.readonly import lock_instance
-from api.routes import dashboard, exports, info, live, ops, snapshots, sql
+from api.routes import apidocs, dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
 from etl.config import Settings
 from etl.malloc import startup_frozen
@@ -56,13 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
             store.close()
             log.info("event=serve_stop")
 
-    app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan)
+    # /docs is served with Swagger UI from this server (api/routes/apidocs.py), not from a CDN
+    app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
     # as the public API: any origin may call it (browser apps on another origin, the TS SDK)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=["*"])
     app.add_middleware(TransportTap)  # added last: the outermost
-    for module in (live, info, snapshots, sql, exports, ops, dashboard):
+    for module in (live, info, snapshots, sql, exports, ops, dashboard, apidocs):
         app.include_router(module.router)
     return app

@@ -461,3 +461,31 @@ def test_dashboard_spreads_an_hour_of_candles_with_time_labels(
         assert sizes == ["0.00004", "0.00004", "0.00004", "0.00030", "12,345.5", "–", "0.00004", "0.00004",
                          "44.7503", "12.3k"]
         session.assert_clean()
+
+
+@pytest.mark.timeout(120)
+def test_api_docs_page_works_offline_and_can_send_bodies(browser: Any, make_node_dir: Callable[..., Path],
+                                                         serve: Callable[..., ServerThread],
+                                                         tmp_path: Path) -> None:
+    """/docs renders from this server alone (no CDN: a node host may have no internet), and the
+    endpoints that take a body have one to fill in."""
+    with serve(make_node_dir(lines=200)) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        foreign: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith((server.url, "data:")) else foreign.append(r.url))
+        try:
+            page.goto(f"{server.url}/docs")
+            page.wait_for_selector("#operations-default-run_sql_v1_sql_post", timeout=30_000)
+            page.click("#operations-default-run_sql_v1_sql_post .opblock-summary")
+            page.click("#operations-default-run_sql_v1_sql_post button.try-out__btn")
+            body = page.wait_for_selector("#operations-default-run_sql_v1_sql_post textarea.body-param__text")
+            assert body is not None and "SELECT coin, count(*) AS trades" in body.input_value()
+            page.click("#operations-default-run_sql_v1_sql_post button.execute")
+            page.wait_for_selector("#operations-default-run_sql_v1_sql_post .live-responses-table .response-col_status")
+            status = page.inner_text("#operations-default-run_sql_v1_sql_post .live-responses-table "
+                                     ".response .response-col_status")
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+        finally:
+            page.close()
+    assert foreign == []
+    assert status.strip().startswith("200")

@@ -13,7 +13,16 @@ from api.infoapi import answer
 router = APIRouter()
 
 
-@router.post("/info")
+# the body is read as it comes (any info type); described here for /docs
+INFO_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "required": ["type"], "additionalProperties": True,
+               "properties": {"type": {"type": "string"}, "req": {"type": "object"},
+                              "coin": {"type": "string"}, "user": {"type": "string"}}},
+    "example": {"type": "candleSnapshot",
+                "req": {"coin": "BTC", "interval": "1m", "startTime": 0, "endTime": 4102444800000}}}}}
+
+
+@router.post("/info", openapi_extra={"requestBody": INFO_BODY})
 async def info(request: Request, state: State) -> Response:
     try:
         body = orjson.loads(await request.body())

@@ -162,7 +162,14 @@ async def get_rules(state: State) -> Response:
     return json_response(rules_to_dict(state.rules.rules))
 
 
-@router.put("/v1/rules")
+# described here for /docs: every key of docs/rules.md, each optional (a key left out takes its default)
+RULES_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "properties": {"orders": {"type": "object"}}},
+    "example": {"orders": {"statuses": ["open", "filled", "canceled", "triggered"], "min_notional": 10000.0,
+                           "min_notional_by_coin": {"BTC": 50000.0}, "watch_users": []}}}}}
+
+
+@router.put("/v1/rules", openapi_extra={"requestBody": RULES_BODY})
 async def put_rules(state: State, request: Request) -> Response:
     """Replace the orders filter rules (written to the rules file if there is one); the next
     batch uses them. Invalid rules change nothing and answer 400 with what is wrong."""

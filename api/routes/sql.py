@@ -55,7 +55,18 @@ class Result:
     elapsed_ms: float
 
 
-@router.post("/v1/sql")
+# the body is read as it comes (JSON, or the SQL itself); described here for /docs
+SQL_BODY = {"required": True, "content": {
+    "application/json": {
+        "schema": {"type": "object", "required": ["sql"], "additionalProperties": False,
+                   "properties": {"sql": {"type": "string"},
+                                  "format": {"type": "string", "enum": list(SQL_FORMATS)}}},
+        "example": {"sql": "SELECT coin, count(*) AS trades FROM trades GROUP BY coin ORDER BY trades DESC"}},
+    "text/plain": {"schema": {"type": "string"},
+                   "example": "SELECT * FROM candles WHERE coin = 'BTC' LIMIT 10"}}}
+
+
+@router.post("/v1/sql", openapi_extra={"requestBody": SQL_BODY})
 async def run_sql(state: State, request: Request, format: str | None = None) -> Response:
     """Run one read-only query. Body: `{"sql": "...", "format": "json|csv|ndjson|parquet"}`
     (read as JSON whatever the Content-Type), or the SQL as plain text; `?format=` overrides
