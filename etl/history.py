@@ -31,15 +31,18 @@ class HistoryError(ValueError):
     """A bad table, interval, coin or time in a history request."""
 
 
+SECONDS_LOOK = (1_000_000_000, 100_000_000_000)  # epoch values read as seconds, not milliseconds
+
+
 def parse_time_ms(value: str | int | None, name: str) -> int | None:
     """Milliseconds since the epoch from an int (ms) or an ISO time (UTC when no zone)."""
     if value is None or value == "":
         return None
     if isinstance(value, int):
-        return value
+        return _not_seconds(value, name)
     text = str(value).strip()
     if text.lstrip("-").isdigit():
-        return int(text)
+        return _not_seconds(int(text), name)
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
@@ -47,6 +50,16 @@ def parse_time_ms(value: str | int | None, name: str) -> int | None:
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp() * 1000)
+
+
+def _not_seconds(ms: int, name: str) -> int:
+    """`ms`, unless it looks like epoch seconds: 10 or 11 digits are 2001-5138 in seconds and
+    1970-01-12 to 1973-03-03 in milliseconds, a range no node has data in."""
+    if SECONDS_LOOK[0] <= ms < SECONDS_LOOK[1]:
+        when = datetime.fromtimestamp(ms, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise HistoryError(f"{name}: {ms} looks like epoch seconds ({when}); times are epoch "
+                           f"milliseconds ({ms * 1000}) or ISO times")
+    return ms
 
 
 def watermark_and_holes(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple[int, int]]]:

@@ -472,18 +472,19 @@ def test_api_docs_page_works_offline_and_can_send_bodies(browser: Any, make_node
     with serve(make_node_dir(lines=200)) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         foreign: list[str] = []
-        page.on("request", lambda r: None if r.url.startswith((server.url, "data:")) else foreign.append(r.url))
+        page.on("request", lambda r: None if r.url.startswith((server.url, "data:"))
+                else foreign.append(r.url))
+        op = "#operations-default-run_sql_v1_sql_post"  # POST /v1/sql
         try:
             page.goto(f"{server.url}/docs")
-            page.wait_for_selector("#operations-default-run_sql_v1_sql_post", timeout=30_000)
-            page.click("#operations-default-run_sql_v1_sql_post .opblock-summary")
-            page.click("#operations-default-run_sql_v1_sql_post button.try-out__btn")
-            body = page.wait_for_selector("#operations-default-run_sql_v1_sql_post textarea.body-param__text")
+            page.wait_for_selector(op, timeout=30_000)
+            page.click(f"{op} .opblock-summary")
+            page.click(f"{op} button.try-out__btn")
+            body = page.wait_for_selector(f"{op} textarea.body-param__text")
             assert body is not None and "SELECT coin, count(*) AS trades" in body.input_value()
-            page.click("#operations-default-run_sql_v1_sql_post button.execute")
-            page.wait_for_selector("#operations-default-run_sql_v1_sql_post .live-responses-table .response-col_status")
-            status = page.inner_text("#operations-default-run_sql_v1_sql_post .live-responses-table "
-                                     ".response .response-col_status")
+            page.click(f"{op} button.execute")
+            page.wait_for_selector(f"{op} .live-responses-table .response-col_status")
+            status = page.inner_text(f"{op} .live-responses-table .response .response-col_status")
             page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
         finally:
             page.close()

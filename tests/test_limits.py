@@ -69,6 +69,10 @@ def test_bodies_over_the_limit_get_413_unread(server: ServerThread) -> None:
     ("/v1/orders?limit=-1", "limit must be from 1 to 5000, not -1"),
     ("/v1/candles?coin=BTC&fill=maybe", "fill must be true or false, not 'maybe'"),
     ("/v1/candles?coin=BTC&interval=7m", "unknown interval '7m'"),
+    ("/v1/candles?coin=BTC&start=1767610680&end=1767614280",
+     "start: 1767610680 looks like epoch seconds (2026-01-05T10:58:00Z); times are epoch milliseconds "
+     "(1767610680000) or ISO times"),
+    ("/v1/export/trades.csv?end=1767614280", "end: 1767614280 looks like epoch seconds"),
 ])
 def test_bad_parameters_are_400_naming_them(server: ServerThread, path: str, message: str) -> None:
     r = httpx.get(server.url + path, timeout=30)
