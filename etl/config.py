@@ -237,5 +237,7 @@ def load_settings(
         for k, v in env.items()
         if k.startswith("NODETAP_") and k not in ("NODETAP_CONFIG", "NODETAP_FAULT")
     }
-    settings = _apply(settings, from_env, "environment (NODETAP_*)", lambda k: f"NODETAP_{k.upper()}")
+    as_set = {k[len("NODETAP_"):].lower(): k for k in env if k.startswith("NODETAP_")}
+    settings = _apply(settings, from_env, "environment (NODETAP_*)",
+                      lambda k: as_set.get(k, f"NODETAP_{k.upper()}"))
     return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")

@@ -360,8 +360,9 @@ class RulesFile:
                 log.error("event=rules_error path=%s error=%r (the previous rules stay in effect)",
                           self.path, str(err))
                 return False
+            if self._effective(rules) != self._rules:  # not a save of the same rules
+                self._stats = {}
             self._rules = self._effective(rules)
-            self._stats = {}
             self.error = None
             log.info("event=rules_reload path=%s", self.path)
             return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 import duckdb
@@ -254,18 +253,42 @@ def check_coin(con: duckdb.DuckDBPyConnection, coin: str, flag: str | None = Non
                        f"Known coins ({len(known)}): {shown}")
 
 
-# `offset` used as a column (`offset,`, `offset FROM`, `c.offset`, `offset > 5`, `BY offset`), not
-# as the clause (`OFFSET 10`)
-_BARE_OFFSET = re.compile(r'(\.offset\b|(?<!["\w])offset\s*(,|\)|=|<|>|!|$|(from|as|asc|desc)\b))',
-                          re.IGNORECASE)
-
-
 def explain_sql_error(sql: str, message: str) -> str:
     """DuckDB's error `message` for `sql`, with what to do about a syntax error that a column
-    named like an SQL keyword causes: `offset` (`cursors`, `file_cursors`) must be written in
-    double quotes. The hint ends the message's first line (DuckDB points at the error below)."""
-    if "syntax error" not in message.lower() or not _BARE_OFFSET.search(sql):
+    named like an SQL keyword causes: `offset` (`cursors`, `file_cursors`, `rejects`) must be
+    written in double quotes. Said only where quoting it makes the statement parse. The hint
+    ends the message's first line (DuckDB points at the error below it)."""
+    if "syntax error" not in message.lower() or not _parses_with_offset_quoted(sql):
         return message
     first, sep, rest = message.partition("\n")
     return (f'{first} (the column offset shares its name with an SQL keyword: write it "offset", '
             f"in double quotes){sep}{rest}")
+
+
+def _parses_with_offset_quoted(sql: str) -> bool:
+    """Whether `sql` parses once its keyword `offset`s are quoted: all of them, or all but
+    those of an `OFFSET n` clause."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return False
+    ends = [start for start, _ in tokens[1:]] + [len(sql)]
+    words = [(start, end, kind) for (start, kind), end in zip(tokens, ends, strict=True)]
+    found = [i for i, (start, _, kind) in enumerate(words)
+             if kind == duckdb.token_type.keyword and sql[start:start + 6].lower() == "offset"
+             and not sql[start + 6:start + 7].isalnum()]
+    clause = {i for i in found if i + 1 < len(words) and words[i + 1][2] == duckdb.token_type.numeric_const}
+    for quoted in ({*found}, {*found} - clause):
+        if not quoted:
+            continue
+        text, last = [], 0
+        for i in sorted(quoted):
+            start = words[i][0]
+            text += [sql[last:start], '"offset"']
+            last = start + 6
+        try:
+            duckdb.extract_statements("".join(text) + sql[last:])
+        except duckdb.Error:
+            continue
+        return True
+    return False

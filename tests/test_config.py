@@ -42,6 +42,8 @@ def test_unknown_env_key_is_named_as_typed() -> None:
         load_settings(None, env={"NODETAP_FROBNICATE": "1"})
     with pytest.raises(ConfigError, match=re.escape("NODETAP_NODEDIR (did you mean NODETAP_NODE_DIR?)")):
         load_settings(None, env={"NODETAP_NODEDIR": "/x"})
+    with pytest.raises(ConfigError, match=re.escape(": NODETAP_node_dri (did you mean NODETAP_NODE_DIR?)")):
+        load_settings(None, env={"NODETAP_node_dri": "/x"})  # named as it is set: names are case-sensitive
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

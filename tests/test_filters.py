@@ -361,6 +361,12 @@ def test_rules_file_reloads_on_change_and_keeps_good_rules_on_error(
     path.write_text('[orders]\nsides = ["A"]\n')
     assert rf.check() is True
     assert rf.rules == Rules(sides=("A",))
+    # the same rules saved again (an editor, `touch`) keep their counters; other rules do not
+    rf.record(apply_rules(make_orders(), rf.rules)[1], rf.rules)
+    path.write_text('[orders]\nsides = [ "A" ]  # the same\n')
+    assert rf.check() is True and rf.stats()["total"] == {"seen": 6, "kept": 2}
+    path.write_text('[orders]\nsides = ["B"]\n')
+    assert rf.check() is True and rf.stats() == {}
 
 
 def test_rules_file_bad_at_startup_raises(tmp_path: Path) -> None:

@@ -6,13 +6,14 @@ import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import orjson
 import polars as pl
 import pytest
 
 from etl.candles import CANDLE_SCHEMA, candles_multi
 from etl.config import Settings
-from etl.history import HistoryError, read_candles
+from etl.history import HistoryError, explain_sql_error, read_candles
 from etl.pipeline import Pipeline
 from etl.store import Store, fetch_pl
 from tests.conftest import run_cli
@@ -377,3 +378,20 @@ def test_a_read_that_would_fill_too_many_candles_is_refused_before_it_makes_them
     assert month.height == 31 * 1440 + 1 and month["filled"].sum() == month.height - 2
     pipe.close()
     store.close()
+
+
+@pytest.mark.parametrize(("sql", "hinted"), [
+    ("SELECT stream, offset FROM cursors", True),
+    ("SELECT * FROM cursors ORDER BY offset LIMIT 5", True),
+    ("SELECT offset::BIGINT FROM cursors WHERE offset IS NOT NULL", True),
+    ("SELECT offset FROM cursors LIMIT 5 OFFSET 2", True),  # the clause stays a clause
+    ("SELECT c.offset, FROM cursors c WHERE", False),  # c.offset is fine; the error is elsewhere
+    ("SELECT * FROM cursors LIMIT 10 OFFSET", False),  # an unfinished clause, not a column
+    ("SELECT 'offset, x' FRM cursors", False),  # in a string
+])
+def test_a_syntax_error_from_a_bare_offset_column_says_to_quote_it(sql: str, hinted: bool) -> None:
+    with pytest.raises(duckdb.ParserException) as caught:
+        duckdb.extract_statements(sql)
+    message = explain_sql_error(sql, str(caught.value))
+    assert ('write it "offset", in double quotes' in message) is hinted
+    assert message.splitlines()[1:] == str(caught.value).splitlines()[1:]  # DuckDB's pointer kept

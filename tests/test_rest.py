@@ -225,7 +225,7 @@ def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
         # range without trades is an empty list
         assert error(client.get("/v1/candles", params={**params, "coin": "purr/usdc"}), 404) == (
             "unknown coin 'purr/usdc': no candles of it are stored. Did you mean PURR/USDC? "
-            "Known coins (2): PURR/USDC, BTC (GET /v1/coins lists them)")
+            "Known coins (2): PURR/USDC, BTC")
         assert "Known coins (2)" in error(client.get("/v1/candles", params={"coin": "NOPE"}), 404)
         assert client.get("/v1/candles", params={**params, "start": 0, "end": T0 - MIN}).json() == []
 

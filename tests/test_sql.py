@@ -234,8 +234,11 @@ def test_bad_bodies_and_formats(client: httpx.Client) -> None:
     # the SQL itself, declared JSON (`curl -H 'content-type: application/json' -d 'SELECT ...'`)
     r = client.post("/v1/sql", content=b"SELECT 9 AS x", headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["rows"] == [[9]]
-    r = client.post("/v1/sql", content=b'["SELECT 1"]', headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "with the query in \"sql\"" in r.json()["error"]
+    for other_json in (b'["SELECT 1"]', b"null", b"5"):  # JSON, not an object: not SQL either
+        r = client.post("/v1/sql", content=other_json, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "with the query in \"sql\"" in r.json()["error"], other_json
+    r = client.post("/v1/sql", content=b'\xef\xbb\xbf{"sql": "SELECT 10 AS x"}')  # a UTF-8 BOM first
+    assert r.status_code == 200 and r.json()["rows"] == [[10]]
     r = client.post("/v1/sql", content=b'{"sql": "SELECT 1", "limit": 5}', headers=text)
     assert error_of(r) == "unknown body key(s) limit; valid keys: sql, format"
 

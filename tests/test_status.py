@@ -201,6 +201,26 @@ def test_a_pipeline_opens_nothing_until_asked_and_stops_once(tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------ through the server
+def test_a_stopped_nodes_cut_last_line_is_an_archive_and_ready(
+        make_node_dir: Callable[..., Path], serve: Callable[..., ServerThread]) -> None:
+    node = make_node_dir(lines=300)  # hour files of 2026-01-05: long over
+    orders_file = node / "node_order_statuses" / "hourly" / "20260105" / "10"
+    with open(orders_file, "ab") as f:
+        f.write(order_line("2026-01-05T10:59:59", 99)[:60])  # the node stopped mid-line
+    with serve(node, keep_all=True, ready_max_lag_s=0.5) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        def orders() -> dict[str, Any]:
+            return next(s for s in client.get("/v1/status").json()["streams"]
+                        if s["stream"] == "node_order_statuses")
+
+        wait_for(lambda: orders()["last_batch_age_s"] is not None, timeout=30)
+        wait_for(lambda: orders()["last_batch_age_s"] > 0.5, timeout=30)
+        st = orders()
+        assert (st["mode"], st["lag_bytes"], st["lag_seconds"]) == ("archive", 60, None)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.json()
+
+
 def test_a_backfilled_archive_is_shown_as_an_archive_not_as_lag(
         make_node_dir: Callable[..., Path], tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
     node = make_node_dir(lines=500)

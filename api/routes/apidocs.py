@@ -7,7 +7,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
@@ -24,11 +24,12 @@ ASSETS = {
 
 
 @router.get("/docs", include_in_schema=False)
-def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="nodetap API",
-                               swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-                               swagger_css_url="/docs/assets/swagger-ui.css",
-                               swagger_favicon_url="/docs/assets/favicon-32x32.png")
+def docs(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy's path prefix
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="nodetap API",
+                               swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+                               swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+                               swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png")
 
 
 @router.get("/docs/assets/{name}", include_in_schema=False)

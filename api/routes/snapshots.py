@@ -65,7 +65,7 @@ def _candles(con: Con, settings: Settings, coin: str, interval: str, start_ms: i
         try:
             check_coin(con, coin)
         except HistoryError as err:
-            raise NotFound(f"{err} (GET /v1/coins lists them)") from None
+            raise NotFound(str(err)) from None
     frame = frame.with_columns(round_volume(frame["v"]), round_volume(frame["vq"]))
     return frame.select(CANDLE_FIELDS).to_dicts()
 

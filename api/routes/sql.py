@@ -91,11 +91,11 @@ async def run_sql(state: State, request: Request, format: str | None = None) -> 
 async def _read_body(request: Request) -> tuple[str, str | None]:
     """(sql, format) of the body. A body that is a JSON object is read as JSON whatever its
     Content-Type says (`curl -d '{"sql": ...}'` sends a form type; no SQL starts with `{`);
-    any other body is the SQL itself, even one declared JSON, unless it starts as JSON values
-    other than an object do (`[`, `"`: no SQL statement does)."""
-    raw = await request.body()
+    any other body is the SQL itself, even one declared JSON, unless it is JSON (no SQL
+    statement is)."""
+    raw = (await request.body()).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
     declared_json = "json" in request.headers.get("content-type", "application/json")
-    if not raw.lstrip().startswith(b"{") and not (declared_json and raw.lstrip()[:1] in (b"[", b'"')):
+    if not raw.lstrip().startswith(b"{") and not (declared_json and _is_json(raw)):
         sql = raw.decode("utf-8", "replace")
         fmt = None
     else:
@@ -115,6 +115,14 @@ async def _read_body(request: Request) -> tuple[str, str | None]:
     if not sql.strip():
         raise BadRequest("no SQL given")
     return sql, fmt
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 ARROW_BATCH_ROWS = 256
