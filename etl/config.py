@@ -30,7 +30,9 @@ SHAPING = ("ingest", "serve", "backfill")  # parse and filter node lines
 SERVER = ("serve", "demo")  # listen for HTTP and WebSocket clients
 Backlog = Literal["drop", "keep"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+DbFsync = Literal["standard", "none"]
 BACKLOG: tuple[str, ...] = get_args(Backlog)
+DB_FSYNC: tuple[str, ...] = get_args(DbFsync)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
@@ -56,6 +58,7 @@ class Settings:
     rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected.")
     streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`; comma-separated in a file or the environment, the flag repeated). Empty: one per kind, the lowest-latency variant found (`_streaming`, then `_by_block`, then plain), and `node_trades` only when there are no fills.", flag="--stream", on=PIPELINE)
     checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.")
+    db_fsync: DbFsync = _s("standard", "`standard`: every commit is fsynced, as DuckDB does by default; `none`: commits reach the disk when the OS writes them (DuckDB's `fsync_mode`). On a disk the node writes hundreds of MB/s to, a commit's fsync can wait 100-300 ms for that writeback, and the feed with it (docs/benchmarks.md). With `none` a crash of nodetap itself loses nothing (kill -9 included), but an OS crash or power loss may corrupt the database: rebuild it from the node's files (`--from start`, `nodetap backfill`).", choices=DB_FSYNC)
     db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).")
     commit_units: int = _s(0, "Whole DuckDB row groups of order statuses a lane commits side by side while behind, each in a transaction of its own, committed in order (DuckDB compresses a row group on one thread); 0: one per four cores, at least one. It gains only with `db_threads` of 2 or more and cores the parsers leave idle; each adds a unit to the lane's memory.")
     parse_workers: int = _s(0, "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one (two for order statuses the rules pre-filter, which hold a fraction of a decoded unit). Memory per lane is about (parse_workers + commit_units + 1) x batch_max_bytes x 10.")

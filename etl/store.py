@@ -69,12 +69,13 @@ class Store:
     """Owns the writer connection; readers take `reader()` cursors."""
 
     def __init__(self, path: Path, threads: int | None = None, checkpoint_threshold: str = "128MB",
-                 stall_after_s: float = 60.0) -> None:
+                 stall_after_s: float = 60.0, fsync: str = "standard") -> None:
         self.stall_after_s = stall_after_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.threads = threads
         self.checkpoint_threshold = checkpoint_threshold
+        self.fsync = fsync  # DuckDB's fsync_mode (setting db_fsync)
         self.con = self._connect()
         for ddl in (*DATA_DDL, *META_DDL):
             self.con.execute(ddl)
@@ -102,6 +103,8 @@ class Store:
         con.execute("SET autoload_known_extensions = false")
         # DuckDB's 16 MB default checkpoints every few batches and halves insert speed
         con.execute(f"SET checkpoint_threshold = '{self.checkpoint_threshold}'")
+        if self.fsync != "standard":
+            con.execute(f"SET fsync_mode = '{'none' if self.fsync == 'none' else 'standard'}'")
         if self.threads:
             con.execute(f"SET threads = {int(self.threads)}")
         return con
@@ -142,7 +145,8 @@ class Store:
     @classmethod
     def from_settings(cls, s: Settings) -> Store:
         return cls(s.db, threads=s.db_threads or default_db_threads(),
-                   checkpoint_threshold=s.checkpoint_threshold, stall_after_s=s.stall_after_s)
+                   checkpoint_threshold=s.checkpoint_threshold, stall_after_s=s.stall_after_s,
+                   fsync=s.db_fsync)
 
     def close(self) -> None:
         with contextlib.suppress(duckdb.Error):  # an invalidated database closes with an error

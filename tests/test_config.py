@@ -124,3 +124,17 @@ def test_a_choice_is_matched_without_case_and_a_bad_one_named() -> None:
 def test_bundled_config_loads() -> None:
     s = load_settings(ROOT / "data" / "nodetap.toml", env={})
     assert s.node_dir == Path("data/sample-node")
+
+
+def test_db_fsync_sets_duckdbs_fsync_mode(tmp_path: Path) -> None:
+    from etl.store import Store
+
+    for value, mode in (("standard", "STANDARD"), ("none", "none")):
+        store = Store.from_settings(load_settings(None, env={"NODETAP_DB_FSYNC": value,
+                                                             "NODETAP_DB": str(tmp_path / f"{value}.duckdb")}))
+        try:
+            assert store.con.execute("SELECT current_setting('fsync_mode')").fetchone() == (mode,)
+        finally:
+            store.close()
+    with pytest.raises(ConfigError, match="db_fsync"):
+        load_settings(None, env={"NODETAP_DB_FSYNC": "sometimes"})

@@ -126,7 +126,13 @@ def _subscribe(ws: Any, timeout_s: float = 60.0) -> None:
 
 def measure(sc: Scenario, work: Path, *, seconds: float, warmup: float, burst_ms: float,
             quiet_s: float, rules: Path | None) -> dict[str, Any]:
-    """Run one scenario in `work` (an empty dir); its numbers."""
+    """Run one scenario in `work` (an empty dir); its numbers.
+
+    The page cache's dirty pages are written out first: a scenario after one that wrote GBs
+    (315K lines/s writes ~150 MB/s) otherwise inherits their writeback, during which DuckDB's
+    COMMIT (an fsync of its write-ahead log) waits 100-300 ms on ext4; 20K fills/s alone after
+    300K lines/s stalled so 3 times in 3, and 0 times in 2 after a `sync`."""
+    os.sync()
     node, db, log, port = work / "node", work / "bench.duckdb", work / "serve.log", free_port()
     work.mkdir(parents=True, exist_ok=True)  # the node dir is the writer's: serve waits for it
     server = start_server(node, db, port, log, rules)

@@ -137,7 +137,10 @@ def duckdb_read_json(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(kind: str, params: dict[str, Any], timeout_s: float = 6 * 3600) -> dict[str, Any]:
-    """Run one measurement in a fresh Python process; its result as a dict."""
+    """Run one measurement in a fresh Python process; its result as a dict. The page cache's
+    dirty pages (the runs before, the generated data) are written out first: their writeback
+    would stall this run's commits (`etl.bench.latency.measure`)."""
+    os.sync()
     proc = subprocess.run([sys.executable, "-m", "etl.bench.measure", kind],
                           input=orjson.dumps(params), capture_output=True, timeout=timeout_s)
     if proc.returncode != 0:
