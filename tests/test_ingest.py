@@ -114,17 +114,18 @@ def test_pipeline_follows_a_growing_node_dir_with_rotation(
     store.close()
 
 
-def _ingest_proc(node: Path, db: Path, *extra: str, stderr: int = subprocess.PIPE
-                 ) -> subprocess.Popen[bytes]:
+def _ingest_proc(node: Path, db: Path, *extra: str, stderr: int = subprocess.PIPE,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
          # batches over the tailer's 64 KiB probe: a lane behind reads them on its parse worker
          "--from", "start", "--debounce-ms", "5", "--batch-max-bytes", "131072", "--keep-all", *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.parametrize("fsync", ["standard", "none"])  # setting db_fsync: the page cache outlives us
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
-        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+        make_node_dir: Callable[..., Path], tmp_path: Path, fsync: str) -> None:
     src = make_node_dir(lines=30_000, name="src")
     node = tmp_path / "node"
     content = split_into_hours(src, node)
@@ -134,7 +135,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     rng = random.Random(42)
     kills = 0
     while writer.is_alive() or kills < 5:
-        proc = _ingest_proc(node, db, stderr=subprocess.DEVNULL)
+        proc = _ingest_proc(node, db, stderr=subprocess.DEVNULL, env={"NODETAP_DB_FSYNC": fsync})
         time.sleep(rng.uniform(0.8, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
