@@ -130,8 +130,8 @@ def test_db_fsync_sets_duckdbs_fsync_mode(tmp_path: Path) -> None:
     from etl.store import Store
 
     for value, mode in (("standard", "STANDARD"), ("none", "none")):
-        store = Store.from_settings(load_settings(None, env={"NODETAP_DB_FSYNC": value,
-                                                             "NODETAP_DB": str(tmp_path / f"{value}.duckdb")}))
+        env = {"NODETAP_DB_FSYNC": value, "NODETAP_DB": str(tmp_path / f"{value}.duckdb")}
+        store = Store.from_settings(load_settings(None, env=env))
         try:
             assert store.con.execute("SELECT current_setting('fsync_mode')").fetchone() == (mode,)
         finally:
