@@ -100,8 +100,8 @@ class StateCollector:
         since = ", since start or the last change of the rules (which resets the counter)."
         seen = CounterMetricFamily("nodetap_rules_rows_seen", "Order rows each filter rule examined" + since,
                                    labels=["rule"])
-        kept = CounterMetricFamily("nodetap_rules_rows_kept", "Order rows that passed each filter rule" + since,
-                                   labels=["rule"])
+        kept = CounterMetricFamily("nodetap_rules_rows_kept",
+                                   "Order rows that passed each filter rule" + since, labels=["rule"])
         for rule, counts in sorted(state.rules.stats().items()):
             seen.add_metric([rule], counts.get("seen", 0))
             kept.add_metric([rule], counts.get("kept", 0))
