@@ -272,18 +272,16 @@ def _parses_with_offset_quoted(sql: str) -> bool:
         tokens = duckdb.tokenize(sql)
     except duckdb.Error:
         return False
-    ends = [start for start, _ in tokens[1:]] + [len(sql)]
-    words = [(start, end, kind) for (start, kind), end in zip(tokens, ends, strict=True)]
-    found = [i for i, (start, _, kind) in enumerate(words)
+    found = [i for i, (start, kind) in enumerate(tokens)
              if kind == duckdb.token_type.keyword and sql[start:start + 6].lower() == "offset"
              and not sql[start + 6:start + 7].isalnum()]
-    clause = {i for i in found if i + 1 < len(words) and words[i + 1][2] == duckdb.token_type.numeric_const}
+    clause = {i for i in found if i + 1 < len(tokens) and tokens[i + 1][1] == duckdb.token_type.numeric_const}
     for quoted in ({*found}, {*found} - clause):
         if not quoted:
             continue
         text, last = [], 0
         for i in sorted(quoted):
-            start = words[i][0]
+            start = tokens[i][0]
             text += [sql[last:start], '"offset"']
             last = start + 6
         try:
