@@ -228,6 +228,11 @@ def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
             "Known coins (2): PURR/USDC, BTC")
         assert "Known coins (2)" in error(client.get("/v1/candles", params={"coin": "NOPE"}), 404)
         assert client.get("/v1/candles", params={**params, "start": 0, "end": T0 - MIN}).json() == []
+        # so are the recent trades of a coin never traded
+        assert error(client.get("/v1/trades", params={"coin": "btc"}), 404) == (
+            "unknown coin 'btc': no candles of it are stored. Did you mean BTC? "
+            "Known coins (2): PURR/USDC, BTC")
+        assert client.get("/v1/trades", params={"coin": "BTC", "limit": 1}).json() != []
 
 
 def test_trades_newest_first_keep_same_millisecond_trades_in_reverse_file_order_and_volumes_are_rounded(

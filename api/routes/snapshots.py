@@ -75,7 +75,7 @@ def _candles(con: Con, settings: Settings, coin: str, interval: str, start_ms: i
 async def trades(read: Read, coin: str | None = None, limit: str | None = None) -> Response:
     """The most recent trades (of `coin`, or of every coin), newest first: by time, and trades of
     the same millisecond in reverse file order (the order the node wrote them, newest first);
-    `time` in epoch ms."""
+    `time` in epoch ms. A coin with no trade at all is a 404 naming the coins there are."""
     n = parse_limit(limit)
     params: list[object] = [coin] if coin else []
     where = "WHERE coin = $1" if coin else ""
@@ -85,7 +85,17 @@ async def trades(read: Read, coin: str | None = None, limit: str | None = None) 
            f"ORDER BY trades.time DESC, rowid DESC LIMIT {n}")
     lake = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM history.trades {where} "
             f"ORDER BY time DESC, tid DESC LIMIT {n}")
-    return json_response(await read(lambda con: rows_of(con, sql, params) or rows_of(con, lake, params)))
+    return json_response(await read(lambda con: _trades(con, coin, sql, lake, params)))
+
+
+def _trades(con: Con, coin: str | None, sql: str, lake: str, params: list[object]) -> list[dict[str, Any]]:
+    rows = rows_of(con, sql, params) or rows_of(con, lake, params)
+    if not rows and coin:  # no trade of it at all: a typo (`btc`) says so, as /v1/candles does
+        try:
+            check_coin(con, coin)
+        except HistoryError as err:
+            raise NotFound(str(err)) from None
+    return rows
 
 
 @router.get("/v1/orders")
