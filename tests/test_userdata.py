@@ -259,9 +259,13 @@ def test_forty_thousand_orders_reach_a_star_subscriber_with_trades_and_candles(
                       and 2 in [t["tid"] for m in of(ms, "trades") for t in m["data"]]
                       and bool(of(ms, "candle")), timeout=60)
         send(ws, {"method": "ping"})
+        recent = httpx.post(server.url + "/info", json={"type": "recentTrades", "coin": "BTC"}).json()
     assert sum(len(m["data"]) for m in of(got, "orders")) == 40_000
     assert max(len(m["data"]) for m in of(got, "orders")) >= 16_384  # one batch past polars' old limit
-    assert [t["tid"] for m in of(got, "trades") for t in m["data"]][-1] == 2
+    sent = [t for m in of(got, "trades") for t in m["data"]]
+    assert sent[-1]["tid"] == 2
+    # its seller never known: the zero address, never null (the Rust SDK's `users` is two strings)
+    assert sent[-1]["users"] == recent[-1]["users"] == ["0x" + "1" * 40, "0x" + "0" * 40]
     assert of(got, "candle")[-1]["data"]["c"] == "101.0"
 
 
