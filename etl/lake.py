@@ -10,9 +10,9 @@ pruned from DuckDB (`retain_hours`) and which parts it has (files `part-<first_p
 `part-<parts-1>` are recorded). The `history.<table>` views read each row
 from exactly one side and read only recorded parts, so there is no seam and no duplicate
 at any moment: a part is written under its final name first, and the transaction that
-records it (and deletes the pruned rows, and adds the lake side to the view) makes it
-visible. A crash in between leaves an unrecorded part that the views ignore and the next
-seal overwrites.
+records it (and deletes the pruned rows) makes it visible. A crash in between leaves an
+unrecorded part that the views ignore and the next seal overwrites. The views read whatever
+parts exist when queried: a lake with none (new, or emptied by hand) adds no rows.
 
 Late rows for a pruned hour become a new part; late trades for a pruned hour's candles merge
 with the lake's candle (etl/store.py `stored_candles`), and its parts are merged into one new
@@ -72,43 +72,46 @@ class Lake:
         self.writers = writers
         self.root.mkdir(parents=True, exist_ok=True)
         self.con.execute("CREATE SCHEMA IF NOT EXISTS history")
-        self._with_lake: set[str] = set()
         self.refresh_views()
 
     # ---------------------------------------------------------------- views
     def refresh_views(self) -> None:
         for table in TABLES:
-            files = next((self.root / table).glob("date=*/hour=*/part-*.parquet"), None)
-            self._create_view(table, files is not None)
-            if files is not None:
-                self._with_lake.add(table)
+            self._create_view(table)
 
-    def _create_view(self, table: str, with_lake: bool) -> None:
+    def _create_view(self, table: str) -> None:
+        """`history.<table>`: DuckDB's rows of hours the lake does not hold, and the lake's
+        recorded parts of the others. The lake side reads whatever parts exist when queried:
+        none at all (a new lake, or every partition deleted by hand) is no rows, not an error."""
         duck = (
             f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
             f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'd')} AND NOT h.dirty)"
         )
-        sql = duck
-        if with_lake:
-            glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
-            # a late trade's candle in DuckDB (a pruned, dirty hour) holds the lake's one merged
-            # in: it stands for it. An anti join with those few (a scan of every candle: 1.1x the time)
-            merged = ("" if table != "candles" else
-                      " ANTI JOIN (SELECT d.coin, d.interval, d.t FROM main.candles d SEMI JOIN "
-                      "main.lake_hours h ON h.tbl = 'candles' AND h.pruned AND h.dirty AND h.hour = "
-                      f"{hour_sql(table, 'd')}) late ON l.coin = late.coin AND l.interval = late.interval "
-                      "AND l.t = late.t")
-            # only recorded parts (first_part <= number < parts) of hours whose rows DuckDB
-            # does not show
-            lake = (
-                f"SELECT * EXCLUDE (filename, part) FROM (SELECT *, CAST(regexp_extract(filename, "
-                f"'part-([0-9]+)[.]parquet$', 1) AS INTEGER) AS part FROM read_parquet('{glob}', "
-                f"hive_partitioning = false, filename = true)) l{merged} WHERE EXISTS (SELECT 1 FROM "
-                f"main.lake_hours h WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
-                f"AND (NOT h.dirty OR h.pruned) AND l.part >= h.first_part AND l.part < h.parts)"
-            )
-            sql = f"{lake} UNION ALL BY NAME {duck}"
-        self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {sql}")
+        glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
+        # a late trade's candle in DuckDB (a pruned, dirty hour) holds the lake's one merged
+        # in: it stands for it. An anti join with those few (a scan of every candle: 1.1x the time)
+        merged = ("" if table != "candles" else
+                  " ANTI JOIN (SELECT d.coin, d.interval, d.t FROM main.candles d SEMI JOIN "
+                  "main.lake_hours h ON h.tbl = 'candles' AND h.pruned AND h.dirty AND h.hour = "
+                  f"{hour_sql(table, 'd')}) late ON l.coin = late.coin AND l.interval = late.interval "
+                  "AND l.t = late.t")
+        # read_parquet without a file has one column, `empty`: the table's own columns, typed,
+        # come from an empty select of DuckDB's table, and only those are kept
+        columns = ", ".join(f'"{c}"' for (c,) in self.con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+            "ORDER BY column_index", [table]).fetchall())
+        files = (f"(SELECT *, NULL::VARCHAR AS filename FROM main.{table} LIMIT 0) UNION ALL BY NAME "
+                 f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false, filename = true, "
+                 "allow_empty = true)")
+        # only recorded parts (first_part <= number < parts) of hours whose rows DuckDB
+        # does not show
+        lake = (
+            f"SELECT {columns} FROM (SELECT *, CAST(regexp_extract(filename, "
+            f"'part-([0-9]+)[.]parquet$', 1) AS INTEGER) AS part FROM ({files})) l{merged} WHERE EXISTS "
+            f"(SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
+            f"AND (NOT h.dirty OR h.pruned) AND l.part >= h.first_part AND l.part < h.parts)"
+        )
+        self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {lake} UNION ALL BY NAME {duck}")
 
     # -------------------------------------------------------------- sealing
     def watermark(self, table: str) -> datetime | None:
@@ -211,8 +214,6 @@ class Lake:
             fault_point("seal_after_rename")
             if pruned:
                 self.con.execute(f"DELETE FROM main.{table} WHERE {in_hour}", [hour])
-            if table not in self._with_lake:
-                self._create_view(table, True)
             # last: counting `marks` conflicts with a unit that marked the hour since this began
             self.con.execute(
                 "UPDATE lake_hours SET rows = ?, parts = ?, first_part = ?, dirty = false, "
@@ -227,7 +228,6 @@ class Lake:
         finally:
             if merging:
                 self.con.unregister("_merged")
-        self._with_lake.add(table)
         fault_point("seal_after_commit")
         if not pruned:  # parts of earlier, crashed attempts
             for stale in out.glob("part-*.parquet"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from etl.config import Settings
 from etl.lake import Lake, partition_dir
 from etl.pipeline import Pipeline
+from etl.schema import TABLES
 from etl.store import Store
 
 
@@ -206,6 +208,30 @@ def test_retention_prunes_only_sealed_rows_and_late_rows_become_new_parts(
     assert con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall() == [
         (1,), (2,), (3,), (4,), (6,)]
     assert con.execute("SELECT count(*) FROM main.orders WHERE oid = 6").fetchone() == (0,)
+    pipe.close()
+    store.close()
+
+
+def test_the_views_answer_with_no_partition_left(tmp_path: Path, node: Node) -> None:
+    fill_node(node)
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    pipe.lake().seal()  # hours 10 and 11 sealed, hour 10 pruned from DuckDB
+    reader = store.reader()  # as the server reads, its views bound before the files go
+    assert reader.execute("SELECT count(*) FROM history.fills").fetchone() == (6,)
+    # the pruned hour's partitions deleted by hand, as docs/operations.md shows: its rows go
+    for table in TABLES:
+        shutil.rmtree(partition_dir(tmp_path / "lake", table, datetime(2026, 1, 5, 10)))
+    assert reader.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall() == [(3,), (4,)]
+    # then every partition: no file left is no lake rows, not an error (hour 11's rows, sealed,
+    # are read from the lake only; hour 12's from DuckDB)
+    for table in TABLES:
+        shutil.rmtree(tmp_path / "lake" / table)
+    for con in (reader, store.con):
+        assert con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall() == [(4,)]
+        assert con.execute("SELECT tid FROM history.trades ORDER BY tid").fetchall() == [(103,)]
+        assert con.execute("SELECT count(*) FROM history.fills").fetchone() == (2,)
+        assert con.execute("SELECT DISTINCT coin FROM history.candles").fetchall() == [("BTC",)]
+    reader.close()
     pipe.close()
     store.close()
 
