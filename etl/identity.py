@@ -102,17 +102,38 @@ def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
                 f"{db.name}.lake beside it, or remove the old lake if its hours are not needed")
         if owner.get("db") != me["db"]:
             _write_manifest(root, me)  # the database file moved; the lake is still its own
+        if _meta(con, "lake_dir") != str(root):
+            _remember_lake(con, root)
         return root
-    (sealed,) = con.execute("SELECT count(*) FROM lake_hours").fetchall()[0]
-    foreign = root.is_dir() and next(root.glob("*/date=*/hour=*/*.parquet"), None) is not None
-    if foreign and not sealed:
+    (sealed,) = con.execute("SELECT count(*) FROM lake_hours WHERE sealed_at IS NOT NULL").fetchall()[0]
+    parquet = root.is_dir() and next(root.glob("*/date=*/hour=*/*.parquet"), None) is not None
+    if parquet and not sealed:
         raise IdentityError(
             f"lake {root} holds Parquet files but no {MANIFEST}, and database {me['db']} never "
             "sealed an hour: they are another database's. Give this one another lake_dir (--lake)")
+    where = _meta(con, "lake_dir")
+    if sealed and not parquet and where == str(root):  # its own lake, emptied by hand
+        log.warning("event=lake_emptied lake=%s db=%s (its manifest and parts are gone: the hours "
+                    "sealed there are no longer in history.*)", root, me["db"])
+    elif sealed and not parquet:  # (a lake of versions before manifests holds its parts)
+        raise IdentityError(
+            f"database {me['db']} sealed {sealed} hours into {f'lake {where}' if where else 'another lake'}, "
+            f"not into {root}, which holds none of them: with it, they would vanish from history.* "
+            "and retention would delete the rows DuckDB still holds. "
+            + (f"Set lake_dir (--lake) to {where}, or move that lake to {root}" if where else
+               "Set lake_dir (--lake) to that lake, or move it here")
+            + " (a copied database needs a copy of its lake beside it: <db>.lake)")
     root.mkdir(parents=True, exist_ok=True)
     _write_manifest(root, me)
+    _remember_lake(con, root)
     log.info("event=lake_claimed lake=%s db=%s", root, me["db"])
     return root
+
+
+def _remember_lake(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Record the lake this database seals into, to name it if it is ever looked for elsewhere."""
+    con.execute("INSERT INTO meta VALUES ('lake_dir', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value", [str(root)])
 
 
 def _write_manifest(root: Path, me: dict[str, str]) -> None:

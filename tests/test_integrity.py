@@ -4,6 +4,7 @@ node dir and a lake to its database; crashes inside sealing; old databases migra
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,39 @@ def test_two_databases_in_one_folder_have_their_own_lakes(
     assert proc.returncode == 2
     assert f"lake {tmp_path / 'b.duckdb.lake'} belongs to database {b}, not {c}" in proc.stderr
     assert stored(b) == expect(node)
+
+
+def test_a_database_refuses_a_lake_without_the_hours_it_sealed(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=3000, start=datetime(2026, 1, 5, 10, 59, 55, tzinfo=UTC))
+    env = {"NODETAP_SEAL_GRACE_S": "0", "NODETAP_RETAIN_HOURS": "0.0002"}
+    db = tmp_path / "a" / "n.duckdb"
+    db.parent.mkdir()
+    ingest_once(node, db, env=env)  # hour 10 sealed into a/n.duckdb.lake, and pruned
+    lake = tmp_path / "a" / "n.duckdb.lake"
+    (sealed,), = query(db, "SELECT count(*) FROM lake_hours WHERE sealed_at IS NOT NULL")
+    assert sealed == 4 and stored(db) == expect(node)
+    # another lake for it: refused before anything is read or pruned, naming its own lake
+    proc = ingest_once(node, db, "--lake", str(tmp_path / "other"), check=False, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert (f"database {db} sealed 4 hours into lake {lake}, not into {tmp_path / 'other'}, "
+            "which holds none of them") in proc.stderr
+    assert f"Set lake_dir (--lake) to {lake}, or move that lake to {tmp_path / 'other'}" in proc.stderr
+    assert stored(db) == expect(node) and not (tmp_path / "other").exists()
+    # a copy of the database without its lake is refused the same way; with it, it works
+    copy = tmp_path / "b" / "n.duckdb"
+    copy.parent.mkdir()
+    shutil.copy(db, copy)
+    proc = ingest_once(node, copy, check=False, env=env)
+    assert proc.returncode == 2 and f"sealed 4 hours into lake {lake}, not into {copy}.lake" in proc.stderr
+    shutil.copytree(lake, tmp_path / "b" / "n.duckdb.lake")
+    ingest_once(node, copy, env=env)
+    assert stored(copy) == expect(node)
+    # its own lake emptied by hand (manifest included): a warning, and what DuckDB holds
+    shutil.rmtree(lake)
+    proc = ingest_once(node, db, env=env)
+    assert "event=lake_emptied" in proc.stderr
+    assert (lake / "nodetap-lake.json").exists()
 
 
 # ------------------------------------------------------------------ crashes inside sealing
