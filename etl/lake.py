@@ -49,6 +49,57 @@ def partition_dir(root: Path, table: str, hour: datetime) -> Path:
     return root / table / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
 
 
+def create_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """The `history.*` views over DuckDB and the lake at `root` (made again on every start)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS history")
+    for table in TABLES:
+        _create_view(con, root, table)
+
+
+def ensure_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """The `history.*` views, where nothing made them yet (a database only `backfill` wrote):
+    over the lake the database recorded (etl/identity.py), else `root`. Claims no lake."""
+    (have,), = con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'history'").fetchall()
+    if have < len(TABLES):
+        recorded = con.execute("SELECT value FROM meta WHERE key = 'lake_dir'").fetchall()
+        create_views(con, Path(recorded[0][0]) if recorded else root.resolve())
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> None:
+    """`history.<table>`: DuckDB's rows of hours the lake does not hold, and the lake's
+    recorded parts of the others. The lake side reads whatever parts exist when queried:
+    none at all (a new lake, or every partition deleted by hand) is no rows, not an error."""
+    duck = (
+        f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
+        f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'd')} AND NOT h.dirty)"
+    )
+    glob = str(root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
+    # a late trade's candle in DuckDB (a pruned, dirty hour) holds the lake's one merged
+    # in: it stands for it. An anti join with those few (a scan of every candle: 1.1x the time)
+    merged = ("" if table != "candles" else
+              " ANTI JOIN (SELECT d.coin, d.interval, d.t FROM main.candles d SEMI JOIN "
+              "main.lake_hours h ON h.tbl = 'candles' AND h.pruned AND h.dirty AND h.hour = "
+              f"{hour_sql(table, 'd')}) late ON l.coin = late.coin AND l.interval = late.interval "
+              "AND l.t = late.t")
+    # read_parquet without a file has one column, `empty`: the table's own columns, typed,
+    # come from an empty select of DuckDB's table, and only those are kept
+    columns = ", ".join(f'"{c}"' for (c,) in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+        "ORDER BY column_index", [table]).fetchall())
+    files = (f"(SELECT *, NULL::VARCHAR AS filename FROM main.{table} LIMIT 0) UNION ALL BY NAME "
+             f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false, filename = true, "
+             "allow_empty = true)")
+    # only recorded parts (first_part <= number < parts) of hours whose rows DuckDB
+    # does not show
+    lake = (
+        f"SELECT {columns} FROM (SELECT *, CAST(regexp_extract(filename, "
+        f"'part-([0-9]+)[.]parquet$', 1) AS INTEGER) AS part FROM ({files})) l{merged} WHERE EXISTS "
+        f"(SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
+        f"AND (NOT h.dirty OR h.pruned) AND l.part >= h.first_part AND l.part < h.parts)"
+    )
+    con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {lake} UNION ALL BY NAME {duck}")
+
+
 @dataclass
 class SealReport:
     sealed: int = 0
@@ -71,47 +122,11 @@ class Lake:
         self.retain = timedelta(hours=retain_hours) if retain_hours else None
         self.writers = writers
         self.root.mkdir(parents=True, exist_ok=True)
-        self.con.execute("CREATE SCHEMA IF NOT EXISTS history")
         self.refresh_views()
 
     # ---------------------------------------------------------------- views
     def refresh_views(self) -> None:
-        for table in TABLES:
-            self._create_view(table)
-
-    def _create_view(self, table: str) -> None:
-        """`history.<table>`: DuckDB's rows of hours the lake does not hold, and the lake's
-        recorded parts of the others. The lake side reads whatever parts exist when queried:
-        none at all (a new lake, or every partition deleted by hand) is no rows, not an error."""
-        duck = (
-            f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
-            f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'd')} AND NOT h.dirty)"
-        )
-        glob = str(self.root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
-        # a late trade's candle in DuckDB (a pruned, dirty hour) holds the lake's one merged
-        # in: it stands for it. An anti join with those few (a scan of every candle: 1.1x the time)
-        merged = ("" if table != "candles" else
-                  " ANTI JOIN (SELECT d.coin, d.interval, d.t FROM main.candles d SEMI JOIN "
-                  "main.lake_hours h ON h.tbl = 'candles' AND h.pruned AND h.dirty AND h.hour = "
-                  f"{hour_sql(table, 'd')}) late ON l.coin = late.coin AND l.interval = late.interval "
-                  "AND l.t = late.t")
-        # read_parquet without a file has one column, `empty`: the table's own columns, typed,
-        # come from an empty select of DuckDB's table, and only those are kept
-        columns = ", ".join(f'"{c}"' for (c,) in self.con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
-            "ORDER BY column_index", [table]).fetchall())
-        files = (f"(SELECT *, NULL::VARCHAR AS filename FROM main.{table} LIMIT 0) UNION ALL BY NAME "
-                 f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false, filename = true, "
-                 "allow_empty = true)")
-        # only recorded parts (first_part <= number < parts) of hours whose rows DuckDB
-        # does not show
-        lake = (
-            f"SELECT {columns} FROM (SELECT *, CAST(regexp_extract(filename, "
-            f"'part-([0-9]+)[.]parquet$', 1) AS INTEGER) AS part FROM ({files})) l{merged} WHERE EXISTS "
-            f"(SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
-            f"AND (NOT h.dirty OR h.pruned) AND l.part >= h.first_part AND l.part < h.parts)"
-        )
-        self.con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {lake} UNION ALL BY NAME {duck}")
+        create_views(self.con, self.root)
 
     # -------------------------------------------------------------- sealing
     def watermark(self, table: str) -> datetime | None:

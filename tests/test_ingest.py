@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lz4.frame
 import orjson
+import polars as pl
 import pytest
 
 from etl.config import Settings
@@ -279,6 +280,11 @@ def test_backfill_plain_and_lz4_resumes_without_duplicates(
     again = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all")
     assert "skipped_files=2" in again.stdout
     assert query(db, "SELECT count(*), count(DISTINCT oid) FROM orders") == [(total, total)]
+    # the commands that read history.* work on a database only backfill wrote
+    out = run_cli("sql", "--db", str(db), "SELECT count(*) AS n FROM history.orders", "--format", "csv")
+    assert out.stdout.split() == ["n", str(total)]
+    run_cli("export", "orders", "--db", str(db), "-o", str(tmp_path / "o.parquet"))
+    assert pl.read_parquet(tmp_path / "o.parquet").height == total
 
 
 def test_backfill_refuses_a_path_with_no_stream(tmp_path: Path) -> None:

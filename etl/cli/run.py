@@ -188,6 +188,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import duckdb
 
     from etl.backfill import BackfillError, backfill
+    from etl.config import lake_root
+    from etl.lake import ensure_views
     from etl.pipeline import Shaping, rules_file_for
     from etl.store import Store
 
@@ -202,6 +204,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except duckdb.Error as err:
         raise database_error(s, err) from err
     try:
+        ensure_views(store.con, lake_root(s))  # `sql`, `export`, `candles` read history.*
         totals = backfill(
             [Path(p) for p in args.paths],
             store,
