@@ -87,6 +87,17 @@ def _read_manifest(root: Path) -> dict[str, str] | None:
     return data if isinstance(data, dict) else None
 
 
+def reads_own_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> bool:
+    """Whether the lake at `root` is this database's, at this path (read-only: checks, claims
+    nothing). A database moved or copied since it last claimed its lake is not at this path."""
+    try:
+        owner = _read_manifest(root)
+    except IdentityError:
+        return False
+    return (owner is not None and owner.get("db_id") == _meta(con, "db_id")
+            and owner.get("db") == str(db.resolve()))
+
+
 def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
     """Make sure the lake at `root` is this database's (claiming a new or empty one)."""
     root = root.resolve()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,16 @@ def ensure_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     if have < len(TABLES):
         recorded = con.execute("SELECT value FROM meta WHERE key = 'lake_dir'").fetchall()
         create_views(con, Path(recorded[0][0]) if recorded else root.resolve())
+
+
+def views_root(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The lake the `history.*` views read (None: no views). A view holds the lake's path as it
+    was when the views were made: a database moved or copied since reads the old one until the
+    next `ingest`/`serve` makes them again."""
+    rows = con.execute("SELECT sql FROM duckdb_views() WHERE schema_name = 'history' "
+                       "AND view_name = 'trades'").fetchall()
+    found = re.search(r"read_parquet\('((?:[^']|'')*)/trades/date=", rows[0][0]) if rows else None
+    return Path(found.group(1).replace("''", "'")) if found else None
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> None:

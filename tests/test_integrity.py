@@ -219,8 +219,14 @@ def test_a_database_refuses_a_lake_without_the_hours_it_sealed(
     proc = ingest_once(node, copy, check=False, env=env)
     assert proc.returncode == 2 and f"sealed 4 hours into lake {lake}, not into {copy}.lake" in proc.stderr
     shutil.copytree(lake, tmp_path / "b" / "n.duckdb.lake")
-    ingest_once(node, copy, env=env)
+    # its views still read a's lake: the read-only commands say so rather than read it
+    proc = run_cli("sql", "--db", str(copy), "SELECT count(*) FROM history.trades", check=False)
+    assert proc.returncode == 2 and (f"the history views of {copy} read the lake at {lake}, which is "
+                                     "not this database's") in proc.stderr
+    ingest_once(node, copy, env=env)  # makes them again
     assert stored(copy) == expect(node)
+    sql = run_cli("sql", "--db", str(copy), "SELECT count(*) AS n FROM history.trades", "--format", "csv")
+    assert sql.stdout.split() == ["n", str(expect(node)[2])]
     # its own lake emptied by hand (manifest included): a warning, and what DuckDB holds
     shutil.rmtree(lake)
     proc = ingest_once(node, db, env=env)

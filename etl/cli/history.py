@@ -36,7 +36,29 @@ def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
         ) from err
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    try:
+        check_views(con, s)
+    except CliError:
+        con.close()
+        raise
     return con
+
+
+def check_views(con: duckdb.DuckDBPyConnection, s: Settings) -> None:
+    """Refuse to read history through views that read a lake not this database's at this path
+    (it moved or was copied since the views were made): they would miss the hours sealed there."""
+    from etl.identity import reads_own_lake
+    from etl.lake import views_root
+
+    have = views_root(con)
+    if have is None or reads_own_lake(con, s.db, have):
+        return
+    (sealed,), = con.execute("SELECT count(*) FROM lake_hours WHERE sealed_at IS NOT NULL").fetchall()
+    if sealed:
+        raise CliError(
+            f"the history views of {s.db} read the lake at {have}, which is not this database's "
+            "(the database moved or was copied since they were made): run `nodetap ingest --once` "
+            "on it once, with its lake beside it (<db>.lake) or at --lake, to make them again")
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
