@@ -241,9 +241,11 @@ class Lake:
             if pruned:
                 self.con.execute(f"DELETE FROM main.{table} WHERE {in_hour}", [hour])
             # last: counting `marks` conflicts with a unit that marked the hour since this began
+            # rows in the parts read: a pruned hour's new part adds to those before it
             self.con.execute(
-                "UPDATE lake_hours SET rows = ?, parts = ?, first_part = ?, dirty = false, "
-                "marks = marks + 1, sealed_at = now()::TIMESTAMP WHERE tbl = ? AND hour = ?",
+                f"UPDATE lake_hours SET rows = {'rows + ' if pruned and not merging else ''}?, parts = ?, "
+                "first_part = ?, dirty = false, marks = marks + 1, sealed_at = now()::TIMESTAMP "
+                "WHERE tbl = ? AND hour = ?",
                 [count, n + 1, n if merging else first, table, hour])
             fault_point("seal_before_commit")
             self.con.execute("COMMIT")

@@ -205,6 +205,8 @@ def test_retention_prunes_only_sealed_rows_and_late_rows_become_new_parts(
     lake.seal()
     part1 = tmp_path / "lake/orders/date=2026-01-05/hour=10/part-1.parquet"
     assert pl.read_parquet(part1)["oid"].to_list() == [6]
+    assert con.execute("SELECT rows, parts FROM lake_hours WHERE tbl = 'orders' "
+                       "AND hour = '2026-01-05 10:00'").fetchone() == (3, 2)  # parts 0 and 1
     assert con.execute("SELECT oid FROM history.orders ORDER BY oid").fetchall() == [
         (1,), (2,), (3,), (4,), (6,)]
     assert con.execute("SELECT count(*) FROM main.orders WHERE oid = 6").fetchone() == (0,)
