@@ -4,6 +4,7 @@ checked against the node's source lines and the server's DuckDB database."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -300,6 +301,37 @@ def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
         assert "must be a JSON rules document" in error(client.put("/v1/rules", content=b"{oops"))
         assert client.get("/v1/rules").json() == before
         assert rules_to_dict(load_rules(rules_path)) == before
+
+
+def test_put_rules_writes_a_missing_default_rules_file_and_says_when_nothing_is_saved(
+        tmp_path: Path, serve: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default rules file, data/rules.toml, does not exist
+    default = tmp_path / "data" / "rules.toml"
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    eth = {"orders": {"coins": ["ETH"]}}
+    with serve(node.root) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules())  # missing: the defaults
+        assert client.get("/v1/status").json()["rules"]["file"] == "data/rules.toml"
+        r = client.put("/v1/rules", json=eth)
+        assert (r.status_code, r.headers["x-nodetap-rules-saved"]) == (200, "true"), r.text
+    assert load_rules(default) == Rules(coins=("ETH",))  # created, data/ included
+    with serve(node.root) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules(coins=("ETH",)))  # kept across a restart
+
+    # no rules file at all: applied, and the answer and the log say it is not saved
+    with caplog.at_level(logging.INFO, logger="nodetap.filters"), \
+            serve(node.root, rules_file="") as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        r = client.put("/v1/rules", json={"orders": {"coins": ["SOL"]}})
+        assert (r.status_code, r.headers["x-nodetap-rules-saved"]) == (200, "false"), r.text
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules(coins=("SOL",)))
+        assert client.get("/v1/status").json()["rules"]["file"] is None
+    assert load_rules(default) == Rules(coins=("ETH",))  # untouched
+    logged = [r.getMessage() for r in caplog.records if "event=rules_replace" in r.getMessage()]
+    assert logged == ["event=rules_replace saved=false (no rules file: setting rules_file is empty; the new "
+                      "rules last until nodetap stops)"]
 
 
 # ------------------------------------------------------------------ exports
