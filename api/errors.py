@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 
 class ApiError(Exception):
@@ -76,10 +81,63 @@ class SqlError(ApiError):
     status = 400
 
 
+MAX_PATH_CHARS = 200  # of a request's path echoed in a 404 or 405
+
+
+def error_body(code: str, message: str) -> dict[str, object]:
+    # `code`/`msg`/`data` as well: the official SDK turns exactly those into its ClientError
+    return {"error": message, "code": code, "msg": message, "data": None}
+
+
+def _http_message(request: Request, exc: HTTPException) -> str:
+    """What Starlette's own errors (no route, wrong method) mean, in nodetap's words."""
+    path = request.url.path
+    if len(path) > MAX_PATH_CHARS:
+        path = path[:MAX_PATH_CHARS] + "..."
+    where = f"{request.method} {path}"
+    if exc.status_code == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
+        return f"no such endpoint: {where} (every endpoint: GET /docs)"
+    if exc.status_code == 405:
+        return f"method not allowed: {where} (allowed: {(exc.headers or {}).get('Allow') or 'none'})"
+    return str(exc.detail)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes at the request's path: Starlette's Allow names only the
+    first route's (`GET` for /v1/rules, which also takes PUT)."""
+    routes = request.app.router.routes
+    return ", ".join(m for m in METHODS if any(
+        route.matches({**request.scope, "method": m})[0] == Match.FULL for route in routes))
+
+
+def _code(status: int) -> str:
+    """The status's name as a `code`, as ApiError's are class names: 404 -> NotFound."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTPError"
+    return "".join(w[:1].upper() + w[1:] for w in phrase.replace("-", " ").split())
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        # `code`/`msg`/`data` as well: the official SDK turns exactly those into its ClientError
-        body = {"error": exc.message, "code": type(exc).__name__, "msg": exc.message, "data": None}
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServerBusy) else None
+        body = error_body(type(exc).__name__, exc.message)
         return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        """Starlette's and FastAPI's own errors (an unknown path: 404, a wrong method: 405 with
+        its Allow header) in the same shape as nodetap's."""
+        if not is_body_allowed_for_status_code(exc.status_code):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405 and (allowed := _allowed(request)):
+            headers = {**(headers or {}), "Allow": allowed}
+            exc = HTTPException(405, exc.detail, headers)
+        body = error_body(_code(exc.status_code), _http_message(request, exc))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)

@@ -8,6 +8,7 @@ no node info server to ask, is a 4xx that says why. See docs/api.md for every ty
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from typing import Any
@@ -34,6 +35,17 @@ MAX_COIN_CHARS = 64
 FROM_FILES = ("candleSnapshot", "recentTrades", "userFills", "userFillsByTime", "userTwapSliceFills",
               "orderStatus", "historicalOrders", "allMids")
 NODE_OR_DERIVED = ("meta", "spotMeta", "perpDexs")
+# types of the public API that nodetap passes to the node's info server (docs/api.md); any other
+# type is passed on too (the API has more), but is logged and hinted at as possibly mistyped
+PASSED_ON = ("clearinghouseState", "spotClearinghouseState", "openOrders", "frontendOpenOrders", "userFees",
+             "userRateLimit", "subAccounts", "referral", "userRole", "extraAgents", "userVaultEquities",
+             "delegations", "delegatorSummary", "delegatorHistory", "delegatorRewards", "maxBuilderFee",
+             "userToMultiSigSigners", "userDexAbstraction", "userAbstraction", "vaultDetails", "twapHistory",
+             "l2Book", "metaAndAssetCtxs", "spotMetaAndAssetCtxs", "fundingHistory", "userFunding",
+             "userNonFundingLedgerUpdates", "predictedFundings", "perpsAtOpenInterestCap",
+             "perpDeployAuctionStatus", "spotDeployState", "tokenDetails", "portfolio", "activeAssetData")
+KNOWN_TYPES = frozenset((*FROM_FILES, *NODE_OR_DERIVED, *PASSED_ON))
+MAX_TYPE_CHARS = 64  # of a type echoed in a message or the log
 
 
 class NodeAnswer(ApiError):
@@ -67,6 +79,22 @@ async def known_coin(state: AppState, coin: str) -> bool:
 # ------------------------------------------------------------------ request fields
 def _json(value: object) -> str:
     return orjson.dumps(value).decode()[:200]
+
+
+def shown_type(kind: str) -> str:
+    """`kind` quoted as JSON for a message or a log line, cut at MAX_TYPE_CHARS characters."""
+    if len(kind) <= MAX_TYPE_CHARS:
+        return orjson.dumps(kind).decode()
+    return f"{orjson.dumps(kind[:MAX_TYPE_CHARS]).decode()}... ({len(kind)} characters)"
+
+
+def did_you_mean(kind: str) -> str:
+    """` (did you mean "recentTrades"?)` for a type nodetap does not know that is close to one it
+    does; "" otherwise."""
+    if kind in KNOWN_TYPES or len(kind) > MAX_TYPE_CHARS:
+        return ""
+    close = difflib.get_close_matches(kind, sorted(KNOWN_TYPES), n=1)
+    return f" (did you mean {_json(close[0])}?)" if close else ""
 
 
 def _user(body: dict[str, Any], kind: str) -> str:
@@ -208,8 +236,9 @@ async def from_node(state: AppState, kind: str, body: dict[str, Any]) -> bytes:
         return await node_info(state).ask(body)
     except NodeInfoUnavailable as err:
         if err.status is not None and 400 <= err.status < 500:
-            raise NodeAnswer(f"{kind}: the node's info server answered {err.status}: "
-                             f"{err.body.decode('utf-8', 'replace')[:500]}") from None
+            name = kind if kind in KNOWN_TYPES else shown_type(kind)
+            raise NodeAnswer(f"{name}: the node's info server answered {err.status}: "
+                             f"{err.body.decode('utf-8', 'replace')[:500]}{did_you_mean(kind)}") from None
         raise
 
 
@@ -224,21 +253,29 @@ async def answer(state: AppState, body: object) -> tuple[str, bytes]:
         return kind, await from_files(state, kind, body)
     spelled = next((k for k in (*FROM_FILES, *NODE_OR_DERIVED) if k.lower() == kind.lower()), None)
     if spelled is not None and spelled != kind:  # types are case-sensitive, as in the public API
-        raise BadRequest(f"unknown info type {_json(kind)}: did you mean {_json(spelled)}?")
+        raise BadRequest(f"unknown info type {shown_type(kind)}: did you mean {_json(spelled)}?")
     if kind in NODE_OR_DERIVED:
         dex = _dex(body, kind)
         try:
             return kind, await from_node(state, kind, body)
         except NodeInfoUnavailable as err:
-            node_info(state).log_unavailable_once(kind, str(err), "derived from the files (docs/api.md)")
+            node_info(state).log_unavailable(kind, str(err), "derived from the files (docs/api.md)")
         derived = await read(state, lambda con: infometa.derive(con, kind, dex))
         return kind, _dumps(derived)
+    # every other type is the node's to answer: the public API has types nodetap does not list
     try:
         return kind, await from_node(state, kind, body)
     except NodeInfoUnavailable as err:
-        node_info(state).log_unavailable_once(kind, str(err), "refused")
+        known = kind in KNOWN_TYPES
+        node_info(state).log_unavailable(kind, str(err), "refused", known=known)
+        served = (f"Answered from the files: {', '.join(FROM_FILES)}; from the node, else derived: "
+                  f"{', '.join(NODE_OR_DERIVED)}")
+        if not known:
+            raise Unavailable(
+                f"info type {shown_type(kind)} is not one nodetap knows{did_you_mean(kind)}, and the "
+                f"node's info server could not answer it ({err}). {served}; every other type is passed "
+                "to the node's info server (setting node_info_url; docs/api.md).") from None
         raise Unavailable(
             f"info type {_json(kind)} is not answered here: a node's files hold fills, trades and order "
             f"statuses, not {kind}, and the node's info server could not answer it ({err}). Run the node "
-            f"with --serve-info and set node_info_url. Answered from the files: {', '.join(FROM_FILES)}; "
-            f"from the node, else derived: {', '.join(NODE_OR_DERIVED)}.") from None
+            f"with --serve-info and set node_info_url. {served}.") from None

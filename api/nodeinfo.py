@@ -2,8 +2,10 @@
 info types that need chain state (meta, spotMeta, perpDexs, clearinghouseState, openOrders,
 ...) are passed to it as they are, under the setting `node_info_url`.
 
-When it does not answer, nodetap derives what the files allow and logs once, per info type,
-that the node's answer was unavailable and why. After a failed call the server is not asked
+When it does not answer, nodetap derives what the files allow and logs once, per info type it
+knows, that the node's answer was unavailable and why; types it does not know (any string a
+client sends) share one line a minute, which counts those left out, so that neither the log nor
+the memory grows with what clients send. After a failed call the server is not asked
 again for `RETRY_S`, so a node without `--serve-info` costs one refused connection a while.
 """
 
@@ -15,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +26,8 @@ log = logging.getLogger("nodetap.nodeinfo")
 
 TIMEOUT_S = 5.0
 RETRY_S = 30.0
+UNKNOWN_LOG_S = 60.0  # at most one line this often for all the types nodetap does not know
+MAX_LOGGED_TYPE_CHARS = 64
 MAX_ANSWER_BYTES = 256 << 20
 
 
@@ -38,20 +43,41 @@ class NodeInfoUnavailable(Exception):
 class NodeInfo:
     """A client of the node's info server at `url` ("" disables it)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
+        self.clock = clock
         self._down_until = 0.0
         self._reason = ""
-        self._logged: set[str] = set()
+        self._logged: set[str] = set()  # known types only: bounded by api.infoapi.KNOWN_TYPES
+        self._unknown_next = 0.0
+        self._unknown_left_out = 0
         self._lock = threading.Lock()
 
-    def log_unavailable_once(self, kind: str, reason: str, fallback: str) -> None:
+    def log_unavailable(self, kind: str, reason: str, fallback: str, known: bool = True) -> None:
+        """Log that the node could not answer `kind`: once per known type; for a type nodetap does
+        not know (a client's string: quoted, cut), one line per UNKNOWN_LOG_S for all of them."""
         with self._lock:
-            if kind in self._logged:
-                return
-            self._logged.add(kind)
-        log.warning("event=node_info_unavailable type=%s reason=%r answer=%s (setting node_info_url; "
-                    "logged once per type)", kind, reason, fallback)
+            if known:
+                if kind in self._logged:
+                    return
+                self._logged.add(kind)
+            else:
+                now = self.clock()
+                if now < self._unknown_next:
+                    self._unknown_left_out += 1
+                    return
+                self._unknown_next = now + UNKNOWN_LOG_S
+                left_out, self._unknown_left_out = self._unknown_left_out, 0
+        if known:
+            log.warning("event=node_info_unavailable type=%s reason=%r answer=%s (setting node_info_url; "
+                        "logged once per type)", kind, reason, fallback)
+        else:
+            cut = len(kind) > MAX_LOGGED_TYPE_CHARS
+            shown = orjson.dumps(kind[:MAX_LOGGED_TYPE_CHARS]).decode() + ("..." if cut else "")
+            log.warning("event=node_info_unavailable type=%s type_chars=%d reason=%r answer=%s "
+                        "unknown_type=true not_logged_since=%d (setting node_info_url; types nodetap does "
+                        "not know: at most one line every %g s)",
+                        shown, len(kind), reason, fallback, left_out, UNKNOWN_LOG_S)
 
     def _post(self, body: bytes) -> bytes:
         request = urllib.request.Request(self.url, data=body, method="POST",
@@ -65,7 +91,7 @@ class NodeInfo:
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             reason = getattr(err, "reason", err)
             with self._lock:
-                self._down_until = time.monotonic() + RETRY_S
+                self._down_until = self.clock() + RETRY_S
                 self._reason = f"the node's info server at {self.url} did not answer: {reason}"
             raise NodeInfoUnavailable(self._reason) from None
         if len(data) > MAX_ANSWER_BYTES:
@@ -77,6 +103,6 @@ class NodeInfo:
         if not self.url:
             raise NodeInfoUnavailable("no node info server is configured (setting node_info_url)")
         with self._lock:
-            if time.monotonic() < self._down_until:
+            if self.clock() < self._down_until:
                 raise NodeInfoUnavailable(self._reason)
         return await asyncio.to_thread(self._post, orjson.dumps(payload))

@@ -145,6 +145,9 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
 ORDERS_REQUIRED = ["time", "user", "status", "coin", "side", "limit_px", "oid"]
 FILLS_REQUIRED = ["time", "user", "coin", "side", "px", "sz", "tid"]
 TRADES_REQUIRED = ["time", "coin", "side", "px", "sz"]
+# the node's name of a required column whose name differs, for a reject's reason
+ORDERS_NODE_NAMES = {"coin": "order.coin", "side": "order.side", "limit_px": "order.limitPx",
+                     "oid": "order.oid"}
 
 # bytes per line assumed until a stream's own mean is known (order statuses run 477-615)
 DEFAULT_LINE_BYTES = 480.0

@@ -320,18 +320,28 @@ class RulesFile:
     """The live rules: loaded from `path`, reloaded when it changes, replaced through the API.
 
     `keep_all=True` (the `--keep-all` switch) forces `keep_all` on whatever the file says.
-    With `path=None` the rules are the defaults and `replace` keeps them in memory only.
+    With `path=None` the rules are the defaults and `replace` keeps them in memory only (`saved`
+    is False). With `missing_ok`, a `path` that does not exist means the defaults until it
+    appears (written by `replace`, or by hand: `check` loads it).
     Thread-safe: the pipeline thread calls `check`/`record`, the API thread `replace`/`stats`.
     """
 
-    def __init__(self, path: Path | None, keep_all: bool = False) -> None:
+    def __init__(self, path: Path | None, keep_all: bool = False, missing_ok: bool = False) -> None:
         self.path = path
         self._force_keep_all = keep_all
         self._lock = threading.Lock()
         self._stats: dict[str, dict[str, int]] = {}
         self._sig = _signature(path) if path is not None else None
-        self._rules = self._effective(load_rules(path) if path is not None else Rules())
+        if path is None or (missing_ok and self._sig is None):
+            self._rules = self._effective(Rules())
+        else:
+            self._rules = self._effective(load_rules(path))
         self.error: str | None = None  # the last change's error while the previous rules stay
+
+    @property
+    def saved(self) -> bool:
+        """Whether `replace` writes the rules to a file (else they last until the process ends)."""
+        return self.path is not None
 
     def _effective(self, rules: Rules) -> Rules:
         return replace(rules, keep_all=True) if self._force_keep_all else rules
@@ -368,13 +378,15 @@ class RulesFile:
             return True
 
     def replace(self, data: Mapping[str, Any]) -> Rules:
-        """Validate `data`, write it atomically to the file (if any), apply it; return the rules in effect.
+        """Validate `data`, write it atomically to the file (if any: see `saved`), apply it; return
+        the rules in effect.
 
         Raises `RulesError` (nothing written, nothing changed) when `data` is invalid.
         """
         rules = parse_rules(data, "<request>")
         with self._lock:
             if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)  # the default's data/ may not exist
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
                 try:
                     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -390,7 +402,11 @@ class RulesFile:
                 self._stats = {}
             self._rules = self._effective(rules)
             self.error = None
-            log.info("event=rules_replace path=%s", self.path)
+            if self.path is None:
+                log.warning("event=rules_replace saved=false (no rules file: setting rules_file is empty; "
+                            "the new rules last until nodetap stops)")
+            else:
+                log.info("event=rules_replace path=%s saved=true", self.path)
             return self._rules
 
     def record(self, counts: Mapping[str, tuple[int, int]], rules: Rules | None) -> None:

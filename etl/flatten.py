@@ -15,7 +15,7 @@ import polars as pl
 from etl.columns import TS
 
 # Times a node's clock can write. Outside them a time is a corrupt value, read as null: a row
-# without its required `time` is a reject ("missing or out-of-range required field"), another
+# without its required `time` is a reject ("missing or out-of-range required field: time"), another
 # time is left empty. Python cannot hold some such times (year 318857 for 1e16 ms): converting
 # one, for the watermark, took the pipeline down.
 MIN_TIME = datetime(2000, 1, 1)

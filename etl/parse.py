@@ -27,6 +27,7 @@ from etl.columns import (
     FILLS_SCHEMA,
     NODE_TRADE,
     ORDER_EVENT,
+    ORDERS_NODE_NAMES,
     ORDERS_REQUIRED,
     ORDERS_SCHEMA,
     TRADES_REQUIRED,
@@ -143,6 +144,7 @@ class Format:
     top: type  # JSON type of a line's top level, for the slow-path check
     schema: dict[str, pl.DataType]
     rewrite: Callable[[bytes], bytes] | None = None  # lines into what `raw` reads, before decoding
+    node_names: dict[str, str] = field(default_factory=dict)  # required column -> the node's name
 
 
 PAIR: dict[str, pl.DataType] = {"user": pl.String(), "f": pl.Struct(FILL)}
@@ -154,11 +156,12 @@ def _envelope(event: pl.DataType) -> dict[str, Any]:
 
 FORMATS: dict[tuple[str, str], Format] = {
     ("orders", "plain"): Format(
-        ORDER_EVENT, None, lambda d: orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA
+        ORDER_EVENT, None, lambda d: orders_flat(d, False), ORDERS_REQUIRED, dict, ORDERS_SCHEMA,
+        node_names=ORDERS_NODE_NAMES,
     ),
     ("orders", "block"): Format(_envelope(pl.Struct(ORDER_EVENT)), "events",
                                 lambda d: orders_flat(d.unnest("events"), True), ORDERS_REQUIRED, dict,
-                                ORDERS_SCHEMA),
+                                ORDERS_SCHEMA, node_names=ORDERS_NODE_NAMES),
     # fill lines hold `[user, {fill}]` pairs, decoded as objects `{"user": ..., "f": {fill}}`: the
     # fast paths rewrite the pairs' text (`_decode_plain_fills`, `_block_pairs_to_objects`), the
     # generic one each line with orjson (`_pairs`)
@@ -387,13 +390,25 @@ def _slow_parse(
     flat = pl.concat(frames) if frames else pl.DataFrame(schema={**fmt.schema, "_line": pl.UInt32})
     bad = _missing(flat, fmt.required)
     if bad is not None:
-        for i in sorted(set(bad.to_list())):
+        for i, reason in _missing_reasons(flat, bad, fmt).items():
             s, e = int(starts[i]), int(ends[i])
-            rejects.append(BadLine(s, "missing or out-of-range required field",
-                                   buf[s:e][:REJECT_LINE_BYTES]))
+            rejects.append(BadLine(s, reason, buf[s:e][:REJECT_LINE_BYTES]))
         flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
     rejects.sort()
     return Parsed(flat, rejects, starts)
+
+
+def _missing_reasons(flat: pl.DataFrame, bad: pl.Series, fmt: Format) -> dict[int, str]:
+    """The reject reason of each line of `bad`, naming (as the node does) the required fields its
+    rows lack, a block's events together; computed for the rejected lines only."""
+    rows = flat.filter(pl.col("_line").is_in(bad.implode())).group_by("_line").agg(
+        pl.col(c).is_null().any() for c in fmt.required)
+    reasons = {}
+    for line, *nulls in rows.sort("_line").iter_rows():
+        names = [fmt.node_names.get(c, c) for c, null in zip(fmt.required, nulls, strict=True) if null]
+        plural = "s" if len(names) > 1 else ""
+        reasons[int(line)] = f"missing or out-of-range required field{plural}: {', '.join(names)}"
+    return reasons
 
 
 def _decode_isolating(

@@ -413,12 +413,13 @@ def status_file(db: Path) -> Path:
 
 
 def rules_file_for(s: Settings) -> RulesFile:
-    """The orders filter the settings ask for (a missing default rules file means defaults)."""
+    """The orders filter the settings ask for: a missing default rules file means the defaults
+    until it is written (by `PUT /v1/rules`) or created; an empty setting, no file at all."""
     path: Path | None = s.rules_file if str(s.rules_file) not in ("", ".") else None
     if path is not None and not path.exists():
-        if path == Settings().rules_file:
-            log.warning("event=rules_default reason=missing_file path=%s", path)
-            path = None
-        else:
+        if path != Settings().rules_file:
             raise FileNotFoundError(f"rules file {path} does not exist (setting rules_file)")
+        log.warning("event=rules_default reason=missing_file path=%s (the built-in rules; PUT /v1/rules "
+                    "writes this file)", path)
+        return RulesFile(path, keep_all=s.keep_all, missing_ok=True)
     return RulesFile(path, keep_all=s.keep_all)

@@ -30,7 +30,7 @@ from etl.schema import (
     hour_expr,
     hour_sql,
 )
-from etl.tail import Cursor, Gap, Reject
+from etl.tail import REREAD, Cursor, Gap, Reject
 from etl.writers import Writers
 
 log = logging.getLogger("nodetap.store")
@@ -287,12 +287,12 @@ class Store:
         self._mark_late(touched)
         now = utcnow()
         self._record_stalls(batch, now)
-        self._record_rejects(batch, now)
+        rejected = self._record_rejects(batch, now)
         self._record_gaps(batch, now)
         n = sum(f.height for f in rows.values())
         c = batch.cursor
         values = [batch.stream, batch.kind, c.file, c.inode, c.offset, batch.lines, batch.nbytes, n,
-                  len(batch.rejects), len(batch.gaps), sum(g.end - g.start for g in batch.gaps),
+                  rejected, len(batch.gaps), sum(g.end - g.start for g in batch.gaps),
                   batch.last_time, now]
         if seq is None:
             files = self.files.advance(self.con, batch.stream, batch.cursor, batch.gaps)
@@ -325,12 +325,26 @@ class Store:
                 [[batch.stream, batch.file, batch.cursor.offset, batch.cursor.offset, t0, t1, now]
                  for t0, t1 in batch.stalls])
 
-    def _record_rejects(self, batch: BatchResult, now: datetime) -> None:
-        if batch.rejects:
-            self.con.executemany(
-                "INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)",
-                [(batch.stream, r.file, r.offset, r.reason, r.head.decode("utf-8", "replace"), now)
-                 for r in batch.rejects])
+    def _record_rejects(self, batch: BatchResult, now: datetime) -> int:
+        """Store the batch's rejects; returns how many were new. In a file read again (truncated,
+        replaced, rewritten: etl/tail.py) a reject already stored (same stream, file, offset and
+        line) is not stored twice; a file read once is not checked."""
+        rows = [(batch.stream, r.file, r.offset, r.reason, r.head.decode("utf-8", "replace"), now)
+                for r in batch.rejects]
+        reread = {g.file for g in batch.gaps if g.reason in REREAD}
+        again = {r.file for r in batch.rejects
+                 if r.file in reread or self.files.rechecking(batch.stream, r.file)}
+        if again:
+            stored = set(self.con.execute(
+                'SELECT file, "offset", line FROM rejects WHERE stream = ? AND list_contains(?, file)',
+                [batch.stream, sorted(again)]).fetchall())
+            rows = [row for row in rows if (row[1], row[2], row[4]) not in stored]
+            if len(rows) < len(batch.rejects):
+                log.info("event=rejects_already_stored stream=%s count=%d (a file read again)",
+                         batch.stream, len(batch.rejects) - len(rows))
+        if rows:
+            self.con.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
 
     def _record_gaps(self, batch: BatchResult, now: datetime) -> None:
         """Ranges not read (with an estimate of their lines); the first event after a gap

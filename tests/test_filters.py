@@ -432,6 +432,20 @@ def test_rules_file_without_a_path_keeps_rules_in_memory(tmp_path: Path) -> None
     assert RulesFile(None, keep_all=True).rules == KEEP_ALL
 
 
+def test_a_missing_rules_file_allowed_to_be_missing_means_the_defaults_until_it_is_written(
+        tmp_path: Path) -> None:
+    path = tmp_path / "data" / "rules.toml"
+    rf = RulesFile(path, missing_ok=True)
+    assert (rf.rules, rf.check(), rf.saved) == (Rules(), False, True)
+    assert rf.replace({"orders": {"coins": ["BTC"]}}) == Rules(coins=("BTC",))
+    assert load_rules(path) == Rules(coins=("BTC",))  # written, its folder created
+    by_hand = RulesFile(tmp_path / "other.toml", missing_ok=True)
+    (tmp_path / "other.toml").write_text('[orders]\ncoins = ["ETH"]\n')
+    assert by_hand.check() is True and by_hand.rules == Rules(coins=("ETH",))
+    with pytest.raises(RulesError, match="cannot read rules file"):
+        RulesFile(tmp_path / "absent.toml")  # not allowed to be missing: an error, as before
+
+
 def test_keep_all_switch_overrides_the_file(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text('[orders]\ncoins = ["BTC"]\n')

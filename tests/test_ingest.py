@@ -359,7 +359,7 @@ def test_a_fill_with_a_time_out_of_range_is_a_reject_not_the_end_of_the_lane(tmp
     db = tmp_path / "f.duckdb"
     run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
     assert query(db, "SELECT tid FROM fills ORDER BY tid") == [(1,), (3,)]
-    assert query(db, "SELECT reason FROM rejects") == [("missing or out-of-range required field",)]
+    assert query(db, "SELECT reason FROM rejects") == [("missing or out-of-range required field: time",)]
 
 
 def test_ingest_once_waits_out_the_grace_of_a_rotated_files_unterminated_line(tmp_path: Path) -> None:

@@ -322,6 +322,40 @@ def test_replaced_file_never_stores_its_old_lines_again(tmp_path: Path) -> None:
     assert query(db, "SELECT reason FROM gaps") == [("replaced",)]
 
 
+def test_a_file_read_again_records_its_rejects_once(tmp_path: Path) -> None:
+    """A file truncated (or rewritten) under the cursor is read again from 0: its bad lines,
+    recorded already, were recorded a second time (2 rejects became 4)."""
+    node = tmp_path / "node"
+    hour = node / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    lines = [order(i) for i in range(10)]
+    lines[2], lines[5] = b'{"time":"x"}', b"not json"
+    hour.write_bytes(b"".join(line + b"\n" for line in lines))
+    db = tmp_path / "j.duckdb"
+    small = ("--batch-max-bytes", "1000")  # 2 lines a batch: rejects after the batch that goes back to 0
+
+    def rejects() -> tuple[list[tuple[int, str]], int]:
+        stored = query(db, 'SELECT "offset", line FROM rejects ORDER BY "offset", line')
+        return stored, query(db, "SELECT rejects FROM cursors")[0][0]
+
+    ingest_once(node, db, *small)
+    first = rejects()
+    at = [sum(len(x) + 1 for x in lines[:i]) for i in (2, 5)]
+    assert first == ([(at[0], '{"time":"x"}'), (at[1], "not json")], 2)
+    os.truncate(hour, hour.stat().st_size - len(lines[-1]) - 1)  # both bad lines left
+    assert "event=file_truncated" in ingest_once(node, db, *small).stderr
+    assert rejects() == first
+    # replaced, with another bad line where one was: that one is a new reject
+    lines[5] = b"NOT JSON"
+    new = hour.with_name("new")
+    new.write_bytes(b"".join(line + b"\n" for line in [*lines, order(10)]))
+    os.rename(hour, hour.with_name("old"))  # keeps the old inode from being reused
+    os.rename(new, hour)
+    assert "event=file_replaced" in ingest_once(node, db, *small).stderr
+    assert rejects() == ([(at[0], '{"time":"x"}'), (at[1], "NOT JSON"), (at[1], "not json")], 3)
+    assert orders_in(db) == [0, 1, 3, 4, 6, 7, 8, 9, 10]
+
+
 def test_an_hour_file_that_appears_late_is_read(tmp_path: Path) -> None:
     node = tmp_path / "node"
     day = node / ORDERS / "hourly" / "20260105"

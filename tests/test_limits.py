@@ -96,3 +96,23 @@ def test_sql_queries_past_the_concurrency_limit_get_429(server: ServerThread) ->
     wait_for(lambda: sql_route._running.get(id(server.state), 0) == 0, timeout=10)
     r = httpx.post(server.url + "/v1/sql", json={"sql": "SELECT 1 AS a"}, timeout=30)
     assert r.json()["rows"] == [[1]]
+
+
+def test_unknown_paths_and_wrong_methods_answer_in_the_error_shape(server: ServerThread) -> None:
+    def shape(code: str, message: str) -> dict[str, object]:
+        return {"error": message, "code": code, "msg": message, "data": None}
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        missing = client.get("/v1/nope")
+        long = client.get("/v2/" + "a" * 5000)
+        rules = client.delete("/v1/rules")
+        info = client.get("/info")
+    assert missing.status_code == 404
+    assert missing.json() == shape("NotFound", "no such endpoint: GET /v1/nope (every endpoint: GET /docs)")
+    assert long.status_code == 404  # the path is echoed up to 200 characters
+    assert long.json()["msg"] == f"no such endpoint: GET /v2/{'a' * 196}... (every endpoint: GET /docs)"
+    assert (rules.status_code, rules.headers["allow"]) == (405, "GET, PUT")
+    assert rules.json() == shape("MethodNotAllowed",
+                                 "method not allowed: DELETE /v1/rules (allowed: GET, PUT)")
+    assert (info.status_code, info.headers["allow"]) == (405, "POST")
+    assert info.json() == shape("MethodNotAllowed", "method not allowed: GET /info (allowed: POST)")

@@ -4,6 +4,7 @@ checked against the node's source lines and the server's DuckDB database."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,6 +264,38 @@ def test_trades_newest_first_keep_same_millisecond_trades_in_reverse_file_order_
         assert [(c["v"], c["vq"], c["n"]) for c in got] == [(0.8, 80.0, 2)]
 
 
+def test_end_is_inclusive_in_candles_and_candle_snapshot_and_exclusive_in_exports(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    """As README and docs/api.md say: /v1/candles and candleSnapshot take the candle opening at
+    `end`; /v1/export's range is `start <= time < end`, so start = end is empty."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:00", 1)  # T0
+    node.add_trade("2026-01-05T10:01:00", 2)  # T0 + MIN
+    with serve(node.root, keep_all=True, candle_intervals=("1m",)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+
+        def opens(path: str, **params: object) -> list[int]:
+            r = client.get(path, params={"coin": "BTC", "interval": "1m", **params})
+            assert r.status_code == 200, r.text
+            return [orjson.loads(line)["t"] for line in r.text.splitlines()] if path.endswith(".ndjson") \
+                else [c["t"] for c in r.json()]
+
+        def exported_trades(start: int, end: int) -> int:
+            r = client.get("/v1/export/trades.ndjson", params={"coin": "BTC", "start": start, "end": end})
+            return len(r.text.splitlines())
+
+        snapshot = client.post("/info", json={"type": "candleSnapshot", "req": {
+            "coin": "BTC", "interval": "1m", "startTime": T0, "endTime": T0 + MIN}}).json()
+        assert [c["t"] for c in snapshot] == [T0, T0 + MIN]
+        assert opens("/v1/candles", start=T0, end=T0 + MIN) == [T0, T0 + MIN]
+        assert opens("/v1/candles", start=T0 + MIN, end=T0 + MIN) == [T0 + MIN]
+        assert opens("/v1/export/candles.ndjson", start=T0, end=T0 + MIN) == [T0]
+        assert opens("/v1/export/candles.ndjson", start=T0 + MIN, end=T0 + MIN) == []
+        assert (exported_trades(T0, T0 + MIN), exported_trades(T0 + MIN, T0 + MIN),
+                exported_trades(T0 + MIN, T0 + MIN + 1)) == (1, 0, 1)
+
+
 # ------------------------------------------------------------------ rules
 def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
         tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
@@ -300,6 +333,37 @@ def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
         assert "must be a JSON rules document" in error(client.put("/v1/rules", content=b"{oops"))
         assert client.get("/v1/rules").json() == before
         assert rules_to_dict(load_rules(rules_path)) == before
+
+
+def test_put_rules_writes_a_missing_default_rules_file_and_says_when_nothing_is_saved(
+        tmp_path: Path, serve: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default rules file, data/rules.toml, does not exist
+    default = tmp_path / "data" / "rules.toml"
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    eth = {"orders": {"coins": ["ETH"]}}
+    with serve(node.root) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        caught_up(client, node.root)
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules())  # missing: the defaults
+        assert client.get("/v1/status").json()["rules"]["file"] == "data/rules.toml"
+        r = client.put("/v1/rules", json=eth)
+        assert (r.status_code, r.headers["x-nodetap-rules-saved"]) == (200, "true"), r.text
+    assert load_rules(default) == Rules(coins=("ETH",))  # created, data/ included
+    with serve(node.root) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules(coins=("ETH",)))  # kept across a restart
+
+    # no rules file at all: applied, and the answer and the log say it is not saved
+    with caplog.at_level(logging.INFO, logger="nodetap.filters"), \
+            serve(node.root, rules_file="") as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        r = client.put("/v1/rules", json={"orders": {"coins": ["SOL"]}})
+        assert (r.status_code, r.headers["x-nodetap-rules-saved"]) == (200, "false"), r.text
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules(coins=("SOL",)))
+        assert client.get("/v1/status").json()["rules"]["file"] is None
+    assert load_rules(default) == Rules(coins=("ETH",))  # untouched
+    logged = [r.getMessage() for r in caplog.records if "event=rules_replace" in r.getMessage()]
+    assert logged == ["event=rules_replace saved=false (no rules file: setting rules_file is empty; the new "
+                      "rules last until nodetap stops)"]
 
 
 # ------------------------------------------------------------------ exports

@@ -329,7 +329,8 @@ def node_info_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append(body)
-            answers = {"meta": RECORDED_META, "clearinghouseState": RECORDED_STATE}
+            # vaultSummaries: a type nodetap does not list, which the node answers
+            answers = {"meta": RECORDED_META, "clearinghouseState": RECORDED_STATE, "vaultSummaries": b"[]"}
             data = answers.get(body.get("type"))
             self.send_response(200 if data else 422)
             self.send_header("Content-Type", "application/json")
@@ -382,3 +383,76 @@ def test_node_info_server_answers_what_the_files_cannot(
     assert f"the node's info server at {url} did not answer" in states[0].json()["msg"]
     logged = [r.getMessage() for r in caplog.records if "event=node_info_unavailable" in r.getMessage()]
     assert len(logged) == 2 and "type=meta" in logged[0] and "type=clearinghouseState" in logged[1]
+
+
+def test_unknown_info_types_are_passed_on_hinted_and_logged_within_bounds(
+        make_node_dir: Callable[..., Path], serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    node = make_node_dir(lines=200)
+    with node_info_server() as (url, seen), serve(node, node_info_url=url) as server:
+        listed_not = httpx.post(server.url + "/info", json={"type": "vaultSummaries"})
+        typo = httpx.post(server.url + "/info", json={"type": "recentTrade", "coin": "BTC"})
+    # a type nodetap does not list is still the node's to answer; a typo is asked too, then hinted at
+    assert [body["type"] for body in seen] == ["vaultSummaries", "recentTrade"]
+    assert (listed_not.status_code, listed_not.content) == (200, b"[]")
+    assert (typo.status_code, typo.json()["msg"]) == (
+        502, "\"recentTrade\": the node's info server answered 422: Failed to deserialize the JSON body "
+             "into the target type (did you mean \"recentTrades\"?)")
+
+    served = ("Answered from the files: candleSnapshot, recentTrades, userFills, userFillsByTime, "
+              "userTwapSliceFills, orderStatus, historicalOrders, allMids; from the node, else derived: "
+              "meta, spotMeta, perpDexs; every other type is passed to the node's info server (setting "
+              "node_info_url; docs/api.md).")
+    unavailable = "the node's info server could not answer it (no node info server is configured (setting " \
+                  "node_info_url))"
+    huge = "x" * 500_000
+    with caplog.at_level(logging.WARNING, logger="nodetap.nodeinfo"), \
+            serve(node, node_info_url="", db=node.parent / "none.duckdb") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        big = client.post("/info", json={"type": huge})
+        flood = [client.post("/info", json={"type": f"zz{i}"}) for i in range(100)]
+        typo = client.post("/info", json={"type": "recentTrade", "coin": "BTC"})
+        known = [client.post("/info", json={"type": "l2Book", "coin": "BTC"}) for _ in range(2)]
+    assert {(r.status_code, r.json()["code"]) for r in [*flood, typo, big, *known]} == {(400, "Unavailable")}
+    assert flood[7].json()["msg"] == f'info type "zz7" is not one nodetap knows, and {unavailable}. {served}'
+    assert typo.json()["msg"] == (
+        'info type "recentTrade" is not one nodetap knows (did you mean "recentTrades"?), '
+        f"and {unavailable}. {served}")
+    assert big.json()["msg"] == (  # the type is echoed once, cut at 64 characters
+        f'info type "{"x" * 64}"... (500000 characters) is not one nodetap knows, '
+        f"and {unavailable}. {served}")
+    assert known[1].json()["msg"].startswith('info type "l2Book" is not answered here')
+    # one line for the 102 unknown types (the next would come a minute later), one for l2Book
+    logged = [r.getMessage() for r in caplog.records if "event=node_info_unavailable" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert logged[0].startswith(f'event=node_info_unavailable type="{"x" * 64}"... type_chars=500000 reason=')
+    assert "unknown_type=true not_logged_since=0" in logged[0] and len(logged[0]) < 400
+    assert logged[1].startswith("event=node_info_unavailable type=l2Book reason=")
+
+
+def test_node_info_logs_each_known_type_once_and_unknown_ones_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from api.nodeinfo import NodeInfo
+
+    now = [1000.0]
+    info = NodeInfo("", clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="nodetap.nodeinfo"):
+        for t, kind, known in [(0, "meta", True), (1, "meta", True), (2, "a", False), (30, "b", False),
+                               (61, "c", False), (62, "d\nevent=forged", False), (63, "e", False),
+                               (122, "f", False), (123, "l2Book", True)]:
+            now[0] = 1000.0 + t
+            info.log_unavailable(kind, "down", "refused", known=known)
+    logged = [" ".join(w for w in r.getMessage().split() if w.startswith(("type=", "not_logged_since=")))
+              for r in caplog.records]
+    # "b" came 28 s after "a", "c" 1 s before the minute was up: both left out, and counted
+    # a client's type is quoted: its newline cannot start a line of its own
+    assert logged == ["type=meta", 'type="a" not_logged_since=0',
+                      'type="d\\nevent=forged" not_logged_since=2', 'type="f" not_logged_since=1',
+                      "type=l2Book"]
+
+
+def test_docs_name_every_info_type_nodetap_knows() -> None:
+    from api.infoapi import KNOWN_TYPES
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    table = doc[doc.index("## Info types"):doc.index("## WebSocket")]
+    assert sorted(t for t in KNOWN_TYPES if f"`{t}`" not in table) == []

@@ -181,8 +181,10 @@ RULES_BODY = {"required": True, "content": {"application/json": {
 
 @router.put("/v1/rules", openapi_extra={"requestBody": RULES_BODY})
 async def put_rules(state: State, request: Request) -> Response:
-    """Replace the orders filter rules (written to the rules file if there is one); the next
-    batch uses them. Invalid rules change nothing and answer 400 with what is wrong."""
+    """Replace the orders filter rules; the next batch uses them. They are written to the rules
+    file (created where the default one is missing); with no rules file (setting rules_file
+    empty) they last until nodetap stops: the header `x-nodetap-rules-saved` says which. Invalid
+    rules change nothing and answer 400 with what is wrong."""
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as err:
@@ -191,4 +193,6 @@ async def put_rules(state: State, request: Request) -> Response:
         rules = await asyncio.to_thread(state.rules.replace, body)
     except RulesError as err:
         raise BadRequest(str(err)) from None
-    return json_response(rules_to_dict(rules))
+    response = json_response(rules_to_dict(rules))
+    response.headers["x-nodetap-rules-saved"] = "true" if state.rules.saved else "false"
+    return response
