@@ -13,13 +13,28 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from etl.candles import DEFAULT_INTERVALS, validate_intervals
 
 
 class ConfigError(ValueError):
-    """A setting is unknown or has a value of the wrong kind."""
+    """A setting is unknown or has a value of the wrong kind; `setting` names the one at fault."""
+
+    def __init__(self, message: str, setting: str = "") -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class Origin(NamedTuple):
+    """Where a setting's value was set: `kind` is file, env or flag; `where` the file's path, the
+    variable's name as set, or the flag."""
+
+    kind: Literal["file", "env", "flag"]
+    where: str
+
+    def __str__(self) -> str:
+        return f"set in {self.where}" if self.kind == "file" else f"set by {self.where}"
 
 
 # the commands that take a setting's flag (`config` takes every flag, to show its effect)
@@ -87,24 +102,32 @@ class Settings:
     node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
     log_level: LogLevel = _s("INFO", "Logging level. Logs go to standard error, one line per event, `key=value`.", flag="--log-level", on=DB, choices=LOG_LEVELS)
+    # not a setting: where each value that is not a default was set (`load_settings`), for messages
+    origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
+        for f in _setting_fields():
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be {_one_of(choices)}, not {getattr(self, f.name)!r}")
+                raise ConfigError(f"{f.name} must be {_one_of(choices)}, not {getattr(self, f.name)!r}", f.name)
         try:
             validate_intervals(self.candle_intervals)
         except ValueError as err:
-            raise ConfigError(f"candle_intervals: {err}") from err
+            raise ConfigError(f"candle_intervals: {err}", "candle_intervals") from err
         for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes", "live_batch_ms", "sql_max_rows",
                      "sql_max_result_bytes", "sql_max_concurrent", "http_max_body_bytes",
                      "ws_max_subscriptions", "ws_max_lag_bytes"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}", name)
         for name in ("db_threads", "parse_workers", "commit_units"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 (chosen for the cores) or more, not {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be 0 (chosen for the cores) or more, not {getattr(self, name)!r}",
+                                  name)
+
+
+def _setting_fields() -> list[Field[Any]]:
+    """The fields of `Settings` that are settings (all but `origins`)."""
+    return [f for f in fields(Settings) if "doc" in f.metadata]
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
@@ -136,7 +159,7 @@ def setting_specs() -> list[SettingSpec]:
     """Every setting, in declaration order."""
     return [SettingSpec(f.name, _kind(f), f.default if f.default is not MISSING else None,
                         f.metadata["doc"], f.metadata["flag"], f.metadata["on"], f.metadata["choices"])
-            for f in fields(Settings)]
+            for f in _setting_fields()]
 
 
 def lake_root(s: Settings) -> Path:
@@ -194,7 +217,7 @@ def _coerce(name: str, value: Any, kind: str, choices: tuple[str, ...]) -> Any:
             return float(value)
         return canonical_choice(str(value), choices)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}") from err
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}", name) from err
 
 
 def canonical_choice(value: str, choices: tuple[str, ...]) -> str:
@@ -202,17 +225,23 @@ def canonical_choice(value: str, choices: tuple[str, ...]) -> str:
     return next((c for c in choices if c.lower() == value.lower()), value)
 
 
-def _apply(base: Settings, values: Mapping[str, Any], source: str,
+def _apply(base: Settings, values: Mapping[str, Any], source: str, origin: Callable[[str], Origin],
            spelled: Callable[[str], str] = str) -> Settings:
-    """`values` over `base`; `spelled` writes a setting's name as `source` spells it."""
+    """`values` over `base`; `spelled` writes a setting's name as `source` spells it, `origin`
+    says where it was set. A bad value's message ends with where it was set."""
     known = {spec.name: spec for spec in setting_specs()}
     unknown = sorted(set(values) - set(known))
     if unknown:
         named = ", ".join(spelled(k) + _did_you_mean(k, known, spelled) for k in unknown)
         raise ConfigError(f"unknown setting(s) in {source}: {named} "
                           f"(known: {', '.join(spelled(k) for k in sorted(known))})")
-    typed = {k: _coerce(k, v, known[k].kind, known[k].choices) for k, v in values.items()}
-    return replace(base, **typed)
+    try:
+        typed = {k: _coerce(k, v, known[k].kind, known[k].choices) for k, v in values.items()}
+        return replace(base, **typed, origins={**base.origins, **{k: origin(k) for k in values}})
+    except ConfigError as err:
+        if err.setting not in values:
+            raise
+        raise ConfigError(f"{err} ({origin(err.setting)})", err.setting) from None
 
 
 def _did_you_mean(name: str, known: Mapping[str, object], spelled: Callable[[str], str]) -> str:
@@ -233,7 +262,8 @@ def load_settings(
             data = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read config file {config_file}: {err}") from err
-        settings = _apply(settings, data.get("nodetap", data), str(config_file))
+        settings = _apply(settings, data.get("nodetap", data), str(config_file),
+                          lambda k: Origin("file", str(config_file)))
     env = os.environ if env is None else env
     from_env = {
         k[len("NODETAP_") :].lower(): v
@@ -241,6 +271,12 @@ def load_settings(
         if k.startswith("NODETAP_") and k not in ("NODETAP_CONFIG", "NODETAP_FAULT")
     }
     as_set = {k[len("NODETAP_"):].lower(): k for k in env if k.startswith("NODETAP_")}
-    settings = _apply(settings, from_env, "environment (NODETAP_*)",
-                      lambda k: as_set.get(k, f"NODETAP_{k.upper()}"))
-    return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+
+    def env_name(k: str) -> str:
+        return as_set.get(k, f"NODETAP_{k.upper()}")
+
+    settings = _apply(settings, from_env, "environment (NODETAP_*)", lambda k: Origin("env", env_name(k)),
+                      env_name)
+    flag_of = {spec.name: spec.flag or f"--{spec.name}" for spec in setting_specs()}
+    return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags",
+                  lambda k: Origin("flag", flag_of.get(k, k)))

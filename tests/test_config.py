@@ -59,6 +59,24 @@ def test_bad_values_are_explained(key: str, value: str, message: str) -> None:
         load_settings(None, env={key: value})
 
 
+def test_a_bad_value_says_where_it_was_set(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("[nodetap]\nmax_backlog_bytes = 0\n")
+    said = "max_backlog_bytes must be positive, not 0"
+    with pytest.raises(ConfigError) as in_file:
+        load_settings(cfg, env={})
+    assert str(in_file.value) == f"{said} (set in {cfg})"
+    with pytest.raises(ConfigError) as in_env:
+        load_settings(None, env={"NODETAP_MAX_BACKLOG_BYTES": "0"})
+    assert str(in_env.value) == f"{said} (set by NODETAP_MAX_BACKLOG_BYTES)"
+    cfg.write_text("[nodetap]\nmax_backlog_bytes = 7\ndebounce_ms = 3\n")
+    with pytest.raises(ConfigError) as by_flag:
+        load_settings(cfg, env={"NODETAP_MAX_BACKLOG_BYTES": "5"}, flags={"max_backlog_bytes": 0})
+    assert str(by_flag.value) == f"{said} (set by --max-backlog-bytes)"
+    assert load_settings(cfg, env={"NODETAP_MAX_BACKLOG_BYTES": "5"}).origins == {
+        "max_backlog_bytes": ("env", "NODETAP_MAX_BACKLOG_BYTES"), "debounce_ms": ("file", str(cfg))}
+
+
 def test_broken_toml_is_reported(tmp_path: Path) -> None:
     cfg = tmp_path / "n.toml"
     cfg.write_text("batch_max_bytes = = 3")
@@ -80,7 +98,8 @@ def test_readme_settings_table_is_config_doc() -> None:
     start = readme.index("| setting | default | flag | what it does |")
     table = readme[start:readme.index("\n\n", start) + 1]
     assert table == doc
-    assert [line.split("`")[1] for line in doc.splitlines()[2:]] == [f.name for f in fields(Settings)]
+    assert [line.split("`")[1] for line in doc.splitlines()[2:]] == [
+        f.name for f in fields(Settings) if f.name != "origins"]
 
 
 def test_every_flag_is_parsed_into_its_setting_on_each_command_that_takes_it(tmp_path: Path) -> None:
