@@ -194,6 +194,8 @@ def settings_table() -> str:
 
 
 def _coerce(name: str, value: Any, kind: str, choices: tuple[str, ...]) -> Any:
+    if isinstance(value, dict) or isinstance(value, list) and kind != "tuple":  # a TOML table or array
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}", name)
     try:
         if kind == "Path":
             return Path(value)
@@ -210,14 +212,17 @@ def _coerce(name: str, value: Any, kind: str, choices: tuple[str, ...]) -> Any:
                 return False
             raise ValueError(value)
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool | float):  # a TOML float: int() would drop its fraction
                 raise ValueError(value)
             return int(value)
         if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         return canonical_choice(str(value), choices)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}", name) from err
+        how = ": a whole number, written without a decimal point (2, not 2.0)" if kind == "int" else ""
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}{how}", name) from err
 
 
 def canonical_choice(value: str, choices: tuple[str, ...]) -> str:

@@ -77,6 +77,39 @@ def test_a_bad_value_says_where_it_was_set(tmp_path: Path) -> None:
         "max_backlog_bytes": ("env", "NODETAP_MAX_BACKLOG_BYTES"), "debounce_ms": ("file", str(cfg))}
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ("max_line_bytes = 1.5", "setting max_line_bytes: 1.5 is not a valid int: a whole number, written "
+                             "without a decimal point (2, not 2.0)"),
+    ("max_line_bytes = 2.0", "setting max_line_bytes: 2.0 is not a valid int: a whole number"),
+    ("port = true", "setting port: True is not a valid int"),
+    ("retain_hours = true", "setting retain_hours: True is not a valid float"),
+    ('host = ["a", "b"]', "setting host: ['a', 'b'] is not a valid str"),
+    ("node_dir = {a = 1}", "setting node_dir: {'a': 1} is not a valid Path"),
+    ("streams = {a = 1}", "setting streams: {'a': 1} is not a valid tuple"),
+])
+def test_a_file_value_of_the_wrong_kind_is_refused_not_converted(tmp_path: Path, line: str,
+                                                                message: str) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f"[nodetap]\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert str(err.value).startswith(message) and str(err.value).endswith(f" (set in {cfg})")
+
+
+def test_an_int_setting_refuses_a_fraction_from_every_source(tmp_path: Path) -> None:
+    said = "setting max_line_bytes: {} is not a valid int: a whole number, written without a decimal point"
+    for raw in ("1.5", "2.0"):
+        with pytest.raises(ConfigError, match=re.escape(said.format(repr(raw)))):
+            load_settings(None, env={"NODETAP_MAX_LINE_BYTES": raw})
+    assert load_settings(None, env={"NODETAP_MAX_LINE_BYTES": "2"}).max_line_bytes == 2
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f"[nodetap]\nmax_line_bytes = 1.5\ndb = '{tmp_path / 'x.duckdb'}'\n")
+    proc = run_cli("ingest", "--once", "--config", str(cfg), "--node-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"nodetap: {said.format('1.5')} (2, not 2.0) (set in {cfg})\n"
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
 def test_broken_toml_is_reported(tmp_path: Path) -> None:
     cfg = tmp_path / "n.toml"
     cfg.write_text("batch_max_bytes = = 3")
