@@ -8,6 +8,7 @@ Precedence: defaults < TOML file < `NODETAP_*` environment < CLI flags."""
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -52,10 +53,13 @@ LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 def _s(default: Any, doc: str, *, flag: str = "", on: tuple[str, ...] = (),
-       choices: tuple[str, ...] = ()) -> Any:
+       choices: tuple[str, ...] = (), least: float | None = None, above: float | None = None,
+       most: float | None = None, zero: str = "") -> Any:
     """A setting: its default, its description (Markdown), its CLI flag and the commands
-    that take it, and its allowed values (matched case-insensitively)."""
-    return field(default=default, metadata={"doc": doc, "flag": flag, "on": on, "choices": choices})
+    that take it, and its allowed values (matched case-insensitively). A number's range:
+    `least` <= value (or `above` < value) <= `most`; `zero` says what 0 means where it is allowed."""
+    return field(default=default, metadata={"doc": doc, "flag": flag, "on": on, "choices": choices,
+                                            "least": least, "above": above, "most": most, "zero": zero})
 
 
 @dataclass(frozen=True)
@@ -64,43 +68,43 @@ class Settings:
     db: Path = _s(Path("data/nodetap.duckdb"), "The DuckDB file: rows, cursors, gaps and rejects.", flag="--db", on=DB)
     start_from: str = _s("end", "First-run start per stream: `end` (new data only), `start` (oldest file) or `YYYYMMDD[/H]`. Later runs resume from stored cursors.", flag="--from", on=PIPELINE)
     backlog: Backlog = _s("drop", "`drop`: skip the oldest unread data past `max_backlog_bytes` (recorded in `gaps`); `keep`: process everything.", flag="--backlog", on=PIPELINE, choices=BACKLOG)
-    max_backlog_bytes: int = _s(2 << 30, 'Unread bytes per stream above which the oldest are skipped (with `backlog = "drop"`).', flag="--max-backlog-bytes", on=PIPELINE)
-    batch_max_bytes: int = _s(64 << 20, "Most bytes read and parsed in one micro-batch; bounds memory (peak RSS 0.7 GB at 64 MiB while catching up; see docs/benchmarks.md). Batches over ~123K rows skip DuckDB's WAL, which is why 64 MiB beats 32 MiB by ~20%.", flag="--batch-max-bytes", on=SHAPING)
-    max_line_bytes: int = _s(1 << 20, "A line longer than this is rejected (recorded in `rejects`).", flag="--max-line-bytes", on=SHAPING)
-    debounce_ms: int = _s(5, "watchfiles debounce: how long to gather file events before a batch (5 against 20 ms: trades 10–20 ms sooner at the median on 2 cores, for ~5 % more CPU caught up; docs/benchmarks.md).", flag="--debounce-ms", on=PIPELINE)
+    max_backlog_bytes: int = _s(2 << 30, 'Unread bytes per stream above which the oldest are skipped (with `backlog = "drop"`).', flag="--max-backlog-bytes", on=PIPELINE, least=1)
+    batch_max_bytes: int = _s(64 << 20, "Most bytes read and parsed in one micro-batch; bounds memory (peak RSS 0.7 GB at 64 MiB while catching up; see docs/benchmarks.md). Batches over ~123K rows skip DuckDB's WAL, which is why 64 MiB beats 32 MiB by ~20%.", flag="--batch-max-bytes", on=SHAPING, least=1)
+    max_line_bytes: int = _s(1 << 20, "A line longer than this is rejected (recorded in `rejects`).", flag="--max-line-bytes", on=SHAPING, least=1)
+    debounce_ms: int = _s(5, "watchfiles debounce: how long to gather file events before a batch (5 against 20 ms: trades 10–20 ms sooner at the median on 2 cores, for ~5 % more CPU caught up; docs/benchmarks.md). 0: a batch at the first event.", flag="--debounce-ms", on=PIPELINE, least=0, zero="a batch at the first event")
     poll: bool = _s(False, "Poll the files instead of using inotify (network filesystems, some containers).", flag="--poll", on=PIPELINE)
-    poll_interval_ms: int = _s(200, "Polling period with `poll`, and the idle tick otherwise.")
-    rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected.")
+    poll_interval_ms: int = _s(200, "Polling period with `poll`, and the idle tick otherwise.", least=1)
+    rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected; 0: at once.", least=0, zero="rejected at once")
     streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`; comma-separated in a file or the environment, the flag repeated). Empty: one per kind, the lowest-latency variant found (`_streaming`, then `_by_block`, then plain), and `node_trades` only when there are no fills.", flag="--stream", on=PIPELINE)
     checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.")
     db_fsync: DbFsync = _s("standard", "`standard`: every commit is fsynced, as DuckDB does by default; `none`: commits reach the disk when the OS writes them (DuckDB's `fsync_mode`). On a disk the node writes hundreds of MB/s to, a commit's fsync can wait 100-300 ms for that writeback, and the feed with it (docs/benchmarks.md). With `none` a crash of nodetap itself loses nothing (kill -9 included), but an OS crash or power loss may corrupt the database: rebuild it from the node's files (`--from start`, `nodetap backfill`).", choices=DB_FSYNC)
-    db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).")
-    commit_units: int = _s(0, "Whole DuckDB row groups of order statuses a lane commits side by side while behind, each in a transaction of its own, committed in order (DuckDB compresses a row group on one thread); 0: one per four cores, at least one. It gains only with `db_threads` of 2 or more and cores the parsers leave idle; each adds a unit to the lane's memory.")
-    parse_workers: int = _s(0, "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one (two for order statuses the rules pre-filter, which hold a fraction of a decoded unit). Memory per lane is about (parse_workers + commit_units + 1) x batch_max_bytes x 10.")
-    live_batch_ms: int = _s(250, "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time. Smaller is not faster: each batch has a fixed cost (50 ms doubled the p99 at 100K lines/s on 2 cores, docs/benchmarks.md).")
+    db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).", least=0, zero="chosen for the cores")
+    commit_units: int = _s(0, "Whole DuckDB row groups of order statuses a lane commits side by side while behind, each in a transaction of its own, committed in order (DuckDB compresses a row group on one thread); 0: one per four cores, at least one. It gains only with `db_threads` of 2 or more and cores the parsers leave idle; each adds a unit to the lane's memory.", least=0, zero="chosen for the cores")
+    parse_workers: int = _s(0, "Units a stream's lane parses at once while it is behind; 0: one per two cores, at least one (two for order statuses the rules pre-filter, which hold a fraction of a decoded unit). Memory per lane is about (parse_workers + commit_units + 1) x batch_max_bytes x 10.", least=0, zero="chosen for the cores")
+    live_batch_ms: int = _s(250, "A lane that is caught up reads at most what it can parse and commit in this time, so the feed publishes often; a lane that is behind reads `batch_max_bytes` at a time. Smaller is not faster: each batch has a fixed cost (50 ms doubled the p99 at 100K lines/s on 2 cores, docs/benchmarks.md).", least=1)
     rules_file: Path = _s(Path("data/rules.toml"), "Orders filter rules (TOML, see docs/rules.md); reloaded when the file changes. Empty: built-in defaults; a missing default file also means the defaults, any other missing file is an error.", flag="--rules", on=SHAPING)
     keep_all: bool = _s(False, "Keep every order-status row, whatever the rules say.", flag="--keep-all", on=SHAPING)
     candle_intervals: tuple[str, ...] = _s(DEFAULT_INTERVALS, "Candle intervals computed and stored, from `1s 5s 10s 1m 3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M`; the others are derived on read.")
-    stall_after_s: float = _s(60.0, "A stream silent (in event time) for longer than this is recorded as a `stall` gap; candles are never forward-filled across it.")
+    stall_after_s: float = _s(60.0, "A stream silent (in event time) for longer than this is recorded as a `stall` gap; candles are never forward-filled across it.", above=0)
     lake_dir: Path = _s(Path(""), "Root of the Parquet lake: `<lake_dir>/<table>/date=YYYY-MM-DD/hour=HH/part-N.parquet`. Empty: `<db>.lake/` beside the database (a database that sealed into the `lake/` of earlier versions keeps it). A lake belongs to one database (`nodetap-lake.json` names it); another database refuses to seal into it.", flag="--lake", on=PIPELINE)
-    seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once its streams' watermark is this far past the hour's end.")
-    seal_interval_s: float = _s(30.0, "How often `ingest`/`serve` look for hours to seal.")
-    retain_hours: float = _s(48.0, "Rows of sealed hours older than this (behind the watermark) are removed from DuckDB; the lake keeps them. 0 keeps everything in DuckDB.")
+    seal_grace_s: float = _s(120.0, "An hour is sealed into the lake once its streams' watermark is this far past the hour's end (0: as soon as it is past).", least=0, zero="sealed once the watermark passes the hour's end")
+    seal_interval_s: float = _s(30.0, "How often `ingest`/`serve` look for hours to seal.", above=0)
+    retain_hours: float = _s(48.0, "Rows of sealed hours older than this (behind the watermark) are removed from DuckDB; the lake keeps them. 0 keeps everything in DuckDB.", least=0, zero="keeps everything in DuckDB")
     host: str = _s("127.0.0.1", "Address `serve` and `demo` listen on (0.0.0.0 in the container).", flag="--host", on=SERVER)
-    port: int = _s(8000, "HTTP and WebSocket port of `serve` and `demo`; checked before anything starts.", flag="--port", on=SERVER)
-    ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.")
-    ws_max_lag_s: float = _s(10.0, "A client whose queue stays full (or whose untaken bytes stay over `ws_max_lag_bytes`) this long is disconnected: close code 1008, and the connection is aborted if the close frame cannot go out within 2 s.")
-    ws_max_lag_bytes: int = _s(4 << 20, "Bytes a WebSocket client has not taken yet (the kernel's send queue, the transport's buffer and nodetap's queue) above which its oldest messages are dropped (it gets a `lagged` notice); a client above it for `ws_max_lag_s` is disconnected.")
+    port: int = _s(8000, "HTTP and WebSocket port of `serve` and `demo`; checked before anything starts.", flag="--port", on=SERVER, least=1, most=65535)
+    ws_queue_messages: int = _s(256, "Per-client WebSocket queue; when full, the oldest messages are dropped and the client gets a `lagged` notice.", least=1)
+    ws_max_lag_s: float = _s(10.0, "A client whose queue stays full (or whose untaken bytes stay over `ws_max_lag_bytes`) this long is disconnected: close code 1008, and the connection is aborted if the close frame cannot go out within 2 s. 0: disconnected as soon as it lags.", least=0, zero="disconnected as soon as it lags")
+    ws_max_lag_bytes: int = _s(4 << 20, "Bytes a WebSocket client has not taken yet (the kernel's send queue, the transport's buffer and nodetap's queue) above which its oldest messages are dropped (it gets a `lagged` notice); a client above it for `ws_max_lag_s` is disconnected.", least=1)
     ws_compression: bool = _s(False, "Compress WebSocket messages (permessage-deflate) for clients that ask for it. Off: compression costs CPU for every message and every client, on the server's event loop and in the client (at 315K lines/s on 2 cores, one client: trades' p50 325 ms with it, 210 ms without, docs/benchmarks.md); turn it on for clients on slow links.")
-    ws_max_subscriptions: int = _s(1000, "Subscriptions one WebSocket connection may hold; the next one is refused with an error message.")
-    sql_timeout_s: float = _s(5.0, "`POST /v1/sql`, and every other read of DuckDB by the API (REST, `/info`, WebSocket snapshots, each batch of an export): a query running longer is interrupted; the 408 goes out within a second of the limit.")
-    sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).")
-    sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.")
-    sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.")
+    ws_max_subscriptions: int = _s(1000, "Subscriptions one WebSocket connection may hold; the next one is refused with an error message.", least=1)
+    sql_timeout_s: float = _s(5.0, "`POST /v1/sql`, and every other read of DuckDB by the API (REST, `/info`, WebSocket snapshots, each batch of an export): a query running longer is interrupted; the 408 goes out within a second of the limit.", above=0)
+    sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).", least=1)
+    sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.", least=1)
+    sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.", least=1)
     db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting. Ingestion comes first: a commit that finds it full interrupts the running reads (503 with Retry-After) and is committed again.")
-    http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.")
+    http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.", least=1)
     node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
-    ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.")
+    ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.", above=0)
     log_level: LogLevel = _s("INFO", "Logging level. Logs go to standard error, one line per event, `key=value`.", flag="--log-level", on=DB, choices=LOG_LEVELS)
     # not a setting: where each value that is not a default was set (`load_settings`), for messages
     origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -114,15 +118,12 @@ class Settings:
             validate_intervals(self.candle_intervals)
         except ValueError as err:
             raise ConfigError(f"candle_intervals: {err}", "candle_intervals") from err
-        for name in ("max_backlog_bytes", "batch_max_bytes", "max_line_bytes", "live_batch_ms", "sql_max_rows",
-                     "sql_max_result_bytes", "sql_max_concurrent", "http_max_body_bytes",
-                     "ws_max_subscriptions", "ws_max_lag_bytes"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}", name)
-        for name in ("db_threads", "parse_workers", "commit_units"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 (chosen for the cores) or more, not {getattr(self, name)!r}",
-                                  name)
+        for spec in setting_specs():
+            value = getattr(self, spec.name)
+            if spec.kind == "float" and not math.isfinite(value):
+                raise ConfigError(f"{spec.name} must be a finite number, not {value!r}", spec.name)
+            if spec.kind in ("int", "float") and not in_range(spec, value):
+                raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
 
 
 def _setting_fields() -> list[Field[Any]]:
@@ -146,6 +147,27 @@ class SettingSpec:
     flag: str  # "" when only a file or the environment sets it
     commands: tuple[str, ...]
     choices: tuple[str, ...]
+    least: float | None = None  # a number's range: least <= value (or above < value) <= most
+    above: float | None = None
+    most: float | None = None
+    zero: str = ""  # what 0 means, where it is allowed
+
+
+def in_range(spec: SettingSpec, value: float) -> bool:
+    return not ((spec.least is not None and value < spec.least) or (spec.above is not None and value <= spec.above)
+                or (spec.most is not None and value > spec.most))
+
+
+def value_range(spec: SettingSpec) -> str:
+    """A number's allowed values, in words: `1 or more`, `more than 0`, `1 to 65535`."""
+    if spec.least is not None and spec.most is not None:
+        return f"{spec.least:g} to {spec.most:g}"
+    if spec.above is not None:
+        return f"more than {spec.above:g}"
+    if spec.least is not None:
+        zero = f" ({spec.zero})" if spec.least == 0 and spec.zero else ""
+        return f"{spec.least:g}{zero} or more"
+    return "any number"
 
 
 def _kind(f: Field[Any]) -> str:
@@ -158,7 +180,8 @@ def _kind(f: Field[Any]) -> str:
 def setting_specs() -> list[SettingSpec]:
     """Every setting, in declaration order."""
     return [SettingSpec(f.name, _kind(f), f.default if f.default is not MISSING else None,
-                        f.metadata["doc"], f.metadata["flag"], f.metadata["on"], f.metadata["choices"])
+                        f.metadata["doc"], f.metadata["flag"], f.metadata["on"], f.metadata["choices"],
+                        f.metadata["least"], f.metadata["above"], f.metadata["most"], f.metadata["zero"])
             for f in _setting_fields()]
 
 
@@ -189,6 +212,9 @@ def settings_table() -> str:
     for spec in setting_specs():
         flag = f"`{spec.flag}` ({', '.join(spec.commands)})" if spec.flag else ""
         values = f" One of {', '.join(f'`{c}`' for c in spec.choices)}." if spec.choices else ""
+        if spec.kind in ("int", "float"):
+            allowed = value_range(spec).replace(f" ({spec.zero})", "")
+            values = f" {allowed[0].upper()}{allowed[1:]}."
         lines.append(f"| `{spec.name}` | `{show_default(spec)}` | {flag} | {spec.doc}{values} |")
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ from etl.cli.output import cell
 from etl.config import Settings
 from etl.pipeline import Pipeline
 from etl.store import Store
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_port, run_cli
 from tests.test_lake import Node
 
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
@@ -129,7 +129,7 @@ def test_a_node_dir_without_streams_is_refused_with_the_right_path(
     _hl(tmp_path)
     (tmp_path / "empty").mkdir()
     db = tmp_path / "x.duckdb"
-    argv = [command, "--node-dir", str(tmp_path / given), "--db", str(db), "--port", "0"]
+    argv = [command, "--node-dir", str(tmp_path / given), "--db", str(db), "--port", str(free_port())]
     assert main(argv if command == "serve" else [*argv[:-2], "--once"]) == 2
     assert capsys.readouterr().err == (
         f"nodetap {command}: node dir {tmp_path / given} holds no node output: expected {LAYOUT} "
@@ -190,6 +190,22 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
     assert proc.stderr == (f"nodetap serve: port {port} on 127.0.0.1 is already in use by another "
                            "program: pick another with --port (setting port)\n")
     assert not db.exists()
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    db = tmp_path / "x.duckdb"
+    for port in ("99999", "0", "-1"):
+        proc = run_cli("serve", "--node-dir", str(node), "--db", str(db), "--port", port, check=False)
+        assert (proc.returncode, proc.stderr) == (
+            2, f"nodetap: port must be 1 to 65535, not {port} (set by --port)\n")
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("[nodetap]\nport = 99999\n")
+    proc = run_cli("demo", "--config", str(cfg), "--node-dir", str(tmp_path / "demo"), "--db", str(db),
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"nodetap: port must be 1 to 65535, not 99999 (set in {cfg})\n"
+    assert not db.exists() and not (tmp_path / "demo").exists()
 
 
 def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,

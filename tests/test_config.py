@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from etl.cli import COMMANDS, build_parser
-from etl.config import ConfigError, Settings, load_settings, setting_specs
+from etl.config import ConfigError, Settings, load_settings, setting_specs, value_range
 from tests.conftest import ROOT, run_cli
 
 
@@ -50,9 +50,20 @@ def test_unknown_env_key_is_named_as_typed() -> None:
     ("NODETAP_BATCH_MAX_BYTES", "lots", "setting batch_max_bytes: 'lots' is not a valid int"),
     ("NODETAP_POLL", "maybe", "setting poll: 'maybe' is not a valid bool"),
     ("NODETAP_BACKLOG", "some", "backlog must be 'drop' or 'keep'"),
-    ("NODETAP_MAX_BACKLOG_BYTES", "0", "max_backlog_bytes must be positive"),
+    ("NODETAP_MAX_BACKLOG_BYTES", "0", "max_backlog_bytes must be 1 or more, not 0"),
     ("NODETAP_PARSE_WORKERS", "-1", "parse_workers must be 0 (chosen for the cores) or more, not -1"),
     ("NODETAP_COMMIT_UNITS", "-2", "commit_units must be 0 (chosen for the cores) or more, not -2"),
+    ("NODETAP_SQL_TIMEOUT_S", "-5",
+     "sql_timeout_s must be more than 0, not -5.0 (set by NODETAP_SQL_TIMEOUT_S)"),
+    ("NODETAP_SQL_TIMEOUT_S", "0", "sql_timeout_s must be more than 0, not 0.0"),
+    ("NODETAP_RETAIN_HOURS", "-1", "retain_hours must be 0 (keeps everything in DuckDB) or more, not -1.0"),
+    ("NODETAP_SEAL_GRACE_S", "-100",
+     "seal_grace_s must be 0 (sealed once the watermark passes the hour's end) or more, not -100.0"),
+    ("NODETAP_STALL_AFTER_S", "nan", "stall_after_s must be a finite number, not nan"),
+    ("NODETAP_RETAIN_HOURS", "inf", "retain_hours must be a finite number, not inf"),
+    ("NODETAP_PORT", "99999", "port must be 1 to 65535, not 99999 (set by NODETAP_PORT)"),
+    ("NODETAP_PORT", "0", "port must be 1 to 65535, not 0"),
+    ("NODETAP_POLL_INTERVAL_MS", "0", "poll_interval_ms must be 1 or more, not 0"),
 ])
 def test_bad_values_are_explained(key: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -62,7 +73,7 @@ def test_bad_values_are_explained(key: str, value: str, message: str) -> None:
 def test_a_bad_value_says_where_it_was_set(tmp_path: Path) -> None:
     cfg = tmp_path / "n.toml"
     cfg.write_text("[nodetap]\nmax_backlog_bytes = 0\n")
-    said = "max_backlog_bytes must be positive, not 0"
+    said = "max_backlog_bytes must be 1 or more, not 0"
     with pytest.raises(ConfigError) as in_file:
         load_settings(cfg, env={})
     assert str(in_file.value) == f"{said} (set in {cfg})"
@@ -108,6 +119,23 @@ def test_an_int_setting_refuses_a_fraction_from_every_source(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert proc.stderr == f"nodetap: {said.format('1.5')} (2, not 2.0) (set in {cfg})\n"
     assert list(tmp_path.iterdir()) == [cfg]
+
+
+def test_every_number_has_a_range_and_zero_is_allowed_only_where_it_means_something() -> None:
+    numbers = [spec for spec in setting_specs() if spec.kind in ("int", "float")]
+    assert len(numbers) == 25
+    for spec in numbers:
+        assert spec.least is not None or spec.above is not None, spec.name
+        low = spec.least if spec.least is not None else spec.above
+        below = low - 1 if spec.kind == "int" else low - 0.5
+        with pytest.raises(ConfigError, match=re.escape(f"{spec.name} must be {value_range(spec)}, not ")):
+            load_settings(None, env={f"NODETAP_{spec.name.upper()}": str(below)})
+        if spec.least == 0:  # the doc says what 0 means
+            assert spec.zero and re.search(r"\b0\b", spec.doc), spec.name
+            assert getattr(load_settings(None, env={f"NODETAP_{spec.name.upper()}": "0"}), spec.name) == 0
+    assert [s.name for s in numbers if s.least == 0] == [
+        "debounce_ms", "rotate_grace_s", "db_threads", "commit_units", "parse_workers", "seal_grace_s",
+        "retain_hours", "ws_max_lag_s"]
 
 
 def test_broken_toml_is_reported(tmp_path: Path) -> None:
