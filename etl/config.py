@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
@@ -52,14 +53,33 @@ DB_FSYNC: tuple[str, ...] = get_args(DbFsync)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
+MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+MEMORY_SIZE = ("a number and a unit: B, KB, MB, GB or TB (powers of 1000) or KiB, MiB, GiB or TiB "
+               "(powers of 1024), such as '128MB' or '1.5GiB'")
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
+
+
+def memory_size(text: str) -> int:
+    """Bytes of a DuckDB memory size ('128MB', '1.5GiB', '2 GB'), read as DuckDB reads it (MB is
+    10**6 bytes, MiB 2**20); ValueError for anything else, a bare number included (DuckDB
+    refuses it too)."""
+    m = _MEMORY.fullmatch(text)
+    if m is None or m.group(2).lower() not in MEMORY_UNITS:
+        raise ValueError(f"{text!r} is not a memory size: {MEMORY_SIZE}")
+    return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
+
+
 def _s(default: Any, doc: str, *, flag: str = "", on: tuple[str, ...] = (),
        choices: tuple[str, ...] = (), least: float | None = None, above: float | None = None,
-       most: float | None = None, zero: str = "") -> Any:
+       most: float | None = None, zero: str = "", size: bool = False) -> Any:
     """A setting: its default, its description (Markdown), its CLI flag and the commands
     that take it, and its allowed values (matched case-insensitively). A number's range:
-    `least` <= value (or `above` < value) <= `most`; `zero` says what 0 means where it is allowed."""
+    `least` <= value (or `above` < value) <= `most`; `zero` says what 0 means where it is allowed.
+    `size`: a DuckDB memory size (`memory_size`) of at least `least` bytes."""
     return field(default=default, metadata={"doc": doc, "flag": flag, "on": on, "choices": choices,
-                                            "least": least, "above": above, "most": most, "zero": zero})
+                                            "least": least, "above": above, "most": most, "zero": zero,
+                                            "size": size})
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,7 @@ class Settings:
     poll_interval_ms: int = _s(200, "Polling period with `poll`, and the idle tick otherwise.", least=1)
     rotate_grace_s: float = _s(5.0, "How long an unterminated last line of an hour file may wait once the next hour's file exists, before it is rejected; 0: at once.", least=0, zero="rejected at once")
     streams: tuple[str, ...] = _s((), "Only these stream directories (e.g. `node_fills_by_block`; comma-separated in a file or the environment, the flag repeated). Empty: one per kind, the lowest-latency variant found (`_streaming`, then `_by_block`, then plain), and `node_trades` only when there are no fills.", flag="--stream", on=PIPELINE)
-    checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.")
+    checkpoint_threshold: str = _s("128MB", "DuckDB WAL size that triggers a checkpoint; DuckDB's 16MB default halves insert speed.", size=True, least=1 << 20)
     db_fsync: DbFsync = _s("standard", "`standard`: every commit is fsynced, as DuckDB does by default; `none`: commits reach the disk when the OS writes them (DuckDB's `fsync_mode`). On a disk the node writes hundreds of MB/s to, a commit's fsync can wait 100-300 ms for that writeback, and the feed with it (docs/benchmarks.md). With `none` a crash of nodetap itself loses nothing (kill -9 included), but an OS crash or power loss may corrupt the database: rebuild it from the node's files (`--from start`, `nodetap backfill`).", choices=DB_FSYNC)
     db_threads: int = _s(0, "DuckDB threads of the writer; 0: one per four cores, at least one (one leaves the other core of a 2-core machine to the parser).", least=0, zero="chosen for the cores")
     commit_units: int = _s(0, "Whole DuckDB row groups of order statuses a lane commits side by side while behind, each in a transaction of its own, committed in order (DuckDB compresses a row group on one thread); 0: one per four cores, at least one. It gains only with `db_threads` of 2 or more and cores the parsers leave idle; each adds a unit to the lane's memory.", least=0, zero="chosen for the cores")
@@ -101,7 +121,7 @@ class Settings:
     sql_max_rows: int = _s(10000, "`POST /v1/sql`: rows returned at most (`truncated: true` beyond).", least=1)
     sql_max_result_bytes: int = _s(64 << 20, "`POST /v1/sql`: a result whose rows take more memory than this (Arrow bytes) is refused with 400; bounds the response, whatever `sql_max_rows` allows.", least=1)
     sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.", least=1)
-    db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting. Ingestion comes first: a commit that finds it full interrupts the running reads (503 with Retry-After) and is committed again.")
+    db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting. Ingestion comes first: a commit that finds it full interrupts the running reads (503 with Retry-After) and is committed again.", size=True, least=1 << 20)
     http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.", least=1)
     node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.", above=0)
@@ -124,6 +144,13 @@ class Settings:
                 raise ConfigError(f"{spec.name} must be a finite number, not {value!r}", spec.name)
             if spec.kind in ("int", "float") and not in_range(spec, value):
                 raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
+            if spec.size:
+                try:
+                    size = memory_size(value)
+                except ValueError as err:
+                    raise ConfigError(f"{spec.name}: {err}", spec.name) from None
+                if not in_range(spec, size):
+                    raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
 
 
 def _setting_fields() -> list[Field[Any]]:
@@ -151,6 +178,7 @@ class SettingSpec:
     above: float | None = None
     most: float | None = None
     zero: str = ""  # what 0 means, where it is allowed
+    size: bool = False  # a DuckDB memory size: a str, its range in bytes
 
 
 def in_range(spec: SettingSpec, value: float) -> bool:
@@ -160,6 +188,8 @@ def in_range(spec: SettingSpec, value: float) -> bool:
 
 def value_range(spec: SettingSpec) -> str:
     """A number's allowed values, in words: `1 or more`, `more than 0`, `1 to 65535`."""
+    if spec.size:  # `least` in bytes, a whole number of MiB
+        return f"at least {int(spec.least or 0) >> 20}MiB"
     if spec.least is not None and spec.most is not None:
         return f"{spec.least:g} to {spec.most:g}"
     if spec.above is not None:
@@ -181,7 +211,8 @@ def setting_specs() -> list[SettingSpec]:
     """Every setting, in declaration order."""
     return [SettingSpec(f.name, _kind(f), f.default if f.default is not MISSING else None,
                         f.metadata["doc"], f.metadata["flag"], f.metadata["on"], f.metadata["choices"],
-                        f.metadata["least"], f.metadata["above"], f.metadata["most"], f.metadata["zero"])
+                        f.metadata["least"], f.metadata["above"], f.metadata["most"], f.metadata["zero"],
+                        f.metadata["size"])
             for f in _setting_fields()]
 
 
@@ -215,6 +246,8 @@ def settings_table() -> str:
         if spec.kind in ("int", "float"):
             allowed = value_range(spec).replace(f" ({spec.zero})", "")
             values = f" {allowed[0].upper()}{allowed[1:]}."
+        if spec.size:
+            values = f" A memory size, {MEMORY_SIZE.replace(chr(39), '`')}; {value_range(spec)}."
         lines.append(f"| `{spec.name}` | `{show_default(spec)}` | {flag} | {spec.doc}{values} |")
     return "\n".join(lines) + "\n"
 

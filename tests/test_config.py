@@ -7,10 +7,11 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from etl.cli import COMMANDS, build_parser
-from etl.config import ConfigError, Settings, load_settings, setting_specs, value_range
+from etl.config import ConfigError, Settings, load_settings, memory_size, setting_specs, value_range
 from tests.conftest import ROOT, run_cli
 
 
@@ -136,6 +137,54 @@ def test_every_number_has_a_range_and_zero_is_allowed_only_where_it_means_someth
     assert [s.name for s in numbers if s.least == 0] == [
         "debounce_ms", "rotate_grace_s", "db_threads", "commit_units", "parse_workers", "seal_grace_s",
         "retain_hours", "ws_max_lag_s"]
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("checkpoint_threshold", "zz", "checkpoint_threshold: 'zz' is not a memory size: a number and a unit: "
+                                   "B, KB, MB, GB or TB (powers of 1000) or KiB, MiB, GiB or TiB (powers of "
+                                   "1024), such as '128MB' or '1.5GiB'"),
+    ("db_memory_limit", "lots", "db_memory_limit: 'lots' is not a memory size: a number and a unit"),
+    ("db_memory_limit", "1000", "db_memory_limit: '1000' is not a memory size"),  # DuckDB wants a unit
+    ("db_memory_limit", "-1GB", "db_memory_limit: '-1GB' is not a memory size"),  # DuckDB: no limit at all
+    ("db_memory_limit", "80%", "db_memory_limit: '80%' is not a memory size"),
+    ("checkpoint_threshold", "2GBs", "checkpoint_threshold: '2GBs' is not a memory size"),
+    ("checkpoint_threshold", "0MB", "checkpoint_threshold must be at least 1MiB, not '0MB'"),
+    ("db_memory_limit", "1000KB", "db_memory_limit must be at least 1MiB, not '1000KB'"),
+])
+def test_a_memory_size_is_checked_when_the_settings_are_read(tmp_path: Path, name: str, value: str,
+                                                             said: str) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f"[nodetap]\n{name} = '{value}'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert str(err.value).startswith(said) and str(err.value).endswith(f" (set in {cfg})")
+
+
+def test_a_memory_size_accepted_is_one_duckdb_reads_the_same_way() -> None:
+    sizes = {"128MB": 128_000_000, "2GB": 2 * 10**9, "1.5GiB": 3 << 29, "5000KB": 5_000_000, "2 TiB": 2 << 40,
+             " 64 mib ": 64 << 20, "1048576B": 1 << 20, "1TB": 10**12, "1.5 gb": 1_500_000_000}
+    con = duckdb.connect()
+    try:
+        for text, size in sizes.items():
+            env = {"NODETAP_CHECKPOINT_THRESHOLD": text, "NODETAP_DB_MEMORY_LIMIT": text}
+            s = load_settings(None, env=env)
+            assert memory_size(s.checkpoint_threshold) == memory_size(s.db_memory_limit) == size
+            for setting in ("memory_limit", "checkpoint_threshold"):
+                con.execute(f"SET {setting} = '{text}'")
+                theirs = con.execute(f"SELECT current_setting('{setting}')").fetchone()
+                con.execute(f"SET {setting} = '{size}B'")
+                assert theirs == con.execute(f"SELECT current_setting('{setting}')").fetchone(), text
+    finally:
+        con.close()
+
+
+def test_serve_refuses_a_bad_memory_size_before_it_makes_the_database(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f"[nodetap]\ndb = '{tmp_path / 'x.duckdb'}'\ndb_memory_limit = 'lots'\n")
+    proc = run_cli("serve", "--config", str(cfg), "--node-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("nodetap: db_memory_limit: 'lots' is not a memory size: a number and a")
+    assert list(tmp_path.iterdir()) == [cfg]
 
 
 def test_broken_toml_is_reported(tmp_path: Path) -> None:
