@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
+from urllib.parse import urlsplit
 
 from etl.candles import DEFAULT_INTERVALS, validate_intervals
 
@@ -72,14 +73,15 @@ def memory_size(text: str) -> int:
 
 def _s(default: Any, doc: str, *, flag: str = "", on: tuple[str, ...] = (),
        choices: tuple[str, ...] = (), least: float | None = None, above: float | None = None,
-       most: float | None = None, zero: str = "", size: bool = False) -> Any:
+       most: float | None = None, zero: str = "", size: bool = False, url: bool = False) -> Any:
     """A setting: its default, its description (Markdown), its CLI flag and the commands
     that take it, and its allowed values (matched case-insensitively). A number's range:
     `least` <= value (or `above` < value) <= `most`; `zero` says what 0 means where it is allowed.
-    `size`: a DuckDB memory size (`memory_size`) of at least `least` bytes."""
+    `size`: a DuckDB memory size (`memory_size`) of at least `least` bytes; `url`: an http(s) URL
+    or empty."""
     return field(default=default, metadata={"doc": doc, "flag": flag, "on": on, "choices": choices,
                                             "least": least, "above": above, "most": most, "zero": zero,
-                                            "size": size})
+                                            "size": size, "url": url})
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Settings:
     sql_max_concurrent: int = _s(4, "`POST /v1/sql`: queries running at once; more get 429. A query past its time limit keeps its slot until DuckDB gives it back.", least=1)
     db_memory_limit: str = _s("2GB", "`serve`: DuckDB's `memory_limit` for the whole process (SQL queries, exports and ingest share it); a SQL query that needs more fails with 400 naming this setting. Ingestion comes first: a commit that finds it full interrupts the running reads (503 with Retry-After) and is committed again.", size=True, least=1 << 20)
     http_max_body_bytes: int = _s(1 << 20, "Largest HTTP request body accepted (`POST /v1/sql`, `POST /info`, `PUT /v1/rules`); a larger one gets 413 before it is read.", least=1)
-    node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md).")
+    node_info_url: str = _s("http://127.0.0.1:3001/info", "The node's own info server (`hl-node --serve-info`): `meta`, `spotMeta`, `perpDexs` and per-user state (`clearinghouseState`, `openOrders`, ...) are passed to it. Empty: never asked; nodetap then derives what the files allow and logs once what is unavailable (see docs/api.md). An `http://` or `https://` URL; no other scheme is fetched.", url=True)
     ready_max_lag_s: float = _s(30.0, "`/readyz` fails when a stream has unread bytes and its last commit is older than this.", above=0)
     log_level: LogLevel = _s("INFO", "Logging level. Logs go to standard error, one line per event, `key=value`.", flag="--log-level", on=DB, choices=LOG_LEVELS)
     # not a setting: where each value that is not a default was set (`load_settings`), for messages
@@ -144,6 +146,9 @@ class Settings:
                 raise ConfigError(f"{spec.name} must be a finite number, not {value!r}", spec.name)
             if spec.kind in ("int", "float") and not in_range(spec, value):
                 raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
+            if spec.url and value and not is_http_url(value):
+                raise ConfigError(f"{spec.name} must be an http:// or https:// URL, such as "
+                                  f"{spec.default}, or empty, not {value!r}", spec.name)
             if spec.size:
                 try:
                     size = memory_size(value)
@@ -151,6 +156,15 @@ class Settings:
                     raise ConfigError(f"{spec.name}: {err}", spec.name) from None
                 if not in_range(spec, size):
                     raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
+
+
+def is_http_url(url: str) -> bool:
+    """Whether `url` is an http:// or https:// URL with a host (`node_info_url`)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # such as an unclosed [IPv6 address
+        return False
 
 
 def _setting_fields() -> list[Field[Any]]:
@@ -179,6 +193,7 @@ class SettingSpec:
     most: float | None = None
     zero: str = ""  # what 0 means, where it is allowed
     size: bool = False  # a DuckDB memory size: a str, its range in bytes
+    url: bool = False  # an http:// or https:// URL, or empty
 
 
 def in_range(spec: SettingSpec, value: float) -> bool:
@@ -212,7 +227,7 @@ def setting_specs() -> list[SettingSpec]:
     return [SettingSpec(f.name, _kind(f), f.default if f.default is not MISSING else None,
                         f.metadata["doc"], f.metadata["flag"], f.metadata["on"], f.metadata["choices"],
                         f.metadata["least"], f.metadata["above"], f.metadata["most"], f.metadata["zero"],
-                        f.metadata["size"])
+                        f.metadata["size"], f.metadata["url"])
             for f in _setting_fields()]
 
 

@@ -187,6 +187,23 @@ def test_serve_refuses_a_bad_memory_size_before_it_makes_the_database(tmp_path: 
     assert list(tmp_path.iterdir()) == [cfg]
 
 
+def test_node_info_url_is_http_or_https_or_empty(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[nodetap]\nnode_info_url = "file:///etc/passwd"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert str(err.value) == ("node_info_url must be an http:// or https:// URL, such as "
+                              "http://127.0.0.1:3001/info, or empty, not 'file:///etc/passwd' "
+                              f"(set in {cfg})")
+    for url in ("ftp://127.0.0.1/info", "127.0.0.1:3001/info", "http://", "http://[::1:3001/info",
+                "data:,{}", "gopher://127.0.0.1:3001/"):
+        said = f"or empty, not {url!r} (set by NODETAP_NODE_INFO_URL)"
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_settings(None, env={"NODETAP_NODE_INFO_URL": url})
+    for url in ("", "https://node.example:3001/info", "HTTP://127.0.0.1:3001/info", "http://[::1]:3001/info"):
+        assert load_settings(None, env={"NODETAP_NODE_INFO_URL": url}).node_info_url == url
+
+
 def test_broken_toml_is_reported(tmp_path: Path) -> None:
     cfg = tmp_path / "n.toml"
     cfg.write_text("batch_max_bytes = = 3")
