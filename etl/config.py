@@ -329,6 +329,26 @@ def _did_you_mean(name: str, known: Mapping[str, object], spelled: Callable[[str
     return f" (did you mean {spelled(close[0])}?)" if close else ""
 
 
+def _settings_table(data: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    """The settings of a config file: its top-level keys, or its [nodetap] table when it has one,
+    and then nothing else (a key above the `[nodetap]` line, or another table, would be ignored)."""
+    if "nodetap" not in data:
+        return data
+    table = data["nodetap"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {config_file}: nodetap must be the [nodetap] table of settings, "
+                          f"not {table!r}")
+    others = [k for k in data if k != "nodetap"]
+    if others:
+        known = {spec.name: spec for spec in setting_specs()}
+        named = ", ".join(f"[{k}]" if isinstance(data[k], dict) else
+                          k if k in known else k + _did_you_mean(k, known, str) for k in others)
+        raise ConfigError(f"config file {config_file}: {named} outside the [nodetap] table, which holds "
+                          "the settings of a file that has one: move settings under [nodetap] (a key "
+                          "above the [nodetap] line is outside it) or remove what is not a setting")
+    return table
+
+
 def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -341,7 +361,7 @@ def load_settings(
             data = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read config file {config_file}: {err}") from err
-        settings = _apply(settings, data.get("nodetap", data), str(config_file),
+        settings = _apply(settings, _settings_table(data, config_file), str(config_file),
                           lambda k: Origin("file", str(config_file)))
     env = os.environ if env is None else env
     from_env = {

@@ -37,6 +37,27 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
         load_settings(cfg, env={})
 
 
+def test_a_file_with_a_nodetap_table_holds_nothing_outside_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f'port = 9000\nnode_dri = "typo"\n[nodetap]\ndb = "{tmp_path / "x.duckdb"}"\n'
+                   '[other]\nport = 1\n')
+    proc = run_cli("ingest", "--once", "--config", str(cfg), "--node-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"nodetap: config file {cfg}: port, node_dri (did you mean node_dir?), [other] outside the [nodetap] "
+        "table, which holds the settings of a file that has one: move settings under [nodetap] (a key above "
+        "the [nodetap] line is outside it) or remove what is not a setting\n")
+    assert list(tmp_path.iterdir()) == [cfg]
+    cfg.write_text("nodetap = 5\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config file {cfg}: nodetap must be the [nodetap] ")):
+        load_settings(cfg, env={})
+    # the two documented layouts: every key at the top, or every key under [nodetap]
+    cfg.write_text("port = 9000\n")
+    assert load_settings(cfg, env={}).port == 9000
+    cfg.write_text("[nodetap]\nport = 9000\n")
+    assert load_settings(cfg, env={}).port == 9000
+
+
 def test_unknown_env_key_is_named_as_typed() -> None:
     with pytest.raises(ConfigError, match=re.escape(
             "unknown setting(s) in environment (NODETAP_*): NODETAP_FROBNICATE (known: NODETAP_BACKLOG,")):

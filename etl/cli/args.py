@@ -43,7 +43,8 @@ def _add_setting(p: argparse.ArgumentParser, spec: SettingSpec) -> None:
 def add_settings(p: argparse.ArgumentParser, command: str) -> None:
     """`--config` and the flag of every setting that `command` takes (`config`: all)."""
     p.add_argument("--config", metavar="FILE",
-                   help="TOML settings file (also NODETAP_CONFIG); keys at top level or under [nodetap]")
+                   help="TOML settings file (also NODETAP_CONFIG); every key at top level, or every key "
+                        "under [nodetap]")
     for spec in setting_specs():
         if spec.flag and (command in spec.commands or command == "config"):
             _add_setting(p, spec)
