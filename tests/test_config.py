@@ -4,6 +4,7 @@ table generated from the one declaration."""
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from etl.cli import COMMANDS, build_parser
 from etl.config import ConfigError, Settings, load_settings, memory_size, setting_specs, value_range
+from etl.nodefiles import wait_for_dir
 from tests.conftest import ROOT, run_cli
+from tests.test_lake import Node
 
 
 def test_defaults_file_env_flags_precedence(tmp_path: Path) -> None:
@@ -223,6 +226,55 @@ def test_node_info_url_is_http_or_https_or_empty(tmp_path: Path) -> None:
             load_settings(None, env={"NODETAP_NODE_INFO_URL": url})
     for url in ("", "https://node.example:3001/info", "HTTP://127.0.0.1:3001/info", "http://[::1]:3001/info"):
         assert load_settings(None, env={"NODETAP_NODE_INFO_URL": url}).node_info_url == url
+
+
+def test_a_relative_path_from_a_config_file_that_is_not_there_says_where_it_was_looked_for(
+        tmp_path: Path) -> None:
+    """Relative paths in a config file are relative to the working directory (the bundled
+    data/nodetap.toml relies on it), not to the file: a message says so, with the path tried."""
+    conf, work = tmp_path / "conf", tmp_path / "work"
+    Node(conf / "node").add_trade("2026-01-05T10:00:10", 1)  # beside the file, not in the working dir
+    (conf / "rules.toml").write_text("[orders]\n")
+    work.mkdir()
+    cfg = conf / "n.toml"
+    cfg.write_text('[nodetap]\nnode_dir = "node"\nrules_file = "rules.toml"\ndb = "x.duckdb"\n')
+
+    def relative(name: str, path: str) -> str:
+        return (f"setting {name} in {cfg}; a relative path there is relative to the working directory, "
+                f"not to the file: {work / path}")
+
+    said = {
+        ("ingest", "--once"):
+            f"nodetap ingest: node dir node does not exist ({relative('node_dir', 'node')})",
+        ("status",): f"nodetap status: database x.duckdb does not exist ({relative('db', 'x.duckdb')}): "
+                     "`nodetap ingest` or `nodetap serve` makes it",
+        ("sql", "SELECT 1"): f"nodetap sql: database x.duckdb does not exist ({relative('db', 'x.duckdb')})",
+    }
+    for argv, message in said.items():
+        proc = run_cli(*argv, "--config", str(cfg), cwd=work, check=False)
+        assert (proc.returncode, proc.stderr) == (2, message + "\n"), argv
+    Node(work / "node").add_trade("2026-01-05T10:00:10", 1)
+    proc = run_cli("ingest", "--once", "--config", str(cfg), cwd=work, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"nodetap ingest: rules file rules.toml: no such file "
+                           f"({relative('rules_file', 'rules.toml')}; see docs/rules.md)\n")
+    assert sorted(p.name for p in work.iterdir()) == ["node"]
+    proc = run_cli("status", cwd=work, env={"NODETAP_DB": "x.duckdb"}, check=False)
+    assert proc.stderr == ("nodetap status: database x.duckdb does not exist (NODETAP_DB, setting db): "
+                           "`nodetap ingest` or `nodetap serve` makes it\n")
+    (work / "rules.toml").write_text("[orders]\n")  # every path there now: it runs
+    run_cli("ingest", "--once", "--from", "start", "--config", str(cfg), cwd=work)
+    assert (work / "x.duckdb").exists()
+
+
+def test_a_node_dir_waited_for_is_logged_as_the_absolute_path_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    stop = threading.Event()
+    stop.set()  # one look, one log line
+    with caplog.at_level("WARNING", logger="nodetap.tail"):
+        assert wait_for_dir(Path("node"), stop) is False
+    assert f"event=node_dir_missing path={tmp_path / 'node'} waited_s=0" in caplog.text
 
 
 def test_broken_toml_is_reported(tmp_path: Path) -> None:

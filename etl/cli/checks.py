@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from etl.cli.common import CliError
-from etl.config import Settings
+from etl.config import Settings, setting_specs
 from etl.tail import STREAM_DIRS, discover, start_from_error
 
 log = logging.getLogger("nodetap.cli")
@@ -18,6 +18,23 @@ log = logging.getLogger("nodetap.cli")
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
           "or node_fills[_by_block|_streaming]/..., or node_trades/...")
 _LOOK_DOWN = 200  # entries looked at below a wrong node dir, at most
+
+
+def named(s: Settings, name: str) -> str:
+    """A setting as a message names it: the flag or variable that set it, or the config file,
+    with the setting's name; a relative path from a config file also says what it resolved to
+    (the working directory's, not the file's)."""
+    origin = s.origins.get(name)
+    if origin is not None and origin.kind == "file":
+        value = getattr(s, name)
+        relative = isinstance(value, Path) and str(value) not in ("", ".") and not value.is_absolute()
+        resolved = (f"; a relative path there is relative to the working directory, not to the file: "
+                    f"{value.absolute()}") if relative else ""
+        return f"setting {name} in {origin.where}{resolved}"
+    if origin is not None and origin.kind == "env":
+        return f"{origin.where}, setting {name}"
+    flag = next(spec.flag for spec in setting_specs() if spec.name == name)
+    return f"{flag}, setting {name}" if flag else f"setting {name}"
 
 
 def holds_streams(path: Path) -> bool:
@@ -63,7 +80,7 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
                        f"(usually ~/hl/data), laid out {LAYOUT} (setting node_dir)")
     if not path.exists():
         if must_exist:
-            raise CliError(f"node dir {path} does not exist (--node-dir, setting node_dir)")
+            raise CliError(f"node dir {path} does not exist ({named(s, 'node_dir')})")
         return
     if not path.is_dir():
         raise CliError(f"--node-dir {path} is not a directory (setting node_dir)")
@@ -82,7 +99,7 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
         return
     hint = f"; did you mean --node-dir {near}?" if near is not None else ""
     raise CliError(f"node dir {path} holds no node output: expected {LAYOUT} "
-                   f"(--node-dir, setting node_dir){hint}")
+                   f"({named(s, 'node_dir')}){hint}")
 
 
 def check_rules_file(s: Settings) -> None:
@@ -91,6 +108,8 @@ def check_rules_file(s: Settings) -> None:
     if str(path) in ("", ".") or path == Settings().rules_file:
         return
     if not path.exists():
+        if "rules_file" in s.origins and s.origins["rules_file"].kind != "flag":
+            raise CliError(f"rules file {path}: no such file ({named(s, 'rules_file')}; see docs/rules.md)")
         raise CliError(f"--rules {path}: no such file (setting rules_file; see docs/rules.md)")
     if path.is_dir():
         raise CliError(f"--rules {path} is a directory, not a rules file (setting rules_file)")
