@@ -87,7 +87,7 @@ def _s(default: Any, doc: str, *, flag: str = "", on: tuple[str, ...] = (),
 @dataclass(frozen=True)
 class Settings:
     node_dir: Path = _s(Path("data/demo-node"), "The node's data dir, usually `~/hl/data`: it holds `node_order_statuses*`, `node_fills*` or `node_trades`, each laid out `hourly/YYYYMMDD/H`. A dir that does not exist yet is waited for; one that holds none of them is refused.", flag="--node-dir", on=NODE)
-    db: Path = _s(Path("data/nodetap.duckdb"), "The DuckDB file: rows, cursors, gaps and rejects.", flag="--db", on=DB)
+    db: Path = _s(Path("data/nodetap.duckdb"), "The DuckDB file: rows, cursors, gaps and rejects. Its directory must exist; not a data file's name (`.parquet`, `.csv`, `.json`, ...), which DuckDB would open as that data.", flag="--db", on=DB)
     start_from: str = _s("end", "First-run start per stream: `end` (new data only), `start` (oldest file) or `YYYYMMDD[/H]`. Later runs resume from stored cursors.", flag="--from", on=PIPELINE)
     backlog: Backlog = _s("drop", "`drop`: skip the oldest unread data past `max_backlog_bytes` (recorded in `gaps`); `keep`: process everything.", flag="--backlog", on=PIPELINE, choices=BACKLOG)
     max_backlog_bytes: int = _s(2 << 30, 'Unread bytes per stream above which the oldest are skipped (with `backlog = "drop"`).', flag="--max-backlog-bytes", on=PIPELINE, least=1)
@@ -146,6 +146,10 @@ class Settings:
                 raise ConfigError(f"{spec.name} must be a finite number, not {value!r}", spec.name)
             if spec.kind in ("int", "float") and not in_range(spec, value):
                 raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
+            if spec.name == "db" and (data := _DATA_FILE.search(value.name)):
+                raise ConfigError(f"db {value}: DuckDB opens a {data.group(0)} file as data, not as a "
+                                  "database; the db is a DuckDB database file, such as "
+                                  f"{value.with_name(value.name[:data.start()] + '.duckdb')}", "db")
             if spec.url and value and not is_http_url(value):
                 raise ConfigError(f"{spec.name} must be an http:// or https:// URL, such as "
                                   f"{spec.default}, or empty, not {value!r}", spec.name)
@@ -156,6 +160,10 @@ class Settings:
                     raise ConfigError(f"{spec.name}: {err}", spec.name) from None
                 if not in_range(spec, size):
                     raise ConfigError(f"{spec.name} must be {value_range(spec)}, not {value!r}", spec.name)
+
+
+# files DuckDB opens as a view of their data rather than as a database (`duckdb.connect`)
+_DATA_FILE = re.compile(r"\.(parquet|csv|tsv|json|ndjson|jsonl)(\.gz|\.zst)?$", re.IGNORECASE)
 
 
 def is_http_url(url: str) -> bool:

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
@@ -346,6 +347,43 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
             assert out.returncode == 2, (argv, out.stderr)
             assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
+
+
+def test_a_db_in_a_directory_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "no" / "such" / "x.duckdb"
+    said = (f"database {db}: directory {db.parent} does not exist (--db, setting db): create it "
+            f"(mkdir -p {db.parent}) or pass a path in a directory that exists\n")
+    for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root)],
+                 ["serve", "--node-dir", str(node.root), "--port", str(free_port())],
+                 ["backfill", str(node.root)]):
+        proc = run_cli(*argv, "--db", str(db), check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"nodetap {argv[0]}: {said}"), argv
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_db_named_as_a_data_file_is_refused_by_every_command(tmp_path: Path) -> None:
+    """DuckDB opens x.parquet (or .csv, .json, ...) as a view of that data: `sql` and `status`
+    died with "Cannot launch in-memory database in read-only mode", `ingest` stored rows in a new
+    database of that name, or failed with a message about the lake, leaving files behind."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    data = tmp_path / "trades.parquet"
+    duckdb.connect().execute(f"COPY (SELECT 1 AS a) TO '{data}' (FORMAT parquet)")
+    before = data.read_bytes()
+    for db, suffix, instead in ((data, ".parquet", "trades.duckdb"),
+                                (tmp_path / "new.CSV", ".CSV", "new.duckdb"),
+                                (tmp_path / "x.json.gz", ".json.gz", "x.duckdb")):
+        said = (f"nodetap: db {db}: DuckDB opens a {suffix} file as data, not as a database; the db is a "
+                f"DuckDB database file, such as {tmp_path / instead} (set by --db)\n")
+        for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root)], ["status"],
+                     ["sql", "SELECT 1"], ["export", "trades", "-o", str(tmp_path / "out.parquet")],
+                     ["config"]):
+            proc = run_cli(*argv, "--db", str(db), check=False)
+            assert (proc.returncode, proc.stderr) == (2, said), argv
+    assert data.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node", "trades.parquet"]
 
 
 def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ def check_start_from(s: Settings) -> None:
 
 
 def check_db(s: Settings) -> None:
-    """Refuse a `--db` that cannot be a database file: a directory, or under a file."""
+    """Refuse a `--db` that cannot be a database file: a directory, under a file, or in a
+    directory that does not exist (it is not made: a typo would put a database elsewhere)."""
     db = s.db
     if db.is_dir():
         raise CliError(f"--db {db} is a directory: pass a file in it, e.g. {db / 'nodetap.duckdb'} "
@@ -154,3 +155,7 @@ def check_db(s: Settings) -> None:
                 raise CliError(f"--db {db}: {parent} is a file, not a directory; pass a path in "
                                "a directory (setting db)")
             break
+    parent = db.absolute().parent
+    if not parent.is_dir():
+        raise CliError(f"database {db}: directory {parent} does not exist ({named(s, 'db')}): create it "
+                       f"(mkdir -p {parent}) or pass a path in a directory that exists")
