@@ -178,6 +178,24 @@ def test_a_missing_rules_file_is_one_line_naming_the_flag(tmp_path: Path) -> Non
                            "(setting rules_file; see docs/rules.md)\n")
 
 
+def test_a_rules_file_with_bad_rules_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[orders]\nwatch_users = ["abc"]\n')
+    db = tmp_path / "x.duckdb"
+    said = (f"{rules}: orders.watch_users[0]: expected an address, 0x and 40 hex digits, got 'abc' "
+            "(--rules, setting rules_file; see docs/rules.md)\n")
+    for argv in (["ingest", "--once", "--node-dir", str(node)], ["backfill", str(node)],
+                 ["serve", "--node-dir", str(node), "--port", str(free_port())]):
+        proc = run_cli(*argv, "--db", str(db), "--rules", str(rules), check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"nodetap {argv[0]}: {said}"), argv
+    proc = run_cli("demo", "--node-dir", str(tmp_path / "demo"), "--port", str(free_port()), "--db", str(db),
+                   env={"NODETAP_RULES_FILE": str(rules)}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == "nodetap demo: " + said.replace("--rules", "NODETAP_RULES_FILE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hl", "rules.toml"]
+
+
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
     node = _hl(tmp_path) / "data"
     db = tmp_path / "x.duckdb"

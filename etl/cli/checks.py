@@ -11,6 +11,7 @@ from pathlib import Path
 
 from etl.cli.common import CliError
 from etl.config import Settings, setting_specs
+from etl.filters import RulesError, load_rules
 from etl.tail import STREAM_DIRS, discover, start_from_error
 
 log = logging.getLogger("nodetap.cli")
@@ -103,9 +104,10 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
 
 
 def check_rules_file(s: Settings) -> None:
-    """A rules file given that does not exist (the default one may be missing: defaults)."""
+    """A rules file given that does not exist (the default one may be missing: defaults), or
+    whose rules are not valid: said before the database is made, not after."""
     path = s.rules_file
-    if str(path) in ("", ".") or path == Settings().rules_file:
+    if str(path) in ("", ".") or path == Settings().rules_file and not path.exists():
         return
     if not path.exists():
         if "rules_file" in s.origins and s.origins["rules_file"].kind != "flag":
@@ -113,6 +115,10 @@ def check_rules_file(s: Settings) -> None:
         raise CliError(f"--rules {path}: no such file (setting rules_file; see docs/rules.md)")
     if path.is_dir():
         raise CliError(f"--rules {path} is a directory, not a rules file (setting rules_file)")
+    try:
+        load_rules(path)
+    except RulesError as err:
+        raise CliError(f"{err} ({named(s, 'rules_file')}; see docs/rules.md)") from None
 
 
 def check_port(host: str, port: int) -> None:
