@@ -7,6 +7,10 @@ knows, that the node's answer was unavailable and why; types it does not know (a
 client sends) share one line a minute, which counts those left out, so that neither the log nor
 the memory grows with what clients send. After a failed call the server is not asked
 again for `RETRY_S`, so a node without `--serve-info` costs one refused connection a while.
+
+Only http:// and https:// are ever fetched: the URL is checked (here and when the settings are
+read), and the client has no handler for other schemes (urllib's default one opens file://
+and ftp://) and refuses a redirect to one.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from http.client import HTTPMessage
+from typing import IO, Any
+from urllib.parse import urljoin
 
 import orjson
+
+from etl.config import is_http_url
 
 log = logging.getLogger("nodetap.nodeinfo")
 
@@ -40,12 +48,40 @@ class NodeInfoUnavailable(Exception):
         self.body = body
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect to http:// or https:// only (urllib's own follows ftp:// too)."""
+
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: HTTPMessage) -> Any:
+        target = urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if not is_http_url(target):
+            fp.close()
+            raise urllib.error.URLError(f"it redirected to {target}: only http and https are fetched")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _http_opener() -> urllib.request.OpenerDirector:
+    """urllib's opener with the http and https handlers alone (and the environment's proxies)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                    urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpRedirectsOnly(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
 class NodeInfo:
-    """A client of the node's info server at `url` ("" disables it)."""
+    """A client of the node's info server at `url` ("" disables it), http:// or https:// only."""
 
     def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
+        if url and not is_http_url(url):
+            raise ValueError(f"node_info_url must be an http:// or https:// URL, not {url!r}")
         self.url = url
         self.clock = clock
+        self._opener = _http_opener()
         self._down_until = 0.0
         self._reason = ""
         self._logged: set[str] = set()  # known types only: bounded by api.infoapi.KNOWN_TYPES
@@ -83,7 +119,7 @@ class NodeInfo:
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (setting)
+            with self._opener.open(request, timeout=TIMEOUT_S) as response:
                 data: bytes = response.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as err:  # the node answered, with an error of its own
             raise NodeInfoUnavailable(f"the node's info server at {self.url} answered {err.code}",

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 
+from etl.config import memory_size
+
 if TYPE_CHECKING:
     from etl.store import Store
 
@@ -34,9 +36,7 @@ T = TypeVar("T")
 RETRY_S = 2.0
 LOG_EVERY_S = 60.0
 WAL_SHARE = 8  # the WAL may take at most 1/WAL_SHARE of the free space
-MIN_THRESHOLD = 1 << 20
-_UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "KIB": 1 << 10, "MIB": 1 << 20,
-          "GIB": 1 << 30, "B": 1}
+MIN_THRESHOLD = 1 << 20  # the least `checkpoint_threshold` allows (etl/config.py)
 
 
 class DiskFullError(OSError):
@@ -71,12 +71,8 @@ def free_bytes(path: Path) -> int:
 
 
 def parse_size(text: str) -> int:
-    """Bytes in a DuckDB size setting such as `128MB`."""
-    t = text.strip().upper().replace(" ", "")
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
-            return int(float(t[: -len(unit)]) * _UNITS[unit])
-    return int(t)
+    """Bytes in a DuckDB size setting such as `128MB`, as DuckDB reads it (MB: 10**6 bytes)."""
+    return memory_size(text)
 
 
 def fitting_threshold(configured: str, free: int) -> int:

@@ -83,7 +83,7 @@ def wait_for_dir(path: Path, stop: threading.Event, *, log_every_s: float = 60.0
         now = clock()
         if now - last_log >= log_every_s:
             log.warning("event=node_dir_missing path=%s waited_s=%.0f (setting node_dir; "
-                        "nodetap waits for it)", path, now - started)
+                        "nodetap waits for it)", path.absolute(), now - started)
             last_log = now
         if stop.wait(poll_s):
             return False

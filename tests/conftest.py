@@ -72,11 +72,11 @@ def hour_file(node: Path, stream: str, day: str, hour: int) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`nodetap ARGS` as a real subprocess."""
+            check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`nodetap ARGS` as a real subprocess, in `cwd` (the repository's root by default)."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "etl.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, cwd=ROOT)
+                          text=True, timeout=timeout, env=full_env, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"nodetap {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc

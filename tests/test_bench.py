@@ -13,6 +13,8 @@ from etl.parse import parse
 from etl.simulate import Simulator
 from tests.conftest import ROOT, run_cli
 
+WATCHED = "0x" + "e5" * 20  # a user the rules watch
+
 
 def _kept_by_rules(files: list[str]) -> int:
     """Rows of the order-status files that nodetap's own vectorised filter keeps."""
@@ -82,13 +84,13 @@ def test_bench_tiny_run_reports_every_measurement(tmp_path: Path) -> None:
     Rules(exclude_coins=("ETH",), sides=("A",), min_notional_by_coin={"BTC": 2000.0, "PURR/USDC": 1.0}),
     Rules(trigger="only", statuses=("open", "triggered")),
     Rules(trigger="exclude", order_types=("Limit",), min_notional=1000.0),
-    Rules(statuses=("rejected",), watch_users=("0xw",)),
+    Rules(statuses=("rejected",), watch_users=(WATCHED,)),
 ], ids=["defaults", "keep_all", "coins", "exclude_sides_by_coin", "trigger_only", "exclude_types",
         "watch"])
 def test_replaced_filter_keeps_what_apply_rules_keeps(rules: Rules) -> None:
     sim = Simulator(seed=3)
     events = [sim.order_event() for _ in range(3000)]
-    events[0]["user"] = "0xw"
+    events[0]["user"] = WATCHED
     events[1]["order"]["limitPx"] = "NaN"  # type: ignore[index]
     events[2]["order"]["isTrigger"] = None  # type: ignore[index]
     lines = [orjson.dumps(e) for e in events]

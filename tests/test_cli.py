@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
@@ -22,7 +23,7 @@ from etl.cli.output import cell
 from etl.config import Settings
 from etl.pipeline import Pipeline
 from etl.store import Store
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_port, run_cli
 from tests.test_lake import Node
 
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
@@ -96,7 +97,7 @@ def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pyt
     assert values["lake_dir"] == f"{tmp_path}/d/x.duckdb.lake"
     assert values["rules_file"] == "(empty: the built-in rules)"
     assert values["port"] == "8000"
-    assert list(values) == list(Settings.__dataclass_fields__)
+    assert list(values) == [name for name in Settings.__dataclass_fields__ if name != "origins"]
 
 
 def test_output_to_a_closed_pipe_exits_quietly() -> None:
@@ -129,7 +130,7 @@ def test_a_node_dir_without_streams_is_refused_with_the_right_path(
     _hl(tmp_path)
     (tmp_path / "empty").mkdir()
     db = tmp_path / "x.duckdb"
-    argv = [command, "--node-dir", str(tmp_path / given), "--db", str(db), "--port", "0"]
+    argv = [command, "--node-dir", str(tmp_path / given), "--db", str(db), "--port", str(free_port())]
     assert main(argv if command == "serve" else [*argv[:-2], "--once"]) == 2
     assert capsys.readouterr().err == (
         f"nodetap {command}: node dir {tmp_path / given} holds no node output: expected {LAYOUT} "
@@ -177,6 +178,24 @@ def test_a_missing_rules_file_is_one_line_naming_the_flag(tmp_path: Path) -> Non
                            "(setting rules_file; see docs/rules.md)\n")
 
 
+def test_a_rules_file_with_bad_rules_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[orders]\nwatch_users = ["abc"]\n')
+    db = tmp_path / "x.duckdb"
+    said = (f"{rules}: orders.watch_users[0]: expected an address, 0x and 40 hex digits, got 'abc' "
+            "(--rules, setting rules_file; see docs/rules.md)\n")
+    for argv in (["ingest", "--once", "--node-dir", str(node)], ["backfill", str(node)],
+                 ["serve", "--node-dir", str(node), "--port", str(free_port())]):
+        proc = run_cli(*argv, "--db", str(db), "--rules", str(rules), check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"nodetap {argv[0]}: {said}"), argv
+    proc = run_cli("demo", "--node-dir", str(tmp_path / "demo"), "--port", str(free_port()), "--db", str(db),
+                   env={"NODETAP_RULES_FILE": str(rules)}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == "nodetap demo: " + said.replace("--rules", "NODETAP_RULES_FILE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hl", "rules.toml"]
+
+
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
     node = _hl(tmp_path) / "data"
     db = tmp_path / "x.duckdb"
@@ -190,6 +209,22 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
     assert proc.stderr == (f"nodetap serve: port {port} on 127.0.0.1 is already in use by another "
                            "program: pick another with --port (setting port)\n")
     assert not db.exists()
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    node = _hl(tmp_path) / "data"
+    db = tmp_path / "x.duckdb"
+    for port in ("99999", "0", "-1"):
+        proc = run_cli("serve", "--node-dir", str(node), "--db", str(db), "--port", port, check=False)
+        assert (proc.returncode, proc.stderr) == (
+            2, f"nodetap: port must be 1 to 65535, not {port} (set by --port)\n")
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("[nodetap]\nport = 99999\n")
+    proc = run_cli("demo", "--config", str(cfg), "--node-dir", str(tmp_path / "demo"), "--db", str(db),
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"nodetap: port must be 1 to 65535, not 99999 (set in {cfg})\n"
+    assert not db.exists() and not (tmp_path / "demo").exists()
 
 
 def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
@@ -330,6 +365,43 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
             assert out.returncode == 2, (argv, out.stderr)
             assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
+
+
+def test_a_db_in_a_directory_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "no" / "such" / "x.duckdb"
+    said = (f"database {db}: directory {db.parent} does not exist (--db, setting db): create it "
+            f"(mkdir -p {db.parent}) or pass a path in a directory that exists\n")
+    for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root)],
+                 ["serve", "--node-dir", str(node.root), "--port", str(free_port())],
+                 ["backfill", str(node.root)]):
+        proc = run_cli(*argv, "--db", str(db), check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"nodetap {argv[0]}: {said}"), argv
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_db_named_as_a_data_file_is_refused_by_every_command(tmp_path: Path) -> None:
+    """DuckDB opens x.parquet (or .csv, .json, ...) as a view of that data: `sql` and `status`
+    died with "Cannot launch in-memory database in read-only mode", `ingest` stored rows in a new
+    database of that name, or failed with a message about the lake, leaving files behind."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    data = tmp_path / "trades.parquet"
+    duckdb.connect().execute(f"COPY (SELECT 1 AS a) TO '{data}' (FORMAT parquet)")
+    before = data.read_bytes()
+    for db, suffix, instead in ((data, ".parquet", "trades.duckdb"),
+                                (tmp_path / "new.CSV", ".CSV", "new.duckdb"),
+                                (tmp_path / "x.json.gz", ".json.gz", "x.duckdb")):
+        said = (f"nodetap: db {db}: DuckDB opens a {suffix} file as data, not as a database; the db is a "
+                f"DuckDB database file, such as {tmp_path / instead} (set by --db)\n")
+        for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root)], ["status"],
+                     ["sql", "SELECT 1"], ["export", "trades", "-o", str(tmp_path / "out.parquet")],
+                     ["config"]):
+            proc = run_cli(*argv, "--db", str(db), check=False)
+            assert (proc.returncode, proc.stderr) == (2, said), argv
+    assert data.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node", "trades.parquet"]
 
 
 def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> None:

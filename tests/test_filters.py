@@ -33,6 +33,7 @@ from etl.filters import (
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 5, 10, 58)
+U1, U2, U3, U4 = ("0x" + digits * 20 for digits in ("a1", "b2", "c3", "d4"))  # users' addresses
 
 
 def order(oid: int, **kw: Any) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def order(oid: int, **kw: Any) -> dict[str, Any]:
         "time": T0,
         "block_number": 1000 + oid,
         "block_time": T0,
-        "user": "0xu1",
+        "user": U1,
         "status": "open",
         "coin": "BTC",
         "side": "B",
@@ -73,14 +74,14 @@ def frame(*rows: dict[str, Any]) -> pl.DataFrame:
 def make_orders() -> pl.DataFrame:
     """Six orders, one per kind of coin name; notionals 100000, 15000, 4000, 3000, 40000, 1500."""
     return frame(
-        order(1, coin="BTC", status="open", side="B", limit_px=100000.0, orig_sz=1.0, user="0xu1"),
-        order(2, coin="ETH", status="filled", side="A", limit_px=3000.0, orig_sz=5.0, user="0xu2"),
-        order(3, coin="PURR/USDC", status="canceled", side="B", limit_px=0.25, orig_sz=16000.0, user="0xu3"),
-        order(4, coin="@107", status="triggered", side="A", limit_px=30.0, orig_sz=100.0, user="0xu1",
+        order(1, coin="BTC", status="open", side="B", limit_px=100000.0, orig_sz=1.0, user=U1),
+        order(2, coin="ETH", status="filled", side="A", limit_px=3000.0, orig_sz=5.0, user=U2),
+        order(3, coin="PURR/USDC", status="canceled", side="B", limit_px=0.25, orig_sz=16000.0, user=U3),
+        order(4, coin="@107", status="triggered", side="A", limit_px=30.0, orig_sz=100.0, user=U1,
               is_trigger=True, order_type="Stop Market"),
         order(5, coin="km:USTECH", status="badAloPxRejected", side="B", limit_px=20000.0, orig_sz=2.0,
-              user="0xu4", is_trigger=True, order_type="Take Profit Limit"),
-        order(6, coin="SOL", status="marginCanceled", side="A", limit_px=150.0, orig_sz=10.0, user="0xu2"),
+              user=U4, is_trigger=True, order_type="Take Profit Limit"),
+        order(6, coin="SOL", status="marginCanceled", side="A", limit_px=150.0, orig_sz=10.0, user=U2),
     )
 
 
@@ -113,7 +114,7 @@ def test_defaults_equal_an_empty_file_and_keep_the_four_statuses() -> None:
         ({"trigger": "exclude"}, [1, 2, 3, 6]),
         ({"order_types": ("Limit",)}, [1, 2, 3, 6]),
         ({"order_types": ("Stop Market", "Take Profit Limit")}, [4, 5]),
-        ({"watch_users": ("0xu1",)}, [1, 2, 3, 4, 5, 6]),
+        ({"watch_users": (U1,)}, [1, 2, 3, 4, 5, 6]),
     ],
 )
 def test_each_rule_alone(kw: dict[str, Any], expected: list[int]) -> None:
@@ -165,12 +166,13 @@ def test_nulls_fail_allow_rules_and_pass_deny_rules_nan_notional_fails() -> None
 
 
 def test_watch_users_are_kept_whatever_the_other_rules_say() -> None:
-    rules = Rules(coins=("ETH",), statuses=("filled",), trigger="exclude", watch_users=("0xu1", "0xu4"))
-    # 2 passes every rule; 1 and 4 (0xu1) and 5 (0xu4, a rejected trigger order) are watched
+    rules = Rules(coins=("ETH",), statuses=("filled",), trigger="exclude", watch_users=(U1, U4))
+    # 2 passes every rule; 1 and 4 (U1) and 5 (U4, a rejected trigger order) are watched
     assert kept_oids(make_orders(), rules) == [1, 2, 4, 5]
     # as a checksummed address is written: the node writes addresses in lowercase
-    assert kept_oids(make_orders(), replace(rules, watch_users=("0xU1", "0XU4"))) == [1, 2, 4, 5]
-    assert parse_rules({"orders": {"watch_users": ["0xAbC"]}}).watch_users == ("0xabc",)
+    checksummed = replace(rules, watch_users=("0x" + U1[2:].upper(), "0X" + U4[2:]))
+    assert kept_oids(make_orders(), checksummed) == [1, 2, 4, 5]
+    assert parse_rules({"orders": {"watch_users": ["0x" + "Ab" * 20]}}).watch_users == ("0x" + "ab" * 20,)
 
 
 def test_keep_all_keeps_every_row_unchanged() -> None:
@@ -183,7 +185,7 @@ def test_keep_all_keeps_every_row_unchanged() -> None:
 
 def test_exact_counts_per_rule_each_evaluated_alone() -> None:
     rules = Rules(coins=("BTC", "ETH", "@107", "km:USTECH"), sides=("B",), min_notional=3000.0,
-                  watch_users=("0xu2",))
+                  watch_users=(U2,))
     kept, counts = apply_rules(make_orders(), rules)
     assert kept["oid"].to_list() == [1, 2, 6]
     assert counts == {
@@ -198,7 +200,7 @@ def test_exact_counts_per_rule_each_evaluated_alone() -> None:
 
 
 def test_empty_frame() -> None:
-    kept, counts = apply_rules(frame(), Rules(coins=("BTC",), min_notional=1.0, watch_users=("0xu1",)))
+    kept, counts = apply_rules(frame(), Rules(coins=("BTC",), min_notional=1.0, watch_users=(U1,)))
     assert kept.height == 0 and kept.schema == pl.Schema(ORDERS_SCHEMA)
     assert counts == {"coins": (0, 0), "statuses": (0, 0), "min_notional": (0, 0), "watch_users": (0, 0),
                       "total": (0, 0)}
@@ -232,6 +234,12 @@ VALID_KEYS = ("coins, exclude_coins, keep_all, min_notional, min_notional_by_coi
         ({"exclude_coins": [""]}, "orders.exclude_coins[0]: expected a non-empty string, got '' (str)"),
         ({"statuses": "open"}, "orders.statuses: expected a list of strings, got 'open' (str)"),
         ({"watch_users": [None]}, "orders.watch_users[0]: expected a non-empty string, got None"),
+        ({"watch_users": [U1, "abc"]}, "orders.watch_users[1]: expected an address, 0x and 40 hex digits, "
+                                       "got 'abc'"),
+        ({"watch_users": [U1[:-1]]}, f"orders.watch_users[0]: expected an address, 0x and 40 hex digits, "
+                                     f"got {U1[:-1]!r}"),
+        ({"watch_users": [U1[:-1] + "g"]}, "orders.watch_users[0]: expected an address"),
+        ({"watch_users": [" " + U1]}, "orders.watch_users[0]: expected an address"),
         ({"min_notional": "10k"}, "orders.min_notional: expected a number (USD), got '10k' (str)"),
         ({"min_notional": True}, "orders.min_notional: expected a number (USD), got True (bool)"),
         ({"min_notional": -1}, "orders.min_notional: minimum notional must not be negative, got -1.0"),
@@ -309,7 +317,7 @@ ODD = Rules(
     min_notional_by_coin={"BTC": 1e20, "PURR/USDC": 0.0, "@107": 7.0, "km:USTECH": 3.25, 'we"ird\\coin': 1.0},
     trigger="exclude",
     order_types=("Stop Market",),
-    watch_users=("0xabc",),
+    watch_users=("0x" + "abc0" * 10,),
 )
 
 

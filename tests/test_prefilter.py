@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
 COINS = ["BTC", "ETH", "PURR/USDC", "@107", "km:USTECH", 'q"x', "é€"]
 STATUSES = ["open", "filled", "canceled", "triggered", "badAloPxRejected", "marginCanceled"]
-USERS = ["0xaa", "0xbb", "0xcc", 'we\\ird"user']
+ADDRESSES = ["0x" + "aa" * 20, "0x" + "bb" * 20, "0x" + "cc" * 20]  # what watch_users may hold
+USERS = [*ADDRESSES, 'we\\ird"user']
 TIMES = ["2026-01-05T11:00:00.05", "2026-01-05T11:02:30", "2026-01-05T12:00:00.123456789"]
 SEPARATORS = [(",", ":"), (", ", ": ")]
 
@@ -168,7 +169,7 @@ def rules(draw: st.DrawFn) -> Rules:
             st.dictionaries(st.sampled_from(COINS), st.sampled_from([0.0, 5.0, 1e6]), max_size=2)),
         trigger=draw(st.sampled_from(["any", "only", "exclude"])),
         order_types=tuple(draw(st.lists(st.sampled_from(["Limit", "Stop Market"]), max_size=1))),
-        watch_users=tuple(draw(st.lists(st.sampled_from(USERS), max_size=1))),
+        watch_users=tuple(draw(st.lists(st.sampled_from(ADDRESSES), max_size=1))),
     )
 
 

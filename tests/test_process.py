@@ -85,8 +85,9 @@ def test_the_demo_simulator_continues_its_node(tmp_path: Path) -> None:
 
 
 def test_wal_threshold_fits_the_free_space() -> None:
-    assert parse_size("128MB") == 128 << 20 and parse_size("1.5GiB") == 3 << 29
-    assert fitting_threshold("128MB", 100 << 30) == 128 << 20
+    assert parse_size("128MB") == 128_000_000 and parse_size("1.5GiB") == 3 << 29  # as DuckDB reads them
+    assert parse_size("1TB") == 10**12 and parse_size("2 TiB") == 2 << 40
+    assert fitting_threshold("128MB", 100 << 30) == 128_000_000
     assert fitting_threshold("128MB", 80 << 20) == 10 << 20
     assert fitting_threshold("128MB", 1000) == 1 << 20  # never below 1 MiB
 

@@ -327,6 +327,8 @@ def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
             ({"orders": {"sides": ["X"]}}, "<request>: orders.sides[0]: must be 'A' (ask/sell) or 'B'"),
             ({"orders": {"colour": "red"}}, "<request>: orders.colour: unknown key (valid keys: "),
             ({"orders": {"min_notional": -1}}, "minimum notional must not be negative"),
+            ({"orders": {"watch_users": ["0x" + "ab" * 20, "abc"]}},
+             "<request>: orders.watch_users[1]: expected an address, 0x and 40 hex digits, got 'abc'"),
             ([1, 2], "expected a table with an [orders] table"),
         ]:
             assert message in error(client.put("/v1/rules", json=body))

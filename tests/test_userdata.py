@@ -16,7 +16,9 @@ _methods (orderUpdates: `[{order: OpenOrder, status, statusTimestamp}]`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ import polars as pl
 import pytest
 
 from api import infodata
+from api.nodeinfo import NodeInfo, NodeInfoUnavailable
 from api.userwire import aggregate_by_time
 from api.wire import FEED_ERRORS, CandleSub, OrdersSub, TradesSub, build_messages
 from etl.columns import FILLS_SCHEMA, ORDERS_SCHEMA, TRADES_SCHEMA
@@ -346,6 +349,37 @@ def node_info_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}/info", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_node_info_client_fetches_http_and_https_only() -> None:
+    with pytest.raises(ValueError, match=re.escape(
+            "node_info_url must be an http:// or https:// URL, not 'file:///etc/passwd'")):
+        NodeInfo("file:///etc/passwd")
+    targets = ["file:///etc/passwd", f"ftp://127.0.0.1:{free_port()}/info", "data:,{}"]
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", targets[int(self.path.rsplit("/", 1)[1])])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Redirect)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for i, target in enumerate(targets):
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/info/{i}"
+            with pytest.raises(NodeInfoUnavailable) as err:
+                asyncio.run(NodeInfo(url).ask({"type": "meta"}))
+            assert str(err.value) == (f"the node's info server at {url} did not answer: it redirected to "
+                                      f"{target}: only http and https are fetched")
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.cli.output import FORMATS
-from etl.config import SettingSpec, canonical_choice, setting_specs, show_default
+from etl.config import SettingSpec, canonical_choice, setting_specs, show_default, value_range
 from etl.schema import TABLES
 
 VARIANTS = ("plain", "by_block", "streaming")
@@ -23,7 +23,8 @@ def plain_text(doc: str) -> str:
 
 
 def _add_setting(p: argparse.ArgumentParser, spec: SettingSpec) -> None:
-    text = f"{plain_text(spec.doc)} (setting {spec.name}, NODETAP_{spec.name.upper()}; " \
+    allowed = f"{value_range(spec)}; " if spec.kind in ("int", "float") else ""
+    text = f"{plain_text(spec.doc)} (setting {spec.name}, NODETAP_{spec.name.upper()}; {allowed}" \
            f"default {plain_text(show_default(spec))})"
     kw: dict[str, Any] = {"dest": spec.name, "help": text, "default": None}
     if spec.kind == "bool":
@@ -42,7 +43,8 @@ def _add_setting(p: argparse.ArgumentParser, spec: SettingSpec) -> None:
 def add_settings(p: argparse.ArgumentParser, command: str) -> None:
     """`--config` and the flag of every setting that `command` takes (`config`: all)."""
     p.add_argument("--config", metavar="FILE",
-                   help="TOML settings file (also NODETAP_CONFIG); keys at top level or under [nodetap]")
+                   help="TOML settings file (also NODETAP_CONFIG); every key at top level, or every key "
+                        "under [nodetap]")
     for spec in setting_specs():
         if spec.flag and (command in spec.commands or command == "config"):
             _add_setting(p, spec)

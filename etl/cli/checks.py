@@ -10,7 +10,8 @@ import socket
 from pathlib import Path
 
 from etl.cli.common import CliError
-from etl.config import Settings
+from etl.config import Settings, setting_specs
+from etl.filters import RulesError, load_rules
 from etl.tail import STREAM_DIRS, discover, start_from_error
 
 log = logging.getLogger("nodetap.cli")
@@ -18,6 +19,23 @@ log = logging.getLogger("nodetap.cli")
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
           "or node_fills[_by_block|_streaming]/..., or node_trades/...")
 _LOOK_DOWN = 200  # entries looked at below a wrong node dir, at most
+
+
+def named(s: Settings, name: str) -> str:
+    """A setting as a message names it: the flag or variable that set it, or the config file,
+    with the setting's name; a relative path from a config file also says what it resolved to
+    (the working directory's, not the file's)."""
+    origin = s.origins.get(name)
+    if origin is not None and origin.kind == "file":
+        value = getattr(s, name)
+        relative = isinstance(value, Path) and str(value) not in ("", ".") and not value.is_absolute()
+        resolved = (f"; a relative path there is relative to the working directory, not to the file: "
+                    f"{value.absolute()}") if relative else ""
+        return f"setting {name} in {origin.where}{resolved}"
+    if origin is not None and origin.kind == "env":
+        return f"{origin.where}, setting {name}"
+    flag = next(spec.flag for spec in setting_specs() if spec.name == name)
+    return f"{flag}, setting {name}" if flag else f"setting {name}"
 
 
 def holds_streams(path: Path) -> bool:
@@ -63,7 +81,7 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
                        f"(usually ~/hl/data), laid out {LAYOUT} (setting node_dir)")
     if not path.exists():
         if must_exist:
-            raise CliError(f"node dir {path} does not exist (--node-dir, setting node_dir)")
+            raise CliError(f"node dir {path} does not exist ({named(s, 'node_dir')})")
         return
     if not path.is_dir():
         raise CliError(f"--node-dir {path} is not a directory (setting node_dir)")
@@ -82,18 +100,25 @@ def check_node_dir(s: Settings, *, must_exist: bool) -> None:
         return
     hint = f"; did you mean --node-dir {near}?" if near is not None else ""
     raise CliError(f"node dir {path} holds no node output: expected {LAYOUT} "
-                   f"(--node-dir, setting node_dir){hint}")
+                   f"({named(s, 'node_dir')}){hint}")
 
 
 def check_rules_file(s: Settings) -> None:
-    """A rules file given that does not exist (the default one may be missing: defaults)."""
+    """A rules file given that does not exist (the default one may be missing: defaults), or
+    whose rules are not valid: said before the database is made, not after."""
     path = s.rules_file
-    if str(path) in ("", ".") or path == Settings().rules_file:
+    if str(path) in ("", ".") or path == Settings().rules_file and not path.exists():
         return
     if not path.exists():
+        if "rules_file" in s.origins and s.origins["rules_file"].kind != "flag":
+            raise CliError(f"rules file {path}: no such file ({named(s, 'rules_file')}; see docs/rules.md)")
         raise CliError(f"--rules {path}: no such file (setting rules_file; see docs/rules.md)")
     if path.is_dir():
         raise CliError(f"--rules {path} is a directory, not a rules file (setting rules_file)")
+    try:
+        load_rules(path)
+    except RulesError as err:
+        raise CliError(f"{err} ({named(s, 'rules_file')}; see docs/rules.md)") from None
 
 
 def check_port(host: str, port: int) -> None:
@@ -124,7 +149,8 @@ def check_start_from(s: Settings) -> None:
 
 
 def check_db(s: Settings) -> None:
-    """Refuse a `--db` that cannot be a database file: a directory, or under a file."""
+    """Refuse a `--db` that cannot be a database file: a directory, under a file, or in a
+    directory that does not exist (it is not made: a typo would put a database elsewhere)."""
     db = s.db
     if db.is_dir():
         raise CliError(f"--db {db} is a directory: pass a file in it, e.g. {db / 'nodetap.duckdb'} "
@@ -135,3 +161,7 @@ def check_db(s: Settings) -> None:
                 raise CliError(f"--db {db}: {parent} is a file, not a directory; pass a path in "
                                "a directory (setting db)")
             break
+    parent = db.absolute().parent
+    if not parent.is_dir():
+        raise CliError(f"database {db}: directory {parent} does not exist ({named(s, 'db')}): create it "
+                       f"(mkdir -p {parent}) or pass a path in a directory that exists")

@@ -9,6 +9,7 @@ import time
 import duckdb
 import polars as pl
 
+from etl.cli.checks import named
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import write_frame
 from etl.config import Settings
@@ -26,7 +27,7 @@ HOUR_MS = 3_600_000
 
 def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
     if not s.db.exists():
-        raise CliError(f"database {s.db} does not exist (--db, setting db)")
+        raise CliError(f"database {s.db} does not exist ({named(s, 'db')})")
     try:
         con = duckdb.connect(str(s.db), read_only=True)
     except duckdb.IOException as err:

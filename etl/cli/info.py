@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from etl.cli.checks import check_node_dir
+from etl.cli.checks import check_node_dir, named
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import table
 from etl.config import Settings, lake_root, setting_specs, settings_table
@@ -36,7 +36,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = settings_from(args)
     rows: list[dict[str, Any]]
     if not s.db.exists():
-        raise CliError(f"database {s.db} does not exist (--db, setting db): `nodetap ingest` or "
+        raise CliError(f"database {s.db} does not exist ({named(s, 'db')}): `nodetap ingest` or "
                        "`nodetap serve` makes it")
     try:
         con = duckdb.connect(str(s.db), read_only=True)

@@ -162,6 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     s = settings_from(args, start_from="start")
     setup_logging(s.log_level)
     check_port(s.host, s.port)
+    check_rules_file(s)
     s.node_dir.mkdir(parents=True, exist_ok=True)
     bind_database(s)
     stop = threading.Event()
