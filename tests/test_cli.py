@@ -254,6 +254,28 @@ def test_an_unknown_coin_lists_known_ones(history_db: Path, capsys: pytest.Captu
     assert "no candles of it are stored. Did you mean BTC? Known coins (2)" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------ sql
+@pytest.mark.parametrize("query", ["", "  ", "-- nothing", "/* x */ ;"])
+def test_sql_without_a_statement_says_so(history_db: Path, capsys: pytest.CaptureFixture[str],
+                                         query: str) -> None:
+    assert main(["sql", "--db", str(history_db), query]) == 2
+    assert capsys.readouterr().err == (
+        f"nodetap sql: no SQL statement in {query!r} (only blanks, comments or semicolons): pass a "
+        'query, e.g. nodetap sql "SELECT count(*) FROM history.trades"\n')
+
+
+def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_path: Path) -> None:
+    for fmt in ("csv", "parquet"):
+        out = run_cli("sql", "SELECT 1 AS x", "--db", str(history_db), "--format", fmt,
+                      "-o", "/nonexistent/x." + fmt, check=False)
+        assert (out.returncode, out.stdout) == (2, "")
+        assert out.stderr == (f"nodetap sql: -o /nonexistent/x.{fmt}: directory /nonexistent does not "
+                              "exist; create it first (mkdir -p /nonexistent) or write elsewhere\n")
+    assert main(["sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv",
+                 "-o", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob(".*partial"))
+
+
 def test_tables_print_plain_decimals_and_iso_times(history_db: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["candles", "--db", str(history_db), "--coin", "BTC", "--no-fill"]) == 0

@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 
 from etl.cli.common import CliError, settings_from
-from etl.cli.output import write_frame
+from etl.cli.output import check_output, write_frame
 from etl.config import Settings
 from etl.history import (
     check_coin,
@@ -41,9 +41,15 @@ def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     s = settings_from(args)
+    if args.output:
+        check_output(args.output)
     con = read_only(s)
     try:
-        frame = pl.from_arrow(con.sql(args.query).to_arrow_table())
+        result = con.sql(args.query)
+        if result is None:  # DuckDB found no statement in it
+            raise CliError(f"no SQL statement in {args.query!r} (only blanks, comments or semicolons): "
+                           'pass a query, e.g. nodetap sql "SELECT count(*) FROM history.trades"')
+        frame = pl.from_arrow(result.to_arrow_table())
     except duckdb.Error as err:
         raise CliError(f"SQL error: {explain_sql_error(args.query, str(err))}") from err
     finally:
