@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import polars as pl
 import pytest
 
 from etl.cli import COMMANDS, build_parser, main
@@ -208,12 +209,14 @@ def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
 # ------------------------------------------------------------------ candles and tables
 @pytest.fixture
 def history_db(tmp_path: Path) -> Path:
-    """Trades at 10:10, 11:20 and 12:30 on 2026-01-05 (BTC, and km:USTECH at 11:20)."""
+    """Trades at 10:10, 11:20 and 12:30 on 2026-01-05 (BTC, and km:USTECH at 11:20); an order of
+    @107 at 12:32, a coin with no trade."""
     node = Node(tmp_path / "node")
     node.add_trade("2026-01-05T10:10:00", 1, px="100.0")
     node.add_trade("2026-01-05T11:20:00", 2, coin="km:USTECH", px="5.0")
     node.add_trade("2026-01-05T12:30:00", 3, px="89051.035", sz="200.0")
     node.add_trade("2026-01-05T12:31:00", 4, px="89052.0", sz="0.00004")
+    node.add_order("2026-01-05T12:32:00", 7, coin="@107")  # orders of a coin never traded
     s = Settings(node_dir=node.root, db=tmp_path / "h.duckdb", start_from="start", keep_all=True,
                  candle_intervals=("1m", "1h"), stall_after_s=86400.0, rules_file=Path(""))
     store = Store.from_settings(s)
@@ -254,7 +257,70 @@ def test_an_unknown_coin_lists_known_ones(history_db: Path, capsys: pytest.Captu
     assert "no candles of it are stored. Did you mean BTC? Known coins (2)" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ sql
+# ------------------------------------------------------------------ export and sql
+CANDLES_3M = ("interval '3m' (--interval) is not stored here (setting candle_intervals: 1m 5m 15m 1h 4h "
+              "1d): `nodetap candles --coin C --interval 3m --start T --end T --format parquet -o FILE` "
+              "derives them on read")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["candles", "--interval", "3m"], CANDLES_3M),
+    (["candles", "--interval", "7m"], "unknown interval '7m' (--interval); valid intervals: 1s 5s 10s 1m "
+                                      "3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M"),
+    (["trades", "--interval", "1m"], "interval (--interval) applies to candles only, not to trades"),
+    (["candles", "--coin", "btc"], "unknown coin 'btc' (--coin): no candles of it are stored. Did you "
+                                   "mean BTC? Known coins (2): BTC, km:USTECH"),
+    (["orders", "--coin", "NOPE"], "unknown coin 'NOPE' (--coin): no orders or candles of it are "
+                                   "stored. Known coins (3): BTC, km:USTECH, @107"),
+    (["trades", "--start", "2026-01-05T12:00", "--end", "2026-01-05T11:00"],
+     "--end (2026-01-05T11:00) is before --start (2026-01-05T12:00)"),
+    (["trades", "--end", "99999999999999999999"],
+     "--end: 99999999999999999999 is out of range: epoch milliseconds from -62135596800000 to "
+     "253402300799999 (years 1 to 9999; e.g. --end=1767610680000 or --end=2026-01-05T10:58:00Z)"),
+    (["trades", "-o", "{tmp}/none/x.parquet"],
+     "-o {tmp}/none/x.parquet: directory {tmp}/none does not exist; create it first (mkdir -p "
+     "{tmp}/none) or write elsewhere"),
+    (["trades", "-o", "{tmp}/t.txt"],
+     "-o {tmp}/t.txt: the file name ends in .txt; name a .parquet, .csv, .ndjson file: the extension "
+     "says the format"),
+])
+def test_export_refuses_what_the_http_export_refuses(
+        history_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        said: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `GET /v1/export` answers with a 400 or a 404 is an error here too, never an empty file
+    written with exit status 0 (the checks are the same function)."""
+    monkeypatch.delenv("NODETAP_CANDLE_INTERVALS", raising=False)
+    out = ["-o", str(tmp_path / "x.parquet")] if "-o" not in argv else []
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["export", *argv, *out, "--db", str(history_db)]) == 2
+    assert capsys.readouterr().err == f"nodetap export: {said.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "t.txt").exists()
+
+
+def test_export_writes_the_format_its_file_name_says(history_db: Path, tmp_path: Path) -> None:
+    db = str(history_db)
+    for name in ("btc.parquet", "btc.csv", "btc.ndjson"):
+        out = run_cli("export", "trades", "--coin", "BTC", "-o", str(tmp_path / name), "--db", db)
+        assert out.stdout == f"wrote 3 rows to {tmp_path / name}\n"
+    want = pl.read_parquet(tmp_path / "btc.parquet")
+    assert want["tid"].to_list() == [1, 3, 4]
+    assert pl.read_csv(tmp_path / "btc.csv", schema=want.schema).equals(want)
+    lines = [orjson.loads(x) for x in (tmp_path / "btc.ndjson").read_bytes().splitlines()]
+    assert [(x["tid"], x["px"], x["time"]) for x in lines] == [
+        (1, 100.0, "2026-01-05T10:10:00"), (3, 89051.035, "2026-01-05T12:30:00"),
+        (4, 89052.0, "2026-01-05T12:31:00")]
+    # a coin with orders but no candle, and one with candles but no order kept: rows, or none
+    out = run_cli("export", "orders", "--coin", "@107", "-o", str(tmp_path / "o.csv"), "--db", db)
+    assert out.stdout == f"wrote 1 rows to {tmp_path / 'o.csv'}\n"
+    out = run_cli("export", "orders", "--coin", "km:USTECH", "-o", str(tmp_path / "k.csv"), "--db", db)
+    assert out.stdout == f"wrote 0 rows to {tmp_path / 'k.csv'}\n"
+    refused = run_cli("export", "trades", "-o", "/nonexistent/dir/x.parquet", "--db", db, check=False)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == ("nodetap export: -o /nonexistent/dir/x.parquet: directory /nonexistent/dir "
+                              "does not exist; create it first (mkdir -p /nonexistent/dir) or write "
+                              "elsewhere\n")
+
+
 @pytest.mark.parametrize("query", ["", "  ", "-- nothing", "/* x */ ;"])
 def test_sql_without_a_statement_says_so(history_db: Path, capsys: pytest.CaptureFixture[str],
                                          query: str) -> None:
@@ -274,6 +340,17 @@ def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_pat
     assert main(["sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv",
                  "-o", str(tmp_path)]) == 2
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_candles_times_are_checked_as_exports_check_them(history_db: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["candles", "--db", str(history_db), "--coin", "BTC"]
+    assert main([*argv, "--start", "2026-01-05T12:00", "--end", "2026-01-05T11:00"]) == 2
+    assert capsys.readouterr().err == ("nodetap candles: --end (2026-01-05T11:00) is before --start "
+                                       "(2026-01-05T12:00)\n")
+    assert main([*argv, "--start", "-99999999999999999999"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "nodetap candles: --start: -99999999999999999999 is out of range")
 
 
 def test_tables_print_plain_decimals_and_iso_times(history_db: Path,

@@ -128,13 +128,15 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     p.add_argument("query")
     _output(p)
 
-    p = command("export", "write rows of a table (DuckDB + lake) to a Parquet file")
+    p = command("export", "write rows of a table (DuckDB + lake) to a Parquet, CSV or NDJSON file")
     p.add_argument("table", choices=TABLES)
-    p.add_argument("--coin")
-    p.add_argument("--interval", help="candles only")
+    p.add_argument("--coin", help="only this coin's rows (a coin with none, and no candle, is refused)")
+    p.add_argument("--interval", help="candles only: one of candle_intervals (the others are not stored: "
+                                      "nodetap candles derives them)")
     _time(p, "--start", ", included")
     _time(p, "--end", ", excluded")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.parquet (zstd), FILE.csv or FILE.ndjson: the extension says the format")
 
     p = command("candles", "print OHLCV candles of a coin (gaps never forward-filled)")
     p.add_argument("--coin", required=True)
