@@ -23,8 +23,8 @@ from etl.cli.output import cell
 from etl.config import Settings
 from etl.pipeline import Pipeline
 from etl.store import Store
-from tests.conftest import ROOT, run_cli
-from tests.test_lake import Node
+from tests.conftest import ROOT, query, run_cli
+from tests.test_lake import Node, fill_lines
 
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
           "or node_fills[_by_block|_streaming]/..., or node_trades/...")
@@ -431,15 +431,50 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
     assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
 
 
-def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("given", "why"), [
+    ("yesterday", ""),
+    ("20261399", ": 20261399 is not a date (month must be in 1..12)"),
+    ("20260230", ": 20260230 is not a date (day is out of range for month)"),
+    ("20260105/25", ": the hour is 0 to 23 (UTC), not 25"),
+    ("20260105/", ""),
+])
+def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path, given: str, why: str) -> None:
     node = Node(tmp_path / "node")
     node.add_trade("2026-01-05T10:00:10", 1)
     db = tmp_path / "new" / "x.duckdb"
     out = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(db), "--from",
-                  "yesterday", check=False)
-    assert out.returncode == 2
-    assert "start_from must be end, start or YYYYMMDD[/H], not 'yesterday' (--from" in out.stderr
+                  given, check=False)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == ("nodetap ingest: start_from must be end, start or YYYYMMDD[/H], not "
+                          f"{given!r}{why} (--from, setting start_from; a day and hour as 20260105/9)\n")
     assert not db.exists() and not db.parent.exists()
+
+
+def test_a_from_later_than_every_file_reads_none_of_them(tmp_path: Path) -> None:
+    """A first run `--from` a day no file has reached yet skips every file there (it used to read
+    them all, from the first), then reads the first file at or after that day when it appears."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "x.duckdb"
+    out = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(db), "--from", "20300101")
+    assert "event=start_after_files stream=node_fills from=20300101/0 files_before=1" in out.stderr
+    assert query(db, "SELECT count(*) FROM trades") == [(0,)]
+    # the files appear while the pipeline runs
+    s = Settings(node_dir=node.root, db=db, start_from="20300101", keep_all=True, rules_file=Path(""))
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    pipe.run_once()
+    # nothing is waiting to be read: the files there are before --from
+    assert [(st.stream, st.lag_bytes) for st in pipe.snapshot()] == [("node_fills", 0)]
+    later = node.root / "node_fills" / "hourly" / "20300101" / "2"
+    later.parent.mkdir()
+    later.write_bytes(fill_lines("2030-01-01T02:00:10", 5) + b"\n")
+    node.hour_of_writes = 11  # an hour file before --from that appears late: not read either
+    node.add_trade("2026-01-05T11:00:10", 2)
+    pipe.run_once()
+    assert store.con.execute("SELECT tid FROM trades").fetchall() == [(5,)]
+    pipe.close()
+    store.close()
 
 
 def test_a_first_run_from_the_end_says_how_to_read_the_files_already_there(tmp_path: Path) -> None:
