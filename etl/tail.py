@@ -35,9 +35,10 @@ log = logging.getLogger("nodetap.tail")
 
 Kind = Literal["orders", "fills", "trades"]
 Variant = Literal["plain", "by_block", "streaming"]
-# backlog | missing: bytes not read; truncated | replaced | rewritten | overlap: the file is read
-# again from its start, and its rows are checked against the stored ones
-GapReason = Literal["backlog", "missing", "truncated", "replaced", "rewritten", "overlap"]
+# backlog | missing: bytes not read; incomplete: a backfilled `.lz4` file stops decoding there;
+# truncated | replaced | rewritten | overlap: the file is read again from its start, and its rows
+# are checked against the stored ones
+GapReason = Literal["backlog", "missing", "incomplete", "truncated", "replaced", "rewritten", "overlap"]
 
 # directory name -> (kind, variant)
 STREAM_DIRS: dict[str, tuple[Kind, Variant]] = {

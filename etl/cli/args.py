@@ -114,7 +114,8 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
                         "line of an hour file the node has left), seal complete hours, print status, exit")
     _rebind(p)
 
-    p = command("backfill", "ingest existing hour files (plain or .lz4), then exit")
+    p = command("backfill", "ingest existing hour files (plain or .lz4), then exit (1 when a file could "
+                            "not be read whole: each is named)")
     p.add_argument("paths", nargs="+", help="hour files or directories holding them")
     p.add_argument("--stream", help="stream dir name, when the path does not say it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -202,7 +202,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except duckdb.Error as err:
         raise database_error(s, err) from err
     try:
-        totals = backfill(
+        report = backfill(
             [Path(p) for p in args.paths],
             store,
             batch_max_bytes=s.batch_max_bytes,
@@ -217,7 +217,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.close()
-    print(" ".join(f"{k}={v}" for k, v in totals.items()))
+    print(" ".join(f"{k}={v}" for k, v in report.totals.items()))
+    for line in report.unterminated:
+        print(f"nodetap backfill: {line}", file=sys.stderr)
+    if report.incomplete:
+        print(f"nodetap backfill: {len(report.incomplete)} file(s) could not be read whole:", file=sys.stderr)
+        for line in report.incomplete:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
