@@ -281,7 +281,7 @@ CANDLES_3M = ("interval '3m' (--interval) is not stored here (setting candle_int
      "-o {tmp}/none/x.parquet: directory {tmp}/none does not exist; create it first (mkdir -p "
      "{tmp}/none) or write elsewhere"),
     (["trades", "-o", "{tmp}/t.txt"],
-     "-o {tmp}/t.txt: the file name ends in .txt; name a .parquet, .csv, .ndjson file: the extension "
+     "-o {tmp}/t.txt: the file name ends in .txt; name a .parquet, .csv or .ndjson file: the extension "
      "says the format"),
 ])
 def test_export_refuses_what_the_http_export_refuses(

@@ -73,7 +73,8 @@ def export_format(out: str) -> str:
     fmt = Path(out).suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         ends = f"ends in .{fmt}" if fmt else "has no extension"
-        raise CliError(f"-o {out}: the file name {ends}; name a {', '.join('.' + f for f in FORMATS)} "
+        names = [f".{f}" for f in FORMATS]
+        raise CliError(f"-o {out}: the file name {ends}; name a {', '.join(names[:-1])} or {names[-1]} "
                        "file: the extension says the format")
     return fmt
 
