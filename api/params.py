@@ -8,35 +8,26 @@ from __future__ import annotations
 from api.errors import BadRequest
 from etl.candles import INTERVALS
 from etl.config import Settings
-from etl.history import HistoryError, parse_time_ms
+from etl.history import MAX_TIME_MS as MAX_TIME_MS  # the latest time a request may name
+from etl.history import HistoryError, check_export, time_arg_ms, time_range_ms
 
 MAX_LIMIT = 5000
-# the times Python's datetime can hold (years 1 to 9999), in epoch ms: anything beyond is a typo
-MIN_TIME_MS = -62_135_596_800_000
-MAX_TIME_MS = 253_402_300_799_999
 
 
 def parse_time(raw: str | None, name: str) -> int | None:
     """Epoch milliseconds from `raw` (epoch ms or ISO 8601, UTC without a zone); None if absent."""
-    example = f"e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z"
     try:
-        value = parse_time_ms(raw, name)
+        return time_arg_ms(raw, name)
     except HistoryError as err:
-        raise BadRequest(f"{err} ({example})") from None
-    except (OverflowError, ValueError):
-        raise BadRequest(f"{name}: {raw!r} is not a time between the years 1 and 9999 ({example})") from None
-    if value is not None and not MIN_TIME_MS <= value <= MAX_TIME_MS:
-        raise BadRequest(f"{name}: {raw} is out of range: epoch milliseconds from {MIN_TIME_MS} to "
-                         f"{MAX_TIME_MS} (years 1 to 9999; {example})")
-    return value
+        raise BadRequest(str(err)) from None
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
     """`start` and `end` as epoch ms; `end` before `start` is refused."""
-    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
-    if start_ms is not None and end_ms is not None and end_ms < start_ms:
-        raise BadRequest(f"end ({end}) is before start ({start})")
-    return start_ms, end_ms
+    try:
+        return time_range_ms(start, end)
+    except HistoryError as err:
+        raise BadRequest(str(err)) from None
 
 
 def parse_limit(raw: str | None, default: int = 100, most: int = MAX_LIMIT) -> int:
@@ -63,12 +54,10 @@ def parse_bool(raw: str | None, name: str, default: bool) -> bool:
 
 def check_interval(interval: str, settings: Settings, stored_only: bool = True) -> str:
     """A valid interval; with `stored_only`, one the store computes (exports of the table)."""
-    if interval not in INTERVALS:
-        raise BadRequest(f"unknown interval {interval!r}; valid intervals: {' '.join(INTERVALS)}")
-    if stored_only and interval not in settings.candle_intervals:
-        raise BadRequest(f"interval {interval!r} is not stored here (setting candle_intervals: "
-                         f"{' '.join(settings.candle_intervals)}): GET /v1/candles?coin=...&interval="
-                         f"{interval} derives it on read, as POST /info candleSnapshot does")
+    try:
+        check_export("candles", interval, settings.candle_intervals if stored_only else INTERVALS)
+    except HistoryError as err:
+        raise BadRequest(str(err)) from None
     return interval
 
 

@@ -5,6 +5,11 @@ same transaction as the rows: an interrupted backfill resumes where it stopped, 
 ingested live is not read again, and a file backfilled first is where live ingestion
 starts. A file whose bytes before the stored cursor differ (another copy of the hour, or a
 rewritten file) is read from its start, its rows checked against the stored ones.
+
+A file that cannot be read whole does not stop the run: an `.lz4` file cut short (a partial
+download) or corrupt keeps the lines decoded before the cut, and what follows is an
+`incomplete` gap; a plain file whose last line has no newline keeps that line for live
+ingestion (the node may still be writing it). Both are named in the run's report.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, BinaryIO
 
 import lz4.frame
@@ -68,11 +75,70 @@ def _hour_name(name: str) -> bool:
     return base.isdigit() and int(base) < 24
 
 
-def _open_at(path: Path, start: int) -> tuple[BinaryIO, bytes, int]:
+class Lz4Reader:
+    """An `.lz4` file decompressed as it is read. Where it stops decoding (cut short, as a
+    partial download is, or corrupt), `read` returns b"" as at an end, after every byte decoded
+    before, and `broken` says what is wrong. Frames one after another are read as one."""
+
+    CHUNK = 1 << 20  # compressed bytes decoded at a time
+
+    def __init__(self, path: Path) -> None:
+        self._raw = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._dec = lz4.frame.LZ4FrameDecompressor()
+        self._in_frame = False  # the current frame got bytes and has not ended
+        self._any = False  # the file had bytes at all
+        self._buf = bytearray()
+        self._done = False
+        self.broken: str | None = None
+        self.pos = 0  # decompressed bytes returned by `read`
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and not self._done:
+            self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.pos += len(out)
+        return out
+
+    def _fill(self) -> None:
+        data = self._raw.read(self.CHUNK)
+        if not data:
+            self._done = True
+            if self._in_frame:
+                self.broken = ("it ends before its end-of-stream marker (cut short: a partial download "
+                               "or copy?)")
+            elif not self._any:
+                self.broken = "it is empty: no lz4 frame"
+            return
+        self._any = True
+        while data:
+            if self._dec.eof:  # the next frame
+                self._dec = lz4.frame.LZ4FrameDecompressor()
+            try:
+                self._buf += self._dec.decompress(data)
+            except RuntimeError as err:  # not lz4, or a corrupt block
+                self.broken = f"it stops decoding as lz4 ({err})"
+                self._done = True
+                return
+            self._in_frame = not self._dec.eof
+            data = self._dec.unused_data if self._dec.eof else b""
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Lz4Reader:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _open_at(path: Path, start: int) -> tuple[BinaryIO | Lz4Reader, bytes, int]:
     """The file (decompressed for `.lz4`) positioned at `start`, the `FP_BYTES` before it,
     and the position reached (less than `start` when the file is shorter)."""
     if path.suffix == ".lz4":
-        f: BinaryIO = lz4.frame.open(path, "rb")
+        f = Lz4Reader(path)
         pos, window = 0, b""
         while pos < start:  # lz4 cannot seek: read and drop what is already stored
             got = f.read(min(1 << 20, start - pos))
@@ -81,23 +147,26 @@ def _open_at(path: Path, start: int) -> tuple[BinaryIO, bytes, int]:
             pos += len(got)
             window = (window + got)[-FP_BYTES:]
         return f, window, pos
-    f = open(path, "rb")  # noqa: SIM115 - returned open
+    plain = open(path, "rb")  # noqa: SIM115 - returned open
     lo = max(0, start - FP_BYTES)
-    f.seek(lo)
-    window = f.read(start - lo)
-    return f, window, lo + len(window)
+    plain.seek(lo)
+    window = plain.read(start - lo)
+    return plain, window, lo + len(window)
 
 
-def _chunks(f: BinaryIO, start: int, size: int, last_line_whole: bool) -> Iterator[tuple[int, bytes]]:
+def _chunks(f: BinaryIO | Lz4Reader, start: int, size: int,
+            last_line_whole: bool) -> Iterator[tuple[int, bytes]]:
     """(offset, whole lines) from `start`, `size` bytes at a time. With `last_line_whole`
-    (archives, which are complete) a last line without a newline is still a line; otherwise
-    it is left for live ingestion, like a line the node is still writing."""
+    (archives, which are complete) a last line without a newline is still a line, unless the
+    archive stopped decoding there; otherwise it is left for live ingestion, like a line the
+    node is still writing."""
     pos = start
     rest = b""
     while True:
         data = f.read(size)
         if not data:
-            if rest and last_line_whole:
+            cut_short = isinstance(f, Lz4Reader) and f.broken is not None
+            if rest and last_line_whole and not cut_short:
                 yield pos, rest
             return
         buf = rest + data
@@ -130,6 +199,18 @@ def _resume(store: Store, source: str, rel: str, f: Path) -> tuple[int, list[Gap
     return fc.offset, [], False
 
 
+@dataclass
+class Report:
+    """What a backfill did: counts, and the files it could not read whole (one line each:
+    the file, what is wrong, what was kept, what to do)."""
+
+    totals: dict[str, int] = field(default_factory=lambda: {
+        "files": 0, "lines": 0, "rows": 0, "rejects": 0, "skipped_files": 0, "incomplete_files": 0,
+        "unterminated_files": 0})
+    incomplete: list[str] = field(default_factory=list)  # read in part: the run failed
+    unterminated: list[str] = field(default_factory=list)  # a last line without its newline
+
+
 def backfill(
     paths: list[Path],
     store: Store,
@@ -140,13 +221,15 @@ def backfill(
     stop: threading.Event | None = None,
     progress: bool = True,
     shaping: Shaping | None = None,
-) -> dict[str, int]:
-    """Ingest `paths`; returns counts of files, lines, rows and rejects."""
+) -> Report:
+    """Ingest `paths`; returns counts of files, lines, rows and rejects, and the files that
+    could not be read whole (the others are read all the same)."""
     from tqdm import tqdm
 
     files = expand(paths)
     streams = {f: stream_of(f, stream) for f in files}
-    totals = {"files": 0, "lines": 0, "rows": 0, "rejects": 0, "skipped_files": 0}
+    report = Report()
+    totals = report.totals
     bar = tqdm(
         total=sum(f.stat().st_size for f in files),
         unit="B",
@@ -159,38 +242,80 @@ def backfill(
         source, rel = file_key(f) or (st.name, str(f.resolve()))
         compressed = f.suffix == ".lz4"
         start, gaps, complete = _resume(store, source, rel, f)
-        if complete or (not compressed and not gaps and start >= f.stat().st_size):
+        size = f.stat().st_size
+        if complete or (not compressed and not gaps and start >= size):
             totals["skipped_files"] += 1
-            bar.update(f.stat().st_size)
+            bar.update(size)
             continue
         inode = 0 if compressed else f.stat().st_ino
         handle, window, _ = _open_at(f, start)
         counters = Stream(BACKFILL_PREFIX + source, st.kind, st.variant, st.root)
+        cursor = Cursor(rel, inode, start, fingerprint_of(window) if window else 0)
+        lines = 0
         with handle:
             for off, data in _chunks(handle, start, batch_max_bytes, last_line_whole=compressed):
                 if stop is not None and stop.is_set():
                     bar.close()
-                    return totals
+                    return report
                 window = (window + data)[-FP_BYTES:]
-                nxt = Cursor(rel, inode, off + len(data), fingerprint_of(window))
+                cursor = Cursor(rel, inode, off + len(data), fingerprint_of(window))
                 if not data.endswith(b"\n"):
                     data += b"\n"
-                unit = unit_of(Batch(st, rel, off, data, nxt, gaps), max_line_bytes)
+                unit = unit_of(Batch(st, rel, off, data, cursor, gaps), max_line_bytes)
                 unit.stream = counters  # counted apart from live ingestion, same file cursors
                 gaps = []
                 result, frames, _ = commit_unit(store, unit, shaping)
-                totals["lines"] += result.lines
+                lines += result.lines
                 totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
                 totals["rejects"] += len(result.rejects)
                 if not compressed:
                     bar.update(len(data))
+            end = handle.pos if isinstance(handle, Lz4Reader) else handle.tell()
+            broken = handle.broken if isinstance(handle, Lz4Reader) else None
+        totals["lines"] += lines
+        bar.update(size if compressed else 0)
+        if broken is not None:
+            _record_incomplete(store, counters, st, cursor, end, gaps, max_line_bytes, shaping)
+            totals["incomplete_files"] += 1
+            report.incomplete.append(
+                f"{f}: {broken}. Its whole lines up to byte {cursor.offset} (decompressed) are stored; "
+                f"the rest of the hour is not (gaps, reason incomplete). Download it again and rerun "
+                f"backfill: it goes on from there")
+            log.error("event=backfill_incomplete path=%s stream=%s file=%s offset=%d reason=%r (the lines "
+                      "before offset are stored; download the file again and rerun backfill)",
+                      f, source, rel, cursor.offset, broken)
+            continue
         if compressed:  # archives are complete: a rerun skips them without decompressing
             store.mark_file_complete(source, rel)
-            bar.update(f.stat().st_size)
+        elif end > cursor.offset:
+            totals["unterminated_files"] += 1
+            report.unterminated.append(
+                f"{f}: its last line is unterminated ({end - cursor.offset} bytes after byte "
+                f"{cursor.offset} with no newline), so it is not stored. A file the node is still "
+                "writing: `nodetap ingest` reads the line once it ends. A cut copy: copy it again "
+                "and rerun backfill")
+            log.warning("event=backfill_unterminated path=%s stream=%s file=%s offset=%d bytes=%d",
+                        f, source, rel, cursor.offset, end - cursor.offset)
         totals["files"] += 1
         log.info("event=backfill_file path=%s stream=%s file=%s", f, source, rel)
     bar.close()
-    return totals
+    return report
+
+
+def _record_incomplete(store: Store, counters: Stream, st: Stream, cursor: Cursor, end: int,
+                       pending: list[Gap], max_line_bytes: int, shaping: Shaping | None) -> None:
+    """The part of a file after its last whole line, which did not decode whole: an
+    `incomplete` gap from that line's start (where the file cursor stays) to the last byte
+    decoded; the rest of the hour is missing beyond it. Recorded once, however often rerun.
+    `pending`: gaps found before any line was read (a rewritten or overlapping file)."""
+    seen = store.con.execute(
+        'SELECT 1 FROM gaps WHERE stream = ? AND file = ? AND from_offset = ? AND reason = ?',
+        [counters.name, cursor.file, cursor.offset, "incomplete"]).fetchall()
+    gaps = pending if seen else [*pending, Gap(cursor.file, cursor.offset, end, "incomplete")]
+    if gaps:
+        unit = unit_of(Batch.move(st, cursor, gaps), max_line_bytes)
+        unit.stream = counters
+        commit_unit(store, unit, shaping)
 
 
 def commit_unit(

@@ -31,6 +31,9 @@ class HistoryError(ValueError):
 
 
 SECONDS_LOOK = (1_000_000_000, 100_000_000_000)  # epoch values read as seconds, not milliseconds
+# the times Python's datetime can hold (years 1 to 9999), in epoch ms: anything beyond is a typo
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 
 
 def parse_time_ms(value: str | int | None, name: str) -> int | None:
@@ -49,6 +52,33 @@ def parse_time_ms(value: str | int | None, name: str) -> int | None:
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp() * 1000)
+
+
+def time_arg_ms(raw: str | None, name: str) -> int | None:
+    """A time a user typed (`name` as they typed it: `start`, `--start`) as epoch ms, None if
+    absent; a time outside the years 1 to 9999 is refused. Every message shows a valid one."""
+    example = f"e.g. {name}=1767610680000 or {name}=2026-01-05T10:58:00Z"
+    try:
+        value = parse_time_ms(raw, name)
+    except HistoryError as err:
+        raise HistoryError(f"{err} ({example})") from None
+    except (OverflowError, ValueError):
+        raise HistoryError(f"{name}: {raw!r} is not a time between the years 1 and 9999 "
+                           f"({example})") from None
+    if value is not None and not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise HistoryError(f"{name}: {raw} is out of range: epoch milliseconds from {MIN_TIME_MS} to "
+                           f"{MAX_TIME_MS} (years 1 to 9999; {example})")
+    return value
+
+
+def time_range_ms(start: str | None, end: str | None,
+                  names: tuple[str, str] = ("start", "end")) -> tuple[int | None, int | None]:
+    """`start` and `end` as epoch ms (`time_arg_ms`); an `end` before `start` is refused.
+    `names`: how the user typed them (`--start`, `--end` on the command line)."""
+    start_ms, end_ms = time_arg_ms(start, names[0]), time_arg_ms(end, names[1])
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
+        raise HistoryError(f"{names[1]} ({end}) is before {names[0]} ({start})")
+    return start_ms, end_ms
 
 
 def _not_seconds(ms: int, name: str) -> int:
@@ -232,24 +262,56 @@ def slice_sql(table: str, coin: str | None, start_ms: int | None, end_ms: int | 
     return (sql + f" ORDER BY {order}" if ordered else sql), params
 
 
+def check_export(table: str, interval: str | None, stored: tuple[str, ...], *, cli: bool = False) -> None:
+    """Refuse an export that would not be what was asked (HistoryError): an unknown table, an
+    interval for a table other than candles, or one the store does not compute (setting
+    candle_intervals: the others are derived on read, never stored, so their export would be
+    empty). `cli`: the message names the command line's flags and the command that derives an
+    interval, not the HTTP parameter and route."""
+    if table not in TABLES:
+        raise HistoryError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
+    if not interval:
+        return
+    flag = " (--interval)" if cli else ""
+    if table != "candles":
+        raise HistoryError(f"interval{flag} applies to candles only, not to {table}")
+    if interval not in INTERVALS:
+        raise HistoryError(f"unknown interval {interval!r}{flag}; valid intervals: {' '.join(INTERVALS)}")
+    if interval not in stored:
+        derive = (f"`nodetap candles --coin C --interval {interval} --start T --end T --format parquet "
+                  "-o FILE` derives them on read" if cli else
+                  f"GET /v1/candles?coin=...&interval={interval} derives it on read, as POST /info "
+                  "candleSnapshot does")
+        raise HistoryError(f"interval {interval!r}{flag} is not stored here (setting candle_intervals: "
+                           f"{' '.join(stored)}): {derive}")
+
+
 KNOWN_COINS_SHOWN = 8
 
 
-def check_coin(con: duckdb.DuckDBPyConnection, coin: str, flag: str | None = None) -> None:
+def check_coin(con: duckdb.DuckDBPyConnection, coin: str, flag: str | None = None,
+               table: str = "candles") -> None:
     """Refuse a coin with no stored candle (HistoryError), naming a few that have some;
-    `flag` is how the caller's user gave the coin (`--coin`), named in the message."""
-    if con.execute("SELECT 1 FROM history.candles WHERE coin = $1 LIMIT 1", [coin]).fetchone():
-        return
+    `flag` is how the caller's user gave the coin (`--coin`), named in the message. With
+    another `table` (an export of orders, fills or trades), a coin with rows in it is known
+    too, even with no candle (a coin with orders but no trade yet)."""
+    tables = ("candles",) if table == "candles" else (table, "candles")
+    for name in tables:
+        # all rows fetched: a result left unfinished blocks the connection
+        if con.execute(f"SELECT 1 FROM history.{name} WHERE coin = $1 LIMIT 1", [coin]).fetchall():
+            return
     label = f" ({flag})" if flag else ""
+    what = " or ".join(tables)
+    union = " UNION ALL ".join(f"SELECT coin FROM history.{name}" for name in tables)
     known = [c for (c,) in con.execute(
-        "SELECT coin FROM history.candles GROUP BY coin ORDER BY count(*) DESC, coin").fetchall()]
+        f"SELECT coin FROM ({union}) GROUP BY coin ORDER BY count(*) DESC, coin").fetchall()]
     if not known:
         where = " (--db, setting db)" if flag else ""
-        raise HistoryError(f"unknown coin {coin!r}{label}: no candles are stored in this database yet{where}")
+        raise HistoryError(f"unknown coin {coin!r}{label}: no {what} are stored in this database yet{where}")
     same = [c for c in known if c.lower() == coin.lower()]
     hint = f" Did you mean {same[0]}?" if same else ""
     shown = ", ".join(known[:KNOWN_COINS_SHOWN]) + (", ..." if len(known) > KNOWN_COINS_SHOWN else "")
-    raise HistoryError(f"unknown coin {coin!r}{label}: no candles of it are stored.{hint} "
+    raise HistoryError(f"unknown coin {coin!r}{label}: no {what} of it are stored.{hint} "
                        f"Known coins ({len(known)}): {shown}")
 
 

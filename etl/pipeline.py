@@ -44,7 +44,7 @@ from etl.status import (
     stored_snapshot,
 )
 from etl.store import Store
-from etl.tail import discover, initial_cursor
+from etl.tail import discover, initial_cursor, start_floor
 
 log = logging.getLogger("nodetap.pipeline")
 
@@ -129,13 +129,19 @@ class Pipeline:
             cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
             if stream.kind == "orders":
                 prepare()  # the byte scan, loaded before the first batch
+            # the floor: files before it are not read (`--from 20300101` skips every file before)
+            floor = cur.file or start_floor(s.start_from)
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
-                        index=self.store.file_index(stream.name, cur.file), alarm=self.disk_alarm,
+                        index=self.store.file_index(stream.name, floor), alarm=self.disk_alarm,
                         gate=self.gate)
             self.states[stream.name] = lane
             log.info("event=stream_start stream=%s file=%s offset=%d resumed=%s workers=%d",
                      stream.name, cur.file, cur.offset, stream.name in stored, lane.workers)
+            if stream.name not in stored and not cur.file and floor and hour_files(stream.root):
+                log.info("event=start_after_files stream=%s from=%s files_before=%d (no hour file at or "
+                         "after --from yet: none of these is read; the first one at or after it is)",
+                         stream.name, floor, len(hour_files(stream.root)))
             if stream.name not in stored and s.start_from == "end" and cur.file:
                 before = hour_files(stream.root)
                 older = before[:before.index(cur.file)] if cur.file in before else []

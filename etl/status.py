@@ -96,9 +96,11 @@ class FileScan:
 UNTERMINATED_PROBE = 1 << 20  # unread bytes looked at for a line end, at most
 
 
-def scan_files(root: Path, cursor: Cursor) -> FileScan:
-    files = hour_files(root, cursor.file.split("/")[0] if cursor.file else "")
-    later = [f for f in files if not cursor.file or hour_key(f) >= hour_key(cursor.file)]
+def scan_files(root: Path, cursor: Cursor, floor: str = "") -> FileScan:
+    """`floor`: a cursor before its first file starts at the first file at or after it."""
+    since = cursor.file or floor
+    files = hour_files(root, since.split("/")[0] if since else "")
+    later = [f for f in files if not since or hour_key(f) >= hour_key(since)]
     sizes: dict[str, int] = {}
     newest: float | None = None
     for f in later:
@@ -206,7 +208,7 @@ def lane_statuses(lanes: list[tuple[str, Lane]], stored: dict[str, dict[str, Any
     out = []
     for name, lane in lanes:
         cursor = lane.cursor
-        scan = scan_files(lane.stream.root, cursor)
+        scan = scan_files(lane.stream.root, cursor, lane.tailer.index.floor)
         meter = meters.setdefault(name, ArrivalMeter())
         arrival = meter.observe(now, scan.sizes)
         grew_recently = meter.grew_at is not None and now - meter.grew_at <= ARCHIVE_AFTER_S

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -34,9 +35,10 @@ log = logging.getLogger("nodetap.tail")
 
 Kind = Literal["orders", "fills", "trades"]
 Variant = Literal["plain", "by_block", "streaming"]
-# backlog | missing: bytes not read; truncated | replaced | rewritten | overlap: the file is read
-# again from its start, and its rows are checked against the stored ones
-GapReason = Literal["backlog", "missing", "truncated", "replaced", "rewritten", "overlap"]
+# backlog | missing: bytes not read; incomplete: a backfilled `.lz4` file stops decoding there;
+# truncated | replaced | rewritten | overlap: the file is read again from its start, and its rows
+# are checked against the stored ones
+GapReason = Literal["backlog", "missing", "incomplete", "truncated", "replaced", "rewritten", "overlap"]
 
 # directory name -> (kind, variant)
 STREAM_DIRS: dict[str, tuple[Kind, Variant]] = {
@@ -195,17 +197,36 @@ def discover(node_dir: Path, only: tuple[str, ...] = ()) -> list[Stream]:
 
 
 def start_from_error(start_from: str) -> str | None:
-    """Why `start_from` names no place to start; None for `end`, `start` or `YYYYMMDD[/H]`."""
+    """Why `start_from` names no place to start; None for `end`, `start` or `YYYYMMDD[/H]` (a
+    real date, an hour 0-23)."""
     if start_from in ("end", "start"):
         return None
-    day, _, hour = start_from.partition("/")
-    if not DAY.match(day) or (hour and not hour.isdigit()):
-        return f"start_from must be end, start or YYYYMMDD[/H], not {start_from!r}"
+    usage = f"start_from must be end, start or YYYYMMDD[/H], not {start_from!r}"
+    day, sep, hour = start_from.partition("/")
+    if not DAY.match(day) or (sep and not (hour.isdigit() and len(hour) <= 2)):
+        return usage
+    try:
+        datetime(int(day[:4]), int(day[4:6]), int(day[6:]))
+    except ValueError as err:
+        return f"{usage}: {day} is not a date ({err})"
+    if hour and int(hour) > 23:
+        return f"{usage}: the hour is 0 to 23 (UTC), not {int(hour)}"
     return None
 
 
+def start_floor(start_from: str) -> str:
+    """The hour ("YYYYMMDD/H") a `YYYYMMDD[/H]` start begins at; "" for `end` and `start`. It
+    is the stream's floor: the files before it are not its business."""
+    if start_from in ("end", "start"):
+        return ""
+    day, _, hour = start_from.partition("/")
+    return f"{day}/{int(hour or 0)}"
+
+
 def initial_cursor(stream: Stream, start_from: str) -> Cursor:
-    """Where a stream with no stored cursor starts."""
+    """Where a stream with no stored cursor starts. `Cursor("", 0, 0)` is before the stream's
+    first file at or after its floor (`start_floor`): a start later than every file there
+    reads none of them, and waits for the first one at or after it."""
     files = hour_files(stream.root)
     if not files:
         return Cursor("", 0, 0)
@@ -218,9 +239,8 @@ def initial_cursor(stream: Stream, start_from: str) -> Cursor:
     else:
         if (err := start_from_error(start_from)) is not None:
             raise ValueError(err)
-        day, _, hour = start_from.partition("/")
-        key = (day, int(hour or 0))
-        later = [r for r in files if (r.split("/")[0], int(r.split("/")[1])) >= key]
+        key = hour_key(start_floor(start_from))
+        later = [r for r in files if hour_key(r) >= key]
         if not later:
             return Cursor("", 0, 0)
         rel = later[0]
@@ -304,10 +324,12 @@ class Tailer:
         """The next batch after `cur`, or None when there is nothing new to commit."""
         gaps: list[Gap] = []
         files = self.listing.refresh()
-        if not cur.file:
-            if not files:
+        if not cur.file:  # the first file at or after the floor
+            floor = self.index.floor
+            first = bisect.bisect_left(self.listing.keys, hour_key(floor)) if floor else 0
+            if first >= len(files):
                 return None
-            cur = self._enter(files[0], gaps)
+            cur = self._enter(files[first], gaps)
         elif cur.file != self._entered:
             cur = self._enter(cur.file, gaps, at=cur)
         stray = self._stray(cur.file)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import polars as pl
 import pytest
 
 from etl.cli import COMMANDS, build_parser, main
@@ -23,8 +24,8 @@ from etl.cli.output import cell
 from etl.config import Settings
 from etl.pipeline import Pipeline
 from etl.store import Store
-from tests.conftest import ROOT, free_port, run_cli
-from tests.test_lake import Node
+from tests.conftest import ROOT, free_port, query, run_cli
+from tests.test_lake import Node, fill_lines
 
 LAYOUT = ("<node-dir>/node_order_statuses[_by_block|_streaming]/hourly/YYYYMMDD/H, "
           "or node_fills[_by_block|_streaming]/..., or node_trades/...")
@@ -243,12 +244,14 @@ def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
 # ------------------------------------------------------------------ candles and tables
 @pytest.fixture
 def history_db(tmp_path: Path) -> Path:
-    """Trades at 10:10, 11:20 and 12:30 on 2026-01-05 (BTC, and km:USTECH at 11:20)."""
+    """Trades at 10:10, 11:20 and 12:30 on 2026-01-05 (BTC, and km:USTECH at 11:20); an order of
+    @107 at 12:32, a coin with no trade."""
     node = Node(tmp_path / "node")
     node.add_trade("2026-01-05T10:10:00", 1, px="100.0")
     node.add_trade("2026-01-05T11:20:00", 2, coin="km:USTECH", px="5.0")
     node.add_trade("2026-01-05T12:30:00", 3, px="89051.035", sz="200.0")
     node.add_trade("2026-01-05T12:31:00", 4, px="89052.0", sz="0.00004")
+    node.add_order("2026-01-05T12:32:00", 7, coin="@107")  # orders of a coin never traded
     s = Settings(node_dir=node.root, db=tmp_path / "h.duckdb", start_from="start", keep_all=True,
                  candle_intervals=("1m", "1h"), stall_after_s=86400.0, rules_file=Path(""))
     store = Store.from_settings(s)
@@ -287,6 +290,102 @@ def test_an_unknown_coin_lists_known_ones(history_db: Path, capsys: pytest.Captu
         "Known coins (2): BTC, km:USTECH\n")
     assert main(["candles", "--db", str(history_db), "--coin", "btc"]) == 2
     assert "no candles of it are stored. Did you mean BTC? Known coins (2)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ export and sql
+CANDLES_3M = ("interval '3m' (--interval) is not stored here (setting candle_intervals: 1m 5m 15m 1h 4h "
+              "1d): `nodetap candles --coin C --interval 3m --start T --end T --format parquet -o FILE` "
+              "derives them on read")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["candles", "--interval", "3m"], CANDLES_3M),
+    (["candles", "--interval", "7m"], "unknown interval '7m' (--interval); valid intervals: 1s 5s 10s 1m "
+                                      "3m 5m 15m 30m 1h 2h 4h 8h 12h 1d 3d 1w 1M"),
+    (["trades", "--interval", "1m"], "interval (--interval) applies to candles only, not to trades"),
+    (["candles", "--coin", "btc"], "unknown coin 'btc' (--coin): no candles of it are stored. Did you "
+                                   "mean BTC? Known coins (2): BTC, km:USTECH"),
+    (["orders", "--coin", "NOPE"], "unknown coin 'NOPE' (--coin): no orders or candles of it are "
+                                   "stored. Known coins (3): BTC, km:USTECH, @107"),
+    (["trades", "--start", "2026-01-05T12:00", "--end", "2026-01-05T11:00"],
+     "--end (2026-01-05T11:00) is before --start (2026-01-05T12:00)"),
+    (["trades", "--end", "99999999999999999999"],
+     "--end: 99999999999999999999 is out of range: epoch milliseconds from -62135596800000 to "
+     "253402300799999 (years 1 to 9999; e.g. --end=1767610680000 or --end=2026-01-05T10:58:00Z)"),
+    (["trades", "-o", "{tmp}/none/x.parquet"],
+     "-o {tmp}/none/x.parquet: directory {tmp}/none does not exist; create it first (mkdir -p "
+     "{tmp}/none) or write elsewhere"),
+    (["trades", "-o", "{tmp}/t.txt"],
+     "-o {tmp}/t.txt: the file name ends in .txt; name a .parquet, .csv or .ndjson file: the extension "
+     "says the format"),
+])
+def test_export_refuses_what_the_http_export_refuses(
+        history_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        said: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `GET /v1/export` answers with a 400 or a 404 is an error here too, never an empty file
+    written with exit status 0 (the checks are the same function)."""
+    monkeypatch.delenv("NODETAP_CANDLE_INTERVALS", raising=False)
+    out = ["-o", str(tmp_path / "x.parquet")] if "-o" not in argv else []
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["export", *argv, *out, "--db", str(history_db)]) == 2
+    assert capsys.readouterr().err == f"nodetap export: {said.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "t.txt").exists()
+
+
+def test_export_writes_the_format_its_file_name_says(history_db: Path, tmp_path: Path) -> None:
+    db = str(history_db)
+    for name in ("btc.parquet", "btc.csv", "btc.ndjson"):
+        out = run_cli("export", "trades", "--coin", "BTC", "-o", str(tmp_path / name), "--db", db)
+        assert out.stdout == f"wrote 3 rows to {tmp_path / name}\n"
+    want = pl.read_parquet(tmp_path / "btc.parquet")
+    assert want["tid"].to_list() == [1, 3, 4]
+    assert pl.read_csv(tmp_path / "btc.csv", schema=want.schema).equals(want)
+    lines = [orjson.loads(x) for x in (tmp_path / "btc.ndjson").read_bytes().splitlines()]
+    assert [(x["tid"], x["px"], x["time"]) for x in lines] == [
+        (1, 100.0, "2026-01-05T10:10:00"), (3, 89051.035, "2026-01-05T12:30:00"),
+        (4, 89052.0, "2026-01-05T12:31:00")]
+    # a coin with orders but no candle, and one with candles but no order kept: rows, or none
+    out = run_cli("export", "orders", "--coin", "@107", "-o", str(tmp_path / "o.csv"), "--db", db)
+    assert out.stdout == f"wrote 1 rows to {tmp_path / 'o.csv'}\n"
+    out = run_cli("export", "orders", "--coin", "km:USTECH", "-o", str(tmp_path / "k.csv"), "--db", db)
+    assert out.stdout == f"wrote 0 rows to {tmp_path / 'k.csv'}\n"
+    refused = run_cli("export", "trades", "-o", "/nonexistent/dir/x.parquet", "--db", db, check=False)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == ("nodetap export: -o /nonexistent/dir/x.parquet: directory /nonexistent/dir "
+                              "does not exist; create it first (mkdir -p /nonexistent/dir) or write "
+                              "elsewhere\n")
+
+
+@pytest.mark.parametrize("query", ["", "  ", "-- nothing", "/* x */ ;"])
+def test_sql_without_a_statement_says_so(history_db: Path, capsys: pytest.CaptureFixture[str],
+                                         query: str) -> None:
+    assert main(["sql", "--db", str(history_db), query]) == 2
+    assert capsys.readouterr().err == (
+        f"nodetap sql: no SQL statement in {query!r} (only blanks, comments or semicolons): pass a "
+        'query, e.g. nodetap sql "SELECT count(*) FROM history.trades"\n')
+
+
+def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_path: Path) -> None:
+    for fmt in ("csv", "parquet"):
+        out = run_cli("sql", "SELECT 1 AS x", "--db", str(history_db), "--format", fmt,
+                      "-o", "/nonexistent/x." + fmt, check=False)
+        assert (out.returncode, out.stdout) == (2, "")
+        assert out.stderr == (f"nodetap sql: -o /nonexistent/x.{fmt}: directory /nonexistent does not "
+                              "exist; create it first (mkdir -p /nonexistent) or write elsewhere\n")
+    assert main(["sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv",
+                 "-o", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_candles_times_are_checked_as_exports_check_them(history_db: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["candles", "--db", str(history_db), "--coin", "BTC"]
+    assert main([*argv, "--start", "2026-01-05T12:00", "--end", "2026-01-05T11:00"]) == 2
+    assert capsys.readouterr().err == ("nodetap candles: --end (2026-01-05T11:00) is before --start "
+                                       "(2026-01-05T12:00)\n")
+    assert main([*argv, "--start", "-99999999999999999999"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "nodetap candles: --start: -99999999999999999999 is out of range")
 
 
 def test_tables_print_plain_decimals_and_iso_times(history_db: Path,
@@ -404,15 +503,50 @@ def test_a_db_named_as_a_data_file_is_refused_by_every_command(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node", "trades.parquet"]
 
 
-def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("given", "why"), [
+    ("yesterday", ""),
+    ("20261399", ": 20261399 is not a date (month must be in 1..12)"),
+    ("20260230", ": 20260230 is not a date (day is out of range for month)"),
+    ("20260105/25", ": the hour is 0 to 23 (UTC), not 25"),
+    ("20260105/", ""),
+])
+def test_a_bad_from_is_refused_before_the_database_is_made(tmp_path: Path, given: str, why: str) -> None:
     node = Node(tmp_path / "node")
     node.add_trade("2026-01-05T10:00:10", 1)
     db = tmp_path / "new" / "x.duckdb"
     out = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(db), "--from",
-                  "yesterday", check=False)
-    assert out.returncode == 2
-    assert "start_from must be end, start or YYYYMMDD[/H], not 'yesterday' (--from" in out.stderr
+                  given, check=False)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == ("nodetap ingest: start_from must be end, start or YYYYMMDD[/H], not "
+                          f"{given!r}{why} (--from, setting start_from; a day and hour as 20260105/9)\n")
     assert not db.exists() and not db.parent.exists()
+
+
+def test_a_from_later_than_every_file_reads_none_of_them(tmp_path: Path) -> None:
+    """A first run `--from` a day no file has reached yet skips every file there (it used to read
+    them all, from the first), then reads the first file at or after that day when it appears."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    db = tmp_path / "x.duckdb"
+    out = run_cli("ingest", "--once", "--node-dir", str(node.root), "--db", str(db), "--from", "20300101")
+    assert "event=start_after_files stream=node_fills from=20300101/0 files_before=1" in out.stderr
+    assert query(db, "SELECT count(*) FROM trades") == [(0,)]
+    # the files appear while the pipeline runs
+    s = Settings(node_dir=node.root, db=db, start_from="20300101", keep_all=True, rules_file=Path(""))
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    pipe.run_once()
+    # nothing is waiting to be read: the files there are before --from
+    assert [(st.stream, st.lag_bytes) for st in pipe.snapshot()] == [("node_fills", 0)]
+    later = node.root / "node_fills" / "hourly" / "20300101" / "2"
+    later.parent.mkdir()
+    later.write_bytes(fill_lines("2030-01-01T02:00:10", 5) + b"\n")
+    node.hour_of_writes = 11  # an hour file before --from that appears late: not read either
+    node.add_trade("2026-01-05T11:00:10", 2)
+    pipe.run_once()
+    assert store.con.execute("SELECT tid FROM trades").fetchall() == [(5,)]
+    pipe.close()
+    store.close()
 
 
 def test_a_first_run_from_the_end_says_how_to_read_the_files_already_there(tmp_path: Path) -> None:

@@ -287,6 +287,58 @@ def test_backfill_plain_and_lz4_resumes_without_duplicates(
     assert pl.read_parquet(tmp_path / "o.parquet").height == total
 
 
+def test_backfill_of_cut_files_keeps_their_whole_lines_and_names_them(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """An `.lz4` archive cut short (a partial download) or not lz4 at all used to end the run with
+    EOFError's traceback, naming no file. Now its whole lines before the cut are stored, the rest
+    is an `incomplete` gap, the other files are read, and the run exits 1 naming each file; a
+    plain file cut mid-line is named too (its last line is left for live ingestion)."""
+    node = make_node_dir(lines=5000, kinds=("orders",), start=datetime(2026, 1, 5, 10, 59, 55, tzinfo=UTC))
+    day = node / ORDERS / "hourly" / "20260105"
+    whole10, whole11 = (day / "10").read_bytes(), (day / "11").read_bytes()
+    (day / "10").unlink()
+    packed = lz4.frame.compress(whole10)
+    (day / "10.lz4").write_bytes(packed[:len(packed) // 2])
+    (day / "9.lz4").write_bytes(b"not lz4 at all\n")
+    (day / "11").write_bytes(whole11[:-30])
+    decoded = lz4.frame.LZ4FrameDecompressor().decompress(packed[:len(packed) // 2])
+    cut = decoded.rfind(b"\n") + 1  # the end of the last whole line before the cut
+    assert 0 < cut < len(decoded) < len(whole10)
+    db = tmp_path / "bf.duckdb"
+    out = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all", check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stdout.endswith(" incomplete_files=2 unterminated_files=1\n")
+    end11 = whole11[:-30].rfind(b"\n") + 1
+    assert out.stderr.endswith(
+        f"nodetap backfill: {day / '11'}: its last line is unterminated ({len(whole11) - 30 - end11} bytes "
+        f"after byte {end11} with no newline), so it is not stored. A file the node is still writing: "
+        "`nodetap ingest` reads the line once it ends. A cut copy: copy it again and rerun backfill\n"
+        "nodetap backfill: 2 file(s) could not be read whole:\n"
+        f"  {day / '9.lz4'}: it stops decoding as lz4 (LZ4F_decompress failed with code: "
+        "ERROR_frameType_unknown). Its whole lines up to byte 0 (decompressed) are stored; the rest of "
+        "the hour is not (gaps, reason incomplete). Download it again and rerun backfill: it goes on "
+        "from there\n"
+        f"  {day / '10.lz4'}: it ends before its end-of-stream marker (cut short: a partial download or "
+        f"copy?). Its whole lines up to byte {cut} (decompressed) are stored; the rest of the hour is "
+        "not (gaps, reason incomplete). Download it again and rerun backfill: it goes on from there\n")
+    assert "event=backfill_incomplete" in out.stderr and f"path={day / '10.lz4'}" in out.stderr
+    kept = decoded[:cut].count(b"\n") + whole11[:end11].count(b"\n")
+    assert query(db, "SELECT count(*) FROM orders") == [(kept,)]
+    gaps = 'SELECT file, from_offset, to_offset, reason FROM gaps ORDER BY file'
+    assert query(db, gaps) == [("20260105/10", cut, len(decoded), "incomplete"),
+                               ("20260105/9", 0, 0, "incomplete")]
+    rerun = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all", check=False)
+    assert rerun.returncode == 1 and query(db, "SELECT count(*) FROM gaps") == [(2,)]  # recorded once
+    # the whole archive downloaded again: the run goes on from the cut, nothing stored twice
+    (day / "10.lz4").write_bytes(packed)
+    (day / "9.lz4").unlink()
+    again = run_cli("backfill", str(node / ORDERS), "--db", str(db), "--quiet", "--keep-all")
+    assert "incomplete_files=0 unterminated_files=1" in again.stdout
+    total = whole10.count(b"\n") + whole11[:end11].count(b"\n")
+    assert query(db, "SELECT count(*), count(DISTINCT oid) FROM orders") == [(total, total)]
+    assert len(query(db, gaps)) == 2
+
+
 def test_backfill_refuses_a_path_with_no_stream(tmp_path: Path) -> None:
     f = tmp_path / "9"
     f.write_bytes(b"{}\n")

@@ -431,6 +431,11 @@ def test_exports_stream_history_rows_in_every_format(
         assert "GET /v1/candles?coin=...&interval=3m derives it on read" in error(
             client.get("/v1/export/candles.csv?interval=3m"))
         assert "start: 'noon'" in error(client.get("/v1/export/fills.csv?start=noon"))
+        # a typo is a 404 naming the known coins (as `nodetap export` says it), not an empty file
+        assert "unknown coin 'btc': no trades or candles of it are stored. Did you mean BTC? " in error(
+            client.get("/v1/export/trades.csv?coin=btc"), 404)
+        assert "unknown coin 'NOPE': no orders or candles of it are stored. Known coins" in error(
+            client.get("/v1/export/orders.ndjson?coin=NOPE"), 404)
 
 
 # ------------------------------------------------------------------ operations

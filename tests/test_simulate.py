@@ -8,11 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 
+from etl.cli import main
 from etl.config import Settings
 from etl.pipeline import Pipeline
 from etl.simulate import generate, run_live
 from etl.store import Store
+from tests.conftest import run_cli
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
@@ -74,3 +77,52 @@ def test_live_partial_writes_and_bursts_are_ingested_exactly(tmp_path: Path) -> 
     store.close()
     # 2 s at 3000 lines/s with two bursts at 4x for 0.3 s: more than the plain rate gives
     assert written > 2 * 3000 * 1.2
+
+
+# ------------------------------------------------------------------ the command line
+@pytest.mark.parametrize(("argv", "said"), [
+    ([], "error: one of the arguments --lines --rate is required"),  # it used to run until killed
+    (["--lines", "-5"], "error: argument --lines: must be a whole number of at least 1, not '-5'"),
+    (["--lines", "0"], "error: argument --lines: must be a whole number of at least 1, not '0'"),
+    (["--lines", "10", "--malformed", "2"],
+     "error: argument --malformed: is a share of the lines, from 0 to 1 (0.01: one line in 100), not '2'"),
+    (["--rate", "0"], "error: argument --rate: must be a number above 0, not '0'"),
+    (["--rate", "10", "--lines", "10"], "error: argument --lines: not allowed with argument --rate"),
+])
+def test_simulate_refuses_flags_it_cannot_honour(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str], said: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--out", str(tmp_path / "n"), *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"nodetap simulate: {said}"
+    assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--lines", "10", "--duration", "3"],
+     "--duration goes with --rate (writing on the wall clock), not --lines"),
+    (["--lines", "10", "--partial-writes", "--burst-every", "2"],
+     "--partial-writes, --burst-every go with --rate (writing on the wall clock), not --lines"),
+    (["--rate", "10", "--start", "2026-01-05"],
+     "--start sets the simulated clock of --lines; --rate writes at the wall clock's time"),
+    (["--lines", "10", "--start", "noon"],
+     "--start: 'noon' is not an ISO time (e.g. 2026-01-05T10:59:50, UTC when no zone)"),
+    (["--lines", "10", "--streams", ","],
+     "--streams ',': name kinds from orders, fills, trades, comma-separated"),
+])
+def test_simulate_refuses_flags_of_the_other_clock(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str], said: str) -> None:
+    assert main(["simulate", "--out", str(tmp_path / "n"), *argv]) == 2
+    assert capsys.readouterr().err == f"nodetap simulate: {said}\n"
+    assert not (tmp_path / "n").exists()
+
+
+def test_simulate_into_a_file_says_it_is_not_a_directory(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x\n")
+    for out, why in ((a_file, ""), (a_file / "node", f": {a_file} is a file")):
+        proc = run_cli("simulate", "--out", str(out), "--lines", "10", check=False)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == (f"nodetap simulate: --out {out} is not a directory{why}; pass a directory "
+                               "to write the node's hour files into (it is made if missing)\n")
+    assert a_file.read_text() == "x\n"

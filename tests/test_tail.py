@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from etl.hourfiles import HourListing
-from etl.tail import Cursor, Stream, Tailer, discover, hour_files, initial_cursor
+from etl.tail import Cursor, Stream, Tailer, discover, hour_files, initial_cursor, start_floor
 
 
 class FakeClock:
@@ -235,6 +235,10 @@ def test_initial_cursor_modes(tmp_path: Path) -> None:
     assert (end.file, end.offset) == ("20260105/9", 4)  # after the last whole line
     assert initial_cursor(st, "20260105/9").file == "20260105/9"
     assert initial_cursor(st, "20260105").file == "20260105/8"
+    # later than every file: before the first file at or after its floor, none of these
+    assert initial_cursor(st, "20300101") == Cursor("", 0, 0)
+    assert [start_floor(s) for s in ("20300101", "20260105/9", "start", "end")] == [
+        "20300101/0", "20260105/9", "", ""]
     with pytest.raises(ValueError, match="YYYYMMDD"):
         initial_cursor(st, "yesterday")
 

@@ -18,9 +18,9 @@ from fastapi.responses import StreamingResponse
 from api.deps import Read, State
 from api.encoding import FORMATS, MEDIA_TYPES, encode
 from api.errors import BadRequest, NotFound
-from api.params import check_interval, parse_range
-from api.reader import Batches
-from etl.history import slice_sql
+from api.params import parse_range
+from api.reader import Batches, Con
+from etl.history import HistoryError, check_coin, check_export, slice_sql
 from etl.schema import TABLES
 
 router = APIRouter()
@@ -41,16 +41,19 @@ async def export(
 ) -> StreamingResponse:
     """Rows of `history.<table>` (orders, fills, trades, candles) as Parquet (zstd), CSV or
     NDJSON. Filters: `coin`, `start` (inclusive) and `end` (exclusive), each epoch ms or ISO,
-    on `time` (candles: on the open time `t`), and `interval` for candles."""
+    on `time` (candles: on the open time `t`), and `interval` for candles. A coin with no row in
+    the table and no candle is a 404 naming the known coins."""
     if table not in TABLES:
         raise NotFound(f"unknown export table {table!r}; choose from {', '.join(TABLES)}")
     if fmt not in MEDIA_TYPES:
         raise NotFound(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if interval and table != "candles":
-        raise BadRequest(f"interval applies to candles only, not to {table}")
-    if interval:
-        check_interval(interval, state.settings)
+    try:  # the checks `nodetap export` makes too
+        check_export(table, interval or None, state.settings.candle_intervals)
+    except HistoryError as err:
+        raise BadRequest(str(err)) from None
     start_ms, end_ms = parse_range(start, end)
+    if coin:  # a typo (`btc`) is a 404 naming the known coins, not an empty file
+        await read(lambda con: _known_coin(con, table, coin))
     sql, params = slice_sql(table, coin or None, start_ms, end_ms, interval or None,
                             ordered=False, protocol_names=True)
     batches = await read.batches(sql, params, EXPORT_BATCH_ROWS)
@@ -60,6 +63,13 @@ async def export(
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'},
     )
+
+
+def _known_coin(con: Con, table: str, coin: str) -> None:
+    try:
+        check_coin(con, coin, table=table)
+    except HistoryError as err:
+        raise NotFound(str(err)) from None
 
 
 def safe_name(text: str) -> str:

@@ -67,22 +67,59 @@ def _time(p: argparse.ArgumentParser, flag: str, text: str) -> None:
     p.add_argument(flag, help=f"ISO time (UTC when no zone) or epoch ms{text}")
 
 
+def whole_at_least_1(text: str) -> int:
+    """An argparse type: a count (`--lines`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a rate, a factor or a number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a fraction from 0 to 1 (`--malformed 0.01`: one line in 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"is a share of the lines, from 0 to 1 (0.01: one line in 100), "
+                                         f"not {text!r}")
+    return value
+
+
 def _simulate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="node data dir to write into")
-    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
-    p.add_argument("--lines", type=int,
-                   help="write this many order-status lines at once, on a simulated clock, then exit")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--start", help="with --lines: the simulated clock's start (ISO, UTC)")
+    p.add_argument("--out", required=True, help="node data dir to write into (made if missing)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--lines", type=whole_at_least_1,
+                      help="write this many order-status lines at once, on a simulated clock, then exit")
+    mode.add_argument("--rate", type=positive,
+                      help="order-status lines per second, on the wall clock, until Ctrl-C (or --duration)")
+    p.add_argument("--duration", type=positive, help="with --rate: stop after this many seconds")
+    p.add_argument("--start", help="with --lines: the simulated clock's start (ISO, UTC when no zone)")
     p.add_argument("--variant", choices=VARIANTS, default="plain")
     p.add_argument("--streams", default="orders,fills",
                    help="kinds to write: orders, fills, trades (node_trades, as nodes without "
                         "fills output write)")
     p.add_argument("--partial-writes", action="store_true",
-                   help="cut the last line of each write, as a buffered node does")
-    p.add_argument("--burst-every", type=float, help="every N seconds, a one-second burst")
-    p.add_argument("--burst-factor", type=float, default=5.0, help="rate multiplier in a burst")
-    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+                   help="with --rate: cut the last line of each write, as a buffered node does")
+    p.add_argument("--burst-every", type=positive, help="with --rate: every N seconds, a one-second burst")
+    p.add_argument("--burst-factor", type=positive, help="rate multiplier in a burst (default 5)")
+    p.add_argument("--malformed", type=share, default=0.0,
+                   help="share of broken lines, from 0 to 1 (0.01: one in 100)")
     p.add_argument("--seed", type=int, default=7)
 
 
@@ -103,9 +140,10 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
         return p
 
     p = command("demo", "simulate a node into data/demo-node and serve it (dashboard)")
-    p.add_argument("--rate", type=float, default=2000.0, help="order-status lines per second")
+    p.add_argument("--rate", type=positive, default=2000.0, help="order-status lines per second")
     p.add_argument("--variant", choices=VARIANTS, default="plain")
-    p.add_argument("--malformed", type=float, default=0.0, help="share of broken lines")
+    p.add_argument("--malformed", type=share, default=0.0,
+                   help="share of broken lines, from 0 to 1 (0.01: one in 100)")
 
     p = command("serve", "run the pipeline and the HTTP/WebSocket API in one process")
     _rebind(p)
@@ -116,7 +154,8 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
                         "line of an hour file the node has left), seal complete hours, print status, exit")
     _rebind(p)
 
-    p = command("backfill", "ingest existing hour files (plain or .lz4), then exit")
+    p = command("backfill", "ingest existing hour files (plain or .lz4), then exit (1 when a file could "
+                            "not be read whole: each is named)")
     p.add_argument("paths", nargs="+", help="hour files or directories holding them")
     p.add_argument("--stream", help="stream dir name, when the path does not say it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,13 +169,15 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     p.add_argument("query")
     _output(p)
 
-    p = command("export", "write rows of a table (DuckDB + lake) to a Parquet file")
+    p = command("export", "write rows of a table (DuckDB + lake) to a Parquet, CSV or NDJSON file")
     p.add_argument("table", choices=TABLES)
-    p.add_argument("--coin")
-    p.add_argument("--interval", help="candles only")
+    p.add_argument("--coin", help="only this coin's rows (a coin with none, and no candle, is refused)")
+    p.add_argument("--interval", help="candles only: one of candle_intervals (the others are not stored: "
+                                      "nodetap candles derives them)")
     _time(p, "--start", ", included")
     _time(p, "--end", ", excluded")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.parquet (zstd), FILE.csv or FILE.ndjson: the extension says the format")
 
     p = command("candles", "print OHLCV candles of a coin (gaps never forward-filled)")
     p.add_argument("--coin", required=True)

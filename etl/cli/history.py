@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from etl.cli.checks import named
 from etl.cli.common import CliError, settings_from
-from etl.cli.output import write_frame
+from etl.cli.output import check_output, output_file, write_frame
 from etl.config import Settings
 from etl.history import (
     check_coin,
+    check_export,
     explain_sql_error,
-    parse_time_ms,
     read_candles,
     slice_sql,
+    time_range_ms,
     watermark_and_holes,
 )
 
@@ -64,9 +68,15 @@ def check_views(con: duckdb.DuckDBPyConnection, s: Settings) -> None:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     s = settings_from(args)
+    if args.output:
+        check_output(args.output)
     con = read_only(s)
     try:
-        frame = pl.from_arrow(con.sql(args.query).to_arrow_table())
+        result = con.sql(args.query)
+        if result is None:  # DuckDB found no statement in it
+            raise CliError(f"no SQL statement in {args.query!r} (only blanks, comments or semicolons): "
+                           'pass a query, e.g. nodetap sql "SELECT count(*) FROM history.trades"')
+        frame = pl.from_arrow(result.to_arrow_table())
     except duckdb.Error as err:
         raise CliError(f"SQL error: {explain_sql_error(args.query, str(err))}") from err
     finally:
@@ -76,18 +86,52 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_BATCH_ROWS = 65_536  # rows per Arrow batch, and per Parquet row group, as GET /v1/export
+
+
+def export_format(out: str) -> str:
+    """The format an export's file name asks for: its extension, as in GET /v1/export/{table}.{fmt}."""
+    from api.encoding import FORMATS
+
+    fmt = Path(out).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        ends = f"ends in .{fmt}" if fmt else "has no extension"
+        names = [f".{f}" for f in FORMATS]
+        raise CliError(f"-o {out}: the file name {ends}; name a {', '.join(names[:-1])} or {names[-1]} "
+                       "file: the extension says the format")
+    return fmt
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from api.encoding import encode
+
     s = settings_from(args)
-    sql, params = slice_sql(args.table, args.coin, parse_time_ms(args.start, "--start"),
-                            parse_time_ms(args.end, "--end"), args.interval)
+    fmt = export_format(args.output)
+    check_export(args.table, args.interval, s.candle_intervals, cli=True)  # as GET /v1/export does
+    start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
+    check_output(args.output)
+    sql, params = slice_sql(args.table, args.coin or None, start, end, args.interval or None)
     con = read_only(s)
+    rows = 0
+
+    def counted(batches: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        nonlocal rows
+        for batch in batches:
+            rows += batch.num_rows
+            yield batch
+
     try:
-        out = args.output.replace("'", "''")
-        con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)", params)
-        (n,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone() or (0,)
+        if args.coin:
+            check_coin(con, args.coin, "--coin", table=args.table)
+        batches = con.sql(sql, params=params or None).to_arrow_reader(EXPORT_BATCH_ROWS)
+        with output_file(args.output) as f:
+            for chunk in encode(counted(batches), batches.schema, fmt):
+                f.write(chunk)
+    except duckdb.Error as err:
+        raise CliError(f"export failed: {str(err).splitlines()[0]}") from err
     finally:
         con.close()
-    print(f"wrote {n} rows to {args.output}")
+    print(f"wrote {rows} rows to {args.output}")
     return 0
 
 
@@ -103,11 +147,12 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
 
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
+    start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
+    if args.output:
+        check_output(args.output)
     con = read_only(s)
     try:
-        end = parse_time_ms(args.end, "--end")
         end = data_end(con) if end is None else end
-        start = parse_time_ms(args.start, "--start")
         start = end - HOUR_MS if start is None else start
         # intervals not stored are derived on read, as `/v1/candles` does
         frame = read_candles(con, args.coin, args.interval, start, end, fill=not args.no_fill,

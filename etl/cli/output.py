@@ -3,12 +3,14 @@ Parquet."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import polars as pl
@@ -52,12 +54,44 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_output(out: str, flag: str = "-o") -> Path:
+    """Refuse, before any work, an output path that cannot be a file: a directory, or one in
+    a directory that does not exist."""
+    path = Path(out)
+    if path.is_dir():
+        raise CliError(f"{flag} {out} is a directory: name a file in it, e.g. {path / ('out' + path.suffix)}")
+    parent = path.parent
+    if not parent.exists():
+        raise CliError(f"{flag} {out}: directory {parent} does not exist; create it first "
+                       f"(mkdir -p {parent}) or write elsewhere")
+    if not parent.is_dir():
+        raise CliError(f"{flag} {out}: {parent} is not a directory")
+    return path
+
+
+@contextmanager
+def output_file(out: str, flag: str = "-o") -> Iterator[BinaryIO]:
+    """A file to write `out` through: it gets its name only once it is whole, so a failed
+    write leaves no partial file behind (nor replaces a good one)."""
+    path = check_output(out, flag)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            yield f
+        os.replace(partial, path)
+    except OSError as err:
+        raise CliError(f"cannot write {flag} {out}: {err.strerror or err}") from err
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
     """`frame` to `out` (standard output when None) in one of FORMATS."""
     if fmt == "parquet":
         if not out:
             raise CliError("--format parquet needs -o FILE")
-        frame.write_parquet(out, compression="zstd")
+        with output_file(out) as f:
+            frame.write_parquet(f, compression="zstd")
         return
     if fmt == "csv":
         text = frame.write_csv()
@@ -66,6 +100,7 @@ def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
     else:
         text = table(frame.columns, frame.rows()) + "\n"
     if out:
-        Path(out).write_text(text)
+        with output_file(out) as f:
+            f.write(text.encode())
     else:
         sys.stdout.write(text)

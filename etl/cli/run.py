@@ -206,7 +206,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise database_error(s, err) from err
     try:
         ensure_views(store.con, lake_root(s))  # `sql`, `export`, `candles` read history.*
-        totals = backfill(
+        report = backfill(
             [Path(p) for p in args.paths],
             store,
             batch_max_bytes=s.batch_max_bytes,
@@ -221,28 +221,70 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.close()
-    print(" ".join(f"{k}={v}" for k, v in totals.items()))
+    print(" ".join(f"{k}={v}" for k, v in report.totals.items()))
+    for line in report.unterminated:
+        print(f"nodetap backfill: {line}", file=sys.stderr)
+    if report.incomplete:
+        print(f"nodetap backfill: {len(report.incomplete)} file(s) could not be read whole:", file=sys.stderr)
+        for line in report.incomplete:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from etl.simulate import generate, run_live
+def simulate_out(out: Path) -> None:
+    """Refuse an `--out` that cannot be a directory: a file, or under one."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == out else f": {path} is a file"
+                raise CliError(f"--out {out} is not a directory{where}; pass a directory to write the "
+                               "node's hour files into (it is made if missing)")
+            return
 
-    setup_logging("INFO")
-    out = Path(args.out)
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from etl.simulate import KINDS, generate, run_live
+
     kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
-    if args.lines:
-        start = datetime.fromisoformat(args.start).replace(tzinfo=UTC) if args.start else None
-        n = generate(out, start=start, lines=args.lines, variant=args.variant, kinds=kinds,
-                     seed=args.seed, malformed_share=args.malformed)
-        print(f"wrote {n} lines under {out}")
-        return 0
-    stop = threading.Event()
-    install_signals(stop)
-    n = run_live(out, rate=args.rate, variant=args.variant, kinds=kinds, seed=args.seed,
-                 malformed_share=args.malformed, stop=stop, duration_s=args.duration,
-                 partial_writes=args.partial_writes, burst_every_s=args.burst_every,
-                 burst_factor=args.burst_factor)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise CliError(f"--streams {args.streams!r}: name kinds from {', '.join(KINDS)}, comma-separated"
+                       + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    # the simulated clock (--lines) and the wall clock (--rate) take flags of their own
+    wall = [f for f, given in (("--duration", args.duration), ("--partial-writes", args.partial_writes),
+                               ("--burst-every", args.burst_every), ("--burst-factor", args.burst_factor))
+            if given]
+    if args.lines and wall:
+        verb = "goes" if len(wall) == 1 else "go"
+        raise CliError(f"{', '.join(wall)} {verb} with --rate (writing on the wall clock), not --lines")
+    if args.rate and args.start:
+        raise CliError("--start sets the simulated clock of --lines; --rate writes at the wall clock's time")
+    start = None
+    if args.start:
+        try:
+            start = datetime.fromisoformat(args.start)
+        except ValueError as err:
+            raise CliError(f"--start: {args.start!r} is not an ISO time (e.g. 2026-01-05T10:59:50, UTC "
+                           "when no zone)") from err
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+    out = Path(args.out)
+    simulate_out(out)
+    setup_logging("INFO")
+    try:
+        if args.lines:
+            n = generate(out, start=start, lines=args.lines, variant=args.variant, kinds=kinds,
+                         seed=args.seed, malformed_share=args.malformed)
+        else:
+            stop = threading.Event()
+            install_signals(stop)
+            n = run_live(out, rate=args.rate, variant=args.variant, kinds=kinds, seed=args.seed,
+                         malformed_share=args.malformed, stop=stop, duration_s=args.duration,
+                         partial_writes=args.partial_writes, burst_every_s=args.burst_every,
+                         burst_factor=args.burst_factor or 5.0)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise CliError(f"cannot write under --out {out}: {err.strerror or err}{where}") from err
     print(f"wrote {n} lines under {out}")
     return 0
 
