@@ -16,7 +16,8 @@ Interval widths and alignment live with the candles (etl/candles.py: `INTERVALS`
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Literal, cast
 
 import polars as pl
 
@@ -44,6 +45,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "orders": ("orders",), "fills": ("fills",), "trades": ("fills", "trades"), "candles": ("fills", "trades")}
 
 # the column each table's rows are placed in an hour by, and its type: a timestamp, or epoch ms
+HOUR_MS = 3_600_000
+EPOCH = datetime(1970, 1, 1)
 HOUR_COLUMN: dict[str, tuple[str, Literal["timestamp", "ms"]]] = {
     "orders": ("time", "timestamp"),
     "fills": ("time", "timestamp"),
@@ -66,6 +69,24 @@ def hour_expr(table: str) -> pl.Expr:
     column, unit = HOUR_COLUMN[table]
     at = pl.from_epoch(pl.col(column), time_unit="ms") if unit == "ms" else pl.col(column)
     return at.dt.truncate("1h").alias("hour")
+
+
+def hours_of(table: str, rows: pl.DataFrame) -> list[datetime]:
+    """The distinct hours (`hour_expr`) the rows of `table` fall in, nulls aside. A unit's rows
+    are most often of one hour: that is told from their first and last time alone (a few µs,
+    against ~0.2 ms for the expression over every row, on every unit of every lane)."""
+    column, unit = HOUR_COLUMN[table]
+    times = rows.get_column(column)
+    lo, hi = times.min(), times.max()
+    if lo is None:
+        return []
+    if unit == "ms":
+        first, last = (EPOCH + timedelta(hours=cast(int, t) // HOUR_MS) for t in (lo, hi))
+    else:
+        first, last = (cast(datetime, t).replace(minute=0, second=0, microsecond=0) for t in (lo, hi))
+    if first == last:
+        return [first]
+    return rows.select(hour_expr(table).unique(maintain_order=True)).get_column("hour").drop_nulls().to_list()
 
 
 _DUCK = {

@@ -27,8 +27,8 @@ from etl.schema import (
     DATA_DDL,
     META_DDL,
     ROW_TABLES,
-    hour_expr,
     hour_sql,
+    hours_of,
 )
 from etl.tail import REREAD, Cursor, Gap, Reject
 from etl.writers import Writers
@@ -314,7 +314,7 @@ class Store:
                 self.con.register("_batch", arrow)
                 self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
                 self.con.unregister("_batch")
-                hours.append((table, _hours(table, frame)))
+                hours.append((table, hours_of(table, frame)))
         return hours
 
     def _record_stalls(self, batch: BatchResult, now: datetime) -> None:
@@ -454,7 +454,7 @@ class Store:
         con.register("_candles", stored)
         con.execute("INSERT OR REPLACE INTO candles SELECT * FROM _candles")
         con.unregister("_candles")
-        return _hours("candles", stored)
+        return hours_of("candles", stored)
 
     def last_time(self, stream: str) -> datetime | None:
         """The stream's watermark: its last event time committed."""
@@ -536,9 +536,6 @@ class _StreamIndex:
         return self.files.other_variant_read(self.stream, rel)
 
 
-def _hours(table: str, rows: pl.DataFrame) -> list[datetime]:
-    """The hours of `table` that rows (in the store's names) fall in."""
-    return rows.select(hour_expr(table).unique()).get_column("hour").drop_nulls().to_list()
 
 
 # ------------------------------------------------------------ cursors and gaps, read back

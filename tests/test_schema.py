@@ -4,13 +4,14 @@ for every row, and the interval arithmetic the routes use comes from etl/candles
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import polars as pl
 import pytest
 
 from etl.candles import fixed_width_ms, shift_open_ms
-from etl.schema import CANDLE_DB_SCHEMA, HOUR_COLUMN, ROW_TABLES, TABLES, hour_expr, hour_sql
+from etl.schema import CANDLE_DB_SCHEMA, HOUR_COLUMN, ROW_TABLES, TABLES, hour_expr, hour_sql, hours_of
 
 H = 3_600_000
 T10 = 1767607200000  # 2026-01-05T10:00:00Z
@@ -45,6 +46,19 @@ def test_sql_and_polars_put_each_row_in_the_same_hour(table: str) -> None:
     else:
         assert polars_hours == [datetime(2026, 1, 5, 9), datetime(2026, 1, 5, 10), datetime(2026, 1, 5, 10),
                                 datetime(2026, 1, 5, 10), datetime(1970, 1, 1), datetime(2026, 12, 31, 23)]
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_the_hours_of_a_unit_are_those_of_its_rows(table: str) -> None:
+    column, unit = HOUR_COLUMN[table]
+    values: list[Any] = CLOSES if unit == "ms" else TIMES
+    dtype = pl.Int64 if unit == "ms" else pl.Datetime("us")
+    for rows in ([values[1], values[2]], [values[2], None, values[1]], values, [values[0], values[3]],
+                 [None], []):
+        frame = pl.DataFrame({column: rows}, schema={column: dtype})
+        want = set(frame.select(hour_expr(table))["hour"].drop_nulls().to_list())
+        got = hours_of(table, frame)
+        assert len(got) == len(set(got)) and set(got) == want, rows
 
 
 def test_interval_widths_and_shifts() -> None:
