@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -145,6 +146,10 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row and row[0] is not None else int(time.time() * 1000)
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
     start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
@@ -152,7 +157,11 @@ def cmd_candles(args: argparse.Namespace) -> int:
         check_output(args.output)
     con = read_only(s)
     try:
-        end = data_end(con) if end is None else end
+        if end is None:
+            end = data_end(con)
+            if start is not None and start > end:
+                raise CliError(f"--start {_iso(start)} is after the data's end ({_iso(end)}, the trades' "
+                               "watermark): pass an earlier --start, or --end too")
         start = end - HOUR_MS if start is None else start
         # intervals not stored are derived on read, as `/v1/candles` does
         frame = read_candles(con, args.coin, args.interval, start, end, fill=not args.no_fill,
