@@ -99,10 +99,11 @@ def recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
     return orjson.loads(ws.recv(timeout=timeout))  # type: ignore[no-any-return]
 
 
-def collect(ws: ClientConnection, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
-            ) -> list[dict[str, Any]]:
-    """Messages until `done(messages)` holds; fails after `timeout` seconds."""
-    seen: list[dict[str, Any]] = []
+def collect(ws: ClientConnection, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 20,
+            seen: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Messages until `done(messages)` holds, after those already `seen`; fails after `timeout`
+    seconds."""
+    seen = list(seen or [])
     end = time.monotonic() + timeout
     while not done(seen):
         left = end - time.monotonic()
@@ -120,11 +121,16 @@ def of(messages: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:
     return [m for m in messages if m["channel"] == channel]
 
 
-def subscribe(ws: ClientConnection, subscription: dict[str, Any]) -> None:
+def subscribe(ws: ClientConnection, subscription: dict[str, Any]) -> list[dict[str, Any]]:
+    """Subscribe and wait for the acknowledgement; returns the messages of subscriptions made
+    before that arrived ahead of it (on a live feed they may)."""
     send(ws, {"method": "subscribe", "subscription": subscription})
-    ack = recv(ws)
-    assert ack == {"channel": "subscriptionResponse",
-                   "data": {"method": "subscribe", "subscription": subscription}}
+    early: list[dict[str, Any]] = []
+    while (message := recv(ws))["channel"] not in ("subscriptionResponse", "error"):
+        early.append(message)
+    assert message == {"channel": "subscriptionResponse",
+                       "data": {"method": "subscribe", "subscription": subscription}}
+    return early
 
 
 def is_decimal(text: object) -> bool:
@@ -223,10 +229,10 @@ def test_protocol_acks_pong_errors_and_unsubscribe(serve: Serve, tmp_path: Path)
 
 def test_trades_and_candles_wire_format(serve: Serve, tmp_path: Path) -> None:
     with live_server(serve, tmp_path) as server, client(server) as ws:
-        subscribe(ws, {"type": "trades", "coin": "BTC"})
-        subscribe(ws, {"type": "candle", "coin": "BTC", "interval": "1m"})
-        subscribe(ws, {"type": "candle", "coin": "ETH", "interval": "5m"})
-        got = collect(ws, lambda ms: len(of(ms, "trades")) >= 3 and len(of(ms, "candle")) >= 6)
+        early = subscribe(ws, {"type": "trades", "coin": "BTC"})
+        early += subscribe(ws, {"type": "candle", "coin": "BTC", "interval": "1m"})
+        early += subscribe(ws, {"type": "candle", "coin": "ETH", "interval": "5m"})
+        got = collect(ws, lambda ms: len(of(ms, "trades")) >= 3 and len(of(ms, "candle")) >= 6, seen=early)
 
     assert {m["channel"] for m in got} == {"trades", "candle"}
     for message in of(got, "trades"):
