@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -375,6 +377,24 @@ def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_pat
     assert main(["sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv",
                  "-o", str(tmp_path)]) == 2
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_sql_writes_through_a_pipe_or_a_link_at_the_output_path(history_db: Path, tmp_path: Path) -> None:
+    """Only a regular file is written beside and renamed into place: a pipe (or /dev/stdout)
+    is written to, and a link's target, the link kept."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    run_cli("sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv", "-o", str(fifo))
+    reader.join(timeout=60)
+    assert got == [b"x\n1\n"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    run_cli("sql", "SELECT 2 AS y", "--db", str(history_db), "--format", "csv", "-o", str(link))
+    assert link.is_symlink() and target.read_bytes() == b"y\n2\n"
 
 
 def test_candles_times_are_checked_as_exports_check_them(history_db: Path,

@@ -4,6 +4,7 @@ Parquet."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,8 +73,20 @@ def check_output(out: str, flag: str = "-o") -> Path:
 @contextmanager
 def output_file(out: str, flag: str = "-o") -> Iterator[BinaryIO]:
     """A file to write `out` through: it gets its name only once it is whole, so a failed
-    write leaves no partial file behind (nor replaces a good one)."""
+    write leaves no partial file behind (nor replaces a good one). Anything at `out` but a
+    regular file (a pipe, `/dev/stdout`, a link) is written through, not replaced."""
     path = check_output(out, flag)
+    try:
+        regular = stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        regular = True
+    if not regular:
+        try:
+            with open(path, "wb") as f:
+                yield f
+        except OSError as err:
+            raise CliError(f"cannot write {flag} {out}: {err.strerror or err}") from err
+        return
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "wb") as f:
