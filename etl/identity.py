@@ -116,7 +116,8 @@ def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
         if _meta(con, "lake_dir") != str(root):
             _remember_lake(con, root)
         return root
-    (sealed,) = con.execute("SELECT count(*) FROM lake_hours WHERE sealed_at IS NOT NULL").fetchall()[0]
+    (sealed,) = con.execute(
+        "SELECT count(DISTINCT hour) FROM lake_hours WHERE sealed_at IS NOT NULL").fetchall()[0]
     parquet = root.is_dir() and next(root.glob("*/date=*/hour=*/*.parquet"), None) is not None
     if parquet and not sealed:
         raise IdentityError(
@@ -128,7 +129,8 @@ def claim_lake(con: duckdb.DuckDBPyConnection, db: Path, root: Path) -> Path:
                     "sealed there are no longer in history.*)", root, me["db"])
     elif sealed and not parquet:  # (a lake of versions before manifests holds its parts)
         raise IdentityError(
-            f"database {me['db']} sealed {sealed} hours into {f'lake {where}' if where else 'another lake'}, "
+            f"database {me['db']} sealed {sealed} hour{'s' if sealed != 1 else ''} into "
+            f"{f'lake {where}' if where else 'another lake'}, "
             f"not into {root}, which holds none of them: with it, they would vanish from history.* "
             "and retention would delete the rows DuckDB still holds. "
             + (f"Set lake_dir (--lake) to {where}, or move that lake to {root}" if where else

@@ -250,7 +250,7 @@ class Lake:
             fault_point("seal_before_commit")
             self.con.execute("COMMIT")
         except BaseException:
-            rollback(self.con)  # the view's change too
+            rollback(self.con)
             tmp.unlink(missing_ok=True)
             raise
         finally:

@@ -73,8 +73,8 @@ def hour_expr(table: str) -> pl.Expr:
 
 def hours_of(table: str, rows: pl.DataFrame) -> list[datetime]:
     """The distinct hours (`hour_expr`) the rows of `table` fall in, nulls aside. A unit's rows
-    are most often of one hour: that is told from their first and last time alone (a few µs,
-    against ~0.2 ms for the expression over every row, on every unit of every lane)."""
+    are most often of one hour: that is told from their earliest and latest time alone (a few
+    µs, against ~0.2 ms for the expression over every row, on every unit of every lane)."""
     column, unit = HOUR_COLUMN[table]
     times = rows.get_column(column)
     lo, hi = times.min(), times.max()

@@ -334,10 +334,12 @@ class Store:
         reread = {g.file for g in batch.gaps if g.reason in REREAD}
         again = {r.file for r in batch.rejects
                  if r.file in reread or self.files.rechecking(batch.stream, r.file)}
-        if again:
+        if again:  # only the batch's offsets: rejects of the rest of the file are not read
+            offsets = [r.offset for r in batch.rejects]
             stored = set(self.con.execute(
-                'SELECT file, "offset", line FROM rejects WHERE stream = ? AND list_contains(?, file)',
-                [batch.stream, sorted(again)]).fetchall())
+                'SELECT file, "offset", line FROM rejects WHERE stream = ? AND list_contains(?, file) '
+                'AND "offset" BETWEEN ? AND ?', [batch.stream, sorted(again), min(offsets), max(offsets)]
+            ).fetchall())
             rows = [row for row in rows if (row[1], row[2], row[4]) not in stored]
             if len(rows) < len(batch.rejects):
                 log.info("event=rejects_already_stored stream=%s count=%d (a file read again)",
@@ -534,8 +536,6 @@ class _StreamIndex:
 
     def other_variant_read(self, rel: str) -> bool:
         return self.files.other_variant_read(self.stream, rel)
-
-
 
 
 # ------------------------------------------------------------ cursors and gaps, read back

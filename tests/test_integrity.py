@@ -208,7 +208,7 @@ def test_a_database_refuses_a_lake_without_the_hours_it_sealed(
     # another lake for it: refused before anything is read or pruned, naming its own lake
     proc = ingest_once(node, db, "--lake", str(tmp_path / "other"), check=False, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert (f"database {db} sealed 4 hours into lake {lake}, not into {tmp_path / 'other'}, "
+    assert (f"database {db} sealed 1 hour into lake {lake}, not into {tmp_path / 'other'}, "
             "which holds none of them") in proc.stderr
     assert f"Set lake_dir (--lake) to {lake}, or move that lake to {tmp_path / 'other'}" in proc.stderr
     assert stored(db) == expect(node) and not (tmp_path / "other").exists()
@@ -217,7 +217,7 @@ def test_a_database_refuses_a_lake_without_the_hours_it_sealed(
     copy.parent.mkdir()
     shutil.copy(db, copy)
     proc = ingest_once(node, copy, check=False, env=env)
-    assert proc.returncode == 2 and f"sealed 4 hours into lake {lake}, not into {copy}.lake" in proc.stderr
+    assert proc.returncode == 2 and f"sealed 1 hour into lake {lake}, not into {copy}.lake" in proc.stderr
     shutil.copytree(lake, tmp_path / "b" / "n.duckdb.lake")
     # its views still read a's lake: the read-only commands say so rather than read it
     proc = run_cli("sql", "--db", str(copy), "SELECT count(*) FROM history.trades", check=False)
@@ -229,9 +229,14 @@ def test_a_database_refuses_a_lake_without_the_hours_it_sealed(
     assert sql.stdout.split() == ["n", str(expect(node)[2])]
     # its own lake emptied by hand (manifest included): a warning, and what DuckDB holds
     shutil.rmtree(lake)
+    proc = run_cli("sql", "--db", str(db), "SELECT count(*) FROM history.trades", check=False)
+    assert proc.returncode == 2
+    assert "or the lake was emptied by hand): run `nodetap ingest --once`" in proc.stderr
     proc = ingest_once(node, db, env=env)
     assert "event=lake_emptied" in proc.stderr
     assert (lake / "nodetap-lake.json").exists()
+    sql = run_cli("sql", "--db", str(db), "SELECT count(*) AS n FROM history.trades", "--format", "csv")
+    assert int(sql.stdout.split()[1]) < expect(node)[2]  # the pruned hour's trades went with the lake
 
 
 # ------------------------------------------------------------------ crashes inside sealing

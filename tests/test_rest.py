@@ -231,7 +231,7 @@ def test_candles_fill_up_to_the_watermark_and_never_across_a_stall(
         assert client.get("/v1/candles", params={**params, "start": 0, "end": T0 - MIN}).json() == []
         # so are the recent trades of a coin never traded
         assert error(client.get("/v1/trades", params={"coin": "btc"}), 404) == (
-            "unknown coin 'btc': no candles of it are stored. Did you mean BTC? "
+            "unknown coin 'btc': no trades or candles of it are stored. Did you mean BTC? "
             "Known coins (2): PURR/USDC, BTC")
         assert client.get("/v1/trades", params={"coin": "BTC", "limit": 1}).json() != []
 

@@ -92,7 +92,7 @@ def _trades(con: Con, coin: str | None, sql: str, lake: str, params: list[object
     rows = rows_of(con, sql, params) or rows_of(con, lake, params)
     if not rows and coin:  # no trade of it at all: a typo (`btc`) says so, as /v1/candles does
         try:
-            check_coin(con, coin)
+            check_coin(con, coin, table="trades")
         except HistoryError as err:
             raise NotFound(str(err)) from None
     return rows

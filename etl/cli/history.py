@@ -63,7 +63,8 @@ def check_views(con: duckdb.DuckDBPyConnection, s: Settings) -> None:
     if sealed:
         raise CliError(
             f"the history views of {s.db} read the lake at {have}, which is not this database's "
-            "(the database moved or was copied since they were made): run `nodetap ingest --once` "
+            "(no nodetap-lake.json there names it at this path: the database moved or was copied "
+            "since they were made, or the lake was emptied by hand): run `nodetap ingest --once` "
             "on it once, with its lake beside it (<db>.lake) or at --lake, to make them again")
 
 
