@@ -25,6 +25,9 @@ MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
 }
 FORMATS = tuple(MEDIA_TYPES)
+# an address where the public API has one and the files do not: a trade's unknown side, a
+# derived spot token's deployer
+ZERO_ADDRESS = "0x" + "0" * 40
 # candle volumes are float sums, which carry noise (5685.099999999998): the live feed and the
 # REST candles round them to this many decimals
 VOLUME_DECIMALS = 8

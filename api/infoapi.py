@@ -25,9 +25,9 @@ from api.state import AppState
 from api.userwire import in_dex, mids_json
 from api.wire import candle_wire
 from etl.candles import INTERVALS
+from etl.filters import ADDRESS
 from etl.history import HistoryError, open_time_of, read_candles
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _CLOID = re.compile(r"0x[0-9a-fA-F]{32}")
 MAX_MS = 2**53  # epoch milliseconds beyond this are not times
 MAX_COIN_CHARS = 64
@@ -99,7 +99,7 @@ def did_you_mean(kind: str) -> str:
 
 def _user(body: dict[str, Any], kind: str) -> str:
     user = body.get("user")
-    if not isinstance(user, str) or not _ADDRESS.fullmatch(user):
+    if not isinstance(user, str) or not ADDRESS.fullmatch(user):
         raise BadRequest(f'{kind}: "user" must be a 0x-prefixed 40-hex-digit address, got {_json(user)}')
     return user.lower()
 

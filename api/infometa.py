@@ -12,9 +12,10 @@ from typing import Any
 
 import duckdb
 
+from api.encoding import ZERO_ADDRESS
+
 _SPOT_INDEX = re.compile(r"@(\d+)")
 USDC = "USDC"
-ZERO_ADDRESS = "0x" + "0" * 40
 
 
 def _coins(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -15,7 +15,6 @@ its WebSocketDispatcher, which parses the `{...}` they carry as JSON.)
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +31,13 @@ from api.wire import (
     UserFillsSub,
 )
 from etl.candles import INTERVALS
+from etl.filters import ADDRESS
 
 PARSE_ERROR = "Error parsing JSON into valid websocket request: "
 MAX_REQUEST_CHARS = 64 << 10  # a request frame; subscriptions are small, `users` lists the largest
 MAX_COIN_CHARS = 64  # longer than any coin name ("km:USTECH", "PURR/USDC", "@107")
 MAX_LIST_ITEMS = 1000  # `users` and `statuses` of an orders subscription
 MAX_STATUS_CHARS = 64
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 # the public API's subscription types; those not in KEYS are refused as `Invalid subscription`
 PUBLIC_TYPES = ("allMids", "notification", "webData2", "webData3", "candle", "l2Book", "trades",
@@ -110,7 +109,7 @@ def _str(sub: dict[str, Any], key: str, kind: str, cap: int) -> str:
 
 def _user(sub: dict[str, Any], kind: str) -> str:
     user = _str(sub, "user", kind, 42)
-    if not _ADDRESS.fullmatch(user):
+    if not ADDRESS.fullmatch(user):
         raise Malformed(f'{kind} subscription: "user" must be a 0x-prefixed 40-hex-digit address')
     return user.lower()
 
@@ -176,7 +175,7 @@ def parse_subscription(sub: object) -> Sub:
             or notional < 0:
         raise Malformed('orders subscription: "minNotional" must be a number >= 0 (USD of limitPx * origSz)')
     users = _strings(sub, "users", 42)
-    if any(not _ADDRESS.fullmatch(u) for u in users):
+    if any(not ADDRESS.fullmatch(u) for u in users):
         raise Malformed('orders subscription: "users" must be 0x-prefixed 40-hex-digit addresses')
     statuses = _strings(sub, "statuses", MAX_STATUS_CHARS)
     return OrdersSub(coin, float(notional), statuses, tuple(sorted({u.lower() for u in users})))

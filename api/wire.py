@@ -19,7 +19,7 @@ from decimal import Decimal
 import orjson
 import polars as pl
 
-from api.encoding import round_volume
+from api.encoding import ZERO_ADDRESS, round_volume
 from etl.pipeline import Processed
 
 log = logging.getLogger("nodetap.wire")
@@ -122,16 +122,12 @@ def _message(channel: str, data_json: str) -> str:
     return f'{{"channel":"{channel}","data":{data_json}}}'
 
 
-# `users` of a trade whose maker fill never came (lost in a recorded gap, or later than the
-# live feed's wait for it): the SDKs' types take two addresses (the Rust SDK's `Trade.users`
-# is `(String, String)`: a null there fails the whole message)
-UNKNOWN_USER = "0x" + "0" * 40
-
-
 def trade_wire(trades: pl.DataFrame) -> pl.DataFrame:
     """Trades (TRADES_SCHEMA) in the public API's shape: the `trades` channel, `recentTrades`.
-    An unknown buyer or seller is `UNKNOWN_USER` (stored as NULL)."""
-    users = pl.concat_list(pl.col("buyer", "seller").fill_null(UNKNOWN_USER)).alias("u")
+    An unknown buyer or seller (its maker fill lost in a recorded gap, or later than the live
+    feed's wait for it; stored as NULL) is ZERO_ADDRESS: the SDKs' types take two addresses
+    (the Rust SDK's `Trade.users` is `(String, String)`: a null fails the whole message)."""
+    users = pl.concat_list(pl.col("buyer", "seller").fill_null(ZERO_ADDRESS)).alias("u")
     return pl.DataFrame({
         "coin": trades["coin"], "side": trades["side"], "px": decimal_str(trades["px"]),
         "sz": decimal_str(trades["sz"]), "hash": trades["hash"], "time": trades["time"].dt.epoch("ms"),

@@ -29,7 +29,7 @@ SIDES = ("A", "B")
 TRIGGER_MODES = ("any", "only", "exclude")
 _LIST_KEYS = ("coins", "exclude_coins", "statuses", "sides", "order_types", "watch_users")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")  # a user, as the node writes it (in lowercase)
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")  # a user: the node writes it in lowercase, clients any case
 
 
 class RulesError(ValueError):
@@ -73,7 +73,7 @@ class Rules:
         for name in _LIST_KEYS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for i, user in enumerate(self.watch_users):
-            if not ADDRESS.fullmatch(user):
+            if not ADDRESS.fullmatch(user.lower()):  # any case, the 0X too
                 raise RulesError("<rules>", f"orders.watch_users[{i}]",
                                  f"expected an address, 0x and 40 hex digits, got {user!r}")
         # the node writes addresses in lowercase; a checksummed (mixed-case) one would match nothing
