@@ -212,13 +212,17 @@ def read_candles(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start
         slots = (last - first) // (fixed_width_ms(interval) or 28 * 86_400_000) + 1
         if slots > MAX_CANDLES:
             raise HistoryError(
-                f"{slots:,} {interval} candles from {_iso_ms(first)} to {_iso_ms(last)} (the first candle "
+                f"{slots:,} {interval} candles from {iso_ms(first)} to {iso_ms(last)} (the first candle "
                 f"of {coin} in the range to the last trade): at most {MAX_CANDLES:,} a request. Ask a "
                 "shorter range (startTime, endTime) or a longer interval")
     return fill_forward(real, interval, start_ms, end_ms, wm, holes)
 
 
-def _iso_ms(ms: int) -> str:
+EXPORT_BATCH_ROWS = 65_536  # rows per Arrow batch, and per Parquet row group, of an export
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms as ISO UTC to the second, as messages write a time."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

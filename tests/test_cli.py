@@ -409,7 +409,7 @@ def test_candles_times_are_checked_as_exports_check_them(history_db: Path,
     # a start past the data's last trade, with no --end: said so, not in the protocol's words
     assert main([*argv, "--start", "2030-01-01"]) == 2
     assert capsys.readouterr().err == (
-        "nodetap candles: --start 2030-01-01T00:00:00.000 is after the data's end (2026-01-05T12:31:00.000, "
+        "nodetap candles: --start 2030-01-01T00:00:00Z is after the data's end (2026-01-05T12:31:00Z, "
         "the trades' watermark): pass an earlier --start, or --end too\n")
 
 

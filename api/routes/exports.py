@@ -20,12 +20,11 @@ from api.encoding import FORMATS, MEDIA_TYPES, encode
 from api.errors import BadRequest, NotFound
 from api.params import parse_range
 from api.reader import Batches, Con
-from etl.history import HistoryError, check_coin, check_export, slice_sql
+from etl.history import EXPORT_BATCH_ROWS, HistoryError, check_coin, check_export, slice_sql
 from etl.schema import TABLES
 
 router = APIRouter()
 
-EXPORT_BATCH_ROWS = 65_536  # rows per Arrow batch, and per Parquet row group
 
 
 @router.get("/v1/export/{table}.{fmt}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -18,16 +17,17 @@ from etl.cli.common import CliError, settings_from
 from etl.cli.output import check_output, output_file, write_frame
 from etl.config import Settings
 from etl.history import (
+    EXPORT_BATCH_ROWS,
     check_coin,
     check_export,
     explain_sql_error,
+    iso_ms,
     read_candles,
     slice_sql,
     time_range_ms,
     watermark_and_holes,
 )
-
-HOUR_MS = 3_600_000
+from etl.schema import HOUR_MS
 
 
 def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
@@ -88,7 +88,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-EXPORT_BATCH_ROWS = 65_536  # rows per Arrow batch, and per Parquet row group, as GET /v1/export
 
 
 def export_format(out: str) -> str:
@@ -147,10 +146,6 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row and row[0] is not None else int(time.time() * 1000)
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-
-
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
     start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
@@ -161,7 +156,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
         if end is None:
             end = data_end(con)
             if start is not None and start > end:
-                raise CliError(f"--start {_iso(start)} is after the data's end ({_iso(end)}, the trades' "
+                raise CliError(f"--start {iso_ms(start)} is after the data's end ({iso_ms(end)}, the trades' "
                                "watermark): pass an earlier --start, or --end too")
         start = end - HOUR_MS if start is None else start
         # intervals not stored are derived on read, as `/v1/candles` does
