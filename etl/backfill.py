@@ -255,6 +255,7 @@ def backfill(
         with handle:
             for off, data in _chunks(handle, start, batch_max_bytes, last_line_whole=compressed):
                 if stop is not None and stop.is_set():
+                    totals["lines"] += lines  # the batches committed before the stop
                     bar.close()
                     return report
                 window = (window + data)[-FP_BYTES:]
