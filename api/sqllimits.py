@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from api.errors import SqlRefused
+from etl.config import memory_size
 
 log = logging.getLogger("nodetap.sql")
 
@@ -128,24 +129,11 @@ def check_lambda(nodes: Iterator[dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------ memory while running
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def memory_bytes(text: str) -> int:
-    """Bytes of a DuckDB memory size ('2GB', '512MiB', '1.5 GB'); ValueError if it is none."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = (m.group(2).lower() or "b") if m else ""
-    if m is None or unit not in _UNITS:
-        raise ValueError(f"{text!r} is not a memory size such as '2GB' or '512MiB'")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 def query_memory_budget(db_memory_limit: str) -> int:
     """What one query may grow the server's resident memory by: `db_memory_limit`, which DuckDB
     holds what it accounts for to, and half as much again for what it allocates outside its
     buffer manager (a vector's strings) and the allocator's overhead."""
-    return memory_bytes(db_memory_limit) * 3 // 2
+    return memory_size(db_memory_limit) * 3 // 2
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -70,14 +70,9 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def parse_size(text: str) -> int:
-    """Bytes in a DuckDB size setting such as `128MB`, as DuckDB reads it (MB: 10**6 bytes)."""
-    return memory_size(text)
-
-
 def fitting_threshold(configured: str, free: int) -> int:
     """The WAL checkpoint threshold to use: the configured one, or less when space is short."""
-    return max(MIN_THRESHOLD, min(parse_size(configured), free // WAL_SHARE))
+    return max(MIN_THRESHOLD, min(memory_size(configured), free // WAL_SHARE))
 
 
 class DiskAlarm:
@@ -110,7 +105,7 @@ class DiskGuard:
         want = fitting_threshold(self.configured, free_bytes(self.db))
         if self.threshold and abs(want - self.threshold) * 4 < self.threshold:
             return
-        if want < parse_size(self.configured) and want != self._logged:
+        if want < memory_size(self.configured) and want != self._logged:
             self._logged = want
             log.info("event=wal_threshold bytes=%d configured=%s free=%d volume=%s", want,
                      self.configured, free_bytes(self.db), volume_of(self.db))

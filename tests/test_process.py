@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from etl.diskspace import fitting_threshold, parse_size
+from etl.config import memory_size
+from etl.diskspace import fitting_threshold
 from etl.pipeline import status_file
 from etl.simulate import run_live
 from tests.conftest import ROOT, free_port, query, wait_for
@@ -85,8 +86,8 @@ def test_the_demo_simulator_continues_its_node(tmp_path: Path) -> None:
 
 
 def test_wal_threshold_fits_the_free_space() -> None:
-    assert parse_size("128MB") == 128_000_000 and parse_size("1.5GiB") == 3 << 29  # as DuckDB reads them
-    assert parse_size("1TB") == 10**12 and parse_size("2 TiB") == 2 << 40
+    assert memory_size("128MB") == 128_000_000 and memory_size("1.5GiB") == 3 << 29  # as DuckDB reads them
+    assert memory_size("1TB") == 10**12 and memory_size("2 TiB") == 2 << 40
     assert fitting_threshold("128MB", 100 << 30) == 128_000_000
     assert fitting_threshold("128MB", 80 << 20) == 10 << 20
     assert fitting_threshold("128MB", 1000) == 1 << 20  # never below 1 MiB
