@@ -1,7 +1,7 @@
 """Exports: `GET /v1/export/<table>.<fmt>`, streamed from `history.<table>` in constant memory.
 
 Rows come from DuckDB as Arrow record batches (`api.reader.Batches`: read-only, each batch
-within `sql_timeout_s`) and each batch is encoded and sent as it arrives (`api.encoding`:
+within `sql_timeout_s`) and each batch is encoded and sent as it arrives (`etl.formats`:
 Parquet row groups through a small sink drained per batch), so neither the table size nor the
 time range changes the server's memory. Rows are in storage order (sealed lake hours, then the
 live store in arrival order): sorting would hold the whole slice.
@@ -16,10 +16,10 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from api.deps import Read, State
-from api.encoding import FORMATS, MEDIA_TYPES, encode
 from api.errors import BadRequest, NotFound
 from api.params import parse_range
 from api.reader import Batches, Con
+from etl.formats import FORMATS, MEDIA_TYPES, encode
 from etl.history import EXPORT_BATCH_ROWS, HistoryError, check_coin, check_export, slice_sql
 from etl.schema import TABLES
 

@@ -32,12 +32,12 @@ from fastapi.responses import StreamingResponse
 
 from api import sqlguard
 from api.deps import State
-from api.encoding import MEDIA_TYPES, encode, json_bytes
 from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
 from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, ingest_first, run_limited
 from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
 from etl.config import Settings
+from etl.formats import MEDIA_TYPES, encode, json_bytes
 
 router = APIRouter()
 log = logging.getLogger("nodetap.sql")

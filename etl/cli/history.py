@@ -92,7 +92,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def export_format(out: str) -> str:
     """The format an export's file name asks for: its extension, as in GET /v1/export/{table}.{fmt}."""
-    from api.encoding import FORMATS
+    from etl.formats import FORMATS
 
     fmt = Path(out).suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -104,7 +104,7 @@ def export_format(out: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from api.encoding import encode
+    from etl.formats import encode
 
     s = settings_from(args)
     fmt = export_format(args.output)
