@@ -268,7 +268,7 @@ def backfill(
                 result, frames, _ = commit_unit(store, unit, shaping)
                 lines += result.lines
                 totals["rows"] += sum(fr.height for fr in frames.values() if fr is not None)
-                totals["rejects"] += len(result.rejects)
+                totals["rejects"] += result.new_rejects
                 if not compressed:
                     bar.update(len(data))
             end = handle.pos if isinstance(handle, Lz4Reader) else handle.tell()

@@ -53,6 +53,7 @@ class BatchResult:
     # silences longer than stall_after_s in event time, in this batch or since the last one
     stalls: list[tuple[datetime, datetime]] = field(default_factory=list)
     watermark_before: datetime | None = None  # the stream's last event time before this batch
+    new_rejects: int = 0  # set by the commit: rejects not stored before (a file read again has some)
 
 
 def default_db_threads() -> int:
@@ -287,7 +288,7 @@ class Store:
         self._mark_late(touched)
         now = utcnow()
         self._record_stalls(batch, now)
-        rejected = self._record_rejects(batch, now)
+        rejected = batch.new_rejects = self._record_rejects(batch, now)
         self._record_gaps(batch, now)
         n = sum(f.height for f in rows.values())
         c = batch.cursor

@@ -361,6 +361,24 @@ def test_a_file_read_again_records_its_rejects_once(tmp_path: Path) -> None:
     assert orders_in(db) == [0, 1, 3, 4, 6, 7, 8, 9, 10]
 
 
+def test_backfill_counts_only_the_rejects_it_stored(tmp_path: Path) -> None:
+    """Backfill's summary counts rejects as the store does: a file read again (truncated under
+    its cursor) has its bad lines stored already, and they are not counted a second time."""
+    hour = tmp_path / "node" / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    lines = [order(i) for i in range(10)]
+    lines[2], lines[5] = b'{"time":"x"}', b"not json"
+    hour.write_bytes(b"".join(line + b"\n" for line in lines))
+    db = tmp_path / "b.duckdb"
+    first = run_cli("backfill", str(hour), "--db", str(db), "--quiet", "--keep-all")
+    assert "lines=10 " in first.stdout and "rejects=2" in first.stdout
+    os.truncate(hour, hour.stat().st_size - len(lines[-1]) - 1)  # both bad lines left
+    again = run_cli("backfill", str(hour), "--db", str(db), "--quiet", "--keep-all")
+    assert "lines=9 " in again.stdout and "rejects=0" in again.stdout
+    assert query(db, "SELECT count(*) FROM rejects") == [(2,)]
+    assert orders_in(db) == [0, 1, 3, 4, 6, 7, 8, 9]  # read once each
+
+
 def test_an_hour_file_that_appears_late_is_read(tmp_path: Path) -> None:
     node = tmp_path / "node"
     day = node / ORDERS / "hourly" / "20260105"
