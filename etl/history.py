@@ -17,6 +17,7 @@ from etl.candles import (
     fixed_width_ms,
     open_time_ms,
 )
+from etl.lake import ARRIVAL, history_sql, views_root
 from etl.schema import CANDLE_DB_NAMES_BACK, CANDLE_DB_SCHEMA, SOURCES, TABLES
 from etl.store import fetch_pl, gap_times, watermark
 
@@ -152,6 +153,21 @@ def _naive(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
 
 
+# trades of one time in the order they arrived (`arrived`): the trades of one block share a
+# millisecond, and as the stored candles take them, the first opens a candle, the last closes it
+ARRIVAL_ORDER = ", ".join(ARRIVAL)
+
+
+def arrived(con: duckdb.DuckDBPyConnection, table: str = "trades") -> str:
+    """A query of `history.<table>`'s rows with the columns that `ORDER BY time, ARRIVAL_ORDER`
+    (or both descending) sorts in the order the node wrote them; `main.<table>`'s alone where
+    the database has no `history.*` views (nothing sealed: the rows are all there)."""
+    root = views_root(con)
+    if root is None:
+        return f"SELECT *, 1 AS _src, 0 AS _part, rowid AS _row FROM main.{table}"
+    return history_sql(con, root, table, arrival=True)
+
+
 def _derived(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms: int, end_ms: int,
              stored: tuple[str, ...]) -> pl.DataFrame:
     """Real `interval` candles from `start_ms`'s candle to `end_ms`'s, plus the last one before
@@ -172,9 +188,9 @@ def _derived(con: duckdb.DuckDBPyConnection, coin: str, interval: str, start_ms:
         return roll_up(rows, interval)
     trades = fetch_pl(
         con,
-        """SELECT time, coin, px, sz FROM history.trades WHERE coin = $1 AND time < $3
+        f"""SELECT time, coin, px, sz FROM ({arrived(con)}) WHERE coin = $1 AND time < $3
            AND time >= coalesce((SELECT max(time) FROM history.trades WHERE coin = $1 AND time < $2), $2)
-           ORDER BY time, tid""",
+           ORDER BY time, {ARRIVAL_ORDER}""",
         [coin, _naive(first), _naive(last_close + 1)],
     )
     return candles(trades, interval)

@@ -77,11 +77,24 @@ def views_root(con: duckdb.DuckDBPyConnection) -> Path | None:
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> None:
-    """`history.<table>`: DuckDB's rows of hours the lake does not hold, and the lake's
-    recorded parts of the others. The lake side reads whatever parts exist when queried:
-    none at all (a new lake, or every partition deleted by hand) is no rows, not an error."""
+    con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {history_sql(con, root, table)}")
+
+
+# the arrival order of `history_sql(..., arrival=True)`'s rows: the lake's (earlier) before
+# DuckDB's, parts in the order sealed, rows in the order stored (DuckDB's rowid; the sealer
+# copies an hour's rows in that order)
+ARRIVAL = ("_src", "_part", "_row")
+
+
+def history_sql(con: duckdb.DuckDBPyConnection, root: Path, table: str, arrival: bool = False) -> str:
+    """What `history.<table>` reads: DuckDB's rows of hours the lake does not hold, and the
+    lake's recorded parts of the others. The lake side reads whatever parts exist when queried:
+    none at all (a new lake, or every partition deleted by hand) is no rows, not an error.
+    `arrival`: with the columns `ARRIVAL`, which sort rows of one time in the order they arrived
+    (as the stored candles take them: `candles`' open and close of one millisecond)."""
+    seq = ", 1 AS _src, 0 AS _part, rowid AS _row" if arrival else ""
     duck = (
-        f"SELECT * FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
+        f"SELECT *{seq} FROM main.{table} d WHERE NOT EXISTS (SELECT 1 FROM main.lake_hours h "
         f"WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'd')} AND NOT h.dirty)"
     )
     glob = str(root / table / "date=*" / "hour=*" / "part-*.parquet").replace("'", "''")
@@ -97,18 +110,20 @@ def _create_view(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> None
     columns = ", ".join(f'"{c}"' for (c,) in con.execute(
         "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
         "ORDER BY column_index", [table]).fetchall())
-    files = (f"(SELECT *, NULL::VARCHAR AS filename FROM main.{table} LIMIT 0) UNION ALL BY NAME "
+    row = ", NULL::BIGINT AS file_row_number" if arrival else ""
+    files = (f"(SELECT *, NULL::VARCHAR AS filename{row} FROM main.{table} LIMIT 0) UNION ALL BY NAME "
              f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false, filename = true, "
-             "allow_empty = true)")
+             f"allow_empty = true{', file_row_number = true' if arrival else ''})")
     # only recorded parts (first_part <= number < parts) of hours whose rows DuckDB
     # does not show
     lake = (
-        f"SELECT {columns} FROM (SELECT *, CAST(regexp_extract(filename, "
+        f"SELECT {columns}{', 0 AS _src, part AS _part, file_row_number AS _row' if arrival else ''} "
+        f"FROM (SELECT *, CAST(regexp_extract(filename, "
         f"'part-([0-9]+)[.]parquet$', 1) AS INTEGER) AS part FROM ({files})) l{merged} WHERE EXISTS "
         f"(SELECT 1 FROM main.lake_hours h WHERE h.tbl = '{table}' AND h.hour = {hour_sql(table, 'l')} "
         f"AND (NOT h.dirty OR h.pruned) AND l.part >= h.first_part AND l.part < h.parts)"
     )
-    con.execute(f"CREATE OR REPLACE VIEW history.{table} AS {lake} UNION ALL BY NAME {duck}")
+    return f"{lake} UNION ALL BY NAME {duck}"
 
 
 @dataclass

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from etl.config import Settings
+from etl.history import read_candles
 from etl.lake import Lake, partition_dir
 from etl.pipeline import Pipeline
 from etl.schema import TABLES
@@ -507,5 +508,33 @@ def test_a_unit_staged_on_a_closed_connection_leaves_no_writer_open(tmp_path: Pa
     assert store.writers.open() == 0
     pipe._lake = None  # the sealer's cursor was closed by the reopen too
     assert pipe.lake().seal().sealed == 8
+    pipe.close()
+    store.close()
+
+
+def test_candles_derived_from_trades_take_one_millisecond_in_arrival_order(
+        tmp_path: Path, node: Node) -> None:
+    """The trades of one block share a millisecond: the first of them opens a candle, the last
+    closes it, in the order the node wrote them (not by tid), for the candles derived on read
+    (1s here, from the trades) as for the stored ones (1m), from DuckDB and from the lake, and
+    with a late trade for a pruned hour (DuckDB's row after the lake's)."""
+    def candles_of(interval: str) -> list[tuple[float, float, float, float, int]]:
+        frame = read_candles(store.con, "BTC", interval, T, T + 59_999, fill=False, stored=("1m", "1h"))
+        return frame.select("o", "h", "l", "c", "n").rows()
+
+    for tid, px in ((40, "10.0"), (30, "11.0"), (20, "12.0"), (10, "13.0")):  # tids falling
+        node.add_trade("2026-01-05T10:10:00", tid, px=px)
+    node.hour_of_writes = 12
+    node.add_trade("2026-01-05T12:30:00", 103)
+    store, pipe = run(tmp_path, node, retain_hours=1.0)
+    T = 1767607800000  # 10:10:00
+    assert candles_of("1m") == candles_of("1s") == [(10.0, 13.0, 10.0, 13.0, 4)]
+    pipe.lake().seal()  # hour 10 in the lake only
+    assert store.con.execute("SELECT count(*) FROM main.trades").fetchone() == (1,)
+    assert candles_of("1s") == [(10.0, 13.0, 10.0, 13.0, 4)]
+    node.add_trade("2026-01-05T10:10:00", 1, px="9.0")  # late, lowest tid: it closes the candle
+    pipe.run_once()
+    pipe.flush()
+    assert candles_of("1m") == candles_of("1s") == [(10.0, 13.0, 9.0, 9.0, 5)]
     pipe.close()
     store.close()
