@@ -27,7 +27,7 @@ import polars as pl
 
 from etl.columns import DEFAULT_LINE_BYTES
 from etl.filecursors import BACKFILL_PREFIX, file_key
-from etl.lanes import dedup_for
+from etl.lanes import dedup_for, rewinds_for
 from etl.nodefiles import FP_BYTES, fingerprint_of
 from etl.pipeline import Shaping
 from etl.shaping import shape
@@ -329,7 +329,8 @@ def commit_unit(
     shaping = shaping or Shaping()
     watermark = store.last_time(unit.stream.name)
     shaped = shape(unit, rules=shaping.rules, intervals=shaping.intervals,
-                   stall_after_s=store.stall_after_s, watermark=watermark, dedup=dedup_for(store, unit))
+                   stall_after_s=store.stall_after_s, watermark=watermark,
+                   dedup=dedup_for(store, unit) or rewinds_for(store, unit, watermark))
     result = BatchResult(
         stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
         lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,

@@ -49,7 +49,7 @@ from etl.candles import LatestCandles
 from etl.candles import merge as merge_candles
 from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
-from etl.dedup import drop_stored
+from etl.dedup import Rewinds, drop_stored
 from etl.diskspace import DiskAlarm, DiskFullError, DiskGuard
 from etl.faults import fault_point
 from etl.filecursors import FileCursor
@@ -136,6 +136,14 @@ def dedup_for(store: Store, unit: Unit) -> Callable[[str, pl.DataFrame], pl.Data
         return lambda table, frame: drop_stored(store.con, table, frame)
     return None
 
+
+def rewinds_for(store: Store, unit: Unit, watermark: datetime | None
+                ) -> Callable[[str, pl.DataFrame], pl.DataFrame]:
+    """For a unit read outside a lane (backfill), the function dropping its rows at or before
+    `watermark` that are stored already (`Rewinds`, asking the store each time): an archive
+    older than what ingestion stored, or one holding events a restarted node wrote again."""
+    rewinds = Rewinds(unit.stream.name, unit.stream.kind, watermark, log_rewinds=False)
+    return lambda table, frame: rewinds.drop(store.con, table, frame, watermark)
 
 
 class MemoryFullError(RuntimeError):
@@ -233,6 +241,7 @@ class Lane:
         self.orders_filter = OrdersFilter(whole_at_once=self.workers)
         self.watermark: datetime | None = store.last_time(stream.name)  # committed
         self._shaped_watermark = self.watermark  # with the units committing side by side
+        self.rewinds = Rewinds(stream.name, stream.kind, self.watermark)
         self.matcher: TradeMatcher | None = None
         if stream.kind == "fills":
             self.matcher = TradeMatcher(clock=clock)
@@ -378,9 +387,14 @@ class Lane:
             return
         fault_point(f"lane_commit_{self.stream.kind}")
         dedup = dedup_for(self.store, unit)
+        before = self._shaped_watermark
+
+        def rewound(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+            return self.rewinds.drop(self.store.con, table, frame, before)
+
         shaped = shape(unit, rules=self.rules, intervals=self.settings.candle_intervals,
-                       stall_after_s=self.settings.stall_after_s, watermark=self._shaped_watermark,
-                       matcher=self.matcher, dedup=dedup)
+                       stall_after_s=self.settings.stall_after_s, watermark=before,
+                       matcher=self.matcher, dedup=dedup or rewound)
         result = BatchResult(
             stream=unit.stream.name, kind=unit.stream.kind, cursor=unit.cursor, file=unit.file,
             lines=unit.lines, nbytes=unit.bytes, rejects=unit.rejects, gaps=unit.gaps,
@@ -390,6 +404,7 @@ class Lane:
         if shaped.last_time is not None and (self._shaped_watermark is None
                                              or shaped.last_time > self._shaped_watermark):
             self._shaped_watermark = shaped.last_time
+        self.rewinds.remember(shaped.rows.get(self.stream.kind), self._shaped_watermark)
         if (self._commit_pool is not None and dedup is None and not unit.gaps and shaped.candles is None
                 and shaped.trade_users is None and unit.unread > catching_up_bytes(self.settings)
                 and sum(f.height for f in shaped.rows.values()) >= SIDE_BY_SIDE_ROWS):

@@ -164,9 +164,11 @@ def shape(
             # older nodes write a trade once per side (same hash, same orders): keep one
             rows["trades"] = live = frame.unique("tid", keep="first", maintain_order=True)
         if dedup is not None and "trades" in rows:
-            rows["trades"] = dedup("trades", rows["trades"])
-            if live is not None:
-                live = live.join(rows["trades"].select("tid"), on="tid", how="semi")
+            kept = dedup("trades", rows["trades"])
+            if live is not None and kept.height < rows["trades"].height:  # not those stored before
+                gone = rows["trades"].join(kept.select("tid"), on="tid", how="anti").select("tid")
+                live = live.join(gone, on="tid", how="anti")
+            rows["trades"] = kept
         if "trades" in rows and intervals:
             candle_rows = candles_multi(rows["trades"], intervals)
     return Shaped(rows, completes, candle_rows, live, first, last, stalls, watermark)

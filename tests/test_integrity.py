@@ -452,3 +452,105 @@ def test_a_database_of_the_previous_version_resumes_without_duplicates(
     assert (tmp_path / "lake" / "nodetap-lake.json").exists()
     assert not (tmp_path / "old.duckdb.lake").exists()
     assert query(db, "SELECT value FROM meta WHERE key = 'node_dir'") == [(str(node.resolve()),)]
+
+
+# ------------------------------------------------------------------ a node writing events again
+def _block_of(line: bytes) -> object:
+    """What a line's events share with the rest of their block: its number, else its time."""
+    obj = orjson.loads(line)
+    if isinstance(obj, list):
+        return obj[1]["time"]
+    return obj.get("block_number") or obj["time"]
+
+
+def _block_start(lines: list[bytes], share: float) -> int:
+    """The index of the first line of the first block at `share` of `lines` or after."""
+    k = int(len(lines) * share)
+    while 0 < k < len(lines) and _block_of(lines[k]) == _block_of(lines[k - 1]):
+        k += 1
+    return k
+
+
+def _replay(path: Path, share: float) -> bytes:
+    """The lines of `path` from the first block at `share` of its lines on: what a node
+    restarted from a checkpoint writes again."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    return b"".join(lines[_block_start(lines, share):])
+
+
+@pytest.mark.parametrize("variant", ["plain", "by_block"])
+def test_events_a_restarted_node_writes_again_are_stored_once(
+        make_node_dir: Callable[..., Path], tmp_path: Path, variant: str) -> None:
+    """A node restarted from its last checkpoint writes the blocks after it again, after the
+    lines already in its hour file (hyperliquid-dex/node#136), or into the next hour's file:
+    the events stored already are dropped, whether the run reading them read the events before
+    (it keeps the keys of its watermark's) or not (the store is asked), and the events after
+    them are stored."""
+    node = make_node_dir(lines=6000, variant=variant)
+    want = stored_of(shutil.copytree(node, tmp_path / "whole"), tmp_path)
+    sfx = "" if variant == "plain" else "_by_block"
+    last = {kind: hour_files_of(node, kind + sfx)[-1] for kind in (ORDERS, FILLS)}
+    later = {}
+    for kind, path in last.items():  # the last fifth of each file is written after the restarts
+        lines = path.read_bytes().splitlines(keepends=True)
+        k = _block_start(lines, 0.8)
+        path.write_bytes(b"".join(lines[:k]))
+        later[kind] = b"".join(lines[k:])
+    db = tmp_path / "r.duckdb"
+    small = ("--batch-max-bytes", "100000")  # blocks cut across units
+    ingest_once(node, db, *small)
+    first = stored(db)
+    assert first[0] == first[1] > 0 and first[2] == first[3] > 0  # (orders, distinct, trades, distinct, v)
+    # the node restarts: the last third of each file written again after it, read by a new run
+    for path in last.values():
+        with open(path, "ab") as f:
+            f.write(_replay(path, 0.66))
+    out = ingest_once(node, db, *small).stderr
+    assert stored(db) == first
+    assert "event=rewind" in out
+    # a run that stays: the node writes the next hour's file, restarts and writes the end of it
+    # again into it (the run has the keys of its watermark's events), then the events after them
+    nxt = {kind: path.with_name(str(int(path.name) + 1)) for kind, path in last.items()}
+    log = tmp_path / "live.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(node), "--db", str(db),
+             *KEEP, *small, "--debounce-ms", "5", "--poll"], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=stderr)
+    try:
+        for step in range(3):
+            for kind, path in nxt.items():
+                lines = later[kind].splitlines(keepends=True)
+                cut = _block_start(lines, 0.25) + 1  # inside a block (plain: a line per event)
+                half = _block_start(lines, 0.5)
+                with open(path, "ab") as f:
+                    f.write(b"".join(lines[:cut] if step == 0 else lines[cut:half] if step == 1 else
+                                     lines[_block_start(lines[:half], 0.5):]))
+            written = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
+            wait_for(lambda n=written: sum(r.get("lines", 0) for r in orjson.loads(
+                status_file(db).read_bytes())) == n, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, log.read_text()
+    assert "event=rewind" in log.read_text()
+    got = stored(db)
+    assert got[:4] == want[:4] and got[4] == pytest.approx(want[4])
+    assert not query(db, "SELECT * FROM rejects")
+    # an archive holding a rewind, backfilled: each event once
+    archive = shutil.copytree(tmp_path / "whole", tmp_path / "archive")
+    for kind in (ORDERS, FILLS):
+        path = hour_files_of(archive, kind + sfx)[-1]
+        with open(path, "ab") as f:
+            f.write(_replay(path, 0.5))
+    run_cli("backfill", str(archive), "--db", str(tmp_path / "b.duckdb"), "--quiet", "--keep-all",
+            "--batch-max-bytes", "100000")
+    got = stored(tmp_path / "b.duckdb")
+    assert got[:4] == want[:4] and got[4] == pytest.approx(want[4])
+
+
+def stored_of(node: Path, tmp_path: Path) -> tuple[int, int, int, int, float]:
+    """What a node dir alone stores."""
+    db = tmp_path / f"{node.name}.duckdb"
+    ingest_once(node, db)
+    return stored(db)

@@ -22,9 +22,12 @@ from etl.store import Store
 from tests.conftest import hour_file, query, wait_for
 
 TAKER, MAKER = "0x" + "1" * 40, "0x" + "2" * 40
-ORDER_LINE = (b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
-              b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":1,"timestamp":1,'
-              b'"origSz":"1"}}\n')
+def order_lines(n: int) -> bytes:
+    """`n` order statuses of one block (one time), each of its own order."""
+    return b"".join(
+        b'{"time":"2026-01-05T10:00:00","user":"0xa","hash":null,"builder":null,"status":"open",'
+        b'"order":{"coin":"BTC","side":"B","limitPx":"1.0","sz":"1","oid":%d,"timestamp":1,'
+        b'"origSz":"1"}}\n' % oid for oid in range(n))
 
 
 @contextmanager
@@ -249,7 +252,7 @@ def test_an_order_lane_that_pre_filters_parses_two_units_at_once(
     at once while its rules pre-filter (each holds a fraction of a decoded unit), else
     `workers`; a `parse_workers` set by hand is kept (etl/lanes.py)."""
     node = tmp_path / "node"
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 3000)
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(order_lines(3000))
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
                  parse_workers=parse_workers, batch_max_bytes=64 << 10)
     with opened(s) as (pipe, store):
@@ -270,7 +273,7 @@ def test_a_lane_behind_reads_the_bytes_of_a_batch_decoded_whole_on_its_parse_wor
     worker (its own thread commits the unit before); one whose rules pre-filter reads them
     itself (etl/lanes.py). Every line is stored once either way."""
     node = tmp_path / "node"
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 6000)  # ~1.2 MB
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(order_lines(6000))  # ~1.2 MB
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", keep_all=keep_all,
                  batch_max_bytes=256 << 10)
     with opened(s) as (pipe, store):
@@ -289,7 +292,7 @@ def test_the_end_of_a_backlog_parses_two_units_at_once_too(tmp_path: Path) -> No
     at once while a whole live batch more waits behind the last one read (etl/lanes.py)."""
     node = tmp_path / "node"
     # three batches of ~2,800 lines, enough to pre-filter (etl/prefilter.py)
-    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(ORDER_LINE * 8000)
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(order_lines(8000))
     s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", batch_max_bytes=512 << 10)
     with opened(s) as (pipe, store):
         lane = pipe.states["node_order_statuses"]
