@@ -13,6 +13,7 @@ import polars as pl
 
 from api.userwire import aggregate_by_time, fill_rows, frontend_orders_json, last_prices
 from api.wire import trade_wire
+from etl.history import ARRIVAL_DESC, ARRIVAL_ORDER, arrived
 from etl.store import fetch_pl
 
 RECENT_TRADES = 100  # trades a `recentTrades` answer holds at most, newest last
@@ -27,10 +28,11 @@ def _naive(ms: int) -> datetime:
 
 def recent_trades(con: duckdb.DuckDBPyConnection, coin: str) -> list[dict[str, Any]]:
     """The coin's latest trades in the `trades` channel's shape, oldest first."""
-    for source in ("main", "history"):  # DuckDB, then the lake: a coin whose hours were pruned
-        sel = fetch_pl(con, f"""SELECT * FROM (SELECT * FROM {source}.trades WHERE coin = $1
-                                ORDER BY time DESC, tid DESC LIMIT {RECENT_TRADES}) ORDER BY time, tid""",
-                       [coin])
+    for main in (True, False):  # DuckDB, then the lake: a coin whose hours were pruned
+        sel = fetch_pl(con, f"""SELECT * EXCLUDE ({ARRIVAL_ORDER}) FROM (
+                                    SELECT * FROM ({arrived(con, main=main)}) WHERE coin = $1
+                                    ORDER BY time DESC, {ARRIVAL_DESC} LIMIT {RECENT_TRADES})
+                                ORDER BY time, {ARRIVAL_ORDER}""", [coin])
         if not sel.is_empty():
             break
     if sel.is_empty():
@@ -95,8 +97,8 @@ def all_mids(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
     """Every coin's last trade price: from the trades in DuckDB (the retained hours), and for a
     coin whose trades were all pruned into the lake, the close of its latest stored candle (the
     same price, read from a table far smaller than the trades)."""
-    rows = fetch_pl(con, """SELECT coin, px, time, tid FROM main.trades
-                            QUALIFY row_number() OVER (PARTITION BY coin ORDER BY time DESC, tid DESC) = 1""")
+    rows = fetch_pl(con, """SELECT coin, px, time FROM main.trades QUALIFY row_number()
+                            OVER (PARTITION BY coin ORDER BY time DESC, rowid DESC) = 1""")
     mids = last_prices(rows) if rows.height else {}
     older = con.execute("""SELECT coin, arg_max(c, t_last) FROM history.candles
                            WHERE NOT filled AND coin NOT IN (SELECT DISTINCT coin FROM main.trades)

@@ -25,7 +25,7 @@ import polars as pl
 
 from api.wire import CandleSub
 from etl.candles import CANDLE_SCHEMA, candles, open_time_ms
-from etl.history import open_time_of, roll_up, source_interval
+from etl.history import ARRIVAL_ORDER, arrived, open_time_of, roll_up, source_interval
 from etl.pipeline import Processed
 from etl.schema import CANDLE_DB_NAMES_BACK
 from etl.store import fetch_pl
@@ -116,8 +116,8 @@ def _stored_rows(con: duckdb.DuckDBPyConnection, feed: _Feed) -> tuple[pl.DataFr
                                     "tid": pl.Int64}), 0
     last = int(last_time.replace(tzinfo=UTC).timestamp() * 1000)
     start = open_time_of(open_time_of(last, feed.interval) - 1, feed.interval)
-    rows = fetch_pl(con, "SELECT time, px, sz, tid FROM history.trades WHERE coin = $1 AND time >= $2 "
-                         "ORDER BY time, tid", [feed.coin, _naive(start)])
+    rows = fetch_pl(con, f"SELECT time, px, sz, tid FROM ({arrived(con)}) WHERE coin = $1 AND time >= $2 "
+                         f"ORDER BY time, {ARRIVAL_ORDER}", [feed.coin, _naive(start)])
     return rows, start
 
 

@@ -156,13 +156,14 @@ def _naive(ms: int) -> datetime:
 # trades of one time in the order they arrived (`arrived`): the trades of one block share a
 # millisecond, and as the stored candles take them, the first opens a candle, the last closes it
 ARRIVAL_ORDER = ", ".join(ARRIVAL)
+ARRIVAL_DESC = ", ".join(f"{c} DESC" for c in ARRIVAL)  # after `time DESC`: the last to arrive first
 
 
-def arrived(con: duckdb.DuckDBPyConnection, table: str = "trades") -> str:
+def arrived(con: duckdb.DuckDBPyConnection, table: str = "trades", main: bool = False) -> str:
     """A query of `history.<table>`'s rows with the columns that `ORDER BY time, ARRIVAL_ORDER`
-    (or both descending) sorts in the order the node wrote them; `main.<table>`'s alone where
-    the database has no `history.*` views (nothing sealed: the rows are all there)."""
-    root = views_root(con)
+    (or `time DESC, ARRIVAL_DESC`) sorts in the order the node wrote them; `main.<table>`'s
+    alone with `main`, or where the database has no `history.*` views."""
+    root = None if main else views_root(con)
     if root is None:
         return f"SELECT *, 1 AS _src, 0 AS _part, rowid AS _row FROM main.{table}"
     return history_sql(con, root, table, arrival=True)

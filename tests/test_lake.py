@@ -11,6 +11,8 @@ import orjson
 import polars as pl
 import pytest
 
+from api.infodata import all_mids, recent_trades
+from api.routes.snapshots import coins_sql, rows_of
 from etl.config import Settings
 from etl.history import read_candles
 from etl.lake import Lake, partition_dir
@@ -512,29 +514,38 @@ def test_a_unit_staged_on_a_closed_connection_leaves_no_writer_open(tmp_path: Pa
     store.close()
 
 
-def test_candles_derived_from_trades_take_one_millisecond_in_arrival_order(
-        tmp_path: Path, node: Node) -> None:
-    """The trades of one block share a millisecond: the first of them opens a candle, the last
-    closes it, in the order the node wrote them (not by tid), for the candles derived on read
-    (1s here, from the trades) as for the stored ones (1m), from DuckDB and from the lake, and
-    with a late trade for a pruned hour (DuckDB's row after the lake's)."""
+def test_trades_of_one_millisecond_are_taken_in_arrival_order(tmp_path: Path, node: Node) -> None:
+    """The trades of one block share a millisecond. In the order the node wrote them (not by
+    tid), the first opens a candle and the last closes it, for the candles derived on read (1s
+    here, from the trades) as for the stored ones (1m); the last is the coin's last price and the
+    newest of its recent trades; from DuckDB, from the lake, and with a late trade for a pruned
+    hour (DuckDB's row after the lake's)."""
     def candles_of(interval: str) -> list[tuple[float, float, float, float, int]]:
-        frame = read_candles(store.con, "BTC", interval, T, T + 59_999, fill=False, stored=("1m", "1h"))
+        frame = read_candles(store.con, "ETH", interval, T, T + 59_999, fill=False, stored=("1m", "1h"))
         return frame.select("o", "h", "l", "c", "n").rows()
 
+    def recent() -> list[float]:
+        return [float(t["px"]) for t in recent_trades(store.con, "ETH")]
+
+    def last_px() -> float:
+        return {c["coin"]: c["last_px"] for c in rows_of(store.con, coins_sql(store.con), [])}["ETH"]
+
     for tid, px in ((40, "10.0"), (30, "11.0"), (20, "12.0"), (10, "13.0")):  # tids falling
-        node.add_trade("2026-01-05T10:10:00", tid, px=px)
+        node.add_trade("2026-01-05T10:10:00", tid, coin="ETH", px=px)
     node.hour_of_writes = 12
     node.add_trade("2026-01-05T12:30:00", 103)
     store, pipe = run(tmp_path, node, retain_hours=1.0)
     T = 1767607800000  # 10:10:00
     assert candles_of("1m") == candles_of("1s") == [(10.0, 13.0, 10.0, 13.0, 4)]
+    assert recent() == [10.0, 11.0, 12.0, 13.0] and last_px() == all_mids(store.con)["ETH"] == 13.0
     pipe.lake().seal()  # hour 10 in the lake only
-    assert store.con.execute("SELECT count(*) FROM main.trades").fetchone() == (1,)
+    assert store.con.execute("SELECT count(*) FROM main.trades WHERE coin = 'ETH'").fetchone() == (0,)
     assert candles_of("1s") == [(10.0, 13.0, 10.0, 13.0, 4)]
-    node.add_trade("2026-01-05T10:10:00", 1, px="9.0")  # late, lowest tid: it closes the candle
+    assert recent() == [10.0, 11.0, 12.0, 13.0] and last_px() == 13.0
+    node.add_trade("2026-01-05T10:10:00", 1, coin="ETH", px="9.0")  # late, lowest tid: it closes
     pipe.run_once()
     pipe.flush()
     assert candles_of("1m") == candles_of("1s") == [(10.0, 13.0, 9.0, 9.0, 5)]
+    assert last_px() == 9.0
     pipe.close()
     store.close()

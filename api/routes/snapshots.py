@@ -22,7 +22,16 @@ from api.state import AppState
 from etl.candles import shift_open_ms
 from etl.config import Settings
 from etl.filters import RulesError, rules_to_dict
-from etl.history import HistoryError, check_coin, open_time_of, read_candles, watermark_and_holes
+from etl.history import (
+    ARRIVAL_DESC,
+    ARRIVAL_ORDER,
+    HistoryError,
+    arrived,
+    check_coin,
+    open_time_of,
+    read_candles,
+    watermark_and_holes,
+)
 from etl.status import status_rows
 
 router = APIRouter()
@@ -77,19 +86,21 @@ async def trades(read: Read, coin: str | None = None, limit: str | None = None) 
     the same millisecond in reverse file order (the order the node wrote them, newest first);
     `time` in epoch ms. A coin with no trade at all is a 404 naming the coins there are."""
     n = parse_limit(limit)
+    return json_response(await read(lambda con: _trades(con, coin, n)))
+
+
+def _trades(con: Con, coin: str | None, n: int) -> list[dict[str, Any]]:
     params: list[object] = [coin] if coin else []
     where = "WHERE coin = $1" if coin else ""
-    # rowid is arrival order: the store appends each stream's rows in file order; trades only
-    # in the lake (pruned from DuckDB after retain_hours) are ordered by time and tid
-    sql = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM main.trades {where} "
-           f"ORDER BY trades.time DESC, rowid DESC LIMIT {n}")
-    lake = (f"SELECT * REPLACE (epoch_ms(time) AS time) FROM history.trades {where} "
-            f"ORDER BY time DESC, tid DESC LIMIT {n}")
-    return json_response(await read(lambda con: _trades(con, coin, sql, lake, params)))
-
-
-def _trades(con: Con, coin: str | None, sql: str, lake: str, params: list[object]) -> list[dict[str, Any]]:
-    rows = rows_of(con, sql, params) or rows_of(con, lake, params)
+    # DuckDB's, then the lake's (trades pruned from DuckDB after retain_hours), in the order
+    # they arrived (etl.history.arrived), the last first
+    rows = []
+    for main in (True, False):
+        rows = rows_of(con, f"SELECT * EXCLUDE ({ARRIVAL_ORDER}) REPLACE (epoch_ms(time) AS time) "
+                            f"FROM ({arrived(con, main=main)}) {where} ORDER BY time DESC, {ARRIVAL_DESC} "
+                            f"LIMIT {n}", params)
+        if rows:
+            break
     if not rows and coin:  # no trade of it at all: a typo (`btc`) says so, as /v1/candles does
         try:
             check_coin(con, coin, table="trades")
@@ -126,11 +137,12 @@ def rows_of(con: Con, sql: str, params: list[object]) -> list[dict[str, Any]]:
 
 # DuckDB and the lake, as candleSnapshot reads them: a coin stays listed after retention
 # removes its rows from DuckDB (setting retain_hours)
-COINS_SQL = """
+def coins_sql(con: Con) -> str:
+    return f"""
     WITH t AS (
-        SELECT coin, first(px ORDER BY time DESC, tid DESC) AS last_px,
+        SELECT coin, first(px ORDER BY time DESC, {ARRIVAL_DESC}) AS last_px,
                epoch_ms(max(time)) AS last_time, count(*) AS trades
-        FROM history.trades GROUP BY coin)
+        FROM ({arrived(con)}) GROUP BY coin)
     SELECT coin, t.last_px, t.last_time, coalesce(t.trades, 0) AS trades
     FROM (SELECT coin FROM t UNION SELECT DISTINCT coin FROM history.orders WHERE coin IS NOT NULL) c
     LEFT JOIN t USING (coin) ORDER BY coin"""
@@ -140,7 +152,7 @@ COINS_SQL = """
 async def coins(read: Read) -> Response:
     """Every coin seen in trades or kept orders (DuckDB and the lake), with its last trade
     (px, time in ms) and trade count."""
-    return json_response(await read(lambda con: rows_of(con, COINS_SQL, [])))
+    return json_response(await read(lambda con: rows_of(con, coins_sql(con), [])))
 
 
 # ------------------------------------------------------------------ status
