@@ -350,10 +350,14 @@ def parse_lines(kind: str, variant: str, buf: bytes, starts: np.ndarray, ends: n
     return Parsed(frame, rejects, starts)
 
 
+def _incomplete(required: list[str]) -> pl.Expr:
+    """Whether a row misses a required field."""
+    return pl.any_horizontal(pl.col(c).is_null() for c in required)
+
+
 def _missing(flat: pl.DataFrame, required: list[str]) -> pl.Series | None:
     """Line indexes of rows missing a required field, or None if every row is whole."""
-    mask = pl.any_horizontal(pl.col(c).is_null() for c in required)
-    bad = flat.filter(mask)["_line"]
+    bad = flat.filter(_incomplete(required))["_line"]
     return bad if len(bad) else None
 
 
@@ -393,21 +397,29 @@ def _slow_parse(
         for i, reason in _missing_reasons(flat, bad, fmt).items():
             s, e = int(starts[i]), int(ends[i])
             rejects.append(BadLine(s, reason, buf[s:e][:REJECT_LINE_BYTES]))
-        flat = flat.filter(~pl.col("_line").is_in(bad.implode()))
+        # only the rows missing a field: a block's other events are stored
+        flat = flat.filter(~_incomplete(fmt.required))
     rejects.sort()
     return Parsed(flat, rejects, starts)
 
 
 def _missing_reasons(flat: pl.DataFrame, bad: pl.Series, fmt: Format) -> dict[int, str]:
     """The reject reason of each line of `bad`, naming (as the node does) the required fields its
-    rows lack, a block's events together; computed for the rejected lines only."""
+    rows lack, a block's events together, and how many of a block's events lack them (the others
+    are stored); computed for the rejected lines only."""
     rows = flat.filter(pl.col("_line").is_in(bad.implode())).group_by("_line").agg(
-        pl.col(c).is_null().any() for c in fmt.required)
+        *(pl.col(c).is_null().any() for c in fmt.required),
+        _incomplete(fmt.required).sum().alias("_bad"), pl.len().alias("_all"))
     reasons = {}
-    for line, *nulls in rows.sort("_line").iter_rows():
+    for line, *nulls, n_bad, n_all in rows.sort("_line").iter_rows():
         names = [fmt.node_names.get(c, c) for c, null in zip(fmt.required, nulls, strict=True) if null]
         plural = "s" if len(names) > 1 else ""
-        reasons[int(line)] = f"missing or out-of-range required field{plural}: {', '.join(names)}"
+        reason = f"missing or out-of-range required field{plural}: {', '.join(names)}"
+        if fmt.explode:
+            stored = n_all - n_bad
+            reason += (f", in {n_bad} of the block's {n_all} events (the other {stored} stored)" if stored
+                       else f", in every one of the block's {n_all} events")
+        reasons[int(line)] = reason
     return reasons
 
 

@@ -314,15 +314,21 @@ BLOCK_ORDER = orjson.dumps({"local_time": "2026-01-05T11:00:00.1", "block_time":
                             "block_number": 7, "events": [orjson.loads(good(1))]})
 
 
-def test_a_reject_for_a_missing_field_names_the_fields_of_every_event_of_its_line() -> None:
+def test_a_reject_for_a_missing_field_names_the_fields_of_every_event_of_its_line_and_keeps_the_others(
+) -> None:
     no_oid = orjson.loads(good(2).replace(b'"oid":2', b'"oid":null'))
     no_coin = orjson.loads(good(3).replace(b'"coin":"BTC",', b""))
     block = orjson.dumps({**orjson.loads(BLOCK_ORDER), "events": [orjson.loads(good(4)), no_oid, no_coin]})
     buf = BLOCK_ORDER + b"\n" + block + b"\n"
     parsed = parse("orders", "by_block", buf)
-    assert parsed.frame["oid"].to_list() == [1]
+    assert parsed.frame["oid"].to_list() == [1, 4]  # the block's whole events are stored
     assert [(r.offset, r.reason) for r in parsed.rejects] == [
-        (len(BLOCK_ORDER) + 1, "missing or out-of-range required fields: order.coin, order.oid")]
+        (len(BLOCK_ORDER) + 1, "missing or out-of-range required fields: order.coin, order.oid, in 2 of "
+                               "the block's 3 events (the other 1 stored)")]
+    every = orjson.dumps({**orjson.loads(BLOCK_ORDER), "events": [no_oid, no_coin]})
+    assert [r.reason for r in parse("orders", "by_block", every + b"\n").rejects] == [
+        "missing or out-of-range required fields: order.coin, order.oid, in every one of the block's 2 "
+        "events"]
     fill = orjson.dumps(["0xu", {"coin": "BTC", "sz": "1.0", "side": "B", "time": 1767607200000, "tid": 5}])
     assert [r.reason for r in parse("fills", "plain", fill + b"\n").rejects] == [
         "missing or out-of-range required field: px"]
