@@ -42,10 +42,14 @@ def db_id(con: duckdb.DuckDBPyConnection) -> str:
 
 def bind_node(con: duckdb.DuckDBPyConnection, db: Path, node_dir: Path, *,
               rebind: bool = False) -> None:
-    """Bind the database to `node_dir` on first use; refuse another node dir later."""
+    """Bind the database to `node_dir` on first use; refuse another node dir later. A node dir
+    that does not exist yet binds nothing (the pipeline binds it once it appears): a mistyped
+    path, fixed before anything was read, does not hold the database."""
     want = str(node_dir.resolve())
     have = _meta(con, "node_dir")
     if have == want:
+        return
+    if have is None and not node_dir.is_dir():
         return
     if have is None:
         con.execute("INSERT OR IGNORE INTO meta VALUES ('node_dir', ?)", [want])

@@ -202,6 +202,7 @@ class Pipeline:
         s = self.settings
         if not wait_for_dir(s.node_dir, self.stop_event):
             return
+        bind_node(self.store.con, s.db, s.node_dir)  # unbound while it did not exist
         yield from watch(
             s.node_dir,
             debounce=s.debounce_ms,

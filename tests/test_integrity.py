@@ -423,6 +423,28 @@ def test_a_missing_node_dir_is_waited_for(make_node_dir: Callable[..., Path],
     err = log.read_bytes()
     assert proc.returncode == 0, err
     assert b"event=node_dir_found" in err
+    # bound to it once it appeared, not before
+    assert err.index(b"event=node_dir_found") < err.index(b"event=db_bound")
+    assert query(db, "SELECT value FROM meta WHERE key = 'node_dir'") == [(str(node.resolve()),)]
+
+
+def test_a_mistyped_node_dir_never_found_does_not_hold_the_database(
+        make_node_dir: Callable[..., Path], tmp_path: Path) -> None:
+    node = make_node_dir(lines=500)
+    db = tmp_path / "m.duckdb"
+    log = tmp_path / "typo.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl.cli", "ingest", "--node-dir", str(tmp_path / "nod"), "--db", str(db),
+             "--poll"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: b"event=node_dir_missing" in log.read_bytes(), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0 and b"event=db_bound" not in log.read_bytes()
+    ingest_once(node, db)  # the path fixed: this node dir's database
+    assert query(db, "SELECT value FROM meta WHERE key = 'node_dir'") == [(str(node.resolve()),)]
 
 
 # ------------------------------------------------------------------------------ migration
