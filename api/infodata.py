@@ -108,7 +108,8 @@ def all_mids(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
 
 def coin_seen(con: duckdb.DuckDBPyConnection, coin: str) -> bool:
     """Whether `coin` has a trade, candle or kept order status in the store (DuckDB or the lake)."""
-    row = con.execute("""SELECT EXISTS (SELECT 1 FROM history.trades WHERE coin = $1)
-                         OR EXISTS (SELECT 1 FROM history.orders WHERE coin = $1)
-                         OR EXISTS (SELECT 1 FROM history.candles WHERE coin = $1)""", [coin]).fetchone()
-    return bool(row and row[0])
+    ((seen,),) = con.execute("""SELECT EXISTS (SELECT 1 FROM history.trades WHERE coin = $1)
+                                OR EXISTS (SELECT 1 FROM history.orders WHERE coin = $1)
+                                OR EXISTS (SELECT 1 FROM history.candles WHERE coin = $1)""",
+                             [coin]).fetchall()
+    return bool(seen)

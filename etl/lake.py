@@ -246,7 +246,7 @@ class Lake:
             else:
                 # insertion order is arrival order, close to time order; sorting costs 5x
                 source, params = f"SELECT * FROM main.{table} WHERE {in_hour}", [hour]
-            (count,) = self.con.execute(f"SELECT count(*) FROM ({source})", params).fetchone() or (0,)
+            ((count,),) = self.con.execute(f"SELECT count(*) FROM ({source})", params).fetchall()
             self.con.execute(f"COPY ({source}) TO '{sql_path}' (FORMAT parquet, COMPRESSION zstd)", params)
             # unrecorded until this transaction commits: the views do not read it yet (an
             # unpruned hour being re-sealed is dirty, and the views read it from DuckDB meanwhile)

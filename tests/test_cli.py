@@ -12,6 +12,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -586,3 +587,14 @@ def test_a_first_run_from_the_end_says_how_to_read_the_files_already_there(tmp_p
     from_start = run_cli("ingest", "--once", "--from", "start", "--node-dir", str(node.root),
                          "--db", str(tmp_path / "b.duckdb"))
     assert "start_at_end" not in from_start.stderr
+
+
+def test_candles_of_a_database_with_no_trade_say_so(make_node_dir: Any, tmp_path: Path) -> None:
+    """Order statuses only: no trade, so no candle (and the data's end is the clock's)."""
+    node = make_node_dir(lines=300, kinds=("orders",))
+    db = tmp_path / "o.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once", "--keep-all")
+    out = run_cli("candles", "--coin", "BTC", "--db", str(db), check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("nodetap candles: unknown coin 'BTC' (--coin): no candles are stored in "
+                                  "this database yet (--db, setting db)")

@@ -142,8 +142,9 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
     wm, _ = watermark_and_holes(con)
     if wm is not None:
         return wm
-    row = con.execute("SELECT epoch_ms(max(time)) FROM history.trades").fetchone()
-    return int(row[0]) if row and row[0] is not None else int(time.time() * 1000)
+    # every row fetched: a result left unfinished blocks the connection
+    ((last,),) = con.execute("SELECT epoch_ms(max(time)) FROM history.trades").fetchall()
+    return int(last) if last is not None else int(time.time() * 1000)
 
 
 def cmd_candles(args: argparse.Namespace) -> int:
