@@ -176,6 +176,10 @@ def parse_rules(data: Mapping[str, Any], source: str = "<rules>") -> Rules:
 
 
 KEEP_ALL = Rules(keep_all=True)
+# the rules of the bundled data/rules.toml (tests/test_filters.py checks that they agree): in
+# effect while the default rules file is missing, or with no rules file at all (`--rules ""`),
+# so that nodetap run from another folder does not keep most of a 10-50 GB/hour stream
+SHIPPED = Rules(min_notional=10000.0, min_notional_by_coin=MappingProxyType({"BTC": 50000.0, "ETH": 25000.0}))
 _ORDERS_KEYS = tuple(f.name for f in fields(Rules))
 
 
@@ -325,8 +329,8 @@ class RulesFile:
     """The live rules: loaded from `path`, reloaded when it changes, replaced through the API.
 
     `keep_all=True` (the `--keep-all` switch) forces `keep_all` on whatever the file says.
-    With `path=None` the rules are the defaults and `replace` keeps them in memory only (`saved`
-    is False). With `missing_ok`, a `path` that does not exist means the defaults until it
+    With `path=None` the rules are `SHIPPED` and `replace` keeps them in memory only (`saved`
+    is False). With `missing_ok`, a `path` that does not exist means `SHIPPED` until it
     appears (written by `replace`, or by hand: `check` loads it).
     Thread-safe: the pipeline thread calls `check`/`record`, the API thread `replace`/`stats`.
     """
@@ -338,7 +342,7 @@ class RulesFile:
         self._stats: dict[str, dict[str, int]] = {}
         self._sig = _signature(path) if path is not None else None
         if path is None or (missing_ok and self._sig is None):
-            self._rules = self._effective(Rules())
+            self._rules = self._effective(SHIPPED)
         else:
             self._rules = self._effective(load_rules(path))
         self.error: str | None = None  # the last change's error while the previous rules stay

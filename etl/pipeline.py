@@ -426,7 +426,7 @@ def rules_file_for(s: Settings) -> RulesFile:
     if path is not None and not path.exists():
         if path != Settings().rules_file:
             raise FileNotFoundError(f"rules file {path} does not exist (setting rules_file)")
-        log.warning("event=rules_default reason=missing_file path=%s (the built-in rules; PUT /v1/rules "
-                    "writes this file)", path)
+        log.warning("event=rules_default reason=missing_file path=%s (the bundled rules of data/rules.toml; "
+                    "PUT /v1/rules writes this file)", path)
         return RulesFile(path, keep_all=s.keep_all, missing_ok=True)
     return RulesFile(path, keep_all=s.keep_all)

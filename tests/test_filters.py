@@ -21,6 +21,7 @@ from polars.testing import assert_frame_equal
 from etl.columns import ORDERS_SCHEMA
 from etl.filters import (
     KEEP_ALL,
+    SHIPPED,
     Rules,
     RulesError,
     RulesFile,
@@ -433,18 +434,18 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
 
 def test_rules_file_without_a_path_keeps_rules_in_memory(tmp_path: Path) -> None:
     rf = RulesFile(None)
-    assert rf.rules == Rules()
+    assert rf.rules == SHIPPED
     assert rf.check() is False
     assert rf.replace({"orders": {"coins": ["BTC"]}}) == Rules(coins=("BTC",)) == rf.rules
     assert os.listdir(tmp_path) == []
-    assert RulesFile(None, keep_all=True).rules == KEEP_ALL
+    assert RulesFile(None, keep_all=True).rules == replace(SHIPPED, keep_all=True)  # keeps every row
 
 
 def test_a_missing_rules_file_allowed_to_be_missing_means_the_defaults_until_it_is_written(
         tmp_path: Path) -> None:
     path = tmp_path / "data" / "rules.toml"
     rf = RulesFile(path, missing_ok=True)
-    assert (rf.rules, rf.check(), rf.saved) == (Rules(), False, True)
+    assert (rf.rules, rf.check(), rf.saved) == (SHIPPED, False, True)
     assert rf.replace({"orders": {"coins": ["BTC"]}}) == Rules(coins=("BTC",))
     assert load_rules(path) == Rules(coins=("BTC",))  # written, its folder created
     by_hand = RulesFile(tmp_path / "other.toml", missing_ok=True)
@@ -507,3 +508,9 @@ def test_bundled_rules_file() -> None:
         order(9, coin="PURR/USDC", status="marginCanceled", limit_px=1.0, orig_sz=1e6),
     )
     assert kept_oids(orders, rules) == [2, 3, 6, 8]
+
+
+def test_the_shipped_rules_are_those_of_the_bundled_rules_file() -> None:
+    """What a missing default rules file (or none at all) leaves in effect is what the bundled
+    file says: order statuses of the four statuses at or above a minimum notional."""
+    assert load_rules(ROOT / "data" / "rules.toml") == SHIPPED != Rules()
