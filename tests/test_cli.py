@@ -379,6 +379,18 @@ def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_pat
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_a_write_refused_is_one_line_not_the_cleanup_error(history_db: Path, tmp_path: Path) -> None:
+    """A file system that refuses the write (read-only: EROFS) refuses removing the partial file
+    too; the error said is the write's. A name too long for the partial file's name fails both
+    ways alike, as a read-only mount does (tests cannot mount one)."""
+    out = tmp_path / ("a" * 250 + ".csv")
+    for argv in (["sql", "SELECT 1 AS x", "--format", "csv"], ["export", "trades"]):
+        proc = run_cli(*argv, "--db", str(history_db), "-o", str(out), check=False)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"nodetap {argv[0]}: cannot write -o {out}: File name too long\n"
+    assert not list(tmp_path.glob(".*partial")) and not out.exists()
+
+
 def test_sql_writes_through_a_pipe_or_a_link_at_the_output_path(history_db: Path, tmp_path: Path) -> None:
     """Only a regular file is written beside and renamed into place: a pipe (or /dev/stdout)
     is written to, and a link's target, the link kept."""

@@ -3,6 +3,7 @@ Parquet."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -95,7 +96,9 @@ def output_file(out: str, flag: str = "-o") -> Iterator[BinaryIO]:
     except OSError as err:
         raise CliError(f"cannot write {flag} {out}: {err.strerror or err}") from err
     finally:
-        partial.unlink(missing_ok=True)
+        # a file system that refused the write refuses this too (EROFS): the error to say is the first
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
