@@ -243,6 +243,36 @@ def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lake_or_demo_node_dir_that_cannot_be_written_is_refused_before_the_database_is_made(
+        tmp_path: Path) -> None:
+    """A lake or a demo's node dir under a file (as on a read-only mount, which tests cannot
+    make): one line naming the path, no traceback, and no database made and bound."""
+    node = _hl(tmp_path) / "data"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    db = tmp_path / "x.duckdb"
+    for lake, why in ((afile / "lake", f" is not a directory: {afile} is a file"),
+                      (afile, " is not a directory")):
+        proc = run_cli("ingest", "--once", "--node-dir", str(node), "--db", str(db), "--lake", str(lake),
+                       check=False)
+        assert (proc.returncode, proc.stderr) == (2, (
+            f"nodetap ingest: lake {lake}{why} (--lake, setting lake_dir): pass a directory (it is made "
+            "if missing), or leave lake_dir empty for <db>.lake beside the database\n"))
+    demo = ["demo", "--db", str(db), "--port", str(free_port())]
+    proc = run_cli(*demo, "--node-dir", str(afile / "demo"), check=False)
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"nodetap demo: cannot make node dir {afile / 'demo'}: Not a directory (--node-dir, setting "
+        "node_dir): pass a directory this user can write to\n"))
+    proc = run_cli(*demo, "--node-dir", str(afile), check=False)
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"nodetap demo: node dir {afile} is a file (--node-dir, setting node_dir): pass a directory for "
+        "the simulated node (it is made if missing)\n"))
+    proc = run_cli(*demo, "--node-dir", str(tmp_path / "demo"), env={"NODETAP_LAKE_DIR": str(afile / "l")},
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"nodetap demo: lake {afile / 'l'} is not a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hl"]
+
+
 # ------------------------------------------------------------------ candles and tables
 @pytest.fixture
 def history_db(tmp_path: Path) -> Path:
