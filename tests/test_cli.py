@@ -421,6 +421,36 @@ def test_a_write_refused_is_one_line_not_the_cleanup_error(history_db: Path, tmp
     assert not list(tmp_path.glob(".*partial")) and not out.exists()
 
 
+@pytest.mark.parametrize("command", [["sql", "SELECT 1 AS x, 2.5 AS y"],
+                                     ["candles", "--coin", "BTC", "--no-fill"]])
+def test_sql_and_candles_write_the_format_the_file_name_says(history_db: Path, tmp_path: Path,
+                                                             command: list[str]) -> None:
+    """Without --format, the -o file's extension picks the format, as `export` does; a --format
+    that contradicts it is refused, and an extension that names no format keeps the table."""
+    argv = [*command, "--db", str(history_db)]
+    frames = {}
+    for ext in ("parquet", "csv", "json", "ndjson"):
+        out = tmp_path / f"x.{ext}"
+        assert run_cli(*argv, "-o", str(out)).stdout == ""
+        frames[ext] = {"parquet": pl.read_parquet, "csv": pl.read_csv, "json": pl.read_json,
+                       "ndjson": pl.read_ndjson}[ext](out)
+        explicit = run_cli(*argv, "--format", ext, "-o", str(tmp_path / f"e.{ext.upper()}"))
+        assert explicit.returncode == 0 and (tmp_path / f"e.{ext.upper()}").read_bytes() == out.read_bytes()
+    assert frames["parquet"].equals(frames["csv"].cast(frames["parquet"].schema))  # type: ignore[arg-type]
+    assert frames["json"].equals(frames["ndjson"])
+    assert len(frames["parquet"]) == (1 if command[0] == "sql" else 2)
+    table = run_cli(*argv).stdout
+    run_cli(*argv, "-o", str(tmp_path / "x.txt"))
+    assert (tmp_path / "x.txt").read_text() == table
+    for fmt, name in (("csv", "y.parquet"), ("table", "y.csv"), ("parquet", "y.json")):
+        proc = run_cli(*argv, "--format", fmt, "-o", str(tmp_path / name), check=False)
+        ext = name.split(".")[1]
+        assert (proc.returncode, proc.stderr) == (2, (
+            f"nodetap {command[0]}: --format {fmt} but -o {tmp_path / name} names a {ext} file: drop "
+            f"--format (the extension says {ext}), or name the file for {fmt}\n"))
+        assert not (tmp_path / name).exists()
+
+
 def test_sql_writes_through_a_pipe_or_a_link_at_the_output_path(history_db: Path, tmp_path: Path) -> None:
     """Only a regular file is written beside and renamed into place: a pipe (or /dev/stdout)
     is written to, and a link's target, the link kept."""

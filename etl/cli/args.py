@@ -57,10 +57,12 @@ def _rebind(p: argparse.ArgumentParser) -> None:
 
 
 def _output(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="table (plain decimals, ISO times), csv, json, or parquet (needs -o)")
-    p.add_argument("-o", "--output", required=required,
-                   help="write to this file instead of standard output")
+    p.add_argument("--format", choices=FORMATS,
+                   help="table (plain decimals, ISO times), csv, json, ndjson, or parquet (needs -o); "
+                        "default: the -o file's extension (.parquet, .csv, .json, .ndjson), else table")
+    p.add_argument("-o", "--output", required=required, metavar="FILE",
+                   help="write to this file instead of standard output; its extension picks the "
+                        "format (a --format that contradicts it is refused)")
 
 
 def _time(p: argparse.ArgumentParser, flag: str, text: str) -> None:
