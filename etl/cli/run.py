@@ -210,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     import duckdb
 
-    from etl.backfill import BackfillError, backfill
+    from etl.backfill import BackfillError, backfill, check_stream
     from etl.config import lake_root
     from etl.lake import ensure_views
     from etl.pipeline import Shaping, rules_file_for
@@ -218,6 +218,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     setup_logging(s.log_level)
+    if args.stream:
+        try:
+            check_stream(args.stream)  # before the database is made
+        except BackfillError as err:
+            raise CliError(str(err)) from None
     check_rules_file(s)
     check_db(s)
     stop = threading.Event()
