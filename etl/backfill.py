@@ -14,6 +14,7 @@ ingestion (the node may still be writing it). Both are named in the run's report
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from collections.abc import Iterator
@@ -42,10 +43,21 @@ class BackfillError(ValueError):
     """A path given to backfill is not a node hour file we can place."""
 
 
+def check_stream(name: str) -> None:
+    """Refuse a `--stream` that names no stream dir, with the name it is most like."""
+    if name in STREAM_DIRS:
+        return
+    close = difflib.get_close_matches(name, list(STREAM_DIRS), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise BackfillError(f"unknown stream {name!r} (--stream).{hint} Valid streams: {', '.join(STREAM_DIRS)}")
+
+
 def stream_of(path: Path, override: str | None = None) -> Stream:
-    """The stream a file belongs to, from the stream directory in its path."""
+    """The stream a file belongs to: `override` (--stream), else the stream directory in its path."""
+    if override:
+        check_stream(override)
     name = override or next((p for p in reversed(path.parts) if p in STREAM_DIRS), None)
-    if name is None or name not in STREAM_DIRS:
+    if name is None:
         raise BackfillError(
             f"{path}: cannot tell the stream; put it under a directory named like "
             f"{', '.join(STREAM_DIRS)} or pass --stream"

@@ -244,6 +244,36 @@ def test_demo_checks_the_port_before_it_writes_a_node_dir(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lake_or_demo_node_dir_that_cannot_be_written_is_refused_before_the_database_is_made(
+        tmp_path: Path) -> None:
+    """A lake or a demo's node dir under a file (as on a read-only mount, which tests cannot
+    make): one line naming the path, no traceback, and no database made and bound."""
+    node = _hl(tmp_path) / "data"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    db = tmp_path / "x.duckdb"
+    for lake, why in ((afile / "lake", f" is not a directory: {afile} is a file"),
+                      (afile, " is not a directory")):
+        proc = run_cli("ingest", "--once", "--node-dir", str(node), "--db", str(db), "--lake", str(lake),
+                       check=False)
+        assert (proc.returncode, proc.stderr) == (2, (
+            f"nodetap ingest: lake {lake}{why} (--lake, setting lake_dir): pass a directory (it is made "
+            "if missing), or leave lake_dir empty for <db>.lake beside the database\n"))
+    demo = ["demo", "--db", str(db), "--port", str(free_port())]
+    proc = run_cli(*demo, "--node-dir", str(afile / "demo"), check=False)
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"nodetap demo: cannot make node dir {afile / 'demo'}: Not a directory (--node-dir, setting "
+        "node_dir): pass a directory this user can write to\n"))
+    proc = run_cli(*demo, "--node-dir", str(afile), check=False)
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"nodetap demo: node dir {afile} is a file (--node-dir, setting node_dir): pass a directory for "
+        "the simulated node (it is made if missing)\n"))
+    proc = run_cli(*demo, "--node-dir", str(tmp_path / "demo"), env={"NODETAP_LAKE_DIR": str(afile / "l")},
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"nodetap demo: lake {afile / 'l'} is not a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hl"]
+
+
 # ------------------------------------------------------------------ candles and tables
 @pytest.fixture
 def history_db(tmp_path: Path) -> Path:
@@ -378,6 +408,48 @@ def test_sql_to_a_file_that_cannot_be_written_says_why(history_db: Path, tmp_pat
     assert main(["sql", "SELECT 1 AS x", "--db", str(history_db), "--format", "csv",
                  "-o", str(tmp_path)]) == 2
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_write_refused_is_one_line_not_the_cleanup_error(history_db: Path, tmp_path: Path) -> None:
+    """A file system that refuses the write (read-only: EROFS) refuses removing the partial file
+    too; the error said is the write's. A name too long for the partial file's name fails both
+    ways alike, as a read-only mount does (tests cannot mount one)."""
+    out = tmp_path / ("a" * 250 + ".csv")
+    for argv in (["sql", "SELECT 1 AS x", "--format", "csv"], ["export", "trades"]):
+        proc = run_cli(*argv, "--db", str(history_db), "-o", str(out), check=False)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"nodetap {argv[0]}: cannot write -o {out}: File name too long\n"
+    assert not list(tmp_path.glob(".*partial")) and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1 AS x, 2.5 AS y"],
+                                     ["candles", "--coin", "BTC", "--no-fill"]])
+def test_sql_and_candles_write_the_format_the_file_name_says(history_db: Path, tmp_path: Path,
+                                                             command: list[str]) -> None:
+    """Without --format, the -o file's extension picks the format, as `export` does; a --format
+    that contradicts it is refused, and an extension that names no format keeps the table."""
+    argv = [*command, "--db", str(history_db)]
+    frames = {}
+    for ext in ("parquet", "csv", "json", "ndjson"):
+        out = tmp_path / f"x.{ext}"
+        assert run_cli(*argv, "-o", str(out)).stdout == ""
+        frames[ext] = {"parquet": pl.read_parquet, "csv": pl.read_csv, "json": pl.read_json,
+                       "ndjson": pl.read_ndjson}[ext](out)
+        explicit = run_cli(*argv, "--format", ext, "-o", str(tmp_path / f"e.{ext.upper()}"))
+        assert explicit.returncode == 0 and (tmp_path / f"e.{ext.upper()}").read_bytes() == out.read_bytes()
+    assert frames["parquet"].equals(frames["csv"].cast(frames["parquet"].schema))  # type: ignore[arg-type]
+    assert frames["json"].equals(frames["ndjson"])
+    assert len(frames["parquet"]) == (1 if command[0] == "sql" else 2)
+    table = run_cli(*argv).stdout
+    run_cli(*argv, "-o", str(tmp_path / "x.txt"))
+    assert (tmp_path / "x.txt").read_text() == table
+    for fmt, name in (("csv", "y.parquet"), ("table", "y.csv"), ("parquet", "y.json")):
+        proc = run_cli(*argv, "--format", fmt, "-o", str(tmp_path / name), check=False)
+        ext = name.split(".")[1]
+        assert (proc.returncode, proc.stderr) == (2, (
+            f"nodetap {command[0]}: --format {fmt} but -o {tmp_path / name} names a {ext} file: drop "
+            f"--format (the extension says {ext}), or name the file for {fmt}\n"))
+        assert not (tmp_path / name).exists()
 
 
 def test_sql_writes_through_a_pipe_or_a_link_at_the_output_path(history_db: Path, tmp_path: Path) -> None:

@@ -339,12 +339,19 @@ def test_backfill_of_cut_files_keeps_their_whole_lines_and_names_them(
     assert len(query(db, gaps)) == 2
 
 
-def test_backfill_refuses_a_path_with_no_stream(tmp_path: Path) -> None:
+def test_backfill_refuses_a_path_with_no_stream_and_an_unknown_stream(tmp_path: Path) -> None:
     f = tmp_path / "9"
     f.write_bytes(b"{}\n")
     proc = run_cli("backfill", str(f), "--db", str(tmp_path / "x.duckdb"), check=False)
     assert proc.returncode == 2
     assert "cannot tell the stream" in proc.stderr
+    streams = ("node_order_statuses, node_order_statuses_by_block, node_order_statuses_streaming, "
+               "node_fills, node_fills_by_block, node_fills_streaming, node_trades")
+    for given, hint in (("fills", " Did you mean node_fills?"), ("xyz", "")):
+        proc = run_cli("backfill", str(f), "--db", str(tmp_path / "y.duckdb"), "--stream", given, check=False)
+        assert (proc.returncode, proc.stderr) == (
+            2, f"nodetap backfill: unknown stream {given!r} (--stream).{hint} Valid streams: {streams}\n")
+    assert not (tmp_path / "y.duckdb").exists()
 
 
 def test_status_prints_per_stream_rows(make_node_dir: Callable[..., Path], tmp_path: Path) -> None:

@@ -126,3 +126,15 @@ def test_simulate_into_a_file_says_it_is_not_a_directory(tmp_path: Path) -> None
         assert proc.stderr == (f"nodetap simulate: --out {out} is not a directory{why}; pass a directory "
                                "to write the node's hour files into (it is made if missing)\n")
     assert a_file.read_text() == "x\n"
+
+
+def test_lines_counts_the_lines_of_every_stream_as_its_help_says(tmp_path: Path) -> None:
+    help_text = " ".join(run_cli("simulate", "--help").stdout.split())
+    assert "--lines LINES write this many lines in all, split between the streams" in help_text
+    out = run_cli("simulate", "--out", str(tmp_path / "n"), "--lines", "1000",
+                  "--streams", "orders,fills,trades").stdout
+    counts = {d.name: sum(f.read_bytes().count(b"\n") for f in d.rglob("*") if f.is_file())
+              for d in (tmp_path / "n").iterdir()}
+    assert set(counts) == {"node_order_statuses", "node_fills", "node_trades"} and min(counts.values()) > 0
+    assert out == f"wrote {sum(counts.values())} lines under {tmp_path / 'n'}\n"
+    assert 1000 <= sum(counts.values()) < 1100  # whole blocks: a few more

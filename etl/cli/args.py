@@ -57,10 +57,12 @@ def _rebind(p: argparse.ArgumentParser) -> None:
 
 
 def _output(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="table (plain decimals, ISO times), csv, json, or parquet (needs -o)")
-    p.add_argument("-o", "--output", required=required,
-                   help="write to this file instead of standard output")
+    p.add_argument("--format", choices=FORMATS,
+                   help="table (plain decimals, ISO times), csv, json, ndjson, or parquet (needs -o); "
+                        "default: the -o file's extension (.parquet, .csv, .json, .ndjson), else table")
+    p.add_argument("-o", "--output", required=required, metavar="FILE",
+                   help="write to this file instead of standard output; its extension picks the "
+                        "format (a --format that contradicts it is refused)")
 
 
 def _time(p: argparse.ArgumentParser, flag: str, text: str) -> None:
@@ -105,9 +107,11 @@ def _simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="node data dir to write into (made if missing)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--lines", type=whole_at_least_1,
-                      help="write this many order-status lines at once, on a simulated clock, then exit")
+                      help="write this many lines in all, split between the streams as a node writes "
+                           "them (whole blocks: a few more), at once, on a simulated clock, then exit")
     mode.add_argument("--rate", type=positive,
-                      help="order-status lines per second, on the wall clock, until Ctrl-C (or --duration)")
+                      help="order-status events per second (fills and trades on top), on the wall clock, "
+                           "until Ctrl-C (or --duration)")
     p.add_argument("--duration", type=positive, help="with --rate: stop after this many seconds")
     p.add_argument("--start", help="with --lines: the simulated clock's start (ISO, UTC when no zone)")
     p.add_argument("--variant", choices=VARIANTS, default="plain")

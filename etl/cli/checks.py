@@ -165,3 +165,26 @@ def check_db(s: Settings) -> None:
     if not parent.is_dir():
         raise CliError(f"database {db}: directory {parent} does not exist ({named(s, 'db')}): create it "
                        f"(mkdir -p {parent}) or pass a path in a directory that exists")
+
+
+def check_lake(s: Settings) -> None:
+    """Refuse a `--lake` that cannot be written: a file, under a file, or where nothing can be
+    written (a read-only file system, no permission), before the database is made and bound."""
+    lake = s.lake_dir
+    if str(lake) in ("", "."):
+        return  # <db>.lake, beside the database
+    for path in (lake, *lake.absolute().parents):
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            where = "" if path == lake else f": {path} is a file"
+            raise CliError(f"lake {lake} is not a directory{where} ({named(s, 'lake_dir')}): pass a "
+                           "directory (it is made if missing), or leave lake_dir empty for <db>.lake "
+                           "beside the database")
+        if not os.access(path, os.W_OK):
+            why = ("is on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY
+                   else "is not writable by this user")
+            raise CliError(f"lake {lake} cannot be written: {path} {why} ({named(s, 'lake_dir')}): pass "
+                           "a directory this user can write to, or leave lake_dir empty for <db>.lake "
+                           "beside the database")
+        return

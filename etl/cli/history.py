@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from etl.cli.checks import named
 from etl.cli.common import CliError, settings_from
-from etl.cli.output import check_output, output_file, write_frame
+from etl.cli.output import check_output, output_file, output_format, write_frame
 from etl.config import Settings
 from etl.history import (
     EXPORT_BATCH_ROWS,
@@ -70,6 +70,7 @@ def check_views(con: duckdb.DuckDBPyConnection, s: Settings) -> None:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     s = settings_from(args)
+    fmt = output_format(args.format, args.output)
     if args.output:
         check_output(args.output)
     con = read_only(s)
@@ -84,10 +85,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     finally:
         con.close()
     assert isinstance(frame, pl.DataFrame)
-    write_frame(frame, args.format, args.output)
+    write_frame(frame, fmt, args.output)
     return 0
-
-
 
 
 def export_format(out: str) -> str:
@@ -150,6 +149,7 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
     start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
+    fmt = output_format(args.format, args.output)
     if args.output:
         check_output(args.output)
     con = read_only(s)
@@ -168,7 +168,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
     finally:
         con.close()
     frame = frame.drop("t_first", "t_last")
-    if args.format == "table":  # times as ISO, not epoch ms
+    if fmt == "table":  # times as ISO, not epoch ms
         frame = frame.with_columns(pl.from_epoch(pl.col(c), time_unit="ms") for c in ("t", "T"))
-    write_frame(frame, args.format, args.output)
+    write_frame(frame, fmt, args.output)
     return 0

@@ -3,6 +3,7 @@ Parquet."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -18,7 +19,8 @@ import polars as pl
 
 from etl.cli.common import CliError
 
-FORMATS = ("table", "csv", "json", "parquet")
+FORMATS = ("table", "csv", "json", "ndjson", "parquet")
+BY_EXTENSION = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson"}
 
 
 def cell(value: Any) -> str:
@@ -53,6 +55,18 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         lines.append("  ".join(v.rjust(w) if num else v.ljust(w)
                                for v, w, num in zip(r, widths, numeric, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def output_format(fmt: str | None, out: str | None) -> str:
+    """The format to write: `--format`, else the `-o` file's extension (BY_EXTENSION), else a
+    table. A `--format` the extension contradicts (`--format csv -o x.parquet`) is refused."""
+    by_name = BY_EXTENSION.get(Path(out).suffix.lower()) if out else None
+    if fmt is None:
+        return by_name or "table"
+    if by_name is not None and by_name != fmt:
+        raise CliError(f"--format {fmt} but -o {out} names a {by_name} file: drop --format (the "
+                       f"extension says {by_name}), or name the file for {fmt}")
+    return fmt
 
 
 def check_output(out: str, flag: str = "-o") -> Path:
@@ -95,7 +109,9 @@ def output_file(out: str, flag: str = "-o") -> Iterator[BinaryIO]:
     except OSError as err:
         raise CliError(f"cannot write {flag} {out}: {err.strerror or err}") from err
     finally:
-        partial.unlink(missing_ok=True)
+        # a file system that refused the write refuses this too (EROFS): the error to say is the first
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
@@ -110,6 +126,8 @@ def write_frame(frame: pl.DataFrame, fmt: str, out: str | None) -> None:
         text = frame.write_csv()
     elif fmt == "json":
         text = orjson.dumps(frame.to_dicts(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    elif fmt == "ndjson":
+        text = "".join(orjson.dumps(row, default=str).decode() + "\n" for row in frame.iter_rows(named=True))
     else:
         text = table(frame.columns, frame.rows()) + "\n"
     if out:

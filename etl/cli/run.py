@@ -13,7 +13,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from etl.cli.checks import check_db, check_node_dir, check_port, check_rules_file, check_start_from
+from etl.cli.checks import (
+    check_db,
+    check_lake,
+    check_node_dir,
+    check_port,
+    check_rules_file,
+    check_start_from,
+    named,
+)
 from etl.cli.common import CliError, install_signals, log, settings_from, setup_logging
 from etl.cli.info import format_status
 from etl.config import Settings
@@ -35,16 +43,20 @@ def bind_database(s: Settings, rebind: bool = False) -> None:
     from etl.store import Store
 
     check_db(s)
+    check_lake(s)
     try:
         store = Store(s.db)
     except duckdb.Error as err:
         raise database_error(s, err) from err
     try:
         bind_node(store.con, s.db, s.node_dir, rebind=rebind)
-        if str(s.lake_dir) in ("", "."):
-            claim_lake(store.con, s.db, default_lake(store.con, s.db))
-        else:
-            claim_lake(store.con, s.db, s.lake_dir)
+        lake = default_lake(store.con, s.db) if str(s.lake_dir) in ("", ".") else s.lake_dir
+        try:
+            claim_lake(store.con, s.db, lake)
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise CliError(f"cannot write the lake {lake}: {err.strerror or err}{where} "
+                           f"({named(s, 'lake_dir')}): pass a directory this user can write to") from err
     finally:
         store.close()
 
@@ -163,7 +175,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging(s.log_level)
     check_port(s.host, s.port)
     check_rules_file(s)
-    s.node_dir.mkdir(parents=True, exist_ok=True)
+    check_db(s)
+    check_lake(s)
+    if s.node_dir.exists() and not s.node_dir.is_dir():
+        raise CliError(f"node dir {s.node_dir} is a file ({named(s, 'node_dir')}): pass a directory for "
+                       "the simulated node (it is made if missing)")
+    try:
+        s.node_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and err.filename != str(s.node_dir) else ""
+        raise CliError(f"cannot make node dir {s.node_dir}: {err.strerror or err}{where} "
+                       f"({named(s, 'node_dir')}): pass a directory this user can write to") from err
     bind_database(s)
     stop = threading.Event()
     sim = threading.Thread(
@@ -188,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     import duckdb
 
-    from etl.backfill import BackfillError, backfill
+    from etl.backfill import BackfillError, backfill, check_stream
     from etl.config import lake_root
     from etl.lake import ensure_views
     from etl.pipeline import Shaping, rules_file_for
@@ -196,6 +218,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     setup_logging(s.log_level)
+    if args.stream:
+        try:
+            check_stream(args.stream)  # before the database is made
+        except BackfillError as err:
+            raise CliError(str(err)) from None
     check_rules_file(s)
     check_db(s)
     stop = threading.Event()
