@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import errors
 from api.hub import Hub
 from api.limits import BodyLimit, TransportTap
+from api.origin import CORS_METHODS
 from api.readonly import lock_instance
 from api.routes import apidocs, dashboard, exports, info, live, ops, snapshots, sql
 from api.state import AppState
@@ -60,8 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="nodetap", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
-    # as the public API: any origin may call it (browser apps on another origin, the TS SDK)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+    # as the public API, any origin may read (browser apps on another origin, the TS SDK); no
+    # other origin may write: PUT is not allowed here, and refused by the route too (api/origin.py)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=CORS_METHODS, allow_headers=["*"],
                        expose_headers=["*"])
     app.add_middleware(TransportTap)  # added last: the outermost
     for module in (live, info, snapshots, sql, exports, ops, dashboard, apidocs):

@@ -39,6 +39,12 @@ class ReadOnly(ApiError):
     status = 403
 
 
+class CrossOriginWrite(ApiError):
+    """A request that changes state (`PUT /v1/rules`) from a web page on another origin."""
+
+    status = 403
+
+
 class SqlRefused(ApiError):
     """The statement is not a read-only query, or touches files, extensions or settings."""
 

@@ -40,6 +40,7 @@ from etl.status import (
     StreamStatus,
     catching_up_bytes,
     lane_statuses,
+    status_document,
     status_rows,
     stored_snapshot,
 )
@@ -409,7 +410,8 @@ class Pipeline:
         path = status_file(self.settings.db)
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(orjson.dumps(status_rows(self.snapshot()), option=orjson.OPT_INDENT_2))
+            doc = status_document(status_rows(self.snapshot()), self.wall_clock())
+            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
             os.replace(tmp, path)
         except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience
             log.debug("event=status_file_error error=%r", str(err))

@@ -14,17 +14,24 @@
   also means an archive (old hour files copied just now have a fresh mtime). "Everything read"
   allows a last line without its line end (a stopped node's cut line: nodetap waits for the
   node to finish a line, and none will); `lag_bytes` still counts its bytes.
+- `mode` is "stopped" in `nodetap status` when no ingest/serve runs on the database: it opens
+  (the one that runs holds it), or the status file that one writes is left behind by a
+  process that has exited, or was not rewritten for `STATUS_STALE_S` (`writer_stopped`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
 
 from etl.columns import DEFAULT_LINE_BYTES
 from etl.config import Settings
@@ -34,10 +41,13 @@ from etl.tail import STREAM_DIRS, Cursor
 if TYPE_CHECKING:
     from etl.lanes import Lane
 
-Mode = Literal["live", "catching_up", "archive"]
+Mode = Literal["live", "catching_up", "archive", "stopped"]  # "stopped": `nodetap status` only
 
 ARCHIVE_AFTER_S = 3600.0  # a stream whose newest file is older than this, all read, is an archive
 ARRIVAL_WINDOW_S = 10.0
+# the status file is rewritten every second (at each wake-up, one at least every poll interval):
+# one not rewritten for this long is left behind by a process that no longer runs
+STATUS_STALE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -245,3 +255,48 @@ def stored_snapshot(rows: list[dict[str, Any]], node_dir: Path, wall: float,
             arrival_bytes_per_s=0.0, capacity_lines_per_s=0.0, wall=wall,
             catching_up_bytes=catching_up_bytes, last_batch_age_s=None))
     return out
+
+
+# ------------------------------------------------------------------ the status file
+def status_document(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """The status file's content: the rows, when and by which process they were written."""
+    return {"written_at": _iso(wall), "pid": os.getpid(), "host": socket.gethostname(), "streams": rows}
+
+
+def read_status_document(data: bytes, mtime: float) -> dict[str, Any]:
+    """A status file's content; one of an earlier version (the rows alone) is dated by its mtime."""
+    doc = orjson.loads(data)
+    return doc if isinstance(doc, dict) else {"written_at": _iso(mtime), "pid": None, "host": None,
+                                              "streams": doc}
+
+
+def writer_stopped(doc: dict[str, Any], wall: float) -> str | None:
+    """Why the process that wrote the status document no longer runs; None while it may.
+    Its pid is looked up on its own host only (another host's, or another container's, pids
+    mean nothing here): elsewhere the document's age tells."""
+    pid = doc.get("pid")
+    if isinstance(pid, int) and doc.get("host") == socket.gethostname() and not _alive(pid):
+        return f"its writer, pid {pid}, has exited"
+    age = wall - datetime.fromisoformat(str(doc["written_at"])).timestamp()
+    if age > STATUS_STALE_S:
+        return f"not rewritten for {age:.0f} s, while a running ingest/serve rewrites it every second"
+    return None
+
+
+def stopped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with mode "stopped": no process reads the streams."""
+    return [{**r, "mode": "stopped"} for r in rows]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat()

@@ -254,6 +254,8 @@ def test_a_silence_inside_one_batch_is_a_stall_too(tmp_path: Path) -> None:
     got = read_candles(store.con, "BTC", "1m", T0, T0 + 10 * MIN)
     assert got.select("t", "filled").rows() == [(T0, False), (T0 + 9 * MIN, False)]
     assert store.con.execute("SELECT reason FROM gaps").fetchall() == [("stall",)]
+    # the status's `gaps` counts byte ranges of the files only: a stall is not one (docs/operations.md)
+    assert [(st.stream, st.gaps) for st in pipe.snapshot()] == [("node_fills", 0)]
     pipe.close()
     store.close()
 

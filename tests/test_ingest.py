@@ -193,7 +193,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(
     proc = _ingest_proc(node, db)
     total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
     wait_for(lambda: status_file(db).exists() and sum(
-        r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())) == total, timeout=30)
+        r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())["streams"]) == total,
+             timeout=30)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
@@ -377,7 +378,12 @@ def test_status_while_ingest_holds_the_db(make_node_dir: Callable[..., Path],
     try:
         wait_for(lambda: status_file(db).exists(), timeout=30)
         out = run_cli("status", "--node-dir", str(node), "--db", str(db), "--json")
-        assert {r["stream"] for r in orjson.loads(out.stdout)} == {ORDERS, FILLS}
+        rows = orjson.loads(out.stdout)
+        assert {r["stream"] for r in rows} == {ORDERS, FILLS}
+        assert {(r["running"], r["stopped_reason"]) for r in rows} == {(True, None)}
+        assert "stopped" not in {r["mode"] for r in rows}
+        table = run_cli("status", "--node-dir", str(node), "--db", str(db)).stdout
+        assert "no ingest/serve is running" not in table
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)

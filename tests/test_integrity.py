@@ -416,7 +416,7 @@ def test_a_missing_node_dir_is_waited_for(make_node_dir: Callable[..., Path],
         src.rename(node)
         total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
         wait_for(lambda: sum(r.get("lines", 0) for r in orjson.loads(
-            status_file(db).read_bytes())) == total, timeout=60)
+            status_file(db).read_bytes())["streams"]) == total, timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -36,7 +36,7 @@ def test_serve_exits_0_on_a_signal(make_node_dir: Callable[..., Path], tmp_path:
     total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
     try:
         wait_for(lambda: status_file(db).exists() and sum(
-            r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())) == total,
+            r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())["streams"]) == total,
             timeout=60)
     finally:
         proc.send_signal(sig)
@@ -131,7 +131,7 @@ def test_a_full_disk_pauses_ingestion_and_loses_nothing(
         wait_for(lambda: any("event=disk_space_back" in x for x in lines), timeout=60)
         total = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
         wait_for(lambda: status_file(db).exists() and sum(
-            r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())) == total,
+            r.get("lines", 0) for r in orjson.loads(status_file(db).read_bytes())["streams"]) == total,
             timeout=90)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.origin import same_origin
 from api.routes import exports
 from etl.filters import Rules, load_rules, rules_to_dict
 from etl.store import fetch_pl
@@ -366,6 +367,66 @@ def test_put_rules_writes_a_missing_default_rules_file_and_says_when_nothing_is_
     logged = [r.getMessage() for r in caplog.records if "event=rules_replace" in r.getMessage()]
     assert logged == ["event=rules_replace saved=false (no rules file: setting rules_file is empty; the new "
                       "rules last until nodetap stops)"]
+
+
+
+def test_no_web_page_on_another_origin_can_put_rules(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text("[orders]\n")
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    evil = "http://evil.example"
+    eth = {"orders": {"coins": ["ETH"]}}
+    with serve(node.root, rules_file=rules_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        def preflight(method: str, path: str) -> httpx.Response:
+            return client.options(path, headers={"Origin": evil, "Access-Control-Request-Method": method,
+                                                 "Access-Control-Request-Headers": "content-type"})
+
+        # a browser asks first: reads are allowed from any origin, a PUT is not
+        put_asked = preflight("PUT", "/v1/rules")
+        assert put_asked.status_code == 400
+        assert "PUT" not in put_asked.headers["access-control-allow-methods"]
+        for method, path in (("GET", "/v1/rules"), ("POST", "/info"), ("POST", "/v1/sql")):
+            read_asked = preflight(method, path)
+            assert read_asked.status_code == 200, (method, path)
+            assert read_asked.headers["access-control-allow-origin"] == "*"
+        cross = client.get("/v1/rules", headers={"Origin": evil})
+        assert (cross.status_code, cross.headers["access-control-allow-origin"]) == (200, "*")
+
+        # a PUT sent anyway (a browser that does not ask, a page on another port): refused, nothing changes
+        port = srv.port
+        for origin in (evil, f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "null"):
+            r = client.put("/v1/rules", json=eth, headers={"Origin": origin})
+            assert r.status_code == 403, (origin, r.text)
+            body = r.json()
+            assert (body["code"], body["msg"], body["data"]) == ("CrossOriginWrite", body["error"], None)
+            assert body["error"] == (
+                f"PUT /v1/rules refused from origin {origin}: nodetap's state is changed only from its "
+                f"own origin (http://127.0.0.1:{port}), so that no web page on another site can change it "
+                f"through your browser. curl, scripts and the CLI (which send no Origin header) and the "
+                f"dashboard nodetap serves work")
+        assert client.get("/v1/rules").json() == rules_to_dict(Rules())
+        assert load_rules(rules_path) == Rules()
+
+        # its own origin (the dashboard; the default port written or not) and no origin (curl) may write
+        same = client.put("/v1/rules", json=eth, headers={"Origin": f"HTTP://127.0.0.1:{port}"})
+        assert same.status_code == 200, same.text
+        assert load_rules(rules_path) == Rules(coins=("ETH",))
+        sol = client.put("/v1/rules", json={"orders": {"coins": ["SOL"]}})
+        assert sol.status_code == 200, sol.text
+        assert load_rules(rules_path) == Rules(coins=("SOL",))
+
+
+def test_same_origin_compares_scheme_host_and_port_with_default_ports() -> None:
+    assert same_origin("http://Example.com", "http", "example.com:80")
+    assert same_origin("https://example.com:443", "https", "EXAMPLE.com")
+    assert same_origin("http://[::1]:8000", "http", "[::1]:8000")
+    assert not same_origin("https://example.com", "http", "example.com")
+    assert not same_origin("http://example.com:8001", "http", "example.com:8000")
+    assert not same_origin("http://example.com.evil.example", "http", "example.com")
+    assert not same_origin("null", "http", "example.com")
+    assert not same_origin("http://example.com", "http", "")
 
 
 # ------------------------------------------------------------------ exports

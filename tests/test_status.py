@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import orjson
 import pytest
@@ -20,10 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl.config import Settings
 from etl.pipeline import Pipeline, status_file
-from etl.status import FileScan, StreamStatus, scan_files
+from etl.status import (
+    STATUS_STALE_S,
+    FileScan,
+    StreamStatus,
+    read_status_document,
+    scan_files,
+    writer_stopped,
+)
 from etl.store import Store
 from etl.tail import Cursor
-from tests.conftest import ServerThread, hour_file, run_cli, wait_for
+from tests.conftest import ServerThread, hour_file, query, run_cli, wait_for
 from tests.test_lake import Node, order_line
 
 ORDERS = "node_order_statuses"
@@ -81,7 +90,7 @@ def test_lag_bytes_is_what_the_files_hold_after_the_cursor_when_asked(tmp_path: 
         assert (st.lag_bytes, st.mode, st.offset) == (len(more) + f11.stat().st_size, "catching_up",
                                                       f10.stat().st_size - len(more))
         pipe.write_status_file(force=True)  # what `nodetap status` shows while we hold the DB
-        (row,) = orjson.loads(status_file(s.db).read_bytes())
+        (row,) = orjson.loads(status_file(s.db).read_bytes())["streams"]
         assert (row["lag_bytes"], row["mode"]) == (st.lag_bytes, "catching_up")
         pipe.run_once()
         st = only(pipe)
@@ -331,3 +340,51 @@ def test_a_lane_that_dies_of_an_error_shows_in_healthz_and_readyz(
                  .get("node_fills") == 2, timeout=30)  # a trade is two fill lines
     (died,) = [r for r in caplog.records if "event=lane_error" in r.getMessage()]
     assert died.exc_info is not None and f"stream={ORDERS}" in died.getMessage()
+
+
+# ------------------------------------------------------------------ nothing running
+def test_status_says_stopped_when_no_ingest_or_serve_runs(make_node_dir: Callable[..., Path],
+                                                          tmp_path: Path) -> None:
+    node = make_node_dir(lines=500)
+    db = tmp_path / "st.duckdb"
+    run_cli("ingest", "--node-dir", str(node), "--db", str(db), "--from", "start", "--once")
+    commit = max(r[0] for r in query(db, "SELECT updated_at FROM cursors"))
+
+    def status(*extra: str) -> str:
+        return run_cli("status", "--node-dir", str(node), "--db", str(db), *extra).stdout
+
+    # the database opens: nothing holds it, nothing runs
+    last = f"its last commit was at {commit:%Y-%m-%d %H:%M:%S} UTC"
+    rows = orjson.loads(status("--json"))
+    assert {(r["mode"], r["running"], r["stopped_reason"]) for r in rows} == {("stopped", False, last)}
+    assert status().splitlines()[-1] == f"no ingest/serve is running on this database ({last})"
+
+    # another program holds the database: the status file tells, left by a process that has exited
+    doc = orjson.loads(status_file(db).read_bytes())
+    written = datetime.fromisoformat(doc["written_at"])
+    con = duckdb.connect(str(db))
+    try:
+        rows = orjson.loads(status("--json"))
+        text = status()
+    finally:
+        con.close()
+    why = f"its status is from {written:%Y-%m-%d %H:%M:%S} UTC: its writer, pid {doc['pid']}, has exited"
+    assert {(r["mode"], r["running"], r["stopped_reason"], r["status_at"]) for r in rows} == {
+        ("stopped", False, why, doc["written_at"])}
+    assert [r["stream"] for r in rows] == [r["stream"] for r in doc["streams"]]
+    assert text.splitlines()[-1] == f"no ingest/serve is running on this database ({why})"
+
+
+def test_a_status_file_not_rewritten_for_a_while_is_a_stopped_writers() -> None:
+    wall = datetime(2026, 1, 5, 10, 0, tzinfo=UTC).timestamp()
+    elsewhere = {"written_at": "2026-01-05T09:59:50+00:00", "pid": 1, "host": "another-host", "streams": []}
+    assert writer_stopped(elsewhere, wall) is None  # 10 s old: rewritten every second, may run
+    assert writer_stopped(elsewhere, wall + STATUS_STALE_S) == (
+        "not rewritten for 25 s, while a running ingest/serve rewrites it every second")
+    here = {**elsewhere, "pid": os.getpid(), "host": socket.gethostname()}
+    assert writer_stopped(here, wall) is None  # this process runs
+    # a file of an earlier version: the rows alone, dated by the file's mtime
+    old = read_status_document(b"[]", wall - 60)
+    assert old == {"written_at": "2026-01-05T09:59:00+00:00", "pid": None, "host": None, "streams": []}
+    assert writer_stopped(old, wall) == (
+        "not rewritten for 60 s, while a running ingest/serve rewrites it every second")

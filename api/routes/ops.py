@@ -61,7 +61,8 @@ class StateCollector:
         nbytes = family(CounterMetricFamily, "nodetap_bytes_read", "Bytes read from the node's files.")
         stored_rows = family(CounterMetricFamily, "nodetap_rows", "Rows committed to DuckDB.")
         rejects = family(CounterMetricFamily, "nodetap_rejects", "Malformed lines quarantined in `rejects`.")
-        gaps = family(CounterMetricFamily, "nodetap_gaps", "Ranges skipped or lost, recorded in `gaps`.")
+        gaps = family(CounterMetricFamily, "nodetap_gaps", "Byte ranges of the node's files skipped, lost or "
+                      "read again: the rows of `gaps` but stalls (reason `stall`, not counted).")
         skipped = family(CounterMetricFamily, "nodetap_skipped_bytes", "Bytes skipped by the backlog limit.")
         lag_bytes = family(GaugeMetricFamily, "nodetap_lag_bytes",
                            "Bytes in the node's files after the cursor, measured when scraped.")

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from api.deps import Read, State
 from api.encoding import json_response, round_volume
 from api.errors import BadRequest, NotFound
+from api.origin import SameOrigin
 from api.params import check_interval, parse_bool, parse_limit, parse_range, require_coin
 from api.reader import Con
 from api.state import AppState
@@ -192,11 +193,12 @@ RULES_BODY = {"required": True, "content": {"application/json": {
 
 
 @router.put("/v1/rules", openapi_extra={"requestBody": RULES_BODY})
-async def put_rules(state: State, request: Request) -> Response:
+async def put_rules(state: State, request: Request, _: SameOrigin) -> Response:
     """Replace the orders filter rules; the next batch uses them. They are written to the rules
     file (created where the default one is missing); with no rules file (setting rules_file
     empty) they last until nodetap stops: the header `x-nodetap-rules-saved` says which. Invalid
-    rules change nothing and answer 400 with what is wrong."""
+    rules change nothing and answer 400 with what is wrong; a request from a web page on another
+    origin answers 403 and changes nothing."""
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as err:

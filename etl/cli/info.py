@@ -32,12 +32,14 @@ def format_status(rows: list[dict[str, Any]]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from etl.pipeline import status_file
+    from etl.status import read_status_document, stopped, writer_stopped
 
     s = settings_from(args)
     rows: list[dict[str, Any]]
     if not s.db.exists():
         raise CliError(f"database {s.db} does not exist ({named(s, 'db')}): `nodetap ingest` or "
                        "`nodetap serve` makes it")
+    wall = datetime.now(UTC).timestamp()
     try:
         con = duckdb.connect(str(s.db), read_only=True)
     except duckdb.IOException as err:
@@ -46,21 +48,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         sf = status_file(s.db)
         if not sf.exists():
             raise CliError(f"cannot open {s.db}: {err}") from err
-        rows = orjson.loads(sf.read_bytes())
+        doc = read_status_document(sf.read_bytes(), sf.stat().st_mtime)
+        rows, status_at = doc["streams"], str(doc["written_at"])
+        # the lock may be another program's, and the file a process's that has exited
+        why = writer_stopped(doc, wall)
+        note = None if why is None else f"its status is from {_utc(status_at)}: {why}"
     else:
         try:
             s = _bound_node_dir(con, s, given=_node_dir_given(args))
             check_node_dir(s, must_exist=False)
-            rows = _status_from_db(con, s)
+            rows = _status_from_db(con, s, wall)
         except duckdb.CatalogException as err:
             raise CliError(f"{s.db} is not a nodetap database (--db, setting db)") from err
         finally:
             con.close()
+        # the database opened: no ingest/serve holds it, none runs
+        status_at = datetime.fromtimestamp(wall, UTC).isoformat()
+        commits = [str(r["updated_at"]) for r in rows if r.get("updated_at")]
+        note = f"its last commit was at {_utc(max(commits))}" if commits else "nothing was committed yet"
+    if note is not None:
+        rows = stopped(rows)
+    rows = [{**r, "running": note is None, "status_at": status_at, "stopped_reason": note} for r in rows]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(rows))
+        if note is not None:
+            print(f"no ingest/serve is running on this database ({note})")
     return 0
+
+
+def _utc(iso: str) -> str:
+    """An ISO time (UTC, with or without its offset) as `2026-01-05 10:00:00 UTC`."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _node_dir_given(args: argparse.Namespace) -> bool:
@@ -92,12 +112,11 @@ def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings, *, given: bool)
                    f"node_dir), or pass {bound}")
 
 
-def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings) -> list[dict[str, Any]]:
+def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings, wall: float) -> list[dict[str, Any]]:
     from etl.status import catching_up_bytes, status_rows, stored_snapshot
     from etl.store import stream_rows
 
-    return status_rows(stored_snapshot(stream_rows(con), s.node_dir, datetime.now(UTC).timestamp(),
-                                       catching_up_bytes(s)))
+    return status_rows(stored_snapshot(stream_rows(con), s.node_dir, wall, catching_up_bytes(s)))
 
 
 def _effective_lake(s: Settings) -> Path:
