@@ -550,7 +550,7 @@ def test_events_a_restarted_node_writes_again_are_stored_once(
                                      lines[_block_start(lines[:half], 0.5):]))
             written = sum(len(p.read_bytes().splitlines()) for p in node.rglob("*") if p.is_file())
             wait_for(lambda n=written: sum(r.get("lines", 0) for r in orjson.loads(
-                status_file(db).read_bytes())) == n, timeout=60)
+                status_file(db).read_bytes())["streams"]) == n, timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.origin import same_origin
 from api.routes import exports
-from etl.filters import Rules, load_rules, rules_to_dict
+from etl.filters import SHIPPED, Rules, load_rules, rules_to_dict
 from etl.store import fetch_pl
 from tests.conftest import ServerThread, wait_for
 from tests.test_lake import Node, order_line
@@ -348,7 +348,7 @@ def test_put_rules_writes_a_missing_default_rules_file_and_says_when_nothing_is_
     eth = {"orders": {"coins": ["ETH"]}}
     with serve(node.root) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         caught_up(client, node.root)
-        assert client.get("/v1/rules").json() == rules_to_dict(Rules())  # missing: the defaults
+        assert client.get("/v1/rules").json() == rules_to_dict(SHIPPED)  # missing: the bundled rules
         assert client.get("/v1/status").json()["rules"]["file"] == "data/rules.toml"
         r = client.put("/v1/rules", json=eth)
         assert (r.status_code, r.headers["x-nodetap-rules-saved"]) == (200, "true"), r.text
