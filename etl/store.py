@@ -360,8 +360,9 @@ class Store:
                   round((g.end - g.start) / line_bytes), g.reason, batch.watermark_before, now)
                  for g in batch.gaps])
         if batch.first_time is not None:
-            self.con.execute("UPDATE gaps SET time_to = ? WHERE stream = ? AND time_to IS NULL",
-                             [batch.first_time, batch.stream])
+            # a file read again starts before the gap's time_from: its range stays a point, not reversed
+            self.con.execute("UPDATE gaps SET time_to = greatest(?, time_from) "
+                             "WHERE stream = ? AND time_to IS NULL", [batch.first_time, batch.stream])
 
     def _upsert_cursor(self, values: list[object]) -> None:
         """The stream's cursor after a unit, and its running counters: `values` are a `cursors`

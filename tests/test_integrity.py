@@ -327,6 +327,21 @@ def test_replaced_file_never_stores_its_old_lines_again(tmp_path: Path) -> None:
     assert query(db, "SELECT reason FROM gaps") == [("replaced",)]
 
 
+def test_the_gap_of_a_file_read_again_has_no_reversed_time_range(tmp_path: Path) -> None:
+    """A truncated file is read again from its start, earlier than the stream's watermark: its
+    gap (no bytes missing) closes at the time it opened, not before it."""
+    hour = tmp_path / "node" / ORDERS / "hourly" / "20260105" / "11"
+    hour.parent.mkdir(parents=True)
+    lines = [order(i, minute=10 + i) for i in range(10)]
+    hour.write_bytes(b"".join(line + b"\n" for line in lines))
+    db = tmp_path / "g.duckdb"
+    ingest_once(node := tmp_path / "node", db)
+    os.truncate(hour, sum(len(line) + 1 for line in lines[:5]))
+    ingest_once(node, db)
+    assert query(db, "SELECT reason, strftime(time_from, '%H:%M'), strftime(time_to, '%H:%M') FROM gaps") == [
+        ("truncated", "11:19", "11:19")]
+
+
 def test_a_file_read_again_records_its_rejects_once(tmp_path: Path) -> None:
     """A file truncated (or rewritten) under the cursor is read again from 0: its bad lines,
     recorded already, were recorded a second time (2 rejects became 4)."""
