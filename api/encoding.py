@@ -7,20 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import polars as pl
 from fastapi import Response
 
 # an address where the public API has one and the files do not: a trade's unknown side, a
 # derived spot token's deployer
 ZERO_ADDRESS = "0x" + "0" * 40
-# candle volumes are float sums, which carry noise (5685.099999999998): the live feed and the
-# REST candles round them to this many decimals
-VOLUME_DECIMALS = 8
-
-
-def round_volume(values: pl.Series) -> pl.Series:
-    """A candle volume (base `v` or quote `vq`) as the API sends it."""
-    return values.round(VOLUME_DECIMALS)
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:

@@ -19,7 +19,8 @@ from decimal import Decimal
 import orjson
 import polars as pl
 
-from api.encoding import ZERO_ADDRESS, round_volume
+from api.encoding import ZERO_ADDRESS
+from etl.candles import round_volume
 from etl.pipeline import Processed
 
 log = logging.getLogger("nodetap.wire")
@@ -98,7 +99,7 @@ def _plain(x: float) -> str:
 
 def candle_wire(candles: pl.DataFrame) -> pl.DataFrame:
     """Candles (CANDLE_SCHEMA) as the API's candle objects: t, T, s, i, o, c, h, l, v, n,
-    prices and volume as strings. Volume is rounded (`api.encoding.round_volume`: float sums
+    prices and volume as strings. Volume is rounded (`etl.candles.round_volume`: float sums
     carry noise)."""
     return pl.DataFrame(
         {

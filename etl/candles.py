@@ -119,6 +119,16 @@ def _vwap(vq: pl.Expr, v: pl.Expr) -> pl.Expr:
     return pl.when(v > 0).then(vq / v)
 
 
+# candle volumes are float sums, which carry noise (5685.099999999998): the live feed, the REST
+# candles and `nodetap candles` round them to this many decimals
+VOLUME_DECIMALS = 8
+
+
+def round_volume(values: pl.Series) -> pl.Series:
+    """A candle volume (base `v` or quote `vq`) as the API and the CLI give it."""
+    return values.round(VOLUME_DECIMALS)
+
+
 def candles(trades: pl.DataFrame, every: str) -> pl.DataFrame:
     """One candle per (coin, open time) of `trades` (columns `time`, `coin`, `px`, `sz` at least),
     with CANDLE_SCHEMA, sorted by coin and `t`.

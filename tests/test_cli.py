@@ -670,3 +670,19 @@ def test_candles_of_a_database_with_no_trade_say_so(make_node_dir: Any, tmp_path
     assert out.returncode == 2
     assert out.stderr.strip() == ("nodetap candles: unknown coin 'BTC' (--coin): no candles are stored in "
                                   "this database yet (--db, setting db)")
+
+
+def test_candle_volumes_are_rounded_as_the_api_rounds_them(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Volumes are float sums (0.1 + 0.2 = 0.30000000000000004): every format prints them to 8
+    decimals, as `/v1/candles` and the live feed send them."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1, px="1.0", sz="0.1")
+    node.add_trade("2026-01-05T10:10:01", 2, px="1.0", sz="0.2")
+    db = tmp_path / "v.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once",
+            "--keep-all")
+    assert main(["candles", "--db", str(db), "--coin", "BTC", "--no-fill", "--format", "csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert (row[header.index("v")], row[header.index("vq")]) == ("0.3", "0.3")

@@ -14,13 +14,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from api.deps import Read, State
-from api.encoding import json_response, round_volume
+from api.encoding import json_response
 from api.errors import BadRequest, NotFound
 from api.origin import SameOrigin
 from api.params import check_interval, parse_bool, parse_limit, parse_range, require_coin
 from api.reader import Con
 from api.state import AppState
-from etl.candles import shift_open_ms
+from etl.candles import round_volume, shift_open_ms
 from etl.config import Settings
 from etl.filters import RulesError, rules_to_dict
 from etl.history import (

@@ -12,6 +12,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from etl.candles import round_volume
 from etl.cli.checks import named
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import check_output, output_file, output_format, write_frame
@@ -167,7 +168,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
             check_coin(con, args.coin, "--coin")
     finally:
         con.close()
-    frame = frame.drop("t_first", "t_last")
+    frame = frame.drop("t_first", "t_last").with_columns(round_volume(frame["v"]), round_volume(frame["vq"]))
     if fmt == "table":  # times as ISO, not epoch ms
         frame = frame.with_columns(pl.from_epoch(pl.col(c), time_unit="ms") for c in ("t", "T"))
     write_frame(frame, fmt, args.output)
