@@ -19,6 +19,7 @@ const MIN_BAR = 3;
 const MAX_BAR = 40;
 const AUTO_MIN_BAR = 6; // fitting the width: no thinner than this, the older candles scroll off
 const LABEL_GAP = 14; // px between two time labels
+const TAG_H = 18; // height of a price tag on the axis
 // time-axis label steps, from one minute to a week
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 240, 360, 720, 1440, 2880, 10080].map((m) => m * 60_000);
 
@@ -208,7 +209,10 @@ export class CandleChart {
     const volTop = plotH - volH;
     this.layout = { vis, x, xt, endT, y, lo, hi, plotW, plotH, priceTop, priceH };
 
-    this.drawPriceGrid(lo, hi, y, plotW, w, priceH);
+    const lastK = this.last();
+    const ly = Math.round(y(lastK.c)) + 0.5;
+    const tagShown = ly > priceTop && ly < priceTop + priceH;
+    this.drawPriceGrid(lo, hi, y, plotW, w, priceH, tagShown ? ly : null);
     this.drawTimeGrid(vis, xt, plotW, plotH, h);
 
     // volume, then wicks and bodies
@@ -236,10 +240,8 @@ export class CandleChart {
     ctx.fillText(`vol ${fmtSize(maxV, this.szDecimals)}`, 6, volTop + 8);
 
     // last price line and tag
-    const lastK = this.last();
-    const ly = Math.round(y(lastK.c)) + 0.5;
     const lastUp = lastK.c >= lastK.o;
-    if (ly > priceTop && ly < priceTop + priceH) {
+    if (tagShown) {
       ctx.strokeStyle = lastUp ? C.up : C.down;
       ctx.setLineDash([3, 3]);
       ctx.beginPath(); ctx.moveTo(0, ly); ctx.lineTo(plotW, ly); ctx.stroke();
@@ -249,7 +251,8 @@ export class CandleChart {
     this.drawCrosshair();
   }
 
-  drawPriceGrid(lo, hi, y, plotW, w, priceH) {
+  // Grid lines and price labels; no label where the last-price tag (at tagY) would cover it.
+  drawPriceGrid(lo, hi, y, plotW, w, priceH, tagY) {
     const ctx = this.ctx;
     const step = niceStep(hi - lo, Math.max(2, Math.floor(priceH / 48)));
     const decimals = stepDecimals(step);
@@ -258,6 +261,7 @@ export class CandleChart {
       const py = Math.round(y(p)) + 0.5;
       ctx.strokeStyle = C.grid;
       ctx.beginPath(); ctx.moveTo(0, py); ctx.lineTo(plotW, py); ctx.stroke();
+      if (tagY !== null && Math.abs(py - tagY) < TAG_H) continue;
       ctx.fillStyle = C.axis;
       ctx.fillText(fmtFixed(p, decimals), plotW + 6, py);
     }
@@ -347,7 +351,7 @@ export class CandleChart {
   tag(text, plotW, py, bg, fg) {
     const ctx = this.ctx;
     ctx.fillStyle = bg;
-    ctx.fillRect(plotW + 1, py - 9, AXIS_W - 1, 18);
+    ctx.fillRect(plotW + 1, py - TAG_H / 2, AXIS_W - 1, TAG_H);
     ctx.fillStyle = fg;
     ctx.textAlign = "left";
     ctx.fillText(text, plotW + 6, py);
