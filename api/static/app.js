@@ -190,17 +190,23 @@ async function loadOrders() {
   }
 }
 
-// Size decimals per coin from `meta` (perps) and `spotMeta` (a pair's base token). Coins neither
-// names show their sizes with the decimals they come with.
+// Size decimals per coin from `meta` (perps), asked once per perp dex that `perpDexs` names (the
+// first dex without `dex`, then `{"dex": "km"}` for HIP-3 coins such as km:USTECH, as the public
+// API takes it), and `spotMeta` (a pair's base token). Coins none names show their sizes with
+// the decimals they come with.
 let metaAt = -Infinity;
 async function loadMeta() {
   if (performance.now() - metaAt < META_RETRY_MS) return;
   metaAt = performance.now();
-  const ask = (type) => fetchJson("info", {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ type }),
+  const ask = (body) => fetchJson("info", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   }).catch(() => null);
-  const [perp, spot] = await Promise.all([ask("meta"), ask("spotMeta")]);
-  for (const a of perp?.universe ?? []) if (Number.isInteger(a?.szDecimals)) state.szDecimals.set(a.name, a.szDecimals);
+  const [dexs, spot] = await Promise.all([ask({ type: "perpDexs" }), ask({ type: "spotMeta" })]);
+  const names = (Array.isArray(dexs) ? dexs : [null]).map((d) => d?.name).filter((n) => typeof n === "string");
+  const perps = await Promise.all([ask({ type: "meta" }), ...names.map((dex) => ask({ type: "meta", dex }))]);
+  for (const perp of perps) {
+    for (const a of perp?.universe ?? []) if (Number.isInteger(a?.szDecimals)) state.szDecimals.set(a.name, a.szDecimals);
+  }
   const tokens = new Map((spot?.tokens ?? []).map((t) => [t.index, t.szDecimals]));
   for (const u of spot?.universe ?? []) {
     const d = tokens.get(u?.tokens?.[0]);
