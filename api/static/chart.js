@@ -42,6 +42,7 @@ export class CandleChart {
     this.pending = false;
     this.layout = null;
     this.szDecimals = undefined; // the coin's size decimals, for volumes
+    this.emptyText = null; // what an empty chart says; null: that it waits for candles
     new ResizeObserver(() => this.requestDraw()).observe(canvas);
     this.bindPointer();
   }
@@ -51,8 +52,15 @@ export class CandleChart {
     this.rightOffset = 0;
     this.updates = 0;
     this.szDecimals = szDecimals;
+    this.emptyText = null;
     Object.assign(this.canvas.dataset, { coin, interval, candles: "0", lastT: "", updates: "0", history: "" });
     this.draw();
+  }
+
+  // What the chart says while it has no candle ("" for nothing, when the page says it instead).
+  setEmptyText(text) {
+    this.emptyText = text;
+    this.requestDraw();
   }
 
   setSizeDecimals(szDecimals) {
@@ -187,7 +195,8 @@ export class CandleChart {
     if (!vis.length) {
       ctx.fillStyle = C.axis;
       ctx.textAlign = "center";
-      ctx.fillText(ds.coin ? `waiting for ${ds.coin} ${ds.interval} candles…` : "loading…", plotW / 2, plotH / 2);
+      const text = this.emptyText ?? (ds.coin ? `waiting for ${ds.coin} ${ds.interval} candles…` : "loading…");
+      ctx.fillText(text, plotW / 2, plotH / 2);
       this.layout = null;
       this.showReadout(null);
       return;
