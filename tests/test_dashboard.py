@@ -183,8 +183,9 @@ class Session:
 
 
 @contextmanager
-def open_dashboard(browser: Any, server: ServerThread, fragment: str = "") -> Iterator[Session]:
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
+def open_dashboard(browser: Any, server: ServerThread, fragment: str = "",
+                   width: int = 1440) -> Iterator[Session]:
+    page = browser.new_page(viewport={"width": width, "height": 900})
     s = Session(page, server)
     page.on("console", lambda m: s.problems.append(f"console.{m.type}: {m.text}")
             if m.type == "error" else None)
@@ -460,6 +461,112 @@ def test_dashboard_spreads_an_hour_of_candles_with_time_labels(
         }""")
         assert sizes == ["0.00004", "0.00004", "0.00004", "0.00030", "12,345.5", "–", "0.00004", "0.00004",
                          "44.7503", "12.3k"]
+        session.assert_clean()
+
+
+@pytest.fixture
+def gap_node(tmp_path: Path) -> Path:
+    """Two stretches of generated trades with 16 minutes of nothing between them (a node stopped
+    and started again): ETH has 1m candles up to 10:23 and again from 10:40, none between."""
+    node = tmp_path / "gap"
+    generate(node, lines=2000, start=datetime(2026, 1, 5, 10, 0, tzinfo=UTC), events_per_block=0.2)
+    generate(node, lines=2000, start=datetime(2026, 1, 5, 10, 40, tzinfo=UTC), events_per_block=0.2, seed=8)
+    return node
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_draws_candles_at_their_time_so_a_gap_shows(
+        browser: Any, gap_node: Path, archive_server: Callable[..., ServerThread]) -> None:
+    """The x axis is time: the candles either side of a stretch with none are as far apart as the
+    time between them, the empty slots say they have no candle, and HIP-3 sizes keep their
+    coin's size decimals (meta asked per perp dex)."""
+    with archive_server(gap_node) as server, httpx.Client(base_url=server.url) as http, \
+            open_dashboard(browser, server, "#coin=ETH&interval=1m") as session:
+        candles = http.post("/info", json={"type": "candleSnapshot", "req": {
+            "coin": "ETH", "interval": "1m", "startTime": 0, "endTime": 2**53}}).json()
+        times = [c["t"] for c in candles]
+        before, after = next((a, b) for a, b in zip(times, times[1:], strict=False) if b - a > 60_000)
+        assert (label_of(before), label_of(after)) == ("Jan 05 10:23", "Jan 05 10:40")
+        page = session.page
+        wait_chart(page, "ETH", "1m")
+        wait_js(page, f"{dataset('chart')}.history !== ''")
+        xs = page.evaluate("""([a, b]) => {
+            const L = nodetap.chart.layout, i = (t) => L.vis.findIndex((k) => k.t === t);
+            return { a: L.x(i(a)), b: L.x(i(b)), barW: nodetap.chart.barW, n: L.vis.length };
+        }""", [before, after])
+        assert xs["n"] == len(candles)
+        assert xs["b"] - xs["a"] == pytest.approx((after - before) / 60_000 * xs["barW"])  # 17 slots
+        labels = chart_attr(page, "timeLabels").split("|")
+        assert "10:30" in labels  # the axis goes on through the gap
+        screenshot(page, "dashboard-gap-1m.png")
+
+        # the crosshair in the gap: no candle there, and the readout says so
+        box = page.locator(CHART).bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + (xs["a"] + xs["b"]) / 2, box["y"] + box["height"] * 0.4)
+        readout = "document.querySelector('[data-testid=ohlc-readout]').textContent"
+        wait_js(page, f"{readout}.includes('no candle')")
+        assert chart_attr(page, "hoverT") == ""
+
+        # km:USTECH's sizes in the tape: its 3 size decimals, from meta of dex "km"
+        km = http.post("/info", json={"type": "meta", "dex": "km"}).json()["universe"]
+        assert [(a["name"], a["szDecimals"]) for a in km] == [("km:USTECH", 3)]
+        trades = http.get("/v1/trades", params={"coin": "km:USTECH", "limit": 50}).json()
+        wait_js(page, "nodetap.state.szDecimals.get('km:USTECH') === 3")
+        page.select_option("[data-testid=coin-select]", "km:USTECH")
+        wait_chart(page, "km:USTECH", "1m")
+        wait_js(page, f"document.querySelectorAll('[data-testid=trade-row]').length === {len(trades)}")
+        assert column(page, "trade-row", 2) == [expected_size(t["sz"], 3) for t in trades]
+        session.assert_clean()
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_says_an_unknown_coin_and_interval(
+        browser: Any, tmp_path: Path, archive_server: Callable[..., ServerThread]) -> None:
+    """#coin=btc&interval=2m: the chart area says no trades or candles of btc are stored and
+    offers BTC; the interval is said to be unknown, not silently replaced."""
+    node = tmp_path / "generated"
+    generate(node, lines=1000, start=datetime(2026, 1, 5, 10, 0, tzinfo=UTC), events_per_block=0.2)
+    with archive_server(node) as server, open_dashboard(browser, server, "#coin=btc&interval=2m") as session:
+        page = session.page
+        note = page.wait_for_selector("[data-testid=chart-note]:not([hidden])", timeout=20_000)
+        assert note is not None
+        wait_js(page, "document.querySelector('[data-testid=chart-note-coin]') !== null")
+        assert note.inner_text().split("\n") == ["unknown coin btc: no trades or candles of it are stored",
+                                                  "show BTC"]
+        assert any('unknown interval "2m"' in t and "showing 1m" in t
+                   for t in page.locator("[data-testid=notice]").all_inner_texts())
+        assert chart_attr(page, "interval") == "1m"
+        screenshot(page, "dashboard-unknown-coin.png")
+        page.click("[data-testid=chart-note-coin]")
+        wait_chart(page, "BTC", "1m")
+        assert page.is_hidden("[data-testid=chart-note]")
+        assert page.input_value("[data-testid=coin-select]") == "BTC"
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_fits_a_narrow_viewport(
+        browser: Any, tmp_path: Path, archive_server: Callable[..., ServerThread]) -> None:
+    """At 420 px: the OHLC readout is shown whole (it wraps) and the orders table scrolls
+    sideways rather than being clipped."""
+    node = tmp_path / "generated"
+    generate(node, lines=1000, start=datetime(2026, 1, 5, 10, 0, tzinfo=UTC), events_per_block=0.2)
+    with archive_server(node) as server, \
+            open_dashboard(browser, server, "#coin=ETH&interval=1m", width=420) as session:
+        page = session.page
+        wait_chart(page, "ETH", "1m")
+        wait_js(page, "document.querySelectorAll('[data-testid=order-row]').length > 0")
+        wait_js(page, "document.querySelector('[data-testid=ohlc-readout]').textContent.includes(' n ')")
+        fit = page.evaluate("""() => {
+            const r = document.querySelector('[data-testid=ohlc-readout]');
+            const head = r.parentElement.getBoundingClientRect(), box = r.getBoundingClientRect();
+            const s = document.querySelector('.orders-panel .scroll');
+            s.scrollLeft = s.scrollWidth;
+            return { cut: r.scrollWidth > r.clientWidth + 1, inside: box.right <= head.right + 0.5,
+                     wider: s.scrollWidth > s.clientWidth, scrolled: s.scrollLeft > 0 };
+        }""")
+        assert fit == {"cut": False, "inside": True, "wider": True, "scrolled": True}
+        screenshot(page, "dashboard-narrow.png")
         session.assert_clean()
 
 

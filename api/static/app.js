@@ -15,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   coin: null, interval: "1m", gen: 0, coins: new Set(), coinsListed: false, messages: 0, trades: 0,
+  unknownCoin: false, // the server stores no trade or candle of the coin shown
   lastTime: new Map(), // coin -> time (ms) of its newest trade seen: where its candle window ends
   szDecimals: new Map(), // coin -> size decimals, from the meta and spotMeta info answers
 };
@@ -90,7 +91,10 @@ $("orders-this-coin").addEventListener("change", () => orders.refilter());
 async function fetchJson(url, init = {}) {
   const res = await fetch(url, { cache: "no-store", ...init });
   const body = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(`${init.method ?? "GET"} /${url}: ${body?.error ?? `HTTP ${res.status}`}`);
+  if (!res.ok) {
+    throw Object.assign(new Error(`${init.method ?? "GET"} /${url}: ${body?.error ?? `HTTP ${res.status}`}`),
+      { status: res.status });
+  }
   return body;
 }
 
@@ -129,6 +133,7 @@ async function loadCoins() {
     if (names.some((c) => !state.szDecimals.has(c))) loadMeta();
     if (!state.coin && names.length) select(names.includes("BTC") ? "BTC" : names[0], state.interval);
     names.forEach(addCoin);
+    if (state.unknownCoin) showUnknownCoin(); // the coin list may name a close match now
     if (!names.length) next = 3_000; // nothing ingested yet; the feeds also reveal coins
   } catch {
     next = 5_000;
@@ -141,10 +146,45 @@ function candleSub(coin, interval) {
   return { type: "candle", coin, interval };
 }
 
+// A known interval: `interval` itself, else the one shown now (or 1m), with a notice that says so.
+function knownInterval(interval) {
+  if (interval in INTERVAL_MS) return interval;
+  const shown = state.interval in INTERVAL_MS ? state.interval : "1m";
+  notice(`unknown interval ${JSON.stringify(interval)}: the chart draws ${Object.keys(INTERVAL_MS).join(" ")}; `
+    + `showing ${shown}`, "warn", 0);
+  return shown;
+}
+
+// The chart says the coin is unknown (no trades or candles of it are stored) and offers the
+// coin of another case where there is one (btc -> BTC), as the server's error does.
+function showUnknownCoin() {
+  const { coin } = state;
+  const match = [...state.coins].find((c) => c !== coin && c.toLowerCase() === coin.toLowerCase());
+  const note = $("chart-note");
+  const line = el("span", "");
+  line.append("unknown coin ", el("span", "coin", coin), ": no trades or candles of it are stored");
+  note.replaceChildren(line);
+  if (match) {
+    const b = el("button", "", `show ${match}`);
+    b.type = "button";
+    b.dataset.testid = "chart-note-coin";
+    b.addEventListener("click", () => select(match, state.interval));
+    note.append(b);
+  } else {
+    note.append(el("span", "", "pick a coin from the list"));
+  }
+  note.hidden = false;
+  chart.setEmptyText("");
+}
+
 function select(coin, interval) {
-  if (!(interval in INTERVAL_MS)) interval = "1m";
+  interval = knownInterval(interval);
   if (coin === state.coin && interval === state.interval) return;
   const newCoin = coin !== state.coin;
+  if (newCoin) {
+    state.unknownCoin = false;
+    $("chart-note").hidden = true;
+  }
   if (state.coin) feed.unsubscribe(candleSub(state.coin, state.interval));
   if (newCoin) {
     if (state.coin) feed.unsubscribe({ type: "trades", coin: state.coin });
@@ -161,6 +201,7 @@ function select(coin, interval) {
   $("chart-title").textContent = `${coin} · ${interval}`;
   history.replaceState(null, "", `#${new URLSearchParams({ coin, interval })}`);
   chart.reset(coin, interval, szOf(coin));
+  if (state.unknownCoin) chart.setEmptyText(""); // the note says why there is no candle
   showLast();
   feed.subscribe(candleSub(coin, interval));
   if (newCoin) loadTrades().then(loadHistory);
@@ -177,7 +218,9 @@ async function loadTrades() {
     list.forEach((t) => noteTime(coin, toMs(t.time)));
     tape.seed(list.reverse());
   } catch (e) {
-    if (coin === state.coin) notice(`trades of ${coin}: ${e.message}`, "error");
+    if (coin !== state.coin) return;
+    notice(`trades of ${coin}: ${e.message}`, "error");
+    if (e.status === 404) { state.unknownCoin = true; showUnknownCoin(); }
   }
 }
 
@@ -190,17 +233,23 @@ async function loadOrders() {
   }
 }
 
-// Size decimals per coin from `meta` (perps) and `spotMeta` (a pair's base token). Coins neither
-// names show their sizes with the decimals they come with.
+// Size decimals per coin from `meta` (perps), asked once per perp dex that `perpDexs` names (the
+// first dex without `dex`, then `{"dex": "km"}` for HIP-3 coins such as km:USTECH, as the public
+// API takes it), and `spotMeta` (a pair's base token). Coins none names show their sizes with
+// the decimals they come with.
 let metaAt = -Infinity;
 async function loadMeta() {
   if (performance.now() - metaAt < META_RETRY_MS) return;
   metaAt = performance.now();
-  const ask = (type) => fetchJson("info", {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ type }),
+  const ask = (body) => fetchJson("info", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   }).catch(() => null);
-  const [perp, spot] = await Promise.all([ask("meta"), ask("spotMeta")]);
-  for (const a of perp?.universe ?? []) if (Number.isInteger(a?.szDecimals)) state.szDecimals.set(a.name, a.szDecimals);
+  const [dexs, spot] = await Promise.all([ask({ type: "perpDexs" }), ask({ type: "spotMeta" })]);
+  const names = (Array.isArray(dexs) ? dexs : [null]).map((d) => d?.name).filter((n) => typeof n === "string");
+  const perps = await Promise.all([ask({ type: "meta" }), ...names.map((dex) => ask({ type: "meta", dex }))]);
+  for (const perp of perps) {
+    for (const a of perp?.universe ?? []) if (Number.isInteger(a?.szDecimals)) state.szDecimals.set(a.name, a.szDecimals);
+  }
   const tokens = new Map((spot?.tokens ?? []).map((t) => [t.index, t.szDecimals]));
   for (const u of spot?.universe ?? []) {
     const d = tokens.get(u?.tokens?.[0]);
@@ -339,7 +388,7 @@ async function pollStatus() {
 
 // ------------------------------------------------------------------ start
 const initial = new URLSearchParams(location.hash.slice(1));
-if (initial.get("interval") in INTERVAL_MS) state.interval = initial.get("interval");
+if (initial.get("interval")) state.interval = knownInterval(initial.get("interval"));
 markInterval(state.interval);
 feed.connect();
 if (initial.get("coin")) select(initial.get("coin"), state.interval);

@@ -1,5 +1,7 @@
 // An OHLCV candle chart drawn on a <canvas>: candles with wicks, volume bars, price and time
 // axes, last-price line and a crosshair. Wheel zooms, drag pans, double-click resets.
+// The x axis is time: each candle sits at its open time, one slot (barW px) per interval, so
+// intervals with no candle (a gap or a stall, docs/candles.md) show as empty space.
 
 import {
   INTERVAL_MS, el, fmtClock, fmtDay, fmtFixed, fmtPrice, fmtSize, fmtStamp, niceStep, stepDecimals,
@@ -17,6 +19,7 @@ const MIN_BAR = 3;
 const MAX_BAR = 40;
 const AUTO_MIN_BAR = 6; // fitting the width: no thinner than this, the older candles scroll off
 const LABEL_GAP = 14; // px between two time labels
+const TAG_H = 18; // height of a price tag on the axis
 // time-axis label steps, from one minute to a week
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 240, 360, 720, 1440, 2880, 10080].map((m) => m * 60_000);
 
@@ -30,15 +33,16 @@ export class CandleChart {
     this.ctx = canvas.getContext("2d");
     this.readout = readout;
     this.candles = [];
-    this.barW = 10; // px per candle slot
+    this.barW = 10; // px per interval
     this.autoWidth = true; // fit few candles to the width until the user zooms
-    this.rightOffset = 0; // candles scrolled off the right edge
+    this.rightOffset = 0; // intervals scrolled off the right edge
     this.hover = null;
     this.drag = null;
     this.updates = 0;
     this.pending = false;
     this.layout = null;
     this.szDecimals = undefined; // the coin's size decimals, for volumes
+    this.emptyText = null; // what an empty chart says; null: that it waits for candles
     new ResizeObserver(() => this.requestDraw()).observe(canvas);
     this.bindPointer();
   }
@@ -48,8 +52,15 @@ export class CandleChart {
     this.rightOffset = 0;
     this.updates = 0;
     this.szDecimals = szDecimals;
+    this.emptyText = null;
     Object.assign(this.canvas.dataset, { coin, interval, candles: "0", lastT: "", updates: "0", history: "" });
     this.draw();
+  }
+
+  // What the chart says while it has no candle ("" for nothing, when the page says it instead).
+  setEmptyText(text) {
+    this.emptyText = text;
+    this.requestDraw();
   }
 
   setSizeDecimals(szDecimals) {
@@ -80,7 +91,7 @@ export class CandleChart {
     const last = list[list.length - 1];
     if (!last || k.t > last.t) {
       list.push(k);
-      if (this.rightOffset > 0) this.rightOffset += 1; // keep a panned view still
+      if (this.rightOffset > 0 && last) this.rightOffset += (k.t - last.t) / this.iv(); // keep a panned view still
     } else if (k.t === last.t) {
       list[list.length - 1] = k;
     } else {
@@ -98,6 +109,16 @@ export class CandleChart {
     return this.candles[this.candles.length - 1] ?? null;
   }
 
+  iv() {
+    return INTERVAL_MS[this.canvas.dataset.interval] ?? 60_000;
+  }
+
+  // Interval slots from the first candle's to the last candle's, both included.
+  span() {
+    const n = this.candles.length;
+    return n ? Math.round((this.candles[n - 1].t - this.candles[0].t) / this.iv()) + 1 : 0;
+  }
+
   requestDraw() {
     if (this.pending) return;
     this.pending = true;
@@ -111,7 +132,7 @@ export class CandleChart {
       this.hover = { x: e.clientX - r.left, y: e.clientY - r.top };
       if (this.drag) {
         const moved = Math.round((e.clientX - this.drag.x) / this.barW);
-        this.rightOffset = Math.max(0, Math.min(this.candles.length - 1, this.drag.offset + moved));
+        this.rightOffset = Math.max(0, Math.min(this.span() - 1, this.drag.offset + moved));
       }
       this.requestDraw();
     });
@@ -153,10 +174,13 @@ export class CandleChart {
     const volH = Math.round(plotH * 0.18);
     const priceTop = 8;
     const priceH = plotH - volH - priceTop - 6;
-    if (this.autoWidth) this.barW = Math.max(AUTO_MIN_BAR, Math.min(MAX_BAR, plotW / (this.candles.length + 2)));
+    const iv = this.iv();
+    if (this.autoWidth) this.barW = Math.max(AUTO_MIN_BAR, Math.min(MAX_BAR, plotW / (this.span() + 2)));
     const slots = Math.max(1, Math.floor(plotW / this.barW) - 1);
-    const end = this.candles.length - this.rightOffset;
-    const vis = this.candles.slice(Math.max(0, end - slots), end);
+    // the slot at the right edge (its open time), and the oldest slot that fits to its left
+    const endT = this.candles.length ? this.last().t - this.rightOffset * iv : 0;
+    const startT = endT - (slots - 1) * iv;
+    const vis = this.candles.filter((k) => k.t >= startT && k.t <= endT);
     const ds = this.canvas.dataset;
     ds.candles = String(vis.length);
     ds.lastT = this.candles.length ? String(this.last().t) : "";
@@ -171,7 +195,8 @@ export class CandleChart {
     if (!vis.length) {
       ctx.fillStyle = C.axis;
       ctx.textAlign = "center";
-      ctx.fillText(ds.coin ? `waiting for ${ds.coin} ${ds.interval} candles…` : "loading…", plotW / 2, plotH / 2);
+      const text = this.emptyText ?? (ds.coin ? `waiting for ${ds.coin} ${ds.interval} candles…` : "loading…");
+      ctx.fillText(text, plotW / 2, plotH / 2);
       this.layout = null;
       this.showReadout(null);
       return;
@@ -186,13 +211,18 @@ export class CandleChart {
     lo -= pad; hi += pad;
     const y = (p) => priceTop + ((hi - p) / (hi - lo)) * priceH;
     // one empty slot at the right; candles that do not fill the width sit in its middle
-    const rightPad = vis.length < slots ? Math.max(this.barW, (plotW - vis.length * this.barW) / 2) : this.barW;
-    const x = (i) => plotW - rightPad - (vis.length - i - 0.5) * this.barW; // candle centre
+    const used = Math.round((endT - vis[0].t) / iv) + 1;
+    const rightPad = used < slots ? Math.max(this.barW, (plotW - used * this.barW) / 2) : this.barW;
+    const xt = (t) => plotW - rightPad - ((endT - t) / iv + 0.5) * this.barW; // centre of t's slot
+    const x = (i) => xt(vis[i].t);
     const volTop = plotH - volH;
-    this.layout = { vis, x, y, lo, hi, plotW, plotH, priceTop, priceH };
+    this.layout = { vis, x, xt, endT, y, lo, hi, plotW, plotH, priceTop, priceH };
 
-    this.drawPriceGrid(lo, hi, y, plotW, w, priceH);
-    this.drawTimeGrid(vis, x, plotW, plotH, h);
+    const lastK = this.last();
+    const ly = Math.round(y(lastK.c)) + 0.5;
+    const tagShown = ly > priceTop && ly < priceTop + priceH;
+    this.drawPriceGrid(lo, hi, y, plotW, w, priceH, tagShown ? ly : null);
+    this.drawTimeGrid(vis, xt, plotW, plotH, h);
 
     // volume, then wicks and bodies
     const bodyW = Math.max(1, Math.floor(this.barW * 0.7));
@@ -219,10 +249,8 @@ export class CandleChart {
     ctx.fillText(`vol ${fmtSize(maxV, this.szDecimals)}`, 6, volTop + 8);
 
     // last price line and tag
-    const lastK = this.last();
-    const ly = Math.round(y(lastK.c)) + 0.5;
     const lastUp = lastK.c >= lastK.o;
-    if (ly > priceTop && ly < priceTop + priceH) {
+    if (tagShown) {
       ctx.strokeStyle = lastUp ? C.up : C.down;
       ctx.setLineDash([3, 3]);
       ctx.beginPath(); ctx.moveTo(0, ly); ctx.lineTo(plotW, ly); ctx.stroke();
@@ -232,7 +260,8 @@ export class CandleChart {
     this.drawCrosshair();
   }
 
-  drawPriceGrid(lo, hi, y, plotW, w, priceH) {
+  // Grid lines and price labels; no label where the last-price tag (at tagY) would cover it.
+  drawPriceGrid(lo, hi, y, plotW, w, priceH, tagY) {
     const ctx = this.ctx;
     const step = niceStep(hi - lo, Math.max(2, Math.floor(priceH / 48)));
     const decimals = stepDecimals(step);
@@ -241,45 +270,49 @@ export class CandleChart {
       const py = Math.round(y(p)) + 0.5;
       ctx.strokeStyle = C.grid;
       ctx.beginPath(); ctx.moveTo(0, py); ctx.lineTo(plotW, py); ctx.stroke();
+      if (tagY !== null && Math.abs(py - tagY) < TAG_H) continue;
       ctx.fillStyle = C.axis;
       ctx.fillText(fmtFixed(p, decimals), plotW + 6, py);
     }
   }
 
-  // Time labels: the first visible candle always (with its date), then candles on round times
-  // (every `step`), the first candle after a gap in time, or any candle where none was labelled
-  // for a while. Candles sit side by side whatever the time between them.
-  drawTimeGrid(vis, x, plotW, plotH, h) {
+  // Time labels, placed by time: the first visible candle's always (with its date), then the
+  // first candle after intervals with none (where data resumes after a gap or a stall), then
+  // round times (every `step`) between the first and the last visible candle, gaps included,
+  // wherever they leave room.
+  drawTimeGrid(vis, xt, plotW, plotH, h) {
     const ctx = this.ctx;
-    const iv = INTERVAL_MS[this.canvas.dataset.interval] ?? 60_000;
+    const iv = this.iv();
     const step = TIME_STEPS.find((s) => s >= iv && (s / iv) * this.barW >= 90) ?? TIME_STEPS[TIME_STEPS.length - 1];
     const daily = iv >= 86_400_000;
-    const stepPx = (step / iv) * this.barW;
+    const first = vis[0].t;
+    const text = (t) => {
+      if (daily) return t === first ? `${fmtDay(t)} ${new Date(t).getUTCFullYear()}` : fmtDay(t);
+      if (t === first) return `${fmtDay(t)} ${fmtClock(t, false)}`;
+      return t % 86_400_000 === 0 ? fmtDay(t) : fmtClock(t, false);
+    };
+    const wanted = [first];
+    for (let i = 1; i < vis.length; i += 1) {
+      if (vis[i].t - vis[i - 1].t > iv) wanted.push(vis[i].t);
+    }
+    for (let t = Math.ceil(first / step) * step; t <= vis[vis.length - 1].t; t += step) wanted.push(t);
     const labels = [];
-    let last = null; // {px, w, day}
-    vis.forEach((k, i) => {
-      const px = Math.round(x(i)) + 0.5;
-      const day = Math.floor(k.t / 86_400_000);
-      let text;
-      if (daily) text = last ? fmtDay(k.t) : `${fmtDay(k.t)} ${new Date(k.t).getUTCFullYear()}`;
-      else if (last && day === last.day) text = fmtClock(k.t, false);
-      else text = k.t % 86_400_000 === 0 && last ? fmtDay(k.t) : `${fmtDay(k.t)} ${fmtClock(k.t, false)}`;
-      const w = ctx.measureText(text).width;
-      if (last) {
-        const room = px - last.px >= (last.w + w) / 2 + LABEL_GAP;
-        const gapBefore = k.t - vis[i - 1].t > iv; // the first candle after a stretch with no trades
-        if (!room || (k.t % step !== 0 && !gapBefore && px - last.px < Math.max(270, 1.5 * stepPx))) return;
-      }
-      last = { px, w, day };
-      labels.push({ px, w, text });
-    });
+    for (const t of wanted) {
+      const label = text(t);
+      const w = ctx.measureText(label).width;
+      const px = Math.round(xt(t)) + 0.5;
+      // where it is drawn: whole, inside the plot
+      const cx = Math.max(w / 2 + 2, Math.min(plotW - w / 2 - 2, px));
+      if (labels.some((l) => l.t === t || Math.abs(l.cx - cx) < (l.w + w) / 2 + LABEL_GAP)) continue;
+      labels.push({ t, px, cx, w, text: label });
+    }
+    labels.sort((p, q) => p.t - q.t);
     ctx.textAlign = "center";
-    for (const { px, w, text } of labels) {
+    for (const { px, cx, text: label } of labels) {
       ctx.strokeStyle = C.grid;
       ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, plotH); ctx.stroke();
       ctx.fillStyle = C.axis;
-      const cx = Math.max(w / 2 + 2, Math.min(plotW - w / 2 - 2, px)); // whole, inside the plot
-      ctx.fillText(text, cx, plotH + (h - plotH) / 2);
+      ctx.fillText(label, cx, plotH + (h - plotH) / 2);
     }
     this.canvas.dataset.timeLabels = labels.map((l) => l.text).join("|");
   }
@@ -293,11 +326,13 @@ export class CandleChart {
       return;
     }
     const ctx = this.ctx;
-    const n = L.vis.length;
-    const i = Math.max(0, Math.min(n - 1, Math.round((hv.x - L.x(0)) / this.barW)));
-    const k = L.vis[i];
-    this.canvas.dataset.hoverT = String(k.t);
-    const cx = Math.round(L.x(i)) + 0.5;
+    const iv = this.iv();
+    // the slot under the pointer, within the visible candles' span; it may hold no candle
+    const slot = Math.round((hv.x - L.xt(L.endT)) / this.barW);
+    const t = Math.max(L.vis[0].t, Math.min(L.vis[L.vis.length - 1].t, L.endT + slot * iv));
+    const k = L.vis.find((c) => c.t === t) ?? null;
+    this.canvas.dataset.hoverT = k ? String(k.t) : "";
+    const cx = Math.round(L.xt(t)) + 0.5;
     const cy = Math.round(hv.y) + 0.5;
     ctx.strokeStyle = C.cross;
     ctx.setLineDash([4, 4]);
@@ -310,7 +345,7 @@ export class CandleChart {
       const p = L.hi - ((hv.y - L.priceTop) / L.priceH) * (L.hi - L.lo);
       this.tag(fmtPrice(p), L.plotW, cy, C.tag, C.text);
     }
-    const label = fmtStamp(k.t);
+    const label = fmtStamp(t);
     ctx.font = FONT;
     const tw = ctx.measureText(label).width + 10;
     const tx = Math.max(0, Math.min(L.plotW - tw, cx - tw / 2));
@@ -319,22 +354,24 @@ export class CandleChart {
     ctx.fillStyle = C.text;
     ctx.textAlign = "center";
     ctx.fillText(label, tx + tw / 2, L.plotH + AXIS_H / 2);
-    this.showReadout(k);
+    this.showReadout(k, t);
   }
 
   tag(text, plotW, py, bg, fg) {
     const ctx = this.ctx;
     ctx.fillStyle = bg;
-    ctx.fillRect(plotW + 1, py - 9, AXIS_W - 1, 18);
+    ctx.fillRect(plotW + 1, py - TAG_H / 2, AXIS_W - 1, TAG_H);
     ctx.fillStyle = fg;
     ctx.textAlign = "left";
     ctx.fillText(text, plotW + 6, py);
   }
 
-  showReadout(k) {
+  // The OHLCV of candle k; of slot t when it has no candle, that it has none.
+  showReadout(k, t) {
     const r = this.readout;
     if (!r) return;
     r.replaceChildren();
+    if (!k && t !== undefined) r.append(el("span", "muted", `${fmtStamp(t)}  no candle: no data for this interval`));
     if (!k) return;
     const cls = k.c >= k.o ? "up" : "down";
     const chg = k.o ? ((k.c - k.o) / k.o) * 100 : 0;

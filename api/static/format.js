@@ -1,7 +1,11 @@
 // Number and time formatting shared by the chart and the tables. All times are UTC.
 
+// The intervals the chart draws: the server's fixed-width ones from a minute up (etl/candles.py);
+// the buttons offer six, the URL (#interval=30m) takes any of them.
 export const INTERVAL_MS = {
-  "1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000,
+  "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000,
+  "2h": 7_200_000, "4h": 14_400_000, "8h": 28_800_000, "12h": 43_200_000, "1d": 86_400_000,
+  "3d": 259_200_000, "1w": 604_800_000,
 };
 
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
