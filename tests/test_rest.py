@@ -298,12 +298,18 @@ def test_end_is_inclusive_in_candles_and_candle_snapshot_and_exclusive_in_export
 
 
 # ------------------------------------------------------------------ rules
-def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
-        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+def rules_and_node(tmp_path: Path) -> tuple[Path, Node]:
+    """An empty rules file and a node dir of one BTC order status."""
     rules_path = tmp_path / "rules.toml"
     rules_path.write_text("[orders]\n")
     node = Node(tmp_path / "node")
     node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    return rules_path, node
+
+
+def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
+        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    rules_path, node = rules_and_node(tmp_path)
     with serve(node.root, rules_file=rules_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         caught_up(client, node.root)
         assert client.get("/v1/rules").json() == rules_to_dict(Rules())
@@ -369,13 +375,9 @@ def test_put_rules_writes_a_missing_default_rules_file_and_says_when_nothing_is_
                       "rules last until nodetap stops)"]
 
 
-
 def test_no_web_page_on_another_origin_can_put_rules(
         tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
-    rules_path = tmp_path / "rules.toml"
-    rules_path.write_text("[orders]\n")
-    node = Node(tmp_path / "node")
-    node.add_order("2026-01-05T10:00:01", 1, coin="BTC")
+    rules_path, node = rules_and_node(tmp_path)
     evil = "http://evil.example"
     eth = {"orders": {"coins": ["ETH"]}}
     with serve(node.root, rules_file=rules_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
