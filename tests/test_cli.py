@@ -94,6 +94,7 @@ def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pyt
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NODETAP_CONFIG", raising=False)
+    (tmp_path / "d").mkdir()
     assert main(["config", "--db", "d/x.duckdb", "--node-dir", "node", "--rules", ""]) == 0
     values = dict(line.split(" = ", 1) for line in capsys.readouterr().out.splitlines())
     assert values["db"] == f"{tmp_path}/d/x.duckdb"
@@ -102,6 +103,31 @@ def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pyt
     assert values["rules_file"] == "(empty: the built-in rules)"
     assert values["port"] == "8000"
     assert list(values) == [name for name in Settings.__dataclass_fields__ if name != "origins"]
+
+
+@pytest.mark.parametrize("flags", [
+    ("--from", "yesterday"),
+    ("--from", "20261332"),
+    ("--db", "{tmp}/nodir/x.duckdb"),
+    ("--rules", "{tmp}/norules.toml"),
+])
+def test_config_refuses_what_ingest_refuses_with_the_same_message(tmp_path: Path,
+                                                                  flags: tuple[str, str]) -> None:
+    given = [f.format(tmp=tmp_path) for f in flags]
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    shown = run_cli("config", *given, check=False, cwd=tmp_path)
+    ingest = run_cli("ingest", "--node-dir", str(node.root), "--db", str(tmp_path / "x.duckdb"), "--once",
+                     *given, check=False, cwd=tmp_path)
+    assert (shown.returncode, shown.stdout) == (2, "")
+    assert ingest.returncode == 2
+    assert shown.stderr.removeprefix("nodetap config: ") == ingest.stderr.removeprefix("nodetap ingest: ")
+    assert run_cli("config", "--doc", *given, cwd=tmp_path).stdout.startswith("| setting |")
+
+
+def test_config_with_no_flags_runs_anywhere(tmp_path: Path) -> None:
+    out = run_cli("config", cwd=tmp_path).stdout
+    assert f"db = {tmp_path}/data/nodetap.duckdb" in out.splitlines()
 
 
 def test_output_to_a_closed_pipe_exits_quietly() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from etl.cli.checks import check_node_dir, named
+from etl.cli.checks import check_db, check_lake, check_node_dir, check_rules_file, check_start_from, named
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import table
 from etl.config import Settings, lake_root, setting_specs, settings_table
@@ -161,6 +161,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(settings_table(), end="")
         return 0
     s = settings_from(args)
+    check_given(s)
     for spec in setting_specs():
         print(f"{spec.name} = {effective(s, spec.name)}")
     return 0
+
+
+def check_given(s: Settings) -> None:
+    """Refuse what `ingest` would refuse, with its message: `config` shows a flag's effect, and
+    a value that has none must not look accepted. The database and the lake are checked only
+    where given (a flag, the environment, the config file): the defaults are made relative to
+    wherever `config` runs, and it may run anywhere."""
+    check_start_from(s)
+    check_rules_file(s)
+    if "db" in s.origins:
+        check_db(s)
+    if "lake_dir" in s.origins:
+        check_lake(s)
