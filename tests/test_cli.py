@@ -89,6 +89,23 @@ def test_status_help_lists_the_columns_status_prints(tmp_path: Path) -> None:
     assert [c.replace(" ", "_") for c in listed] == header[1:]
 
 
+@pytest.mark.parametrize(("argv", "said"), [
+    (("serve", "--hots", "0.0.0.0"), "unrecognized argument --hots (did you mean --host?)"),
+    (("config", "--prot", "8000"), "unrecognized argument --prot (did you mean --port?)"),
+    (("ingest", "--xyzzy=1"), "unrecognized argument --xyzzy"),  # nothing near
+    (("candles", "--coin", "BTC", "--intervall", "1h", "--xyzzy"),
+     "unrecognized arguments --intervall (did you mean --interval?), --xyzzy"),
+    (("sql", "select 1", "extra"), "unrecognized argument extra"),
+])
+def test_an_unknown_flag_gets_the_commands_usage_and_its_nearest_flag(argv: tuple[str, ...],
+                                                                      said: str) -> None:
+    proc = run_cli(*argv, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"usage: nodetap {argv[0]} [-h]")
+    assert lines[-1] == f"nodetap {argv[0]}: error: {said}"
+
+
 # ------------------------------------------------------------------ config
 def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
