@@ -13,7 +13,15 @@ from typing import Any
 import duckdb
 import orjson
 
-from etl.cli.checks import check_db, check_lake, check_node_dir, check_rules_file, check_start_from, named
+from etl.cli.checks import (
+    check_db,
+    check_lake,
+    check_node_dir,
+    check_rules_file,
+    check_start_from,
+    database_error,
+    named,
+)
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import table
 from etl.config import Settings, lake_root, setting_specs, settings_table
@@ -47,7 +55,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         check_node_dir(s, must_exist=False)
         sf = status_file(s.db)
         if not sf.exists():
-            raise CliError(f"cannot open {s.db}: {err}") from err
+            raise database_error(s, err, "status") from err
         doc = read_status_document(sf.read_bytes(), sf.stat().st_mtime)
         rows, status_at = doc["streams"], str(doc["written_at"])
         # the lock may be another program's, and the file a process's that has exited
