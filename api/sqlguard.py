@@ -33,7 +33,6 @@ import duckdb
 from api import sqlgrowth, sqllimits
 from api.errors import SqlError, SqlRefused
 from etl.history import explain_sql_error
-from etl.schema import TABLES
 
 ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
 FILE = "file access is not allowed from SQL"
@@ -128,6 +127,8 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     ("mysql_", NETWORK),
     ("http_", NETWORK),
 )
+# the catalogs of DuckDB's own views (duckdb_tables, information_schema, ...), not listed as tables
+_SYSTEM_DATABASES = frozenset({"system", "temp"})
 # characters that make a table name a path, a glob or a URL for DuckDB's replacement scans
 _FILE_CHARS = frozenset("./\\:*?~{}[]")
 _URL_SCHEMES = ("http://", "https://", "s3://", "s3a://", "s3n://", "gs://", "gcs://", "r2://",
@@ -351,7 +352,9 @@ def _check_table(node: dict[str, Any], relations: set[tuple[str, str, str]], cte
         if rel == lowered and (not schema or sch == schema) and (not catalog or database == catalog):
             return
     qualified = ".".join(p for p in (catalog, schema, name) if p)
-    tables = ", ".join((*TABLES, "gaps", "rejects", "cursors"))
+    tables = ", ".join(sorted({rel for database, sch, rel in relations
+                               if sch == "main" and database not in _SYSTEM_DATABASES}))
+    views = ", ".join(sorted({f"history.{rel}" for _, sch, rel in relations if sch == "history"}))
     raise SqlRefused(
         f"{qualified!r}: no such table or view (tables: {tables}; "
-        f"history views over DuckDB and the lake: {', '.join(f'history.{t}' for t in TABLES)})")
+        f"history views over DuckDB and the lake: {views})")

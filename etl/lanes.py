@@ -59,6 +59,7 @@ from etl.malloc import relieve
 from etl.nodefiles import FileIndex
 from etl.parse import cores
 from etl.prefilter import OrdersFilter
+from etl.rejectlog import RejectsLog
 from etl.shaping import MAKER_MEMORY, Shaped, TradeMatcher, shape
 from etl.status import catching_up_bytes
 from etl.store import BatchResult, Store
@@ -262,6 +263,7 @@ class Lane:
         # counters, for status
         self.line_bytes = DEFAULT_LINE_BYTES  # running mean, to estimate skipped lines
         self.last_batch_at = 0.0
+        self.rejects_log = RejectsLog(stream.name, clock)
         self.rate = 0.0  # lines/s while processing (capacity)
         self.bytes_per_s = 0.0  # bytes/s while processing
         self.behind = False
@@ -600,8 +602,7 @@ class Lane:
             self.line_bytes = 0.9 * self.line_bytes + 0.1 * (result.nbytes / result.lines)
         self.last_batch_at = self.clock()
         if result.rejects:
-            log.warning("event=rejects stream=%s file=%s count=%d first_reason=%r",
-                        self.stream.name, unit.file, len(result.rejects), result.rejects[0].reason)
+            self.rejects_log.add(str(unit.file), len(result.rejects), result.rejects[0].reason)
         for g in result.gaps:
             log.warning("event=gap stream=%s file=%s from=%d to=%d reason=%s",
                         self.stream.name, g.file, g.start, g.end, g.reason)
@@ -661,6 +662,7 @@ class Lane:
             self._prefilter_pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
         self._empty.clear()
+        self.rejects_log.flush()
 
 
 def _epoch_ms(t: datetime) -> int:

@@ -89,11 +89,29 @@ def test_status_help_lists_the_columns_status_prints(tmp_path: Path) -> None:
     assert [c.replace(" ", "_") for c in listed] == header[1:]
 
 
+@pytest.mark.parametrize(("argv", "said"), [
+    (("serve", "--hots", "0.0.0.0"), "unrecognized argument --hots (did you mean --host?)"),
+    (("config", "--prot", "8000"), "unrecognized argument --prot (did you mean --port?)"),
+    (("ingest", "--xyzzy=1"), "unrecognized argument --xyzzy"),  # nothing near
+    (("candles", "--coin", "BTC", "--intervall", "1h", "--xyzzy"),
+     "unrecognized arguments --intervall (did you mean --interval?), --xyzzy"),
+    (("sql", "select 1", "extra"), "unrecognized argument extra"),
+])
+def test_an_unknown_flag_gets_the_commands_usage_and_its_nearest_flag(argv: tuple[str, ...],
+                                                                      said: str) -> None:
+    proc = run_cli(*argv, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"usage: nodetap {argv[0]} [-h]")
+    assert lines[-1] == f"nodetap {argv[0]}: error: {said}"
+
+
 # ------------------------------------------------------------------ config
 def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NODETAP_CONFIG", raising=False)
+    (tmp_path / "d").mkdir()
     assert main(["config", "--db", "d/x.duckdb", "--node-dir", "node", "--rules", ""]) == 0
     values = dict(line.split(" = ", 1) for line in capsys.readouterr().out.splitlines())
     assert values["db"] == f"{tmp_path}/d/x.duckdb"
@@ -102,6 +120,31 @@ def test_config_prints_effective_absolute_paths(tmp_path: Path, monkeypatch: pyt
     assert values["rules_file"] == "(empty: the built-in rules)"
     assert values["port"] == "8000"
     assert list(values) == [name for name in Settings.__dataclass_fields__ if name != "origins"]
+
+
+@pytest.mark.parametrize("flags", [
+    ("--from", "yesterday"),
+    ("--from", "20261332"),
+    ("--db", "{tmp}/nodir/x.duckdb"),
+    ("--rules", "{tmp}/norules.toml"),
+])
+def test_config_refuses_what_ingest_refuses_with_the_same_message(tmp_path: Path,
+                                                                  flags: tuple[str, str]) -> None:
+    given = [f.format(tmp=tmp_path) for f in flags]
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    shown = run_cli("config", *given, check=False, cwd=tmp_path)
+    ingest = run_cli("ingest", "--node-dir", str(node.root), "--db", str(tmp_path / "x.duckdb"), "--once",
+                     *given, check=False, cwd=tmp_path)
+    assert (shown.returncode, shown.stdout) == (2, "")
+    assert ingest.returncode == 2
+    assert shown.stderr.removeprefix("nodetap config: ") == ingest.stderr.removeprefix("nodetap ingest: ")
+    assert run_cli("config", "--doc", *given, cwd=tmp_path).stdout.startswith("| setting |")
+
+
+def test_config_with_no_flags_runs_anywhere(tmp_path: Path) -> None:
+    out = run_cli("config", cwd=tmp_path).stdout
+    assert f"db = {tmp_path}/data/nodetap.duckdb" in out.splitlines()
 
 
 def test_output_to_a_closed_pipe_exits_quietly() -> None:
@@ -553,7 +596,7 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
     cases = {
         str(a_file / "x.duckdb"): f"{a_file} is a file, not a directory",
         str(a_dir): f"--db {a_dir} is a directory: pass a file in it, e.g. {a_dir / 'nodetap.duckdb'}",
-        str(a_file): f"cannot open database {a_file}: ",
+        str(a_file): f"--db {a_file} is not a DuckDB database file (--db, setting db): pass the .duckdb file",
     }
     for db, said in cases.items():
         for argv in (["ingest", "--once", "--from", "start", "--node-dir", str(node.root), "--db", db],
@@ -562,6 +605,57 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
             assert out.returncode == 2, (argv, out.stderr)
             assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
+
+
+def test_each_database_error_says_what_to_do_about_it(history_db: Path, tmp_path: Path) -> None:
+    """Not a DuckDB file, a directory, a file held by a running ingest/serve: each says so, and
+    only the last one points at the server, at the endpoint that does what the command does."""
+    toml = tmp_path / "nodetap.toml"
+    toml.write_text("port = 8000\n")
+    for db, said in ((toml, f"--db {toml} is not a DuckDB database file (--db, setting db): pass the .duckdb "
+                            "file that `nodetap ingest` or `serve` made (e.g. data/nodetap.duckdb)"),
+                     (tmp_path, f"--db {tmp_path} is a directory: pass a file in it, e.g. "
+                                f"{tmp_path / 'nodetap.duckdb'} (setting db)")):
+        proc = run_cli("sql", "select 1", "--db", str(db), check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"nodetap sql: {said}\n")
+    hold = (f"import duckdb, sys; c = duckdb.connect({str(history_db)!r}); print('held', flush=True); "
+            "sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for argv, endpoint in ((["sql", "select 1"], "POST /v1/sql"),
+                               (["export", "trades", "-o", str(tmp_path / "t.csv")],
+                                "GET /v1/export/<table>.<format>"),
+                               (["candles", "--coin", "BTC"], "GET /v1/candles")):
+            proc = run_cli(*argv, "--db", str(history_db), check=False)
+            assert proc.returncode == 2
+            said = (rf"nodetap {argv[0]}: database {re.escape(str(history_db))} is held by .+ \(PID "
+                    rf"{holder.pid}\): while `nodetap ingest` or `serve` runs on it, ask the server "
+                    rf"\({re.escape(endpoint)}\), or stop that process\n")
+            assert re.fullmatch(said, proc.stderr), proc.stderr
+        proc = run_cli("backfill", "--quiet", "--db", str(history_db), str(tmp_path), check=False)
+        assert proc.returncode == 2 and proc.stderr.endswith(
+            f"(PID {holder.pid}) (--db, setting db): stop that process, or pass another file\n")
+        assert "/v1/" not in proc.stderr
+    finally:
+        holder.communicate("")
+
+
+def test_a_database_on_a_read_only_volume_says_so(tmp_path: Path) -> None:
+    """A read-only tmpfs mounted in a mount namespace of its own (root, or user namespaces)."""
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:00:10", 1)
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    cli = f"{sys.executable} -m etl.cli ingest --once --node-dir {node.root} --db {rom}/x.duckdb"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro tmpfs {rom} && {cli}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    if "nodetap" not in proc.stderr:
+        pytest.skip(f"cannot mount a read-only file system here: {proc.stderr.strip()}")
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"nodetap ingest: cannot open database {rom}/x.duckdb: {rom} is on a read-only file system "
+        "(--db, setting db): pass a path on a volume this user can write to\n"))
 
 
 def test_a_db_in_a_directory_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from etl.config import Settings
 from etl.pipeline import Pipeline, status_file
+from etl.rejectlog import RejectsLog
 from etl.store import Store
 from tests.conftest import ROOT, query, run_cli, wait_for
 
@@ -219,6 +221,51 @@ def test_malformed_lines_go_to_rejects_with_file_and_offset(tmp_path: Path) -> N
         (ORDERS, "20260105/11", off1), (ORDERS, "20260105/11", off2)]
     assert rejects[0][3].startswith("invalid JSON") and rejects[0][4] == '{"broken'
     assert query(db, "SELECT rejects, lines, rows FROM cursors") == [(2, 5, 3)]
+
+
+def test_rejects_are_logged_a_few_times_per_stream_and_the_counts_add_up(tmp_path: Path) -> None:
+    """Broken lines in most batches: the first batch with rejects is logged, the rest are counted
+    into one line a minute (here: at shutdown); the lines' counts are the status' rejects."""
+    node, db = tmp_path / "node", tmp_path / "r.duckdb"
+    run_cli("simulate", "--out", str(node), "--lines", "20000", "--malformed", "0.05")
+    proc = run_cli("ingest", "--once", "--from", "start", "--node-dir", str(node), "--db", str(db),
+                   "--batch-max-bytes", "65536")
+    logged: dict[str, list[int]] = {}
+    for line in proc.stderr.splitlines():
+        if "event=rejects " in line:
+            fields = dict(f.split("=", 1) for f in line.split("event=rejects ", 1)[1].split()[:3])
+            logged.setdefault(fields["stream"], []).append(int(fields["count"]))
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["since"])
+    stored = dict(query(db, "SELECT stream, rejects FROM cursors"))
+    batches = dict(query(db, "SELECT stream, count(DISTINCT \"offset\" // 65536) FROM rejects GROUP BY 1"))
+    assert set(logged) == set(stored) == {ORDERS, "node_fills"}
+    for stream, counts in logged.items():
+        assert len(counts) == 2 and sum(counts) == stored[stream], (stream, counts, stored)
+        assert batches[stream] > 10  # rejects in many batches, logged twice
+    status = orjson.loads(run_cli("status", "--json", "--db", str(db)).stdout)
+    assert {r["stream"]: r["rejects"] for r in status} == {s: sum(c) for s, c in logged.items()}
+
+
+def test_rejects_log_says_at_most_one_line_a_minute_with_the_count_since(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    rejects = RejectsLog("node_fills", clock=lambda: now[0], wall=lambda: 1767607200.0 + now[0])
+    with caplog.at_level("WARNING", logger="nodetap.lanes"):
+        for second in range(0, 150, 2):  # a batch with 3 broken lines every 2 s for 2.5 minutes
+            now[0] = float(second)
+            rejects.add("20260105/10", 3, "invalid JSON")
+        rejects.flush()
+        rejects.flush()  # nothing new: no line
+    assert [r.getMessage() for r in caplog.records] == [
+        "event=rejects stream=node_fills count=3 since=2026-01-05T10:00:00Z file=20260105/10 "
+        "first_reason='invalid JSON'",
+        "event=rejects stream=node_fills count=90 since=2026-01-05T10:00:02Z file=20260105/10 "
+        "first_reason='invalid JSON'",
+        "event=rejects stream=node_fills count=90 since=2026-01-05T10:01:02Z file=20260105/10 "
+        "first_reason='invalid JSON'",
+        "event=rejects stream=node_fills count=42 since=2026-01-05T10:02:02Z file=20260105/10 "
+        "first_reason='invalid JSON'",
+    ]
 
 
 def test_backlog_drop_is_recorded_in_gaps(make_node_dir: Callable[..., Path],

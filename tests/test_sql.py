@@ -18,7 +18,7 @@ import pytest
 from api.errors import ReadTimeout
 from api.reader import read
 from etl.simulate import generate
-from tests.conftest import ServerThread, free_port, wait_for
+from tests.conftest import ROOT, ServerThread, free_port, wait_for
 
 CAP = 50
 TIMEOUT_S = 1.0
@@ -213,6 +213,29 @@ def test_duckdb_errors_are_400_with_its_message(client: httpx.Client, query: str
     r = sql(client, query)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
+
+
+def test_an_unknown_table_lists_every_table_and_view_the_catalog_has(client: httpx.Client) -> None:
+    error = sql(client, "select * from tradez").json()["error"]
+    assert error == (
+        "'tradez': no such table or view (tables: candles, cursor_log, cursors, file_cursors, fills, "
+        "gaps, lake_hours, meta, orders, rejects, trades; history views over DuckDB and the lake: "
+        "history.candles, history.fills, history.orders, history.trades)")
+    for table in ("file_cursors", "meta", "lake_hours", "cursor_log"):  # each listed one can be queried
+        assert sql(client, f"SELECT count(*) FROM {table}").status_code == 200, table
+
+
+def test_the_lake_is_read_through_the_history_views_only_as_the_readme_says(
+        server: ServerThread, client: httpx.Client) -> None:
+    lake = Path(server.state.settings.lake_dir)
+    files = f"{lake}/trades/*/*/*.parquet"
+    assert sql(client, "SELECT count(*) FROM history.trades").json()["rows"][0][0] > 0
+    assert error_of(sql(client, f"SELECT count(*) FROM read_parquet('{files}')")) == f"read_parquet: {FILE}"
+    assert error_of(sql(client, f"SELECT count(*) FROM '{files}'")).startswith(f"'{files}': {FILE}")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert ("the tables and the `history.*` views, which read the lake's Parquet files, are all it reads: "
+            "file functions such as `read_parquet` and `glob`, and file names in `FROM`, are refused, "
+            "the lake's own files too") in readme
 
 
 def test_bad_bodies_and_formats(client: httpx.Client) -> None:

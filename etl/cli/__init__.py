@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from etl.cli.args import Command, build_parser
+from etl.cli.args import Command, build_parser, parse
 from etl.cli.common import CliError
 from etl.cli.history import cmd_candles, cmd_export, cmd_sql
 from etl.cli.info import cmd_config, cmd_status
@@ -44,7 +44,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from etl.malloc import tune as tune_malloc
 
     try:
-        args = build_parser(COMMANDS).parse_args(argv)
+        args = parse(build_parser(COMMANDS), argv)
     except SystemExit:  # --help, or a usage error: what argparse printed goes out now
         sys.stdout.flush()
         raise

@@ -4,8 +4,9 @@ declaration (etl/config.py); only the flags that are not settings are written he
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,36 @@ def _simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malformed", type=share, default=0.0,
                    help="share of broken lines, from 0 to 1 (0.01: one in 100)")
     p.add_argument("--seed", type=int, default=7)
+
+
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of command `name` under the `nodetap` parser."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = sub.choices[name]
+    return found
+
+
+def unrecognized(extras: list[str], p: argparse.ArgumentParser) -> str:
+    """What a command's parser says of the arguments it does not take: each unknown flag with
+    the nearest flag of the command's own (`--hots`: did you mean --host?)."""
+    flags = [a for a in extras if a.startswith("-")] or extras
+    known = [o for a in p._actions for o in a.option_strings if o.startswith("--")]
+    said = []
+    for flag in flags:
+        name = flag.split("=", 1)[0]
+        near = difflib.get_close_matches(name, known, n=1) if name.startswith("--") else []
+        said.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return f"unrecognized argument{'s' if len(said) > 1 else ''} {', '.join(said)}"
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, except that an argument the command does not take is refused by
+    the command's parser, with its usage line, not the top-level one."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        p = command_parser(parser, args.command)
+        p.error(unrecognized(extras, p))
+    return args
 
 
 def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:

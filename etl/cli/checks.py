@@ -167,6 +167,38 @@ def check_db(s: Settings) -> None:
                        f"(mkdir -p {parent}) or pass a path in a directory that exists")
 
 
+# what a command reads while `ingest`/`serve` holds the database: the server's endpoint for it
+SERVED = {"sql": "POST /v1/sql", "export": "GET /v1/export/<table>.<format>", "candles": "GET /v1/candles",
+          "status": "GET /v1/status"}
+
+
+def database_error(s: Settings, err: Exception, command: str) -> CliError:
+    """DuckDB's refusal to open `--db`, said with what to do about that refusal: not a DuckDB
+    file, a directory, held by another process (reading commands: the server's endpoint), on a
+    read-only volume, or (another version's file) DuckDB's own words."""
+    db, said = s.db, str(err).splitlines()[0].removeprefix("IO Error: ")
+    where = named(s, "db")
+    if db.is_dir():
+        return CliError(f"--db {db} is a directory: pass the database file in it, e.g. "
+                        f"{db / 'nodetap.duckdb'} ({where})")
+    if "not a valid DuckDB database file" in said:
+        return CliError(f"--db {db} is not a DuckDB database file ({where}): pass the .duckdb file that "
+                        "`nodetap ingest` or `serve` made (e.g. data/nodetap.duckdb)")
+    if "Could not set lock" in said:
+        pid = said.partition("Conflicting lock is held in ")[2].partition(". See also")[0]
+        holder = pid or "another process"
+        if command in SERVED:
+            return CliError(f"database {db} is held by {holder}: while `nodetap ingest` or `serve` runs on "
+                            f"it, ask the server ({SERVED[command]}), or stop that process")
+        return CliError(f"database {db} is held by {holder} ({where}): stop that process, or pass "
+                        "another file")
+    parent = db.absolute().parent
+    if "Read-only file system" in said or parent.is_dir() and os.statvfs(parent).f_flag & os.ST_RDONLY:
+        return CliError(f"cannot open database {db}: {parent} is on a read-only file system ({where}): "
+                        "pass a path on a volume this user can write to")
+    return CliError(f"cannot open database {db}: {said.rstrip('!.')} ({where})")
+
+
 def check_lake(s: Settings) -> None:
     """Refuse a `--lake` that cannot be written: a file, under a file, or where nothing can be
     written (a read-only file system, no permission), before the database is made and bound."""

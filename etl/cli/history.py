@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from etl.candles import round_volume
-from etl.cli.checks import named
+from etl.cli.checks import check_db, database_error, named
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import check_output, output_file, output_format, write_frame
 from etl.config import Settings
@@ -31,16 +31,15 @@ from etl.history import (
 from etl.schema import HOUR_MS
 
 
-def read_only(s: Settings) -> duckdb.DuckDBPyConnection:
+def read_only(s: Settings, command: str) -> duckdb.DuckDBPyConnection:
+    """The database, read-only, for `command` (sql, export, candles)."""
+    check_db(s)
     if not s.db.exists():
         raise CliError(f"database {s.db} does not exist ({named(s, 'db')})")
     try:
         con = duckdb.connect(str(s.db), read_only=True)
-    except duckdb.IOException as err:
-        raise CliError(
-            f"cannot open {s.db} read-only: {err}. While `nodetap ingest`/`serve` runs, query "
-            "through the server (POST /v1/sql, GET /v1/export/...)"
-        ) from err
+    except duckdb.Error as err:
+        raise database_error(s, err, command) from err
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     try:
@@ -74,7 +73,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, args.output)
     if args.output:
         check_output(args.output)
-    con = read_only(s)
+    con = read_only(s, args.command)
     try:
         result = con.sql(args.query)
         if result is None:  # DuckDB found no statement in it
@@ -112,7 +111,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
     check_output(args.output)
     sql, params = slice_sql(args.table, args.coin or None, start, end, args.interval or None)
-    con = read_only(s)
+    con = read_only(s, args.command)
     rows = 0
 
     def counted(batches: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
@@ -153,7 +152,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, args.output)
     if args.output:
         check_output(args.output)
-    con = read_only(s)
+    con = read_only(s, args.command)
     try:
         if end is None:
             end = data_end(con)

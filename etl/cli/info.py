@@ -13,7 +13,15 @@ from typing import Any
 import duckdb
 import orjson
 
-from etl.cli.checks import check_node_dir, named
+from etl.cli.checks import (
+    check_db,
+    check_lake,
+    check_node_dir,
+    check_rules_file,
+    check_start_from,
+    database_error,
+    named,
+)
 from etl.cli.common import CliError, settings_from
 from etl.cli.output import table
 from etl.config import Settings, lake_root, setting_specs, settings_table
@@ -47,7 +55,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         check_node_dir(s, must_exist=False)
         sf = status_file(s.db)
         if not sf.exists():
-            raise CliError(f"cannot open {s.db}: {err}") from err
+            raise database_error(s, err, "status") from err
         doc = read_status_document(sf.read_bytes(), sf.stat().st_mtime)
         rows, status_at = doc["streams"], str(doc["written_at"])
         # the lock may be another program's, and the file a process's that has exited
@@ -161,6 +169,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(settings_table(), end="")
         return 0
     s = settings_from(args)
+    check_given(s)
     for spec in setting_specs():
         print(f"{spec.name} = {effective(s, spec.name)}")
     return 0
+
+
+def check_given(s: Settings) -> None:
+    """Refuse what `ingest` would refuse, with its message: `config` shows a flag's effect, and
+    a value that has none must not look accepted. The database and the lake are checked only
+    where given (a flag, the environment, the config file): the defaults are made relative to
+    wherever `config` runs, and it may run anywhere."""
+    check_start_from(s)
+    check_rules_file(s)
+    if "db" in s.origins:
+        check_db(s)
+    if "lake_dir" in s.origins:
+        check_lake(s)

@@ -20,6 +20,7 @@ from etl.cli.checks import (
     check_port,
     check_rules_file,
     check_start_from,
+    database_error,
     named,
 )
 from etl.cli.common import CliError, install_signals, log, settings_from, setup_logging
@@ -27,14 +28,7 @@ from etl.cli.info import format_status
 from etl.config import Settings
 
 
-def database_error(s: Settings, err: Exception) -> CliError:
-    """DuckDB's refusal to open `--db` (not a DuckDB file, another version's, held by another
-    process), said with what to do."""
-    return CliError(f"cannot open database {s.db}: {str(err).splitlines()[0]} (--db, setting db: "
-                    "pass another file, or stop the process that holds it)")
-
-
-def bind_database(s: Settings, rebind: bool = False) -> None:
+def bind_database(s: Settings, command: str, rebind: bool = False) -> None:
     """Check that the database is this node's and the lake this database's (the first run
     records both; this creates the database)."""
     import duckdb
@@ -47,7 +41,7 @@ def bind_database(s: Settings, rebind: bool = False) -> None:
     try:
         store = Store(s.db)
     except duckdb.Error as err:
-        raise database_error(s, err) from err
+        raise database_error(s, err, command) from err
     try:
         bind_node(store.con, s.db, s.node_dir, rebind=rebind)
         lake = default_lake(store.con, s.db) if str(s.lake_dir) in ("", ".") else s.lake_dir
@@ -71,7 +65,7 @@ def pipeline_settings(args: argparse.Namespace, *, must_exist: bool, port: bool 
     check_node_dir(s, must_exist=must_exist)
     check_rules_file(s)
     check_start_from(s)
-    bind_database(s, rebind=getattr(args, "rebind_node_dir", False))
+    bind_database(s, args.command, rebind=getattr(args, "rebind_node_dir", False))
     return s
 
 
@@ -186,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         where = f" ({err.filename})" if err.filename and err.filename != str(s.node_dir) else ""
         raise CliError(f"cannot make node dir {s.node_dir}: {err.strerror or err}{where} "
                        f"({named(s, 'node_dir')}): pass a directory this user can write to") from err
-    bind_database(s)
+    bind_database(s, "demo")
     stop = threading.Event()
     sim = threading.Thread(
         target=run_live, name="nodetap-simulate", daemon=True,
@@ -230,7 +224,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     try:
         store = Store.from_settings(s)
     except duckdb.Error as err:
-        raise database_error(s, err) from err
+        raise database_error(s, err, "backfill") from err
     try:
         ensure_views(store.con, lake_root(s))  # `sql`, `export`, `candles` read history.*
         report = backfill(
