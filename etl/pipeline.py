@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from etl.lanes import Lane, Listener, Processed
 from etl.nodefiles import wait_for_dir
 from etl.prefilter import prepare
 from etl.status import (
+    LANE_DIED,
     ArrivalMeter,
     SealerHealth,
     StreamStatus,
@@ -396,6 +397,9 @@ class Pipeline:
         lanes = sorted(dict(self.states).items())
         live = lane_statuses(lanes, stored, self._meters, now=self.clock(), wall=self.wall_clock(),
                              settings=self.settings)
+        dead = set(self.dead_lanes())
+        live = [replace(st, mode="stopped", stopped_reason=LANE_DIED) if st.stream in dead
+                else st for st in live]
         # streams stored without a lane now (`backfill:*`, another variant read before)
         rest = [r for name, r in stored.items() if name not in self.states]
         return sorted(live + stored_snapshot(rest, self.settings.node_dir, self.wall_clock(),

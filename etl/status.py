@@ -14,9 +14,11 @@
   also means an archive (old hour files copied just now have a fresh mtime). "Everything read"
   allows a last line without its line end (a stopped node's cut line: nodetap waits for the
   node to finish a line, and none will); `lag_bytes` still counts its bytes.
-- `mode` is "stopped" in `nodetap status` when no ingest/serve runs on the database: it opens
-  (the one that runs holds it), or the status file that one writes is left behind by a
-  process that has exited, or was not rewritten for `STATUS_STALE_S` (`writer_stopped`).
+- `mode` is "stopped" when nothing reads the stream, and `stopped_reason` says why: its lane
+  ended on an error while the process runs on (`LANE_DIED`, everywhere the status shows), or,
+  in `nodetap status`, no ingest/serve runs on the database: it opens (the one that runs
+  holds it), or the status file that one writes is left behind by a process that has exited,
+  or was not rewritten for `STATUS_STALE_S` (`writer_stopped`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ from etl.tail import STREAM_DIRS, Cursor
 if TYPE_CHECKING:
     from etl.lanes import Lane
 
-Mode = Literal["live", "catching_up", "archive", "stopped"]  # "stopped": `nodetap status` only
+Mode = Literal["live", "catching_up", "archive", "stopped"]
+
+# a lane thread that ended on an unexpected error (Pipeline.dead_lanes): its stream's status
+LANE_DIED = ("its lane stopped on an error (event=lane_error in the log): this stream is no longer "
+             "read; restart nodetap")
 
 ARCHIVE_AFTER_S = 3600.0  # a stream whose newest file is older than this, all read, is an archive
 ARRIVAL_WINDOW_S = 10.0
@@ -73,6 +79,7 @@ class StreamStatus:
     last_time: str | None  # ISO 8601, UTC
     updated_at: str | None  # ISO 8601, UTC: the last commit
     last_batch_age_s: float | None  # seconds since this process committed a batch of it
+    stopped_reason: str | None = None  # why nothing reads it, in mode "stopped"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

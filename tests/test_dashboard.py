@@ -79,6 +79,21 @@ def wait_js(page: Any, condition: str, timeout_ms: int = 20_000) -> None:
     page.wait_for_function(f"() => {condition}", timeout=timeout_ms)
 
 
+def hover_newest_candle(page: Any) -> int:
+    """Point at the chart's newest candle; its open time, as the crosshair reports it."""
+    box = page.locator(CHART).bounding_box()
+    assert box is not None
+    for _ in range(20):
+        x = page.evaluate("(() => { const L = nodetap.chart.layout; "
+                          "return L.xt(L.vis[L.vis.length - 1].t); })()")
+        page.mouse.move(box["x"] + x, box["y"] + box["height"] * 0.4)
+        # the crosshair is drawn on the next animation frame
+        page.evaluate("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        if t := chart_attr(page, "hoverT"):
+            return int(t)
+    raise AssertionError("the crosshair found no candle under the pointer")
+
+
 def chart_attr(page: Any, name: str) -> str:
     """The chart canvas's `dataset[name]` ("" where unset)."""
     return str(page.evaluate(f"document.querySelector('{CHART}').dataset[{name!r}] ?? ''"))
@@ -258,14 +273,14 @@ def test_dashboard_draws_live_data(session: Session) -> None:
     wait_js(page, f"Number({dataset('chart')}.updates) > 0")
     assert chart_attr(page, "timeLabels") != ""
 
-    # the crosshair: the readout shows the candle under the pointer
-    box = page.locator(CHART).bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4)
-    wait_js(page, f"{dataset('chart')}.hoverT !== undefined && {dataset('chart')}.hoverT !== ''")
-    hover = int(chart_attr(page, "hoverT"))
-    stamp = datetime.fromtimestamp(hover / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-    wait_js(page, f"document.querySelector('[data-testid=ohlc-readout]').textContent.startsWith('{stamp}')")
+    # the crosshair: the readout shows the candle under the pointer (the newest one: a minute
+    # without an ETH trade is a slot without a candle, and a new minute moves them all left)
+    hover_newest_candle(page)
+    # the readout names the candle the crosshair is on (the one drawn last, should a minute
+    # have begun since)
+    wait_js(page, f"(() => {{ const t = Number({dataset('chart')}.hoverT); return t > 0 && "
+                  "document.querySelector('[data-testid=ohlc-readout]').textContent"
+                  ".startsWith(new Date(t).toISOString().slice(0, 16).replace('T', ' ')); })()")
     assert page.inner_text("[data-testid=ohlc-readout]").count(" O ") == 1
     screenshot(page, "dashboard-live.png")
     session.assert_clean()

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from etl.config import Settings
 from etl.pipeline import Pipeline, status_file
 from etl.status import (
+    LANE_DIED,
     STATUS_STALE_S,
     FileScan,
     StreamStatus,
@@ -338,6 +339,25 @@ def test_a_lane_that_dies_of_an_error_shows_in_healthz_and_readyz(
         # the other lanes go on
         wait_for(lambda: {s["stream"]: s["lines"] for s in client.get("/v1/status").json()["streams"]}
                  .get("node_fills") == 2, timeout=30)  # a trade is two fill lines
+        # the status says which stream nothing reads, and why: the API, the metrics, the CLI
+        streams = {s["stream"]: s for s in client.get("/v1/status").json()["streams"]}
+        assert (streams[ORDERS]["mode"], streams[ORDERS]["stopped_reason"]) == ("stopped", LANE_DIED)
+        assert streams["node_fills"]["mode"] != "stopped" and streams["node_fills"]["stopped_reason"] is None
+        text = client.get("/metrics").text
+        assert metric(text, "nodetap_stream_mode", stream=ORDERS, mode="stopped") == [1.0]
+        assert metric(text, "nodetap_stream_mode", stream="node_fills", mode="stopped") == [0.0]
+        db = str(tmp_path / "api.duckdb")
+
+        def cli_rows() -> dict[str, dict[str, Any]]:
+            out = run_cli("status", "--db", db, "--node-dir", str(node.root), "--json").stdout
+            return {r["stream"]: r for r in orjson.loads(out)}
+
+        wait_for(lambda: cli_rows()[ORDERS]["mode"] == "stopped", timeout=30)  # the status file: 1/s
+        rows = cli_rows()
+        assert (rows[ORDERS]["running"], rows[ORDERS]["stopped_reason"]) == (True, LANE_DIED)
+        assert rows["node_fills"]["stopped_reason"] is None
+        printed = run_cli("status", "--db", db, "--node-dir", str(node.root)).stdout
+        assert f"{ORDERS}: {LANE_DIED}" in printed and "no ingest/serve is running" not in printed
     (died,) = [r for r in caplog.records if "event=lane_error" in r.getMessage()]
     assert died.exc_info is not None and f"stream={ORDERS}" in died.getMessage()
 

@@ -78,7 +78,8 @@ class StateCollector:
                           "(small while caught up, so far below what a lane behind reaches).")
         mode = GaugeMetricFamily(
             "nodetap_stream_mode", "1 for the stream's mode: live (caught up or near), catching_up "
-            "(behind, node still writing), archive (everything read, newest file unchanged > 1 h).",
+            "(behind, node still writing), archive (everything read, newest file unchanged > 1 h), "
+            "stopped (its lane ended on an error: the stream is no longer read).",
             labels=[*labels, "mode"])
         for st in streams:
             values = [st.stream, st.kind]

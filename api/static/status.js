@@ -8,6 +8,7 @@ const MODES = {
   catching_up: ["catching up", "warn", "behind the node's files while the node is still writing"],
   archive: ["archive", "muted", "everything is read and the node's newest file has not grown for over an hour "
     + "(a backfilled or stopped node): not lag"],
+  stopped: ["stopped", "down", "nothing reads this stream: its lane stopped on an error; restart nodetap"],
 };
 
 const rate = (x) => (typeof x !== "number" ? "–" : x < 100 ? fmtFixed(x, 1) : fmtInt(x));
@@ -59,7 +60,7 @@ function renderRow(tr, s) {
   const modeCell = cell("mode");
   for (const [, cls] of Object.values(MODES)) modeCell.classList.toggle(cls, mode?.[1] === cls);
   modeCell.classList.toggle("muted", !mode || mode[1] === "muted");
-  modeCell.title = mode ? mode[2] : "";
+  modeCell.title = s.stopped_reason ?? (mode ? mode[2] : "");
   tr.dataset.mode = s.mode ?? "";
   const lag = lagClass(s);
   for (const key of ["lag_bytes", "lag_seconds"]) {

@@ -76,13 +76,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = f"its last commit was at {_utc(max(commits))}" if commits else "nothing was committed yet"
     if note is not None:
         rows = stopped(rows)
-    rows = [{**r, "running": note is None, "status_at": status_at, "stopped_reason": note} for r in rows]
+    rows = [{**r, "running": note is None, "status_at": status_at,
+             "stopped_reason": note if note is not None else r.get("stopped_reason")} for r in rows]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(rows))
         if note is not None:
             print(f"no ingest/serve is running on this database ({note})")
+        for r in rows:
+            if note is None and r["stopped_reason"]:
+                print(f"{r['stream']}: {r['stopped_reason']}")
     return 0
 
 
