@@ -96,6 +96,8 @@ class Pipeline:
         self._clean = False  # every lane stopped in time
         self._stop_timeout = SHUTDOWN_TIMEOUT_S
         self._stopped = threading.Event()  # set when the shutdown is done
+        # when the database first looked for streams, for one seen after that (initial_cursor)
+        self._first_start: float | None = None
 
     # ------------------------------------------------------------ startup
     def open(self) -> None:
@@ -125,10 +127,19 @@ class Pipeline:
         """Pick up stream directories that appeared since the last look (at every wake-up: the
         database is asked for cursors only when one did)."""
         s = self.settings
+        if self._first_start is None:  # this run's first look
+            self._first_start, fresh = self.store.first_start(self.wall_clock())
+            since = None if fresh else self._first_start
+        else:
+            since = self._first_start
         new = [stream for stream in discover(s.node_dir, s.streams) if stream.name not in self.states]
         stored = self.store.cursors() if new else {}
         for stream in new:
-            cur = stored.get(stream.name) or initial_cursor(stream, s.start_from)
+            cur = stored.get(stream.name)
+            if cur is None:
+                # kept at once: a run that stops before the stream's first commit resumes here
+                cur = initial_cursor(stream, s.start_from, since)
+                self.store.start_cursor(stream.name, stream.kind, cur)
             if stream.kind == "orders":
                 prepare()  # the byte scan, loaded before the first batch
             # the floor: files before it are not read (`--from 20300101` skips every file before)
@@ -144,7 +155,7 @@ class Pipeline:
                 log.info("event=start_after_files stream=%s from=%s files_before=%d (no hour file at or "
                          "after --from yet: none of these is read; the first one at or after it is)",
                          stream.name, floor, len(hour_files(stream.root)))
-            if stream.name not in stored and s.start_from == "end" and cur.file:
+            if stream.name not in stored and s.start_from == "end" and cur.file and since is None:
                 before = hour_files(stream.root)
                 older = before[:before.index(cur.file)] if cur.file in before else []
                 if older or cur.offset:

@@ -163,6 +163,20 @@ class Store:
                       else Cursor(f or "", int(i or 0), int(o or 0)))
         return out
 
+    def start_cursor(self, stream: str, kind: str, cursor: Cursor) -> None:
+        """A stream's first cursor, before anything of it is committed (no counts, no commit
+        time): a run that stops before its first commit resumes there, not at a new start."""
+        self.con.execute(
+            """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, NULL, NULL)
+            ON CONFLICT (stream) DO NOTHING""", [stream, kind, cursor.file, cursor.inode, cursor.offset])
+
+    def first_start(self, wall: float) -> tuple[float, bool]:
+        """When streams were first looked for in this database (epoch seconds), and whether
+        that is now (`wall`, recorded by this call)."""
+        self.con.execute("INSERT OR IGNORE INTO meta VALUES ('first_start', ?)", [repr(wall)])
+        (value,) = self.con.execute("SELECT value FROM meta WHERE key = 'first_start'").fetchone() or (wall,)
+        return float(value), float(value) == wall
+
     def file_index(self, stream: str, start_file: str) -> FileIndex:
         """The stored file cursors of one stream, for its tailer. Its floor (files before it
         are not this stream's business) is fixed on first use: the file it starts at."""

@@ -223,13 +223,24 @@ def start_floor(start_from: str) -> str:
     return f"{day}/{int(hour or 0)}"
 
 
-def initial_cursor(stream: Stream, start_from: str) -> Cursor:
+def initial_cursor(stream: Stream, start_from: str, since: float | None = None) -> Cursor:
     """Where a stream with no stored cursor starts. `Cursor("", 0, 0)` is before the stream's
     first file at or after its floor (`start_floor`): a start later than every file there
-    reads none of them, and waits for the first one at or after it."""
+    reads none of them, and waits for the first one at or after it.
+
+    `since` (epoch seconds) is when the database first looked for streams, for a stream seen
+    only after that: `end` meant the lines written after it, so such a stream (its directory
+    made later, or a stream added to `streams`) starts at its first file written to since
+    then, from that file's start (a second of margin for the file system's coarser clock),
+    not at an end that would skip what was written before it was seen."""
     files = hour_files(stream.root)
     if not files:
         return Cursor("", 0, 0)
+    if start_from == "end" and since is not None:
+        for rel in files:
+            st = os.stat(stream.root / rel)
+            if st.st_mtime >= since - 1.0:
+                return Cursor(rel, st.st_ino, 0)
     if start_from == "end":
         rel = files[-1]
         st = os.stat(stream.root / rel)

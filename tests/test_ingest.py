@@ -490,3 +490,65 @@ def test_ingest_once_waits_out_the_grace_of_a_rotated_files_unterminated_line(tm
     assert query(db, "SELECT oid FROM orders ORDER BY oid") == [(1,), (3,), (4,)]
     assert query(db, 'SELECT file, "offset", reason FROM rejects') == [
         ("20260105/10", len(good(1)) + 1, "unterminated last line of a rotated file")]
+
+
+def test_a_first_run_from_the_end_keeps_its_place_when_it_read_nothing(tmp_path: Path) -> None:
+    """`--from end` (the default) starts after the lines already there. A first run that read
+    no new line, or found no file yet, still fixes where the stream starts: the lines written
+    while nodetap is stopped are read by the next run, not skipped for a new end."""
+    from tests.test_lake import Node
+
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:00", 1)  # before the first run: not read
+    db = tmp_path / "end.duckdb"
+    args = ("ingest", "--keep-all", "--node-dir", str(node.root), "--db", str(db), "--once")
+    run_cli(*args)  # the order-status stream's place; no fills file yet
+    node.add_order("2026-01-05T10:00:01", 2)  # while stopped
+    node.add_trade("2026-01-05T10:00:02", 7)  # the fills stream's first file
+    second = run_cli(*args)
+    assert "resumed=True" in [ln for ln in second.stderr.splitlines() if "node_order_statuses" in ln
+                              and "event=stream_start" in ln][0]
+    assert query(db, "SELECT oid FROM orders") == [(2,)]
+    assert query(db, "SELECT count(*) FROM fills") == [(2,)]  # a trade is two fill lines
+    assert query(db, "SELECT count(*) FROM gaps") == [(0,)]
+    # nothing was committed by the first run: `nodetap status` says so, and no lines
+    status = orjson.loads(run_cli("status", "--db", str(db), "--json").stdout)
+    assert {(r["stream"], r["lines"]) for r in status} == {("node_order_statuses", 1), ("node_fills", 2)}
+
+
+def test_a_stream_that_appears_while_running_from_the_end_is_read_whole(tmp_path: Path) -> None:
+    """A stream directory made after nodetap started holds only lines written since: with
+    `--from end` they are read from its first file's start, not skipped for its end at the
+    moment it was seen."""
+    from tests.test_lake import Node
+
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:00", 1)
+    s = Settings(node_dir=node.root, db=tmp_path / "run.duckdb", keep_all=True, debounce_ms=5,
+                 poll_interval_ms=50)
+    store = Store.from_settings(s)
+    pipe = Pipeline(s, store)
+    thread = threading.Thread(target=pipe.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: "node_order_statuses" in pipe.states, timeout=30)
+        # the fills directory, with a trade in it, appears at once (a rename), before it is seen
+        staging = Node(tmp_path / "staging")
+        staging.add_trade("2026-01-05T10:00:02", 7)
+        os.rename(staging.root / "node_fills", node.root / "node_fills")
+        node.add_order("2026-01-05T10:00:03", 2)
+        wait_for(lambda: {n: lane.cursor.offset for n, lane in pipe.states.items()}.get("node_fills", 0)
+                 == (node.root / "node_fills" / "hourly" / "20260105" / "10").stat().st_size, timeout=30)
+        wait_for(lambda: pipe.states["node_order_statuses"].cursor.offset
+                 == (node.root / "node_order_statuses" / "hourly" / "20260105" / "10").stat().st_size)
+    finally:
+        pipe.stop()
+        thread.join(30)
+        pipe.close()
+    assert query_store(store, "SELECT count(*) FROM fills") == [(2,)]
+    assert query_store(store, "SELECT oid FROM orders") == [(2,)]
+    store.close()
+
+
+def query_store(store: Store, sql: str) -> list[tuple[object, ...]]:
+    return store.con.execute(sql).fetchall()
