@@ -39,6 +39,9 @@ FILE = "file access is not allowed from SQL"
 NETWORK = "network access is not allowed from SQL"
 EXTENSION = "extensions cannot be installed or loaded from SQL"
 SETTINGS = "settings cannot be changed from SQL"
+PRAGMA = ("PRAGMA statements are refused (some change settings or the database's state); read "
+          "the catalog with a SELECT: SHOW TABLES, DESCRIBE trades, SELECT * FROM duckdb_tables() or "
+          "pragma_table_info('trades')")
 STATE = "it changes the database's state, and the SQL endpoint is read-only"
 EXEC = "it runs SQL given as a string, which would bypass these checks"
 SECRET = "it reads secrets or the server's environment"
@@ -56,7 +59,7 @@ _STATEMENT_REASONS: dict[Any, str] = {
     _T.EXTENSION: EXTENSION,
     _T.SET: SETTINGS,
     _T.VARIABLE_SET: SETTINGS,
-    _T.PRAGMA: SETTINGS,
+    _T.PRAGMA: PRAGMA,
     _T.CALL: STATE,
     _T.VACUUM: STATE,
     _T.TRANSACTION: STATE,

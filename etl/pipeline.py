@@ -425,7 +425,7 @@ class Pipeline:
         path = status_file(self.settings.db)
         tmp = path.with_suffix(".tmp")
         try:
-            doc = status_document(status_rows(self.snapshot()), self.wall_clock())
+            doc = status_document(status_rows(self.snapshot()), self.wall_clock(), self.settings.node_dir)
             tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
             os.replace(tmp, path)
         except (OSError, duckdb.Error) as err:  # e.g. a full disk: the status file is a convenience

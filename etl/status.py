@@ -265,9 +265,11 @@ def stored_snapshot(rows: list[dict[str, Any]], node_dir: Path, wall: float,
 
 
 # ------------------------------------------------------------------ the status file
-def status_document(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    """The status file's content: the rows, when and by which process they were written."""
-    return {"written_at": _iso(wall), "pid": os.getpid(), "host": socket.gethostname(), "streams": rows}
+def status_document(rows: list[dict[str, Any]], wall: float, node_dir: Path | None = None) -> dict[str, Any]:
+    """The status file's content: the rows, when and by which process they were written, and
+    the node dir it reads."""
+    return {"written_at": _iso(wall), "pid": os.getpid(), "host": socket.gethostname(),
+            "node_dir": None if node_dir is None else str(node_dir.resolve()), "streams": rows}
 
 
 def read_status_document(data: bytes, mtime: float) -> dict[str, Any]:

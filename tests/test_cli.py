@@ -605,6 +605,11 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
             assert out.returncode == 2, (argv, out.stderr)
             assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert a_file.read_text() == "not a database\n" and not any(a_dir.iterdir())
+    # a path to backfill that is not there: refused before a database is made
+    db = tmp_path / "made.duckdb"
+    out = run_cli("backfill", "--db", str(db), str(tmp_path / "nowhere"), check=False)
+    assert out.returncode == 2 and f"{tmp_path / 'nowhere'}: no such file or directory" in out.stderr
+    assert not db.exists()
 
 
 def test_each_database_error_says_what_to_do_about_it(history_db: Path, tmp_path: Path) -> None:
@@ -780,3 +785,33 @@ def test_candle_volumes_are_rounded_as_the_api_rounds_them(tmp_path: Path,
     rows = capsys.readouterr().out.splitlines()
     header, row = rows[0].split(","), rows[1].split(",")
     assert (row[header.index("v")], row[header.index("vq")]) == ("0.3", "0.3")
+
+
+@pytest.mark.parametrize("command", ["demo", "serve"])
+def test_the_address_is_printed_once_it_answers(tmp_path: Path, command: str) -> None:
+    """The dashboard's address is printed when the server listens, not before the app's
+    startup (seconds on a first run): a user who opens it at once finds it."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    node = tmp_path / "node"
+    if command == "serve":
+        Node(node).add_trade("2026-01-05T10:00:10", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "etl.cli", command, "--node-dir", str(node), "--db",
+                             str(tmp_path / "d.duckdb"), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the process ends on a failure: the loop too
+            said.append(line)
+            if f"http://127.0.0.1:{port}/" in line:
+                break
+        assert f"http://127.0.0.1:{port}/" in "".join(said), said
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

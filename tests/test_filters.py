@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -514,3 +515,12 @@ def test_the_shipped_rules_are_those_of_the_bundled_rules_file() -> None:
     """What a missing default rules file (or none at all) leaves in effect is what the bundled
     file says: order statuses of the four statuses at or above a minimum notional."""
     assert load_rules(ROOT / "data" / "rules.toml") == SHIPPED != Rules()
+
+
+def test_the_rules_docs_show_the_bundled_file() -> None:
+    """docs/rules.md's copy of data/rules.toml holds the same rules, every key."""
+    doc = (ROOT / "docs" / "rules.md").read_text()
+    block = doc.split("The bundled `data/rules.toml`", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = tomllib.loads(block)
+    assert parse_rules(shown) == load_rules(ROOT / "data" / "rules.toml")
+    assert set(shown["orders"]) == {f.name for f in dataclasses.fields(Rules)}

@@ -431,6 +431,13 @@ def test_status_while_ingest_holds_the_db(make_node_dir: Callable[..., Path],
         assert "stopped" not in {r["mode"] for r in rows}
         table = run_cli("status", "--node-dir", str(node), "--db", str(db)).stdout
         assert "no ingest/serve is running" not in table
+        # another node dir is refused while one runs too, as when none does
+        other = tmp_path / "other"
+        other.mkdir()
+        refused = run_cli("status", "--node-dir", str(other), "--db", str(db), check=False)
+        assert refused.returncode == 2
+        assert f"reads node dir {node.resolve()}, not {other.resolve()}" in refused.stderr
+        assert len(orjson.loads(run_cli("status", "--db", str(db), "--json").stdout)) == 2
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)

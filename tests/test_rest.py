@@ -134,6 +134,18 @@ def test_trades_orders_coins_and_status_match_the_source(
         assert "limit must be from 1 to 5000, not 0" in error(client.get("/v1/trades?limit=0"))
         assert "not 'x'" in error(client.get("/v1/orders?limit=x"))
         assert "not 6000" in error(client.get("/v1/orders?limit=6000"))
+        # a filter that can match nothing says why: a typo'd coin or status, a malformed user
+        stored = {o["status"] for o in orders}
+        for params, code, said in [
+                ({"coin": "purr/usdc"}, 404, "unknown coin 'purr/usdc'"),
+                ({"coin": "purr/usdc"}, 404, "Did you mean PURR/USDC?"),
+                ({"status": "Filled"}, 404, "Did you mean filled?"),
+                ({"status": "opne"}, 404, "Did you mean open?"),
+                ({"status": "bogus", "coin": "@107"}, 404, f"Statuses stored ({len(stored)}): "),
+                ({"user": "0xzz"}, 400, "user must be a 0x-prefixed 40-hex-digit address, got '0xzz'")]:
+            assert said in error(client.get("/v1/orders", params=params), code), params
+        # known values that match no row together: an empty list
+        assert client.get("/v1/orders", params={"user": "0x" + "0" * 40}).json() == []
 
 
 def test_candles_equal_sql_over_trades(make_node_dir: Callable[..., Path],

@@ -159,6 +159,8 @@ ONLY = "only a single SELECT, WITH or EXPLAIN statement is accepted"
     ("SET GLOBAL enable_external_access = true", "SET: settings cannot be changed from SQL"),
     ("RESET threads", "RESET: settings cannot be changed from SQL"),
     ("PRAGMA threads = 4", "PRAGMA: settings cannot be changed from SQL"),
+    ("PRAGMA show_tables", "PRAGMA: PRAGMA statements are refused (some change settings or the database's "
+                           "state); read the catalog with a SELECT: SHOW TABLES"),
     ("SET VARIABLE x = 1", "SET: settings cannot be changed from SQL"),
     ("USE system", "USE: settings cannot be changed from SQL"),
     ("CALL pragma_version()", "CALL: it changes the database's state"),
@@ -367,10 +369,19 @@ def test_row_cap_reports_truncated_at_the_boundary(client: httpx.Client, n: int,
     assert body["truncated"] is truncated
     assert body["row_count"] == min(n, CAP)
     assert body["rows"] == [[i] for i in range(min(n, CAP))]
-    r = sql(client, f"SELECT range AS i FROM range({n})", format="csv")
-    assert r.headers["x-truncated"] == ("true" if truncated else "false")
-    assert r.headers["x-row-count"] == str(min(n, CAP))
-    assert r.text.splitlines() == ['"i"', *(str(i) for i in range(min(n, CAP)))]
+    for fmt in ("csv", "ndjson", "parquet"):
+        r = sql(client, f"SELECT range AS i FROM range({n})", format=fmt)
+        if truncated:  # a file cannot say it is cut short: none, and what to do
+            assert r.status_code == 400 and r.json()["error"] == (
+                f"the result has more than {CAP} rows (setting sql_max_rows), and a {fmt} file holds "
+                f"the whole result or nothing: add LIMIT {CAP} for the first {CAP}, aggregate, or "
+                f"export whole tables with GET /v1/export/{{table}}.{fmt}")
+            continue
+        assert (r.status_code, r.headers["x-truncated"], r.headers["x-row-count"]) == (200, "false", str(n))
+        if fmt == "csv":
+            assert r.text.splitlines() == ['"i"', *(str(i) for i in range(n))]
+    capped = sql(client, f"SELECT range AS i FROM range({n}) LIMIT {CAP}", format="csv")
+    assert capped.text.splitlines() == ['"i"', *(str(i) for i in range(min(n, CAP)))]
 
 
 # ------------------------------------------------------------------ formats

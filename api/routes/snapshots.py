@@ -7,6 +7,7 @@ epoch milliseconds, as in the public Hyperliquid API; times in requests are epoc
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from api.reader import Con
 from api.state import AppState
 from etl.candles import round_volume, shift_open_ms
 from etl.config import Settings
-from etl.filters import RulesError, rules_to_dict
+from etl.filters import ADDRESS, RulesError, rules_to_dict
 from etl.history import (
     ARRIVAL_DESC,
     ARRIVAL_ORDER,
@@ -114,8 +115,11 @@ def _trades(con: Con, coin: str | None, n: int) -> list[dict[str, Any]]:
 async def orders(read: Read, coin: str | None = None, status: str | None = None,
                  user: str | None = None, limit: str | None = None) -> Response:
     """The most recent order statuses the rules kept, newest first, filtered by `coin`,
-    `status` and `user`; times in epoch ms."""
+    `status` and `user`; times in epoch ms. A malformed `user` is a 400; a coin or a status no
+    stored order has is a 404 naming the ones there are (a typo, `btc` or `Filled`)."""
     n = parse_limit(limit)
+    if user and not ADDRESS.fullmatch(user):
+        raise BadRequest(f"user must be a 0x-prefixed 40-hex-digit address, got {user!r}")
     where: list[str] = []
     params: list[object] = []
     for column, value in (("coin", coin), ("status", status), ("user", user.lower() if user else None)):
@@ -127,7 +131,36 @@ async def orders(read: Read, coin: str | None = None, status: str | None = None,
               "epoch_ms(order_time) AS order_time) FROM {} " + clause)
     sql = select.format("main.orders") + f" ORDER BY orders.time DESC, rowid DESC LIMIT {n}"
     lake = select.format("history.orders") + f" ORDER BY time DESC LIMIT {n}"  # pruned from DuckDB
-    return json_response(await read(lambda con: rows_of(con, sql, params) or rows_of(con, lake, params)))
+
+    def query(con: Con) -> list[dict[str, Any]]:
+        rows = rows_of(con, sql, params) or rows_of(con, lake, params)
+        if not rows:  # none at all of that coin or status: a typo says so
+            try:
+                if coin:
+                    check_coin(con, coin, table="orders")
+                if status:
+                    _check_status(con, status)
+            except HistoryError as err:
+                raise NotFound(str(err)) from None
+        return rows
+
+    return json_response(await read(query))
+
+
+def _check_status(con: Con, status: str) -> None:
+    """Refuse a status no stored order has, naming those there are (most frequent first)."""
+    if con.execute("SELECT 1 FROM history.orders WHERE status = $1 LIMIT 1", [status]).fetchall():
+        return
+    known = [s for (s,) in con.execute(
+        "SELECT status FROM history.orders GROUP BY status ORDER BY count(*) DESC, status").fetchall()]
+    if not known:
+        raise HistoryError(f"unknown status {status!r}: no orders are stored in this database yet")
+    close = difflib.get_close_matches(status, known, n=1, cutoff=0.6)
+    same = [k for k in known if k.lower() == status.lower()] or close
+    hint = f" Did you mean {same[0]}?" if same else ""
+    raise HistoryError(f"unknown status {status!r}: no stored order has it (the rules keep the "
+                       f"statuses they keep; GET /v1/rules).{hint} Statuses stored ({len(known)}): "
+                       + ", ".join(known))
 
 
 def rows_of(con: Con, sql: str, params: list[object]) -> list[dict[str, Any]]:

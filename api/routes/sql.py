@@ -12,7 +12,8 @@
 4. a row cap (`sql_max_rows`): one extra row is fetched to report `truncated`.
 
 Results: JSON (`columns`, `types`, `rows`, `row_count`, `truncated`, `elapsed_ms`), or CSV,
-NDJSON or Parquet with `X-Row-Count`, `X-Truncated` and `X-Elapsed-Ms` headers.
+NDJSON or Parquet with `X-Row-Count`, `X-Truncated` (always false) and `X-Elapsed-Ms`
+headers: a file cannot say it was cut short, so a result over the row cap is a 400 there.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ async def run_sql(state: State, request: Request, format: str | None = None) -> 
     result = await _run(state, sql)
     if fmt == "json":
         return Response(await asyncio.to_thread(_json, result), media_type="application/json")
+    if result.truncated:  # a file has no place to say it is cut short: it holds the whole answer
+        cap = state.settings.sql_max_rows
+        raise SqlTooLarge(f"the result has more than {cap} rows (setting sql_max_rows), and a {fmt} "
+                          f"file holds the whole result or nothing: add LIMIT {cap} for the first "
+                          f"{cap}, aggregate, or export whole tables with GET /v1/export/{{table}}.{fmt}")
     headers = {
         "X-Row-Count": str(result.rows),
         "X-Truncated": "true" if result.truncated else "false",

@@ -57,6 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not sf.exists():
             raise database_error(s, err, "status") from err
         doc = read_status_document(sf.read_bytes(), sf.stat().st_mtime)
+        if doc.get("node_dir") and _node_dir_given(args) and Path(doc["node_dir"]) != s.node_dir.resolve():
+            raise CliError(_other_node_dir(s, Path(doc["node_dir"]))) from None
         rows, status_at = doc["streams"], str(doc["written_at"])
         # the lock may be another program's, and the file a process's that has exited
         why = writer_stopped(doc, wall)
@@ -119,9 +121,13 @@ def _bound_node_dir(con: duckdb.DuckDBPyConnection, s: Settings, *, given: bool)
     bound = Path(rows[0][0])
     if not given:
         return replace(s, node_dir=bound)
-    raise CliError(f"database {s.db} reads node dir {bound}, not {s.node_dir.resolve()}: its lag "
-                   f"is measured against that node's files. Leave out --node-dir (setting "
-                   f"node_dir), or pass {bound}")
+    raise CliError(_other_node_dir(s, bound))
+
+
+def _other_node_dir(s: Settings, bound: Path) -> str:
+    return (f"database {s.db} reads node dir {bound}, not {s.node_dir.resolve()}: its lag is "
+            f"measured against that node's files. Leave out --node-dir (setting node_dir), or "
+            f"pass {bound}")
 
 
 def _status_from_db(con: duckdb.DuckDBPyConnection, s: Settings, wall: float) -> list[dict[str, Any]]:

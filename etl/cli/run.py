@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -95,13 +96,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_until_signal(app: Any, s: Settings, log_level: str) -> None:
+def _serve_until_signal(app: Any, s: Settings, log_level: str,
+                        ready: Callable[[], None] | None = None) -> None:
     """uvicorn until SIGINT/SIGTERM: the first stops it gracefully (the lifespan commits the
     batch in flight), a second forces it. Unlike `uvicorn.run`, the signal is not raised
-    again afterwards, so a clean stop exits 0."""
+    again afterwards, so a clean stop exits 0. `ready` is called once it listens (after the
+    app's startup: the pipeline opens first, seconds on a first run)."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and ready is not None:
+                ready()
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             def handler(signum: int, _frame: FrameType | None) -> None:
@@ -154,9 +162,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     s = pipeline_settings(args, must_exist=False, port=True)
-    print(f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
-          file=sys.stderr)
-    _serve_until_signal(create_app(s), s, s.log_level.lower())
+    print(f"nodetap: starting on {s.host}:{s.port} (the pipeline opens first)", file=sys.stderr, flush=True)
+    _serve_until_signal(create_app(s), s, s.log_level.lower(), ready=lambda: print(
+        f"nodetap: serving http://{s.host}:{s.port}/ (dashboard), ws://{s.host}:{s.port}/ws",
+        file=sys.stderr, flush=True))
     return 0
 
 
@@ -188,13 +197,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "malformed_share": args.malformed},
     )
     sim.start()
-    print(f"\nnodetap demo: simulating a node at {args.rate:.0f} lines/s into {s.node_dir}\n"
-          f"  dashboard  http://{s.host}:{s.port}/\n"
-          f"  websocket  ws://{s.host}:{s.port}/ws\n"
-          f"  API docs   http://{s.host}:{s.port}/docs\n"
-          "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
+    print(f"nodetap demo: simulating a node at {args.rate:.0f} lines/s into {s.node_dir}; starting the "
+          f"server on {s.host}:{s.port}", file=sys.stderr, flush=True)
+
+    def ready() -> None:
+        print(f"\nnodetap demo: ready\n"
+              f"  dashboard  http://{s.host}:{s.port}/\n"
+              f"  websocket  ws://{s.host}:{s.port}/ws\n"
+              f"  API docs   http://{s.host}:{s.port}/docs\n"
+              "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
+
     try:
-        _serve_until_signal(create_app(s), s, "warning")
+        _serve_until_signal(create_app(s), s, "warning", ready=ready)
     finally:
         stop.set()
         sim.join(10)
@@ -217,6 +231,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             check_stream(args.stream)  # before the database is made
         except BackfillError as err:
             raise CliError(str(err)) from None
+    for p in args.paths:  # before the database is made
+        if not Path(p).exists():
+            raise CliError(f"{p}: no such file or directory (give hour files, their .lz4 archives "
+                           "or directories holding them)")
     check_rules_file(s)
     check_db(s)
     stop = threading.Event()
