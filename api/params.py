@@ -5,6 +5,11 @@ Each parser turns a bad value into a `BadRequest` that names the parameter and s
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
+from fastapi import Request
+
 from api.errors import BadRequest
 from etl.candles import INTERVALS
 from etl.config import Settings
@@ -65,3 +70,31 @@ def require_coin(coin: str | None) -> str:
     if not coin:
         raise BadRequest("coin is required, as a query parameter (e.g. ?coin=BTC, ?coin=PURR%2FUSDC)")
     return coin
+
+
+_TAKES: dict[int, tuple[str, ...]] = {}  # route id -> the query parameters it takes
+
+
+def known_query_params(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a typo (`?coins=BTC`, `?interval=1m`
+    on /v1/trades) would be ignored, and the answer would look right but not be what was asked."""
+    if not request.query_params:
+        return
+    route: Any = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    takes = _TAKES.get(id(route))
+    if takes is None:
+        takes = _TAKES[id(route)] = tuple(dict.fromkeys(_query_params(route.dependant)))
+    for name in request.query_params:
+        if name not in takes:
+            close = difflib.get_close_matches(name, takes, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            valid = ", ".join(takes) if takes else "none"
+            raise BadRequest(f"unknown query parameter {name!r}{hint}; {route.path} takes: {valid}")
+
+
+def _query_params(dependant: Any) -> list[str]:
+    """The query parameters a route's function and its dependencies take."""
+    return [p.alias for p in dependant.query_params] + [
+        name for sub in dependant.dependencies for name in _query_params(sub)]

@@ -73,6 +73,13 @@ def test_bodies_over_the_limit_get_413_unread(server: ServerThread) -> None:
      "start: 1767610680 looks like epoch seconds (2026-01-05T10:58:00Z); times are epoch milliseconds "
      "(1767610680000) or ISO times"),
     ("/v1/export/trades.csv?end=1767614280", "end: 1767614280 looks like epoch seconds"),
+    # a parameter the route does not take: a typo would otherwise answer for something else
+    ("/v1/trades?coins=BTC",
+     "unknown query parameter 'coins' (did you mean coin?); /v1/trades takes: coin, limit"),
+    ("/v1/candles?coin=BTC&intervall=5m", "unknown query parameter 'intervall' (did you mean interval?)"),
+    ("/v1/orders?foo=1", "unknown query parameter 'foo'; /v1/orders takes: coin, status, user, limit"),
+    ("/v1/export/trades.csv?from=1", "unknown query parameter 'from'; /v1/export/{table}.{fmt} takes: "),
+    ("/v1/status?verbose=1", "unknown query parameter 'verbose'; /v1/status takes: none"),
 ])
 def test_bad_parameters_are_400_naming_them(server: ServerThread, path: str, message: str) -> None:
     r = httpx.get(server.url + path, timeout=30)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from api.deps import Read, State
 from api.errors import BadRequest, NotFound
-from api.params import parse_range
+from api.params import known_query_params, parse_range
 from api.reader import Batches, Con
 from etl.formats import FORMATS, MEDIA_TYPES, encode
 from etl.history import EXPORT_BATCH_ROWS, HistoryError, check_coin, check_export, slice_sql
 from etl.schema import TABLES
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_query_params)])
 
 
 

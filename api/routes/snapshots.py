@@ -12,13 +12,20 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.deps import Read, State
 from api.encoding import json_response
 from api.errors import BadRequest, NotFound
 from api.origin import SameOrigin
-from api.params import check_interval, parse_bool, parse_limit, parse_range, require_coin
+from api.params import (
+    check_interval,
+    known_query_params,
+    parse_bool,
+    parse_limit,
+    parse_range,
+    require_coin,
+)
 from api.reader import Con
 from api.state import AppState
 from etl.candles import round_volume, shift_open_ms
@@ -36,7 +43,7 @@ from etl.history import (
 )
 from etl.status import status_rows
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_query_params)])
 
 CANDLE_FIELDS = ("t", "T", "o", "h", "l", "c", "v", "vq", "n", "vwap", "filled")
 DEFAULT_CANDLES = 500  # without `start`, the candle holding `end` and the 499 before it

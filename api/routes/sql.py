@@ -28,19 +28,20 @@ import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api import sqlguard
 from api.deps import State
 from api.errors import BadRequest, SqlBusy, SqlError, SqlRefused, SqlTimeout, SqlTooLarge
+from api.params import known_query_params
 from api.reader import ANSWER_GRACE_S, Con, TimeLimit, in_thread, ingest_first, run_limited
 from api.sqllimits import MemoryWatch, query_memory_budget
 from api.state import AppState
 from etl.config import Settings
 from etl.formats import MEDIA_TYPES, encode, json_bytes
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_query_params)])
 log = logging.getLogger("nodetap.sql")
 
 SQL_FORMATS = ("json", *MEDIA_TYPES)
