@@ -6,6 +6,7 @@ Each rule is one boolean Polars expression; `apply_rules` evaluates them all in 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -25,6 +26,18 @@ import polars as pl
 log = logging.getLogger("nodetap.filters")
 
 DEFAULT_STATUSES = ("open", "filled", "canceled", "triggered")
+# the statuses the node writes (Hyperliquid's order statuses); `statuses` may name others (a
+# status added later), but not one that is a near miss of these: a typo would keep nothing
+KNOWN_STATUSES = (
+    *DEFAULT_STATUSES, "rejected", "marginCanceled", "vaultWithdrawalCanceled", "openInterestCapCanceled",
+    "selfTradeCanceled", "reduceOnlyCanceled", "siblingFilledCanceled", "delistedCanceled",
+    "liquidatedCanceled", "outcomeSettledCanceled", "scheduledCancel", "tickRejected", "minTradeNtlRejected",
+    "minTradeSpotNtlRejected", "perpMarginRejected", "reduceOnlyRejected", "badAloPxRejected",
+    "iocCancelRejected", "badTriggerPxRejected", "marketOrderNoLiquidityRejected",
+    "positionIncreaseAtOpenInterestCapRejected", "positionFlipAtOpenInterestCapRejected",
+    "tooAggressiveAtOpenInterestCapRejected", "openInterestIncreaseRejected",
+    "insufficientSpotBalanceRejected", "oracleRejected", "perpMaxPositionRejected",
+)
 SIDES = ("A", "B")
 TRIGGER_MODES = ("any", "only", "exclude")
 _LIST_KEYS = ("coins", "exclude_coins", "statuses", "sides", "order_types", "watch_users")
@@ -100,6 +113,15 @@ def _check_values(r: Rules, source: str) -> None:
             raise RulesError(
                 source, f"orders.sides[{i}]", f"must be 'A' (ask/sell) or 'B' (bid/buy), got {side!r}"
             )
+    for i, status in enumerate(r.statuses):
+        if status in KNOWN_STATUSES:
+            continue
+        case = [k for k in KNOWN_STATUSES if k.lower() == status.lower()]
+        near = case or difflib.get_close_matches(status, KNOWN_STATUSES, n=1, cutoff=0.75)
+        if near:
+            why = " (statuses are case-sensitive)" if case else ""
+            raise RulesError(source, f"orders.statuses[{i}]",
+                             f"{status!r} is not a status the node writes: did you mean {near[0]!r}?{why}")
     if r.trigger not in TRIGGER_MODES:
         raise RulesError(
             source, "orders.trigger", f"must be one of 'any', 'only', 'exclude', got {r.trigger!r}"

@@ -214,6 +214,22 @@ def test_unknown_statuses_are_accepted() -> None:
     assert kept_oids(make_orders(), rules) == [5]
 
 
+@pytest.mark.parametrize(("status", "said"), [
+    ("opne", "'opne' is not a status the node writes: did you mean 'open'?"),
+    ("Filled", "'Filled' is not a status the node writes: did you mean 'filled'? "
+               "(statuses are case-sensitive)"),
+    ("cancelled", "'cancelled' is not a status the node writes: did you mean 'canceled'?"),
+    ("perpMarginRejcted", "did you mean 'perpMarginRejected'?"),
+])
+def test_a_near_miss_of_a_known_status_is_an_error(status: str, said: str) -> None:
+    """A typo would keep none of the orders of the status meant, silently; a status nodetap does
+    not know and that is near none it knows is taken as given (a status added later)."""
+    with pytest.raises(RulesError) as err:
+        parse_rules({"orders": {"statuses": ["open", status]}})
+    assert said in str(err.value) and str(err.value).startswith("<rules>: orders.statuses[1]: ")
+    assert err.value.key == "orders.statuses[1]"
+
+
 def test_rules_are_immutable() -> None:
     rules = Rules(min_notional_by_coin={"BTC": 1.0}, coins=["BTC"])  # type: ignore[arg-type]
     assert rules.coins == ("BTC",)
