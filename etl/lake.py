@@ -159,11 +159,14 @@ class Lake:
         """The last event time of the streams feeding `table` (None: no data yet)."""
         return watermark(self.con, SOURCES[table])
 
-    def seal(self, now_watermark: dict[str, datetime | None] | None = None) -> SealReport:
+    def seal(self, now_watermark: dict[str, datetime | None] | None = None,
+             grace_s: float | None = None) -> SealReport:
         """Seal every complete hour not sealed yet, re-seal dirty ones, merge the candle parts
         of pruned hours, prune past retention. An hour whose seal conflicts with a unit
-        committing rows for it stays dirty, for the next round."""
+        committing rows for it stays dirty, for the next round. `grace_s` overrides the
+        lake's grace (`ingest --once` seals with none: nothing more arrives in that run)."""
         report = SealReport()
+        grace = self.grace if grace_s is None else timedelta(seconds=grace_s)
         todo: list[tuple[str, datetime, bool, int, int, bool]] = []
         marks: dict[str, datetime] = {}
         for table in TABLES:
@@ -178,7 +181,7 @@ class Lake:
                 LEFT JOIN lake_hours l ON l.tbl = ? AND l.hour = d.h
                 WHERE d.h + INTERVAL 1 HOUR <= ? AND (l.hour IS NULL OR l.dirty)
                 ORDER BY h""",
-                [table, wm - self.grace],
+                [table, wm - grace],
             ).fetchall()]
         if "candles" in marks:  # candle parts left apart by versions before they were merged
             todo += [("candles", *row) for row in self.con.execute(

@@ -815,3 +815,17 @@ def test_the_address_is_printed_once_it_answers(tmp_path: Path, command: str) ->
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_ingest_once_on_the_bundled_sample_seals_its_complete_hour(tmp_path: Path) -> None:
+    """`ingest --once` seals every hour its streams have passed, without `seal_grace_s`: the
+    README's lake examples work on the bundled sample, whose data ends 6 s into 11:00."""
+    db = tmp_path / "sample.duckdb"
+    run_cli("ingest", "--config", "data/nodetap.toml", "--db", str(db), "--once")
+    sealed = query(db, "SELECT tbl, hour FROM lake_hours WHERE sealed_at IS NOT NULL ORDER BY ALL")
+    hour10 = datetime(2026, 1, 5, 10)
+    assert ("trades", hour10) in sealed and ("orders", hour10) in sealed
+    assert all(hour == hour10 for _, hour in sealed)  # 11:00 is not over
+    lake = pl.read_parquet(tmp_path / "sample.duckdb.lake" / "trades" / "date=2026-01-05" / "hour=10")
+    stored = query(db, "SELECT count(*) FROM history.trades WHERE time < '2026-01-05 11:00'")
+    assert lake.height == stored[0][0] > 0

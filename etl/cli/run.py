@@ -86,7 +86,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if args.once:
                 pipe.run_to_end()
                 pipe.flush()
-                pipe.lake().seal()
+                # no line arrives later in this run: every hour the watermark has passed is
+                # sealed (a late line a later run reads seals it again)
+                pipe.lake().seal(grace_s=0.0)
                 print(format_status(status_rows(pipe.snapshot())))
             else:
                 pipe.run()
