@@ -165,8 +165,8 @@ def _check_status(con: Con, status: str) -> None:
     close = difflib.get_close_matches(status, known, n=1, cutoff=0.6)
     same = [k for k in known if k.lower() == status.lower()] or close
     hint = f" Did you mean {same[0]}?" if same else ""
-    raise HistoryError(f"unknown status {status!r}: no stored order has it (the rules keep the "
-                       f"statuses they keep; GET /v1/rules).{hint} Statuses stored ({len(known)}): "
+    raise HistoryError(f"unknown status {status!r}: no stored order has it (only the orders the "
+                       f"rules keep are stored: GET /v1/rules).{hint} Statuses stored ({len(known)}): "
                        + ", ".join(known))
 
 
