@@ -98,6 +98,7 @@ class Pipeline:
         self._stopped = threading.Event()  # set when the shutdown is done
         # when the database first looked for streams, for one seen after that (initial_cursor)
         self._first_start: float | None = None
+        self._first_from = self.settings.start_from  # that run's start_from
 
     # ------------------------------------------------------------ startup
     def open(self) -> None:
@@ -128,22 +129,27 @@ class Pipeline:
         database is asked for cursors only when one did)."""
         s = self.settings
         if self._first_start is None:  # this run's first look
-            self._first_start, fresh = self.store.first_start(self.wall_clock())
+            self._first_start, self._first_from, fresh = self.store.first_start(self.wall_clock(),
+                                                                               s.start_from)
             since = None if fresh else self._first_start
         else:
             since = self._first_start
+        # a stream seen for the first time starts where the database's first run said (`--from`
+        # is a first run's setting): with `end`, a stream seen after that run's first look at
+        # its first file written to since (initial_cursor)
+        start_from = self._first_from
         new = [stream for stream in discover(s.node_dir, s.streams) if stream.name not in self.states]
         stored = self.store.cursors() if new else {}
         for stream in new:
             cur = stored.get(stream.name)
             if cur is None:
                 # kept at once: a run that stops before the stream's first commit resumes here
-                cur = initial_cursor(stream, s.start_from, since)
+                cur = initial_cursor(stream, start_from, since)
                 self.store.start_cursor(stream.name, stream.kind, cur)
             if stream.kind == "orders":
                 prepare()  # the byte scan, loaded before the first batch
             # the floor: files before it are not read (`--from 20300101` skips every file before)
-            floor = cur.file or start_floor(s.start_from)
+            floor = cur.file or start_floor(start_from)
             lane = Lane(stream, self.store.for_thread(), s, cur, rules=self.rules,
                         listeners=self.listeners, clock=self.clock,
                         index=self.store.file_index(stream.name, floor), alarm=self.disk_alarm,
@@ -155,7 +161,7 @@ class Pipeline:
                 log.info("event=start_after_files stream=%s from=%s files_before=%d (no hour file at or "
                          "after --from yet: none of these is read; the first one at or after it is)",
                          stream.name, floor, len(hour_files(stream.root)))
-            if stream.name not in stored and s.start_from == "end" and cur.file and since is None:
+            if stream.name not in stored and start_from == "end" and cur.file and since is None:
                 before = hour_files(stream.root)
                 older = before[:before.index(cur.file)] if cur.file in before else []
                 if older or cur.offset:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import orjson
 import polars as pl
 
 from etl.candles import KEY, collapse, with_close_times
@@ -170,12 +171,15 @@ class Store:
             """INSERT INTO cursors VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, NULL, NULL)
             ON CONFLICT (stream) DO NOTHING""", [stream, kind, cursor.file, cursor.inode, cursor.offset])
 
-    def first_start(self, wall: float) -> tuple[float, bool]:
-        """When streams were first looked for in this database (epoch seconds), and whether
-        that is now (`wall`, recorded by this call)."""
-        self.con.execute("INSERT OR IGNORE INTO meta VALUES ('first_start', ?)", [repr(wall)])
-        (value,) = self.con.execute("SELECT value FROM meta WHERE key = 'first_start'").fetchone() or (wall,)
-        return float(value), float(value) == wall
+    def first_start(self, wall: float, start_from: str) -> tuple[float, str, bool]:
+        """When streams were first looked for in this database (epoch seconds) and the
+        `start_from` of that run, and whether that is now (recorded by this call)."""
+        self.con.execute("INSERT OR IGNORE INTO meta VALUES ('first_start', ?)",
+                         [orjson.dumps({"at": wall, "from": start_from}).decode()])
+        (value,) = self.con.execute("SELECT value FROM meta WHERE key = 'first_start'").fetchone() or ("{}",)
+        first = orjson.loads(value)
+        at = float(first.get("at", wall))
+        return at, str(first.get("from", start_from)), at == wall
 
     def file_index(self, stream: str, start_file: str) -> FileIndex:
         """The stored file cursors of one stream, for its tailer. Its floor (files before it

@@ -559,3 +559,22 @@ def test_a_stream_that_appears_while_running_from_the_end_is_read_whole(tmp_path
 
 def query_store(store: Store, sql: str) -> list[tuple[object, ...]]:
     return store.con.execute(sql).fetchall()
+
+
+def test_a_stream_seen_later_starts_where_the_first_run_said(tmp_path: Path) -> None:
+    """`--from` is the database's first run's setting: a stream first seen by a later run that
+    has another `--from` (the default `end`) starts as the first run said, here at its first
+    file's start, even a file written before the database's first run (its mtime)."""
+    from tests.test_lake import Node
+
+    node = Node(tmp_path / "node")
+    node.add_order("2026-01-05T10:00:00", 1)
+    db = tmp_path / "first.duckdb"
+    run_cli("ingest", "--keep-all", "--node-dir", str(node.root), "--db", str(db), "--from", "start",
+            "--once")
+    node.add_trade("2026-01-05T10:00:02", 7)
+    fills = node.root / "node_fills" / "hourly" / "20260105" / "10"
+    os.utime(fills, (time.time() - 3600, time.time() - 3600))  # written an hour before
+    run_cli("ingest", "--keep-all", "--node-dir", str(node.root), "--db", str(db), "--once")
+    assert query(db, "SELECT count(*) FROM fills") == [(2,)]
+    assert query(db, "SELECT oid FROM orders") == [(1,)]
