@@ -22,6 +22,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_scan(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The byte scan compiled (or loaded from numba's cache) before any test starts a server,
+    once for all xdist workers: on a fresh checkout it compiles for ~18 s on 2 cores, which
+    would otherwise happen inside the first tests' servers, two workers at once, past their
+    start-up deadlines on a busy machine (`etl.bytescan.warm`)."""
+    import fcntl
+
+    from etl.bytescan import warm
+
+    lock = tmp_path_factory.getbasetemp().parent / "nodetap-numba.lock"  # shared by the workers
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # the second worker then loads what the first compiled
+        warm()
+
+
 @pytest.fixture
 def samples() -> Path:
     """The real node lines in ../shared/samples; tests using them skip where it is absent."""
