@@ -372,13 +372,17 @@ def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_pa
                 stalled.append(clients.enter_context(stalled_client(server)))
                 for sub in HEAVY:
                     send(stalled[-1], {"method": "subscribe", "subscription": sub})
-            wait_for(lambda: hub.stats()["subscriptions"] == 100 * len(HEAVY), what="the subscriptions")
+            # the waits are long: on a busy 2-core machine, this process (the server, the writer's
+            # reader and 100 clients) may get a fraction of a core
+            wait_for(lambda: hub.stats()["subscriptions"] == 100 * len(HEAVY), timeout=120,
+                     what="the subscriptions")
             # every client stalled: socket buffers full, queue full, dropping the oldest
             wait_for(lambda: all(c.full_since is not None for c in tuple(hub.clients)),  # a copy: see stats
-                     what="every queue full")
+                     timeout=120, what="every queue full")
             # warm-up: the allocators reach their working size while batches go on
             batches = hub.stats()["batches_published"]
-            wait_for(lambda: hub.stats()["batches_published"] - batches >= 10, what="10 warm-up batches")
+            wait_for(lambda: hub.stats()["batches_published"] - batches >= 10, timeout=120,
+                     what="10 warm-up batches")
             stats = hub.stats()
             batches, dropped = stats["batches_published"], stats["messages_dropped"]
             samples: list[Held] = []
