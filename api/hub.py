@@ -40,7 +40,9 @@ from etl.pipeline import Processed
 log = logging.getLogger("nodetap.hub")
 
 # Batches built but not yet fanned out (the loop is behind): past this many bytes the oldest
-# batch is dropped, and its subscribers are told through their `lagged` count.
+# batch is dropped, and its subscribers are told through their `lagged` count. The newest batch
+# stays whatever its size (a lane that is behind publishes units of up to `batch_max_bytes` of
+# node lines, whose messages can be larger than this).
 INBOX_MAX_BYTES = 64 << 20
 # Replies a client may have waiting before we stop reading its requests (TCP pushes back).
 CONTROL_MAX = 64

@@ -342,6 +342,7 @@ class Held:
     distinct: int  # bytes of the distinct messages queued (a message is shared by its subscribers)
     messages: int  # how many distinct messages that is
     inbox: int  # bytes of batches built and not yet fanned out
+    inbox_batches: int  # how many batches that is
 
 
 def held(server: ServerThread) -> Held:
@@ -352,7 +353,7 @@ def held(server: ServerThread) -> Held:
         return Held(max((len(c.data) for c in hub.clients), default=0),
                     max((c.queued_bytes for c in hub.clients), default=0),
                     sum(c.transport.get_write_buffer_size() for c in hub.clients),
-                    sum(texts.values()), len(texts), hub._inbox_bytes)
+                    sum(texts.values()), len(texts), hub._inbox_bytes, len(hub._inbox))
 
     return asyncio.run_coroutine_threadsafe(look(), hub.loop).result(10)
 
@@ -398,7 +399,8 @@ def test_memory_stays_flat_with_100_clients_that_never_read(serve: Serve, tmp_pa
             # the hub's own buffers stayed within their settings at every look
             assert max(h.longest_queue for h in samples) <= queue
             assert max(h.most_queued for h in samples) <= lag_bytes
-            assert max(h.inbox for h in samples) <= INBOX_MAX_BYTES
+            # the newest batch stays whatever its size (a lane behind under load commits big ones)
+            assert all(h.inbox <= INBOX_MAX_BYTES or h.inbox_batches == 1 for h in samples)
             # the feed kept running and every client kept dropping: most of each batch went
             assert stats["messages_dropped"] - dropped > 100 * len(HEAVY) * 30
             # all queues share at most ~`queue` messages of each subscription: far below what
