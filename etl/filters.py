@@ -14,8 +14,9 @@ import os
 import re
 import tempfile
 import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -339,6 +340,9 @@ def apply_rules(orders: pl.DataFrame, rules: Rules) -> tuple[pl.DataFrame, dict[
     return orders.filter(masks.get_column("__keep")), mask_counts(masks)
 
 
+EMPTY_GRACE_S = 2.0  # an empty rules file younger than this is being written (`RulesFile.check`)
+
+
 def _signature(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -357,8 +361,10 @@ class RulesFile:
     Thread-safe: the pipeline thread calls `check`/`record`, the API thread `replace`/`stats`.
     """
 
-    def __init__(self, path: Path | None, keep_all: bool = False, missing_ok: bool = False) -> None:
+    def __init__(self, path: Path | None, keep_all: bool = False, missing_ok: bool = False,
+                 wall: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._wall = wall  # the clock an empty file's mtime is compared with (`check`)
         self._force_keep_all = keep_all
         self._lock = threading.Lock()
         self._stats: dict[str, dict[str, int]] = {}
@@ -385,7 +391,9 @@ class RulesFile:
     def check(self) -> bool:
         """Reload the file if its mtime, size or inode changed; True when new rules were swapped in.
 
-        A bad file is logged once per change and the previous good rules stay in effect.
+        A bad file is logged once per change and the previous good rules stay in effect. An empty
+        file changed less than `EMPTY_GRACE_S` ago is not read yet: an editor that saves in place
+        truncates the file, then writes it, and the rules in between would be the defaults.
         """
         if self.path is None:
             return False
@@ -393,6 +401,8 @@ class RulesFile:
             sig = _signature(self.path)
             if sig == self._sig:
                 return False
+            if sig is not None and sig[1] == 0 and self._wall() - sig[0] / 1e9 < EMPTY_GRACE_S:
+                return False  # truncated by an editor about to write it: looked at again next time
             self._sig = sig
             try:
                 rules = load_rules(self.path)

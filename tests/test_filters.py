@@ -21,6 +21,7 @@ from polars.testing import assert_frame_equal
 
 from etl.columns import ORDERS_SCHEMA
 from etl.filters import (
+    EMPTY_GRACE_S,
     KEEP_ALL,
     SHIPPED,
     Rules,
@@ -393,6 +394,25 @@ def test_rules_file_reloads_on_change_and_keeps_good_rules_on_error(
     assert rf.check() is True and rf.stats()["total"] == {"seen": 6, "kept": 2}
     path.write_text('[orders]\nsides = ["B"]\n')
     assert rf.check() is True and rf.stats() == {}
+
+
+def test_an_empty_rules_file_is_read_only_once_it_stayed_empty(tmp_path: Path) -> None:
+    """An editor saving in place truncates the file, then writes it: the empty file in between
+    does not swap in the default rules."""
+    path = tmp_path / "rules.toml"
+    path.write_text('[orders]\ncoins = ["BTC"]\n')
+    now = [0.0]
+    rf = RulesFile(path, wall=lambda: now[0])
+    path.write_text("")  # truncated
+    now[0] = path.stat().st_mtime_ns / 1e9 + 0.5
+    assert rf.check() is False and rf.rules == Rules(coins=("BTC",))
+    path.write_text('[orders]\ncoins = ["ETH"]\n')  # then written
+    assert rf.check() is True and rf.rules == Rules(coins=("ETH",))
+    path.write_text("")  # emptied on purpose: the defaults, once it stayed empty
+    now[0] = path.stat().st_mtime_ns / 1e9 + 0.5
+    assert rf.check() is False and rf.rules == Rules(coins=("ETH",))
+    now[0] += EMPTY_GRACE_S
+    assert rf.check() is True and rf.rules == Rules()
 
 
 def test_rules_file_bad_at_startup_raises(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ checked against the node's source lines and the server's DuckDB database."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -320,7 +321,7 @@ def rules_and_node(tmp_path: Path) -> tuple[Path, Node]:
 
 
 def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
-        tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+        tmp_path: Path, serve: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture) -> None:
     rules_path, node = rules_and_node(tmp_path)
     with serve(node.root, rules_file=rules_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         caught_up(client, node.root)
@@ -340,6 +341,18 @@ def test_put_rules_applies_to_the_next_batch_and_bad_rules_change_nothing(
         caught_up(client, node.root)
         assert [o["oid"] for o in client.get("/v1/orders").json()] == [5, 3, 1]
         assert client.get("/v1/status").json()["rules"]["stats"]["coins"] == {"seen": 4, "kept": 3}
+        assert "x-nodetap-unseen-coins" not in client.put("/v1/rules", json=new).headers
+
+        # a coin the node never showed is applied all the same, and named in the answer and the log
+        with caplog.at_level(logging.WARNING, logger="nodetap.api"):
+            r = client.put("/v1/rules", json={"orders": {"coins": ["ETH", "btc", "PURR/USD"],
+                                                         "min_notional_by_coin": {"SOLX": 5}}})
+        assert r.status_code == 200 and r.json()["orders"]["coins"] == ["ETH", "btc", "PURR/USD"]
+        assert json.loads(r.headers["x-nodetap-unseen-coins"]) == ["btc", "PURR/USD", "SOLX"]
+        warned = [m.getMessage() for m in caplog.records if "event=rules_unseen_coins" in m.getMessage()][-1]
+        assert ("coins='btc' (did you mean 'BTC'?), 'PURR/USD' (did you mean 'PURR/USDC'?), 'SOLX' "
+                "(no trade") in warned
+        client.put("/v1/rules", json=new)
 
         before = client.get("/v1/rules").json()
         for body, message in [

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
+import logging
 import time
 from typing import Any
 
@@ -17,6 +19,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from api.deps import Read, State
 from api.encoding import json_response
 from api.errors import BadRequest, NotFound
+from api.infoapi import known_coin
 from api.origin import SameOrigin
 from api.params import (
     check_interval,
@@ -26,11 +29,11 @@ from api.params import (
     parse_range,
     require_coin,
 )
-from api.reader import Con
+from api.reader import Con, read
 from api.state import AppState
 from etl.candles import round_volume, shift_open_ms
 from etl.config import Settings
-from etl.filters import ADDRESS, RulesError, rules_to_dict
+from etl.filters import ADDRESS, Rules, RulesError, rules_to_dict
 from etl.history import (
     ARRIVAL_DESC,
     ARRIVAL_ORDER,
@@ -43,6 +46,7 @@ from etl.history import (
 )
 from etl.status import status_rows
 
+log = logging.getLogger("nodetap.api")
 router = APIRouter(dependencies=[Depends(known_query_params)])
 
 CANDLE_FIELDS = ("t", "T", "o", "h", "l", "c", "v", "vq", "n", "vwap", "filled")
@@ -249,4 +253,25 @@ async def put_rules(state: State, request: Request, _: SameOrigin) -> Response:
         raise BadRequest(str(err)) from None
     response = json_response(rules_to_dict(rules))
     response.headers["x-nodetap-rules-saved"] = "true" if state.rules.saved else "false"
+    unseen = await _unseen_coins(state, rules)
+    if unseen:  # applied all the same: a coin may be listed before its first trade
+        response.headers["x-nodetap-unseen-coins"] = json.dumps(unseen)
     return response
+
+
+async def _unseen_coins(state: AppState, rules: Rules) -> list[str]:
+    """The coins the rules name that this node has not seen (no trade, candle or kept order
+    status), logged with the seen coin each is closest to: a typo keeps nothing, silently."""
+    named = dict.fromkeys([*rules.coins, *rules.exclude_coins, *rules.min_notional_by_coin])
+    unseen = [c for c in named if not await known_coin(state, c)]
+    if unseen:
+        seen = await read(state, lambda con: [c for (c,) in con.execute(
+            "SELECT coin FROM history.candles UNION SELECT coin FROM history.orders").fetchall() if c])
+        hints = []
+        for coin in unseen:
+            near = ([c for c in seen if c.lower() == coin.lower()]
+                    or difflib.get_close_matches(coin, seen, n=1, cutoff=0.6))
+            hints.append(f"{coin!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        log.warning("event=rules_unseen_coins coins=%s (no trade, candle or order status of these coins "
+                    "was seen; the rules apply all the same)", ", ".join(hints))
+    return unseen
