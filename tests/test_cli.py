@@ -544,6 +544,19 @@ def test_tables_print_plain_decimals_and_iso_times(history_db: Path,
     assert capsys.readouterr().out.splitlines()[1].split() == ["17810207.0", "2026-01-05T10:00:00"]
 
 
+def test_the_candles_table_gives_the_volume_weighted_price_to_eight_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1, px="100.0", sz="1.0")
+    node.add_trade("2026-01-05T10:10:01", 2, px="100.1", sz="2.0")  # vwap 100.0666...
+    db = tmp_path / "v.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once")
+    assert main(["candles", "--db", str(db), "--coin", "BTC", "--no-fill"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[11] == "100.06667"
+    assert main(["candles", "--db", str(db), "--coin", "BTC", "--no-fill", "--format", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)[0]["vwap"] == pytest.approx(300.2 / 3, rel=1e-15)
+
+
 def test_cells() -> None:
     assert [cell(v) for v in (1.7810207e7, 1e-07, 5.0, None, True, 3)] == [
         "17810207.0", "0.0000001", "5.0", "-", "true", "3"]
