@@ -625,6 +625,15 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
     assert not db.exists()
 
 
+def test_backfill_prints_its_log_lines_above_its_progress_bar(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1)
+    out = run_cli("backfill", "--db", str(tmp_path / "b.duckdb"), "--log-level", "INFO", str(node.root))
+    said = [line for line in re.split(r"[\r\n]", out.stderr) if "event=backfill_file" in line]
+    assert said and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in said), out.stderr
+    assert "backfill: 100%" in out.stderr
+
+
 def test_each_database_error_says_what_to_do_about_it(history_db: Path, tmp_path: Path) -> None:
     """Not a DuckDB file, a directory, a file held by a running ingest/serve: each says so, and
     only the last one points at the server, at the endpoint that does what the command does."""
