@@ -18,6 +18,7 @@ import difflib
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -235,7 +236,18 @@ def backfill(
     shaping: Shaping | None = None,
 ) -> Report:
     """Ingest `paths`; returns counts of files, lines, rows and rejects, and the files that
-    could not be read whole (the others are read all the same)."""
+    could not be read whole (the others are read all the same). With `progress`, a progress bar
+    on standard error, the log lines printed above it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm() if progress else nullcontext():
+        return _backfill(paths, store, batch_max_bytes=batch_max_bytes, max_line_bytes=max_line_bytes,
+                         stream=stream, stop=stop, progress=progress, shaping=shaping)
+
+
+def _backfill(paths: list[Path], store: Store, *, batch_max_bytes: int, max_line_bytes: int,
+              stream: str | None, stop: threading.Event | None, progress: bool,
+              shaping: Shaping | None) -> Report:
     from tqdm import tqdm
 
     files = expand(paths)

@@ -29,7 +29,9 @@ fields alone (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +45,8 @@ from etl.fields import Fields
 from etl.filters import Rules, _rule_exprs, add_counts, apply_rules, mask_counts, rule_columns, rule_masks
 from etl.flatten import orders_flat
 from etl.parse import BadLine, Parsed, parse, parse_lines
+
+log = logging.getLogger("nodetap.prefilter")
 
 # below this many lines, decoding a batch whole costs less than pre-filtering it, whose frames
 # and second decode cost ~6.5 ms whatever the batch (measured: 1,024 lines 7.1 against 5.9 ms
@@ -147,14 +151,30 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
+SLOW_PREPARE_S = 2.0  # a load of the byte scan that takes longer is compiling it: say so
+
+
 def prepare() -> None:
-    """Load the byte scan now (numba's compiled code: ~0.2 s and ~120 MB, ~3 s the first time,
-    when it is compiled and cached): every order-status batch is read by it (etl/parse.py, and
-    the light read here). So the first batch does not wait for it, and it is made before the
-    long-lived objects are frozen (etl/malloc.py)."""
+    """Load the byte scan now (numba's compiled code: ~1.3 s and ~120 MB, ~18 s on 2 cores the
+    first time, when it is compiled and cached): every order-status batch is read by it
+    (etl/parse.py, and the light read here). So the first batch does not wait for it, and it is
+    made before the long-lived objects are frozen (etl/malloc.py). A load that takes more than
+    `SLOW_PREPARE_S` is logged, then its end, so that a first start does not look hung."""
     from etl.bytescan import warm
 
-    warm()
+    t0 = time.monotonic()
+    timer = threading.Timer(SLOW_PREPARE_S, lambda: log.warning(
+        "event=scan_compiling (the first start compiles the byte scan with numba, ~20 s on 2 cores; "
+        "it is cached for later starts: set NUMBA_CACHE_DIR to a writable directory where it is not)"))
+    timer.daemon = True
+    timer.start()
+    try:
+        warm()
+    finally:
+        timer.cancel()
+    seconds = time.monotonic() - t0
+    if seconds > SLOW_PREPARE_S:
+        log.info("event=scan_compiled seconds=%.1f", seconds)
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,

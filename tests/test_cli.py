@@ -544,6 +544,19 @@ def test_tables_print_plain_decimals_and_iso_times(history_db: Path,
     assert capsys.readouterr().out.splitlines()[1].split() == ["17810207.0", "2026-01-05T10:00:00"]
 
 
+def test_the_candles_table_gives_the_volume_weighted_price_to_eight_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1, px="100.0", sz="1.0")
+    node.add_trade("2026-01-05T10:10:01", 2, px="100.1", sz="2.0")  # vwap 100.0666...
+    db = tmp_path / "v.duckdb"
+    run_cli("ingest", "--node-dir", str(node.root), "--db", str(db), "--from", "start", "--once")
+    assert main(["candles", "--db", str(db), "--coin", "BTC", "--no-fill"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[11] == "100.06667"
+    assert main(["candles", "--db", str(db), "--coin", "BTC", "--no-fill", "--format", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)[0]["vwap"] == pytest.approx(300.2 / 3, rel=1e-15)
+
+
 def test_cells() -> None:
     assert [cell(v) for v in (1.7810207e7, 1e-07, 5.0, None, True, 3)] == [
         "17810207.0", "0.0000001", "5.0", "-", "true", "3"]
@@ -610,6 +623,15 @@ def test_a_db_path_that_cannot_be_a_database_is_refused_before_anything_starts(t
     out = run_cli("backfill", "--db", str(db), str(tmp_path / "nowhere"), check=False)
     assert out.returncode == 2 and f"{tmp_path / 'nowhere'}: no such file or directory" in out.stderr
     assert not db.exists()
+
+
+def test_backfill_prints_its_log_lines_above_its_progress_bar(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.add_trade("2026-01-05T10:10:00", 1)
+    out = run_cli("backfill", "--db", str(tmp_path / "b.duckdb"), "--log-level", "INFO", str(node.root))
+    said = [line for line in re.split(r"[\r\n]", out.stderr) if "event=backfill_file" in line]
+    assert said and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in said), out.stderr
+    assert "backfill: 100%" in out.stderr
 
 
 def test_each_database_error_says_what_to_do_about_it(history_db: Path, tmp_path: Path) -> None:

@@ -146,6 +146,9 @@ def data_end(con: duckdb.DuckDBPyConnection) -> int:
     return int(last) if last is not None else int(time.time() * 1000)
 
 
+VWAP_FIGURES = 8  # in the table (a mean of prices of 5 significant figures); files keep every digit
+
+
 def cmd_candles(args: argparse.Namespace) -> int:
     s = settings_from(args)
     start, end = time_range_ms(args.start, args.end, ("--start", "--end"))
@@ -168,7 +171,8 @@ def cmd_candles(args: argparse.Namespace) -> int:
     finally:
         con.close()
     frame = frame.drop("t_first", "t_last").with_columns(round_volume(frame["v"]), round_volume(frame["vq"]))
-    if fmt == "table":  # times as ISO, not epoch ms
-        frame = frame.with_columns(pl.from_epoch(pl.col(c), time_unit="ms") for c in ("t", "T"))
+    if fmt == "table":  # times as ISO, not epoch ms; the volume-weighted price to 8 figures
+        frame = frame.with_columns(*(pl.from_epoch(pl.col(c), time_unit="ms") for c in ("t", "T")),
+                                   pl.col("vwap").round_sig_figs(VWAP_FIGURES))
     write_frame(frame, fmt, args.output)
     return 0
