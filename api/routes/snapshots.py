@@ -253,9 +253,13 @@ async def put_rules(state: State, request: Request, _: SameOrigin) -> Response:
         raise BadRequest(str(err)) from None
     response = json_response(rules_to_dict(rules))
     response.headers["x-nodetap-rules-saved"] = "true" if state.rules.saved else "false"
-    unseen = await _unseen_coins(state, rules)
-    if unseen:  # applied all the same: a coin may be listed before its first trade
-        response.headers["x-nodetap-unseen-coins"] = json.dumps(unseen)
+    try:
+        unseen = await _unseen_coins(state, rules)
+    except Exception as err:  # noqa: BLE001 - the rules are applied: the answer says so all the same
+        log.warning("event=rules_unseen_coins_unchecked error=%r (the rules apply)", str(err)[:200])
+    else:
+        if unseen:  # applied all the same: a coin may be listed before its first trade
+            response.headers["x-nodetap-unseen-coins"] = json.dumps(unseen)
     return response
 
 
