@@ -140,20 +140,22 @@ def measure(sc: Scenario, work: Path, *, seconds: float, warmup: float, burst_ms
     received = 0
     done: tuple[Any, ...] | None = None
     ctx = mp.get_context("spawn")
-    notes = ctx.Queue()
+    notes, ready = ctx.Queue(), ctx.Event()
     writer = ctx.Process(target=write, name="nodetap-bench-writer",
-                         args=(str(node), sc.order_rate, sc.fill_rate, warmup + seconds, burst_ms, notes))
+                         args=(str(node), sc.order_rate, sc.fill_rate, warmup, seconds, burst_ms, notes,
+                               ready))
     try:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None, max_queue=None) as ws:
             writer.start()
             _subscribe(ws)
+            ready.set()  # the warm-up ends once every coin is subscribed (a slow start may take long)
             counted_from = math.inf  # trades stamped after the warm-up, in wall ms
             last_message = time.monotonic()
             while done is None or received < done[4]:  # until every trade written has come (or quiet)
                 while not notes.empty():
                     note = notes.get()
                     if note[0] == "start":
-                        counted_from = note[1] + warmup * 1000
+                        counted_from = note[1]
                     else:
                         done, last_message = note, time.monotonic()
                 if done is None and not writer.is_alive() and notes.empty():

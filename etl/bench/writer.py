@@ -75,19 +75,28 @@ def stamp_fills(block: Block, now: datetime, replay: int) -> bytes:
     return fills
 
 
-def write(node: str, order_rate: float, fill_rate: float, seconds: float, burst_ms: float,
-          notes: Queue[Any]) -> None:
-    """Append the blocks for `seconds`, a burst at a time; notes ("start", wall ms) then
-    ("done", lines, seconds, most seconds behind the rate, trades written)."""
+WARMUP_MAX_S = 60.0  # a warm-up waits this long at most for the client to subscribe
+
+
+def write(node: str, order_rate: float, fill_rate: float, warmup: float, seconds: float, burst_ms: float,
+          notes: Queue[Any], ready: Any) -> None:
+    """Append the blocks, a burst at a time: a warm-up of at least `warmup` seconds that lasts
+    until `ready` (an Event: the client has subscribed; at most WARMUP_MAX_S more), then
+    `seconds`; notes ("start", wall ms of the end of the warm-up) then ("done", lines, seconds,
+    most seconds behind the rate, trades written)."""
     rate = order_rate + fill_rate
-    blocks = prerender(order_rate, fill_rate, min(PRERENDER_S, seconds))
+    blocks = prerender(order_rate, fill_rate, min(PRERENDER_S, warmup + seconds))
     per_burst = max(1, round(burst_ms / 1000 / BLOCK_S))
     writer = NodeWriter(Path(node))  # the simulator's writer: hour files, rotated on the clock
     lines = written = trades = 0
     worst_behind = 0.0
-    notes.put(("start", time.time() * 1000))
     started = time.monotonic()
-    while time.monotonic() - started < seconds:
+    counted: float | None = None  # when the warm-up ended
+    while counted is None or time.monotonic() - counted < seconds:
+        if counted is None and (time.monotonic() - started >= warmup
+                                and (ready.is_set() or time.monotonic() - started > warmup + WARMUP_MAX_S)):
+            counted = time.monotonic()
+            notes.put(("start", time.time() * 1000))
         burst = range(written, written + per_burst)
         now = datetime.now(UTC)
         orders = [stamp_orders(blocks[i % len(blocks)], now) for i in burst]
