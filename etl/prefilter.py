@@ -151,7 +151,7 @@ def prefilter(variant: str, buf: bytes, rules: Rules, max_line_bytes: int = 1 <<
     return Filtered(Parsed(frame, rejects, starts), times, counts, len(cand_lines))
 
 
-SLOW_PREPARE_S = 2.0  # a load of the byte scan that takes longer is compiling it: say so
+SLOW_PREPARE_S = 3.0  # a load of the byte scan that takes longer (compiling it, most likely): say so
 
 
 def prepare() -> None:
@@ -164,8 +164,8 @@ def prepare() -> None:
 
     t0 = time.monotonic()
     timer = threading.Timer(SLOW_PREPARE_S, lambda: log.warning(
-        "event=scan_compiling (the first start compiles the byte scan with numba, ~20 s on 2 cores; "
-        "it is cached for later starts: set NUMBA_CACHE_DIR to a writable directory where it is not)"))
+        "event=scan_loading (the byte scan; the first start compiles it with numba, ~20 s on 2 cores, "
+        "and caches it for later starts: set NUMBA_CACHE_DIR to a writable directory where it is not)"))
     timer.daemon = True
     timer.start()
     try:
@@ -174,7 +174,7 @@ def prepare() -> None:
         timer.cancel()
     seconds = time.monotonic() - t0
     if seconds > SLOW_PREPARE_S:
-        log.info("event=scan_compiled seconds=%.1f", seconds)
+        log.info("event=scan_loaded seconds=%.1f", seconds)
 
 
 def _light(variant: str, buf: bytes, starts: np.ndarray, ends: np.ndarray,
