@@ -315,6 +315,44 @@ def test_lagged_notice_counts_the_dropped_messages(serve: Serve, tmp_path: Path)
         assert hub.stats()["lagged_disconnects"] == 0 and hub.stats()["clients_connected"] == 1
 
 
+def test_a_client_is_told_of_its_lost_messages_when_none_follow(serve: Serve, tmp_path: Path) -> None:
+    """A message dropped with nothing after it: the `lagged` notice goes out once the client
+    has taken what was sent, not with a next message that may never come."""
+    from tests.test_lake import fill_lines, order_line
+
+    node = tmp_path / "node"
+    fills = node / "node_fills" / "hourly" / "20260105" / "10"
+    fills.parent.mkdir(parents=True)
+    fills.write_bytes(fill_lines("2026-01-05T10:00:01", 1) + b"\n")
+    orders = node / "node_order_statuses" / "hourly" / "20260105"
+    orders.mkdir(parents=True)
+    limit = 16 << 10
+    with serve(node, keep_all=True, node_info_url="", ws_max_lag_s=120.0, ws_max_lag_bytes=limit) as server, \
+            stalled_client(server) as ws:
+        hub = server.state.hub
+        wait_for(lambda: "BTC" in coins_seen(server), what="the first trade")
+        subscribe(ws, {"type": "orders", "coin": "*"})
+        subscribe(ws, {"type": "trades", "coin": "BTC"})
+        # two orders, one message each: the client library holds them and stops reading
+        for n in (1, 2):
+            with open(orders / "10", "ab") as f:
+                f.write(order_line("2026-01-05T10:00:01", 990 + n) + b"\n")
+            wait_for(lambda: hub.stats()["messages_sent"] == n, what=f"orders message {n}")  # noqa: B023
+        # then ~130 KB of orders, appearing whole (rename): one message the client does not take
+        staged = tmp_path / "staged"
+        staged.write_bytes(b"".join(order_line("2026-01-05T11:00:02", 1000 + i) + b"\n" for i in range(400)))
+        staged.rename(orders / "11")
+        wait_for(lambda: hub.stats()["unsent_bytes"] > limit, what="the orders message under way")
+        with open(fills, "ab") as f:  # its trade comes while the client is over the limit
+            f.write(fill_lines("2026-01-05T10:00:30", 2) + b"\n")
+        wait_for(lambda: hub.stats()["messages_dropped"] == 1, what="the trade dropped")
+        got = collect(ws, lambda ms: bool(of(ms, "lagged")), timeout=30)
+        assert hub.stats()["lagged_disconnects"] == 0
+    assert [m["channel"] for m in got] == ["orders", "orders", "orders", "lagged"]
+    assert [len(m["data"]) for m in got[:3]] == [1, 1, 400]
+    assert got[3] == {"channel": "lagged", "data": {"dropped": 1}}
+
+
 def test_client_that_stays_full_is_disconnected(serve: Serve, tmp_path: Path) -> None:
     with live_server(serve, tmp_path, rate=3000, ws_max_lag_s=1.0, **HEAVY_SETTINGS) as server, \
             stalled_client(server) as ws, client(server) as healthy:

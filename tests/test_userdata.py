@@ -243,9 +243,11 @@ def test_forty_thousand_orders_reach_a_star_subscriber_with_trades_and_candles(
     first.parent.mkdir(parents=True)
     first.write_bytes(fill_line("0x" + "1" * 40, "2026-01-05T10:00:01", 1, 1, "100.0", "1.0", True) + b"\n")
     (node / "node_order_statuses" / "hourly" / "20260105").mkdir(parents=True)
-    # what is tested is the delivery of a 40,000-row batch, not the cut of a slow client: on a
-    # busy machine this test's client may fall behind for longer than the default 10 s
-    with serve(node, keep_all=True, node_info_url="", ws_max_lag_s=120.0) as server, client(server) as ws:
+    # what is tested is the delivery of a 40,000-row batch, not what a slow client loses: on a
+    # busy machine this test's client may fall behind for longer than the default 10 s, and
+    # while it reads the ~15 MB message the trade would pass `ws_max_lag_bytes` and be dropped
+    with serve(node, keep_all=True, node_info_url="", ws_max_lag_s=120.0,
+               ws_max_lag_bytes=1 << 30) as server, client(server) as ws:
         caught_up(server, node)
         ws_subscribe(ws, {"type": "orders", "coin": "*"})
         ws_subscribe(ws, {"type": "trades", "coin": "BTC"})
