@@ -8,8 +8,8 @@ A client's lag is what it has not taken yet: its queue (at most `ws_queue_messag
 bytes below it, in the transport's write buffer and the kernel's send queue (which alone can
 absorb megabytes). While the queue is full or those bytes are over `ws_max_lag_bytes`, the
 oldest queued messages go (or the new one, if the queue is empty), and the client is told how
-many it lost (`lagged`) before its next message, or, when none follows, as soon as it has taken
-enough of what was sent (within a second: `_reap`). A client lagging for `ws_max_lag_s` is
+many it lost (`lagged`) before its next message, or, when none follows, once it has taken
+every byte sent to it (checked every second: `_reap`). A client lagging for `ws_max_lag_s` is
 disconnected: its close frame gets `CLOSE_TIMEOUT_S` to go out, then the connection is aborted.
 
 Every frame to a client is written by that client's writer task: replies (acks, pong,
@@ -210,10 +210,15 @@ class Hub:
             elif now - client.full_since >= self.settings.ws_max_lag_s:
                 self._kick_lagged(client)
 
-    def _full(self, client: Client) -> bool:
-        """Its queue is full, or the bytes it has not taken are over `ws_max_lag_bytes`."""
-        return (len(client.data) >= client.max_queue
+    def _lagging(self, client: Client) -> bool:
+        # dropped messages are reported (and `dropped` reset) only once the client takes data again
+        return (client.dropped > 0 or len(client.data) >= client.max_queue
                 or client.unsent_bytes() + client.queued_bytes > self.settings.ws_max_lag_bytes)
+
+    @staticmethod
+    def _took_all(client: Client) -> bool:
+        """The client has taken every byte sent to it, and nothing waits in its queue."""
+        return not client.data and client.unsent_bytes() == 0
 
     def _kick_lagged(self, client: Client) -> None:
         self.lagged_disconnects += 1
@@ -255,10 +260,9 @@ class Hub:
             await asyncio.sleep(period)
             now = time.monotonic()
             for client in list(self.clients):
-                full = self._full(client)
-                if client.dropped and not client.data and not full:
-                    client.wake.set()  # no message follows the lost ones: its writer says so now
-                if not (client.dropped or full):  # one that lost messages lags until told so
+                if client.dropped and self._took_all(client):
+                    client.wake.set()  # no message came after the lost ones: its writer says so now
+                if not self._lagging(client):
                     client.full_since = None
                 elif client.full_since is None:
                     client.full_since = now
@@ -284,7 +288,7 @@ class Hub:
                         await ws.send_text(lagged_notice(dropped))
                     await ws.send_text(text)
                     self.messages_sent += 1
-                elif client.dropped and not self._full(client):  # lost, and nothing after them yet
+                elif client.dropped and self._took_all(client):  # lost, and nothing after them yet
                     dropped, client.dropped = client.dropped, 0
                     await ws.send_text(lagged_notice(dropped))
                 else:

@@ -168,12 +168,13 @@ HEAVY_SETTINGS = {"keep_all": True, "ws_queue_messages": 16}
 HEAVY = [{"type": "orders", "coin": "*", "minNotional": i / 1e9} for i in range(10)]
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    """conftest.wait_for, saying what it waited for."""
+def wait_for(cond: Callable[[], bool], timeout: float = 20,
+             what: str | Callable[[], str] = "condition") -> None:
+    """conftest.wait_for, saying what it waited for (`what()`: as things stand at the timeout)."""
     try:
         wait_until(cond, timeout)
     except AssertionError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+        raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}") from None
 
 
 # ------------------------------------------------------------------ protocol

@@ -90,7 +90,7 @@ def test_raw_sockets_that_never_read_are_cut_while_readers_keep_up(serve: Serve,
         stalled = [raw_client(server.port, HEAVY) for _ in range(4)]
         try:
             wait_for(lambda: hub.stats()["aborted_disconnects"] == 4, timeout=30,
-                     what=f"the cuts ({hub.stats()} {server.state.store.status()})")
+                     what=lambda: f"the cuts ({hub.stats()} {server.state.store.status()})")
             elapsed = time.monotonic() - t0
             stats = hub.stats()
             assert stats["lagged_disconnects"] == 4 and stats["clients_connected"] == 1
