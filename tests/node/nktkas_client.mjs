@@ -37,5 +37,6 @@ while (Object.values(events).some((list) => list.length < 2) && Date.now() < dea
 out.events = Object.fromEntries(Object.entries(events).map(([k, v]) => [k, v.slice(0, 3)]));
 out.counts = Object.fromEntries(Object.entries(events).map(([k, v]) => [k, v.length]));
 await transport.close?.();
-console.log(JSON.stringify(out));
-process.exit(0);
+// exit once the output is flushed: stdout to a pipe is written asynchronously, and an exit
+// right after the write cuts it at 64 KiB on a busy machine
+process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(0));
