@@ -189,5 +189,9 @@ def test_fill_units_bench_times_units_of_a_node_dirs_fills(tmp_path: Path,
     out = capsys.readouterr().out
     units = int(out.split()[0])
     assert units > 5 and " KiB of fills: " in out and "ms CPU a unit" in out
+    assert main([str(node), "16", "--statements"]) == 0
+    timed = capsys.readouterr().out.splitlines()[1:]
+    assert any(line.endswith("  COMMIT") for line in timed)
+    assert any("INSERT INTO fills SELECT * FROM _batch" in line for line in timed)
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "no node_fills under" in capsys.readouterr().err

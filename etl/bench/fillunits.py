@@ -1,6 +1,6 @@
 """What one unit of the fills lane costs: read, parse, trades, candles, commit.
 
-    python -m etl.bench.fillunits [NODE_DIR] [UNIT_KB]
+    python -m etl.bench.fillunits [NODE_DIR] [UNIT_KB] [--statements]
         (default: /tmp/nodetap-bench/node-plain-1000mb-seed7, 1024)
 
 Runs the real pipeline on the fills of a node dir (by default `nodetap bench`'s data set,
@@ -8,7 +8,9 @@ which `nodetap bench` generates), `batch_max_bytes` UNIT_KB, into a fresh databa
 units to warm up, then up to 150 more, timed (the data set's fills are ~125 units of
 1 MiB). Prints the wall and CPU milliseconds per unit (CPU: every thread of the process).
 A live fills lane commits about one such unit per block the node writes, so this is the
-part of a trade's latency that nodetap spends (docs/benchmarks.md).
+part of a trade's latency that nodetap spends (docs/benchmarks.md). `--statements` also
+prints the wall milliseconds a unit of each DuckDB call on the lane's connection (its
+statements, and registering the frames they read), largest first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from etl.config import load_settings
 from etl.malloc import tune
@@ -34,7 +39,33 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+class TimedConnection:
+    """A DuckDB connection whose calls are timed, by statement (first 70 characters)."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._con, name)
+        if name not in ("execute", "executemany", "register", "unregister"):
+            return attr
+        return self._timed(name, attr)
+
+    def _timed(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            key = " ".join(str(args[0]).split())[:70] if name.startswith("execute") else name
+            t0 = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                self.seconds[key] += time.perf_counter() - t0
+        return timed
+
+
 def main(argv: list[str]) -> int:
+    statements = "--statements" in argv
+    argv = [a for a in argv if a != "--statements"]
     node = Path(argv[0]) if argv else DEFAULT_NODE
     unit_kb = int(argv[1]) if len(argv) > 1 else 1024
     if not (node / "node_fills").is_dir():
@@ -48,6 +79,9 @@ def main(argv: list[str]) -> int:
         store = Store.from_settings(s)
         pipe = Pipeline(s, store)
         pipe.run_once(max_batches=WARM_UNITS)
+        timed = [TimedConnection(lane.store.con) for lane in pipe.states.values()] if statements else []
+        for lane, con in zip(pipe.states.values(), timed, strict=False):
+            lane.store.con = con  # type: ignore[assignment]
         wall, cpu = time.perf_counter(), _cpu()
         units = pipe.run_once(max_batches=UNITS)
         wall, cpu = time.perf_counter() - wall, _cpu() - cpu
@@ -55,10 +89,15 @@ def main(argv: list[str]) -> int:
             print(f"the fills of {node} were all read while warming up: use a smaller UNIT_KB",
                   file=sys.stderr)
             return 2
+        for lane, con in zip(pipe.states.values(), timed, strict=False):
+            lane.store.con = con._con
         pipe.close()
         store.close()
     print(f"{units} units of {unit_kb} KiB of fills: {wall * 1000 / units:.1f} ms wall, "
           f"{cpu * 1000 / units:.1f} ms CPU a unit")
+    for con in timed:
+        for key, seconds in sorted(con.seconds.items(), key=lambda kv: -kv[1]):
+            print(f"  {seconds * 1000 / units:6.2f} ms  {key}")
     return 0
 
 
