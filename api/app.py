@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.hub import Hub
+from api.infoapi import coins_listener
 from api.limits import BodyLimit, TransportTap
 from api.origin import CORS_METHODS
 from api.readonly import lock_instance
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         # a commit short of DuckDB memory interrupts the API's reads: ingestion comes first
         store.memory_relief.append(state.reads.relieve)
         app.state.nodetap = state
+        pipeline.listeners.append(coins_listener(state))
         pipeline.start()
         log.info("event=serve_start node_dir=%s db=%s", settings.node_dir, settings.db)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -27,10 +28,13 @@ from api.wire import candle_wire
 from etl.candles import INTERVALS
 from etl.filters import ADDRESS
 from etl.history import HistoryError, open_time_of, read_candles
+from etl.pipeline import Processed
 
 _CLOID = re.compile(r"0x[0-9a-fA-F]{32}")
 MAX_MS = 2**53  # epoch milliseconds beyond this are not times
 MAX_COIN_CHARS = 64
+UNKNOWN_FOR_S = 1.0  # a coin found unknown is not looked up again for this long (`known_coin`)
+MAX_UNKNOWN_COINS = 10_000
 
 FROM_FILES = ("candleSnapshot", "recentTrades", "userFills", "userFillsByTime", "userTwapSliceFills",
               "orderStatus", "historicalOrders", "allMids")
@@ -66,14 +70,44 @@ def node_info(state: AppState) -> NodeInfo:
     return state.node_info
 
 
-async def known_coin(state: AppState, coin: str) -> bool:
-    """Whether `coin` exists as far as this node has seen (trades, candles, kept orders)."""
+async def known_coin(state: AppState, coin: str, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Whether `coin` exists as far as this node has seen (trades, candles, kept orders).
+
+    A coin is known from the first unit the pipeline commits with it (`coins_listener`), or once
+    the store or the lake has it. A coin found unknown is not looked up again for
+    `UNKNOWN_FOR_S`: a client asking again and again for a coin not seen yet (a bench waiting
+    for its first trades, a typo in a loop) gets its error from memory instead of a query over
+    the store and the lake each time (20 subscriptions a second took half a core of 2). Only a
+    coin stored by another process (`nodetap backfill`) waits that long to be known."""
     if coin in state.coins_seen:
         return True
+    asked = state.coins_unknown.get(coin)
+    if asked is not None and clock() - asked < UNKNOWN_FOR_S:
+        return False
     if await read(state, lambda con: infodata.coin_seen(con, coin)):
         state.coins_seen.add(coin)
+        state.coins_unknown.pop(coin, None)
         return True
+    if len(state.coins_unknown) >= MAX_UNKNOWN_COINS:  # bounded: names are the clients'
+        state.coins_unknown.clear()
+    state.coins_unknown[coin] = clock()
     return False
+
+
+def coins_listener(state: AppState) -> Callable[[Processed], None]:
+    """A pipeline listener: the coins of every unit committed (trades, fills, kept order
+    statuses) are known from then on (`known_coin`)."""
+
+    def note(processed: Processed) -> None:
+        for frame in processed.frames.values():
+            if frame.height and "coin" in frame.columns:
+                new = set(frame.get_column("coin").unique().drop_nulls().to_list()) - state.coins_seen
+                if new:
+                    state.coins_seen.update(new)
+                    for coin in new:
+                        state.coins_unknown.pop(coin, None)
+
+    return note
 
 
 # ------------------------------------------------------------------ request fields

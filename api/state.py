@@ -28,6 +28,7 @@ class AppState:
     started_at: float = 0.0
     node_info: NodeInfo | None = None  # the node's info server; made on first use (api.infoapi)
     coins_seen: set[str] = field(default_factory=set)  # coins known to exist (api.infoapi.known_coin)
+    coins_unknown: dict[str, float] = field(default_factory=dict)  # coin -> when it was found unknown
     reads: ActiveReads = field(default_factory=ActiveReads)  # what ingestion may interrupt
 
     def reader(self) -> duckdb.DuckDBPyConnection:

@@ -354,6 +354,44 @@ def test_a_client_is_told_of_its_lost_messages_when_none_follow(serve: Serve, tm
     assert got[3] == {"channel": "lagged", "data": {"dropped": 1}}
 
 
+def test_a_coin_is_known_from_its_first_commit_and_an_unknown_one_from_memory(
+        serve: Serve, tmp_path: Path) -> None:
+    """A coin the pipeline commits is known at once; one found unknown is answered from memory
+    for a second (clock faked), then the store is asked again: a client asking again and again
+    for a coin not seen yet costs one store query a second."""
+    from api.infoapi import UNKNOWN_FOR_S, known_coin
+    from tests.test_lake import fill_lines
+
+    fills = tmp_path / "node" / "node_fills" / "hourly" / "20260105" / "10"
+    fills.parent.mkdir(parents=True)
+    fills.write_bytes(fill_lines("2026-01-05T10:00:01", 1) + b"\n")
+    with serve(tmp_path / "node", node_info_url="") as server, client(server) as ws:
+        wait_for(lambda: "BTC" in coins_seen(server), what="the first trade")
+        state = server.state
+
+        def known(coin: str, at: float) -> bool:
+            return asyncio.run_coroutine_threadsafe(known_coin(state, coin, lambda: at),
+                                                    state.hub.loop).result(10)
+
+        # ETH: unknown, then committed by the pipeline: known at once
+        assert known("ETH", 100.0) is False
+        assert state.coins_unknown == {"ETH": 100.0}
+        with open(fills, "ab") as f:
+            f.write(fill_lines("2026-01-05T10:00:02", 2, coin="ETH") + b"\n")
+        wait_for(lambda: "ETH" in coins_seen(server), what="ETH's trade")
+        assert known("ETH", 100.0) is True
+        assert state.coins_unknown == {}
+        subscribe(ws, {"type": "trades", "coin": "ETH"})  # as a client sees it
+        # SOL: unknown, then stored by another writer (as `nodetap backfill` would): from memory
+        # until a second has passed, then asked again
+        assert known("SOL", 200.0) is False
+        other = state.store.for_thread().con
+        other.execute("INSERT INTO trades SELECT * REPLACE ('SOL' AS coin) FROM trades WHERE coin = 'BTC'")
+        assert known("SOL", 200.0 + UNKNOWN_FOR_S / 2) is False
+        assert known("SOL", 200.0 + UNKNOWN_FOR_S) is True
+        assert state.coins_unknown == {}
+
+
 def test_client_that_stays_full_is_disconnected(serve: Serve, tmp_path: Path) -> None:
     with live_server(serve, tmp_path, rate=3000, ws_max_lag_s=1.0, **HEAVY_SETTINGS) as server, \
             stalled_client(server) as ws, client(server) as healthy:
