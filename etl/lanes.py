@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
+from etl import priority
 from etl.candles import LatestCandles
 from etl.candles import merge as merge_candles
 from etl.columns import DEFAULT_LINE_BYTES
@@ -208,6 +209,7 @@ class Lane:
         self.rules = rules if stream.kind == "orders" else None
         self.listeners = listeners
         self.clock = clock
+        self.urgent = stream.kind != "orders"
         self.tailer = Tailer(stream, batch_max_bytes=s.batch_max_bytes,
                              max_backlog_bytes=s.max_backlog_bytes if s.backlog == "drop" else None,
                              rotate_grace_s=s.rotate_grace_s, clock=clock, index=index)
@@ -215,7 +217,10 @@ class Lane:
         self.read_cursor = cursor  # where the next read starts
         self._unread_after_read = 0  # bytes left behind the last batch read
         self.workers = s.parse_workers or default_parse_workers()
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}")
+        # order statuses come last when the cores are short (etl/priority.py)
+        self.nice = 0 if self.urgent else s.bulk_nice
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"nodetap-parse-{stream.kind}",
+                                        initializer=priority.lower, initargs=(self.nice,))
         # more units in flight only where they can pre-filter on a core the first leaves idle,
         # on threads of their own (a batch decoded whole stays on `_pool`'s: a thread's
         # allocator keeps what it freed); the filter lets `workers` of them at most decode a
@@ -224,7 +229,8 @@ class Lane:
                                 if stream.kind == "orders" and not s.parse_workers and cores() > 1
                                 else self.workers)
         self._prefilter_pool = (ThreadPoolExecutor(self.prefilter_units,
-                                                   thread_name_prefix=f"nodetap-prefilter-{stream.kind}")
+                                                   thread_name_prefix=f"nodetap-prefilter-{stream.kind}",
+                                                   initializer=priority.lower, initargs=(self.nice,))
                                 if self.prefilter_units > self.workers else None)
         self._pending: deque[Future[Unit]] = deque()
         self._empty: set[Future[Unit]] = set()  # pending units of batches without lines
@@ -235,7 +241,8 @@ class Lane:
         self._committers: deque[Store] = deque(store.for_thread()
                                                for _ in range(self.commit_units if side else 0))
         self._commit_pool = (ThreadPoolExecutor(self.commit_units,
-                                                thread_name_prefix=f"nodetap-commit-{stream.kind}")
+                                                thread_name_prefix=f"nodetap-commit-{stream.kind}",
+                                                initializer=priority.lower, initargs=(self.nice,))
                              if side else None)
         self._inflight: deque[SideBySide] = deque()
         self._seq = 0
@@ -255,7 +262,6 @@ class Lane:
         self.disk = DiskGuard(store, self.stop_event, alarm=alarm)
         # order statuses give way to fills and trades (etl/gate.py)
         self.gate = gate or Gate()
-        self.urgent = stream.kind != "orders"
         if self.urgent:
             self.gate.urgent_lanes += 1
         self.halted = False
@@ -626,6 +632,7 @@ class Lane:
     def run(self) -> None:
         """Drain on every wake-up (and every `poll_interval_ms`) until `stop_event`."""
         idle = self.settings.poll_interval_ms / 1000
+        priority.lower(self.nice)
         try:
             while not self.stop_event.is_set():
                 self.drain()

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl import priority
 from etl.columns import (
     ENVELOPE,
     FILL,
@@ -101,18 +102,23 @@ def _newlines(arr: np.ndarray, at: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-_POOL: list[ThreadPoolExecutor] = []
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def pool() -> ThreadPoolExecutor:
     """Threads (one less than the cores) that work on parts of a batch beside the thread that
     handles it; most of what they run releases the GIL (numpy, numba's scan in etl/bytescan.py).
-    Their tasks never wait on the pool."""
+    Their tasks never wait on the pool. A thread of a lower priority (etl/priority.py) gets
+    threads of its own priority, so its work does not run ahead of the others'."""
+    nice = priority.current()
     with _POOL_LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="nodetap-part"))
-        return _POOL[0]
+        found = _POOLS.get(nice)
+        if found is None:
+            found = _POOLS[nice] = ThreadPoolExecutor(
+                max(1, cores() - 1), thread_name_prefix="nodetap-part",
+                initializer=priority.lower, initargs=(nice,))
+        return found
 
 
 def line_bounds(buf: bytes | memoryview, parts: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -148,7 +148,7 @@ def test_an_int_setting_refuses_a_fraction_from_every_source(tmp_path: Path) -> 
 
 def test_every_number_has_a_range_and_zero_is_allowed_only_where_it_means_something() -> None:
     numbers = [spec for spec in setting_specs() if spec.kind in ("int", "float")]
-    assert len(numbers) == 25
+    assert len(numbers) == 26
     for spec in numbers:
         assert spec.least is not None or spec.above is not None, spec.name
         low = spec.least if spec.least is not None else spec.above
@@ -159,8 +159,8 @@ def test_every_number_has_a_range_and_zero_is_allowed_only_where_it_means_someth
             assert spec.zero and re.search(r"\b0\b", spec.doc), spec.name
             assert getattr(load_settings(None, env={f"NODETAP_{spec.name.upper()}": "0"}), spec.name) == 0
     assert [s.name for s in numbers if s.least == 0] == [
-        "debounce_ms", "rotate_grace_s", "db_threads", "commit_units", "parse_workers", "seal_grace_s",
-        "retain_hours", "ws_max_lag_s"]
+        "debounce_ms", "rotate_grace_s", "db_threads", "bulk_nice", "commit_units", "parse_workers",
+        "seal_grace_s", "retain_hours", "ws_max_lag_s"]
 
 
 @pytest.mark.parametrize(("name", "value", "said"), [

@@ -4,6 +4,7 @@ trade whose two fills land in different batches still carries both users."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ import duckdb
 import orjson
 import pytest
 
+from etl import priority
 from etl.config import Settings
 from etl.lanes import Processed, default_parse_workers
+from etl.parse import pool
 from etl.pipeline import Pipeline
 from etl.store import Store
 from tests.conftest import hour_file, query, wait_for
@@ -71,6 +74,10 @@ class Feed:
     def batches(self, stream: str) -> int:
         with self.lock:
             return sum(1 for _, p in self.items if p.stream.name == stream and p.result is not None)
+
+    def lines(self, stream: str) -> int:
+        with self.lock:
+            return sum(p.result.lines for _, p in self.items if p.stream.name == stream and p.result)
 
 
 def running(settings: Settings, feed: Feed) -> tuple[Pipeline, threading.Thread, Store]:
@@ -316,3 +323,49 @@ def test_fills_lanes_register_as_urgent_so_that_the_order_scan_has_checkpoints(t
             assert pipe.gate.urgent_lanes == expect
             assert (pipe.gate.budget() is not None) == bool(expect)
         hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True))
+
+
+def nice_of(prefix: str) -> set[int]:
+    """The nice values of this process's threads whose names start with `prefix`."""
+    return {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
+            if t.name.startswith(prefix) and t.native_id is not None}
+
+
+@pytest.mark.skipif(not priority.LINUX, reason="a thread's own nice value is Linux's")
+@pytest.mark.parametrize("bulk_nice", [10, 0])
+def test_order_statuses_run_at_a_lower_priority_than_fills(tmp_path: Path, bulk_nice: int) -> None:
+    """The order-status lane's threads (its own, its parse and pre-filter workers) run at
+    `bulk_nice`; the fills lane's at the process's own priority (etl/priority.py)."""
+    node = tmp_path / "node"
+    hour_file(node, "node_order_statuses", "20260105", 10).write_bytes(order_lines(4000))
+    hour_file(node, "node_fills", "20260105", 10).write_bytes(fill(TAKER, 1, True) + fill(MAKER, 1, False))
+    s = Settings(node_dir=node, db=tmp_path / "d.duckdb", start_from="start", bulk_nice=bulk_nice,
+                 batch_max_bytes=64 << 10)  # several units: every pool's threads start
+    feed = Feed()
+    pipe, thread, store = running(s, feed)
+    try:
+        wait_for(lambda: bool(feed.trades()) and feed.lines("node_order_statuses") == 4000)
+        assert nice_of("nodetap-lane-node_order_statuses") == {bulk_nice}
+        assert nice_of("nodetap-parse-orders") == {bulk_nice}
+        assert nice_of("nodetap-prefilter-orders") <= {bulk_nice}  # (none on one core)
+        assert nice_of("nodetap-lane-node_fills") == nice_of("nodetap-parse-fills") == {0}
+    finally:
+        stop(pipe, thread, store)
+
+
+@pytest.mark.skipif(not priority.LINUX, reason="a thread's own nice value is Linux's")
+def test_work_handed_to_the_part_pool_runs_at_the_priority_of_the_thread_that_handed_it() -> None:
+    def from_a_thread(nice: int) -> int:
+        got: list[int] = []
+
+        def body() -> None:
+            priority.lower(nice)
+            got.append(pool().submit(priority.current).result(30))
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join(30)
+        return got[0]
+
+    assert from_a_thread(12) == 12
+    assert from_a_thread(0) == 0
